@@ -1,0 +1,13 @@
+"""depthattn: Depth-Attention (Zeng et al., 2026, arXiv 2606.05014) — cross-layer value mixing
+for decoder-only language models, with its baselines, training and evaluation."""
+
+from depthattn.analysis.depth_weights import DepthWeights, capture_depth_weights
+from depthattn.config import PRESETS, ModelConfig
+from depthattn.generation import generate
+from depthattn.model import CausalLM, KVCache
+from depthattn.serialization import load_model, save_model
+
+__version__ = "0.1.0"
+
+__all__ = ["PRESETS", "CausalLM", "DepthWeights", "KVCache", "ModelConfig",
+           "capture_depth_weights", "generate", "load_model", "save_model"]

@@ -1,0 +1,75 @@
+"""The two places where a cross-layer method plugs into the decoder.
+
+1. **Inside attention** (`mix_values`): sees layer l's q, k, v at the new positions and the
+   per-call depth stash of earlier layers; returns the value that self-attention reads and the
+   KV cache stores. Depth-Attention and value residual live here.
+2. **On the residual stream** (`init_stream`, `sublayer_input`, `sublayer_output`,
+   `final_hidden`): how each sublayer's input is formed from the stream and how its output is
+   written back. DenseFormer, hyper-connections, mHC, attention residuals live here.
+
+The defaults are the vanilla pre-norm decoder: v unchanged, ``x = x + f(norm(x))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from depthattn.config import ModelConfig
+    from depthattn.model.context import ForwardContext
+
+Sublayer = Literal["attn", "mlp"]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Base of every method's options dataclass."""
+
+    def resolved(self, config: ModelConfig) -> MethodOptions:
+        """Fill defaults that depend on the model geometry and validate; raise ValueError
+        naming the option, its value and what is allowed."""
+        return self
+
+
+class CrossLayerMethod(nn.Module):
+    """Vanilla behaviour at both plug-in points; methods override what they change."""
+
+    name: str = "base"
+
+    def __init__(self, config: ModelConfig, options: MethodOptions) -> None:
+        super().__init__()
+        self.num_layers = config.num_layers
+        self.options = options
+
+    # --- 1. inside attention ---------------------------------------------------------------
+    def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   ctx: ForwardContext) -> torch.Tensor:
+        """q: (B, H, T, d) after norm and RoPE; k, v: (B, H_kv, T, d), k as attention uses it.
+        Returns the (B, H_kv, T, d) value that attention reads and the cache stores."""
+        return v
+
+    # --- 2. on the residual stream ---------------------------------------------------------
+    def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Any:
+        """The residual-stream state after the embedding."""
+        return embeddings
+
+    def sublayer_input(self, stream: Any, layer_idx: int, sublayer: Sublayer,
+                       ctx: ForwardContext) -> torch.Tensor:
+        """The (B, T, D) tensor the sublayer's pre-norm reads."""
+        return stream
+
+    def sublayer_output(self, stream: Any, layer_idx: int, sublayer: Sublayer,
+                        output: torch.Tensor, ctx: ForwardContext) -> Any:
+        """The stream after the sublayer wrote ``output`` to it."""
+        return stream + output
+
+    def final_hidden(self, stream: Any, ctx: ForwardContext) -> torch.Tensor:
+        """The (B, T, D) tensor the final norm reads."""
+        return stream
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in vars(self.options).items())

@@ -1,0 +1,67 @@
+"""Depth-Attention (Zeng et al., 2026, arXiv 2606.05014): before layer l attends over the
+sequence, its query attends over depth — the keys of selected earlier layers at the same
+token — and mixes their values into the value that self-attention reads and the cache stores.
+No parameters; the only state is the vanilla-sized KV cache (spec §2–§4)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
+from depthattn.crosslayer.registry import register
+from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
+
+if TYPE_CHECKING:
+    from depthattn.config import ModelConfig
+    from depthattn.model.context import ForwardContext
+
+
+def depth_sources(layer: int, stride: int, recent_window: int) -> list[int]:
+    """S(l) = { j : 0 ≤ j < l and (j mod s == 0 or j ≥ l − w) }, ascending (spec §2)."""
+    return [j for j in range(layer) if j % stride == 0 or j >= layer - recent_window]
+
+
+@dataclass(frozen=True)
+class DepthAttentionOptions(MethodOptions):
+    stride: int | None = None  # s: every s-th earlier layer is a source; None → max(1, L // 2)
+    recent_window: int = 0  # w: the w layers just below l are sources too
+
+    def resolved(self, config: ModelConfig) -> DepthAttentionOptions:
+        stride = max(1, config.num_layers // 2) if self.stride is None else self.stride
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            raise ValueError(f"depth_attention option stride ({stride!r}) must be an integer "
+                             f">= 1 (1 = every earlier layer is a source)")
+        window = self.recent_window
+        if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+            raise ValueError(f"depth_attention option recent_window ({window!r}) must be an "
+                             f"integer >= 0")
+        return dataclasses.replace(self, stride=stride)
+
+
+@register("depth_attention", options=DepthAttentionOptions)
+class DepthAttention(CrossLayerMethod):
+    def __init__(self, config: ModelConfig, options: DepthAttentionOptions) -> None:
+        super().__init__(config, options)
+        self.sources = [depth_sources(layer, options.stride, options.recent_window)
+                        for layer in range(config.num_layers)]
+        # Only layers some later layer reads go into the stash: keeps its memory at |∪ S(l)|.
+        self.read_later = frozenset(j for s in self.sources for j in s)
+
+    def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   ctx: ForwardContext) -> torch.Tensor:
+        sources = self.sources[layer_idx]
+        if sources:  # layer 0 has none: its value is unchanged
+            keys = [ctx.depth_stash[j][0] for j in sources]
+            values = [ctx.depth_stash[j][1] for j in sources]  # mixed values ṽ_j: recursive
+            if ctx.recorder is None:
+                v = depth_mix(q, keys, values, k, v)
+            else:
+                v, alpha = depth_mix_reference(q, keys, values, k, v, return_weights=True)
+                ctx.recorder.record(layer_idx, sources, alpha)
+        if layer_idx in self.read_later:
+            ctx.depth_stash[layer_idx] = (k, v)
+        return v

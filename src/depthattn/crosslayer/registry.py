@@ -1,0 +1,64 @@
+"""Name → cross-layer method, each with its own validated options dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from depthattn.config import ModelConfig
+    from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    cls: type[CrossLayerMethod]
+    options: type[MethodOptions]
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register(name: str, options: type[MethodOptions]) -> Callable[[type], type]:
+    """Class decorator: ``@register("depth_attention", options=DepthAttentionOptions)``."""
+
+    def add(cls: type) -> type:
+        if name in _METHODS:
+            raise ValueError(f"cross-layer method {name!r} is registered twice")
+        _METHODS[name] = MethodSpec(name, cls, options)
+        cls.name = name
+        return cls
+
+    return add
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in _METHODS:
+        raise ValueError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) -> MethodOptions:
+    """Build the method's options from a plain mapping, fill geometry-dependent defaults and
+    validate them; unknown option names are refused with the list of allowed ones."""
+    spec = get_method(name)
+    allowed = [f.name for f in dataclasses.fields(spec.options)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listed = ", ".join(allowed) if allowed else "none (this method takes no options)"
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
+                         f"{name!r}; allowed: {listed}")
+    return spec.options(**options).resolved(config)
+
+
+def build_method(config: ModelConfig) -> CrossLayerMethod:
+    """The method module for a validated config."""
+    spec = get_method(config.method)
+    return spec.cls(config, config.options())

@@ -1,0 +1,74 @@
+"""Generation with the KV cache: (chunked) prefill, then one token per step.
+
+Each step runs all layers for the new token only; Depth-Attention's sources come from the
+per-call depth stash, so the only state kept across steps is the (vanilla-sized) cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from depthattn.model.cache import KVCache
+from depthattn.model.transformer import CausalLM
+from depthattn.sampling import check_sampling_options, next_token
+
+
+@torch.no_grad()
+def prefill(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            cache: KVCache, chunk_size: int | None = None) -> torch.Tensor:
+    """Run the prompt through the model into ``cache``; return the last position's logits (B, V)."""
+    T = input_ids.shape[1]
+    step = T if chunk_size is None else chunk_size
+    for start in range(0, T, step):
+        chunk_mask = None if attention_mask is None else attention_mask[:, start:start + step]
+        logits = model(input_ids[:, start:start + step], attention_mask=chunk_mask, cache=cache)
+    return logits[:, -1]
+
+
+@torch.no_grad()
+def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             max_new_tokens: int = 16, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None,
+             eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+             generator: torch.Generator | None = None, prefill_chunk_size: int | None = None,
+             streamer: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Continue left-padded prompts (B, T); returns (B, T + generated) token ids.
+
+    Rows that emitted an EOS are filled with ``pad_token_id`` (default: the first EOS id, else 0)
+    until every row is done or ``max_new_tokens`` are generated. ``streamer`` is called with
+    each new column of tokens (B,).
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens!r}) must be an integer >= 0")
+    if prefill_chunk_size is not None and prefill_chunk_size < 1:
+        raise ValueError(f"prefill_chunk_size ({prefill_chunk_size!r}) must be >= 1 or None")
+    if do_sample:
+        check_sampling_options(temperature, top_k, top_p)
+    B, T = input_ids.shape
+    limit = model.config.max_seq_len
+    if T + max_new_tokens > limit:
+        raise ValueError(f"prompt length ({T}) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"max_seq_len ({limit})")
+    if max_new_tokens == 0:
+        return input_ids
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),
+                       device=input_ids.device, dtype=torch.long)
+    pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+
+    cache = KVCache.for_model(model, B, T + max_new_tokens)
+    logits = prefill(model, input_ids, attention_mask, cache, prefill_chunk_size)
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    generated = []
+    for step in range(max_new_tokens):
+        token = next_token(logits, do_sample, temperature, top_k, top_p, generator)
+        token = token.masked_fill(done, pad)
+        generated.append(token)
+        if streamer is not None:
+            streamer(token)
+        done |= torch.isin(token, eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        logits = model(token[:, None], cache=cache)[:, -1]
+    return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)

@@ -1,0 +1,54 @@
+"""Qwen3 attention with the cross-layer value hook: q/k/v proj → q/k norm → RoPE →
+[method mixes v] → cache → causal SDPA → o_proj.
+
+Notation: B batch, T new tokens, H query heads, H_kv kv heads, d head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthattn.config import ModelConfig
+from depthattn.model.context import ForwardContext
+from depthattn.model.norm import RMSNorm
+from depthattn.model.rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = d = config.head_dim
+        self.k_norm_after_rope = config.k_norm_position == "after_rope"
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * d, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * d, config.hidden_size, bias=False)
+        # one gain of size d per layer, shared by all heads (unlike olmo, only on the head dim)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps)
+        self.k_norm = RMSNorm(d, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        d = self.head_dim
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, d)).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, d)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, d).transpose(1, 2)  # (B, H_kv, T, d)
+        if not self.k_norm_after_rope:
+            k = self.k_norm(k)  # Qwen3: normalise, then rotate
+        k = k.transpose(1, 2)  # (B, H_kv, T, d)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if self.k_norm_after_rope:
+            k = self.k_norm(k)  # the authors' Hugging Face code: rotate, then normalise
+
+        # The cross-layer hook: Depth-Attention returns ṽ_l (spec §3); vanilla returns v.
+        v = ctx.method.mix_values(self.layer_idx, q, k, v, ctx)
+
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, H_kv, T_kv, d): the cache keeps ṽ
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
+                                             is_causal=ctx.is_causal, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * d))

@@ -1,0 +1,92 @@
+"""Static KV cache. Layer l stores (k_l, ṽ_l): with Depth-Attention the *mixed* value replaces
+the raw one, so the cache has exactly a vanilla GQA decoder's shape, dtype and size (spec §4)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from depthattn.model.transformer import CausalLM
+
+
+class KVCache:
+    """Pre-allocated per-layer buffers (B, H_kv, max_len, d), filled left to right.
+
+    All rows advance together (prompts are left-padded); ``key_valid`` remembers which written
+    slots are padding and ``next_position`` the RoPE position of each row's next real token.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.key_valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0  # slots written so far
+        self.has_padding = False
+
+    @classmethod
+    def for_model(cls, model: CausalLM, batch_size: int, max_len: int | None = None,
+                  dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """A cache sized for ``model``; dtype and device default to the model's."""
+        config = model.config
+        max_len = config.max_seq_len if max_len is None else max_len
+        if not 1 <= max_len <= config.max_seq_len:
+            raise ValueError(f"cache max_len ({max_len}) must be between 1 and the model's "
+                             f"max_seq_len ({config.max_seq_len})")
+        weight = model.lm_head.weight
+        return cls(config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim,
+                   dtype=dtype or weight.dtype, device=device or weight.device)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the persistent inference state: the key and value buffers."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+        """Register ``num_new`` incoming tokens before the layers run.
+
+        new_valid: (B, num_new) bool padding mask of the new tokens, or None (all real).
+        Returns (past_len, key_valid over past + new or None if nothing is padded,
+        position_ids (B, num_new)).
+        """
+        past = self.length
+        if past + num_new > self.max_len:
+            raise ValueError(f"the cache holds {past} tokens and {num_new} more do not fit in "
+                             f"its max_len ({self.max_len}); build it with a larger max_len")
+        if new_valid is None:
+            offsets = torch.arange(num_new, device=self.next_position.device)[None, :]
+            positions = self.next_position[:, None] + offsets
+            self.key_valid[:, past:past + num_new] = True
+            self._advance = torch.full_like(self.next_position, num_new)
+        else:
+            self.has_padding = self.has_padding or not bool(new_valid.all())
+            real = new_valid.long().cumsum(-1)  # (B, num_new) real tokens so far in this call
+            positions = (self.next_position[:, None] + real - 1).clamp(min=0)
+            self.key_valid[:, past:past + num_new] = new_valid
+            self._advance = real[:, -1]
+        return past, self.key_valid[:, :past + num_new] if self.has_padding else None, positions
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens' (k, ṽ) of one layer; return the layer's keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer_idx][:, :, start:end] = k
+        self.values[layer_idx][:, :, start:end] = v
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def end(self, num_new: int) -> None:
+        """Commit the ``num_new`` tokens of ``begin`` once every layer has written them."""
+        self.length += num_new
+        self.next_position = self.next_position + self._advance
+
+    def reset(self) -> None:
+        self.length = 0
+        self.has_padding = False
+        self.key_valid.fill_(True)
+        self.next_position.zero_()

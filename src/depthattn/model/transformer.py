@@ -1,0 +1,134 @@
+"""The decoder (Qwen3Model's shape) and the causal LM head on top (Qwen3ForCausalLM's)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from depthattn.config import ModelConfig
+from depthattn.crosslayer import build_method
+from depthattn.model.block import Block
+from depthattn.model.cache import KVCache
+from depthattn.model.context import ForwardContext
+from depthattn.model.mask import attention_mask_for
+from depthattn.model.norm import RMSNorm
+from depthattn.model.rope import RotaryEmbedding
+
+
+class Decoder(nn.Module):
+    """embed → N blocks → final RMSNorm. Parameter names are Qwen3's."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        # Methods with parameters keep them here, under `model.cross_layer.*`.
+        self.cross_layer = build_method(config)
+        self.recorder = None  # a DepthWeights while capture_depth_weights is active
+
+    def forward(self, input_ids: torch.Tensor, new_valid: torch.Tensor | None = None,
+                cache: KVCache | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) → hidden states (B, T, D).
+
+        new_valid: (B, T) bool, False at padding tokens (None: no padding).
+        """
+        B, T = input_ids.shape
+        if cache is not None:
+            past, key_valid, positions = cache.begin(new_valid, T)
+        else:
+            past = 0
+            key_valid = new_valid if new_valid is not None and not bool(new_valid.all()) else None
+            if key_valid is None:
+                positions = torch.arange(T, device=input_ids.device).expand(B, T)
+            else:
+                positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+        if position_ids is not None:
+            positions = position_ids
+        attn_mask, is_causal = attention_mask_for(T, past, key_valid, input_ids.device)
+
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb(positions, x.dtype)
+        ctx = ForwardContext(method=self.cross_layer, cos=cos, sin=sin, attn_mask=attn_mask,
+                             is_causal=is_causal, cache=cache, recorder=self.recorder)
+        stream = self.cross_layer.init_stream(x, ctx)
+        for block in self.layers:
+            stream = block(stream, ctx)
+        if cache is not None:
+            cache.end(T)
+        return self.norm(self.cross_layer.final_hidden(stream, ctx))
+
+
+class CausalLM(nn.Module):
+    """``model(input_ids) → logits (B, T, vocab)``; state dict = ``Qwen3ForCausalLM``'s.
+
+    Args of ``forward``:
+        input_ids: (B, T) token ids in [0, vocab_size).
+        attention_mask: 1 for real tokens, 0 for padding; (B, T), or (B, past + T) when a cache
+            is passed (Hugging Face convention; only the last T columns are new).
+        cache: a ``KVCache``; the new tokens' keys and (mixed) values are appended to it.
+        position_ids: (B, T) RoPE positions; derived from the mask and the cache when omitted.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, init_std²) for every linear and embedding weight, RMSNorm gains at 1 (as
+        Qwen3's ``_init_weights``); methods with parameters re-initialise theirs afterwards."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            elif hasattr(module, "reset_parameters") and not isinstance(module, type(self)):
+                module.reset_parameters()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        new_valid = self._check_inputs(input_ids, attention_mask, cache, position_ids)
+        return self.lm_head(self.model(input_ids, new_valid, cache, position_ids))
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      cache: KVCache | None,
+                      position_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Validate before any work starts; return the new tokens' padding mask as bool."""
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq); got "
+                             f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids has no tokens (seq length 0); pass at least one")
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
+                             f"max_seq_len ({self.config.max_seq_len})")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"input_ids batch ({B}) differs from the cache's batch size "
+                             f"({cache.batch_size})")
+        if not torch.compiler.is_compiling():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"token id {bad} is out of range: ids must be in "
+                                 f"[0, vocab_size={self.config.vocab_size})")
+        if position_ids is not None and tuple(position_ids.shape) != (B, T):
+            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
+        if attention_mask is None:
+            return None
+        allowed = {(B, T), (B, past + T)}
+        if tuple(attention_mask.shape) not in allowed:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
+                             f"{' or '.join(str(s) for s in sorted(allowed))}")
+        return attention_mask[:, -T:].bool()

@@ -1,0 +1,1 @@
+"""Numerical kernels: plain references and their fused versions."""
