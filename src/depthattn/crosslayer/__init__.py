@@ -2,8 +2,8 @@
 
 # Importing the method modules registers them.
 from depthattn.crosslayer import depth_attention, vanilla  # noqa: F401
-from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
+from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions
 from depthattn.crosslayer.registry import build_method, get_method, method_names, register
 
-__all__ = ["CrossLayerMethod", "MethodOptions", "build_method", "get_method", "method_names",
+__all__ = ["CrossLayerMethod", "MethodCost", "MethodOptions", "build_method", "get_method", "method_names",
            "register"]

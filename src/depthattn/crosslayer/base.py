@@ -26,6 +26,20 @@ Sublayer = Literal["attn", "mlp"]
 
 
 @dataclass(frozen=True)
+class MethodCost:
+    """What a method adds to the vanilla decoder of the same geometry (per token, forward).
+
+    Counted in elements, not bytes, so the numbers hold for any dtype. The vanilla decoder holds
+    d elements of residual stream per in-flight token and 2·L·H_kv·d_h of KV cache per token.
+    """
+
+    added_params: int = 0
+    added_flops_per_token: float = 0.0  # forward FLOPs beyond vanilla (multiply-add = 2 FLOPs)
+    inflight_state_per_token: int = 0  # depth state alive while one token traverses the stack
+    persistent_state_per_token: int = 0  # kept across decoding steps beyond the KV cache
+
+
+@dataclass(frozen=True)
 class MethodOptions:
     """Base of every method's options dataclass."""
 
@@ -44,6 +58,11 @@ class CrossLayerMethod(nn.Module):
         super().__init__()
         self.num_layers = config.num_layers
         self.options = options
+
+    @classmethod
+    def cost(cls, config: ModelConfig, options: MethodOptions) -> MethodCost:
+        """Closed-form accounting (tested against the modules' real parameter counts)."""
+        return MethodCost(inflight_state_per_token=config.hidden_size)
 
     # --- 1. inside attention ---------------------------------------------------------------
     def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

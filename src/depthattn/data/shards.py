@@ -1,0 +1,85 @@
+"""Read-only access to one split of a prepared folder as a single memory-mapped token stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from depthattn.data.manifest import check_split, check_tokenizer_hash, manifest_path, read_manifest
+from depthattn.data.tokenizer import check_vocab_fits
+
+
+class TokenStream:
+    """The shards of one split, concatenated in order, without loading them into memory.
+
+    Windows may cross a shard boundary; that is no different from crossing a document boundary
+    inside a shard (documents are EOS-separated in both cases).
+    """
+
+    def __init__(self, path: str | Path, split: str = "train",
+                 tokenizer_sha256: str | None = None, model_vocab_size: int | None = None) -> None:
+        """Open `split` of the prepared folder (or manifest) at `path`.
+
+        With `tokenizer_sha256`, refuse shards made by another tokenizer; with
+        `model_vocab_size`, refuse ids the model's embedding cannot hold.
+        """
+        self.manifest_path = manifest_path(path)
+        self.manifest = read_manifest(self.manifest_path)
+        if tokenizer_sha256 is not None:
+            check_tokenizer_hash(self.manifest, tokenizer_sha256, where=str(self.manifest_path))
+        if model_vocab_size is not None:
+            check_vocab_fits(self.manifest["tokenizer"]["vocab_size"], model_vocab_size)
+        self.split = split
+        info = check_split(self.manifest, split)
+        root = self.manifest_path.parent
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.shards: list[np.ndarray] = []
+        for shard in info["shards"]:
+            path_i = root / shard["file"]
+            if not path_i.exists():
+                raise FileNotFoundError(f"{path_i} is listed in {self.manifest_path} but missing; "
+                                        f"run prepare again")
+            array = np.load(path_i, mmap_mode="r")
+            if array.dtype != self.dtype or array.shape != (shard["num_tokens"],):
+                raise ValueError(
+                    f"{path_i} holds {array.dtype}{array.shape}, but the manifest says "
+                    f"{self.dtype}({shard['num_tokens']},); run prepare again")
+            self.shards.append(array)
+        # offsets[i] = index of shard i's first token in the stream; offsets[-1] = total length.
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.num_tokens = int(self.offsets[-1])
+        if self.num_tokens != info["num_tokens"]:
+            raise ValueError(f"{self.manifest_path}: {split} shards hold {self.num_tokens} tokens, "
+                             f"the manifest says {info['num_tokens']}")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.manifest["tokenizer"]["eos_token_id"])
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.manifest_path.parent / self.manifest["tokenizer"]["path"]
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as a new int64 array."""
+        if start < 0 or length < 0 or start + length > self.num_tokens:
+            raise IndexError(f"tokens [{start}, {start + length}) are outside the {self.split} "
+                             f"split's [0, {self.num_tokens})")
+        out = np.empty(length, dtype=np.int64)
+        shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        filled = 0
+        while filled < length:
+            lo = start + filled - int(self.offsets[shard])
+            take = min(length - filled, len(self.shards[shard]) - lo)
+            out[filled:filled + take] = self.shards[shard][lo:lo + take]
+            filled += take
+            shard += 1
+        return out

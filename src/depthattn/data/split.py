@@ -1,0 +1,56 @@
+"""Deterministic train/validation split by document (or by group of related documents).
+
+Validation text must never be seen in training, so whole groups from `dedup.deduplicate_and_group`
+go to one side. The order in which groups are considered for validation comes from a hash of
+(seed, group name), not from the input order, so it does not depend on how the files were listed
+and one document more or less does not reshuffle the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from depthattn.data.documents import Document
+
+# A group may overshoot the validation target by this factor before it is skipped, so one large
+# group (e.g. Paradise Lost) does not take several times the requested share.
+_OVERSHOOT = 1.5
+
+
+def _rank(seed: int, group: Sequence[Document]) -> str:
+    return hashlib.sha256(f"{seed}:{group[0].name}".encode()).hexdigest()
+
+
+def split_groups(
+    groups: Sequence[Sequence[Document]], val_fraction: float, seed: int = 0,
+) -> tuple[list[Document], list[Document]]:
+    """Return (train, validation) documents, each in input order.
+
+    Validation gets about `val_fraction` of the characters, and at least one group; training
+    keeps at least one group.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if len(groups) < 2:
+        raise ValueError(
+            f"the corpus has {len(groups)} independent document group(s) after de-duplication; "
+            f"a split by document needs at least 2 (one for training, one for validation)")
+    size = [sum(len(d.text) for d in g) for g in groups]
+    target = val_fraction * sum(size)
+    order = sorted(range(len(groups)), key=lambda i: _rank(seed, groups[i]))
+    val: set[int] = set()
+    val_chars = 0
+    for i in order:
+        if val_chars >= target:
+            break
+        if val_chars + size[i] <= _OVERSHOOT * target:
+            val.add(i)
+            val_chars += size[i]
+    if not val:  # every group is larger than the target: take the smallest, in hashed order
+        val.add(min(order, key=lambda i: size[i]))
+    if len(val) == len(groups):
+        val.remove(max(val, key=lambda i: size[i]))
+    train_docs = [d for i, g in enumerate(groups) if i not in val for d in g]
+    val_docs = [d for i, g in enumerate(groups) if i in val for d in g]
+    return train_docs, val_docs
