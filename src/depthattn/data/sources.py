@@ -1,4 +1,4 @@
-"""Reading a user's corpus: a text file, a folder of text files, a JSONL file, or a `datasets` folder.
+"""Reading a user's corpus: a text file, a folder of .txt files, JSONL, or a `datasets` folder.
 
 Document boundaries matter because the split is by document:
 - a folder of `.txt` files (searched recursively): one document per file;
@@ -46,9 +46,9 @@ def read_jsonl(path: Path, field: str = "text") -> list[Document]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{line_no} is not valid JSON: {e.msg}") from e
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                found = sorted(record) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(
-                    f"{path}:{line_no} has no string field {field!r} "
-                    f"(found keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})")
+                    f"{path}:{line_no} has no string field {field!r} (found keys: {found})")
             docs.append(Document(name=f"{path.name}:{line_no}", text=record[field]))
     return docs
 

@@ -31,12 +31,17 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, config.rms_norm_eps)
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, x_k: torch.Tensor | None = None,
+                x_v: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D) normed input of q_proj; x_k, x_v: of k_proj and v_proj (default x —
+        they differ only for methods with separate query/key/value streams, e.g. MUDDFormer)."""
         B, T, _ = x.shape
         d = self.head_dim
+        x_k = x if x_k is None else x_k
+        x_v = x if x_v is None else x_v
         q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, d)).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, d)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, d).transpose(1, 2)  # (B, H_kv, T, d)
+        k = self.k_proj(x_k).view(B, T, self.num_kv_heads, d)
+        v = self.v_proj(x_v).view(B, T, self.num_kv_heads, d).transpose(1, 2)  # (B, H_kv, T, d)
         if not self.k_norm_after_rope:
             k = self.k_norm(k)  # Qwen3: normalise, then rotate
         k = k.transpose(1, 2)  # (B, H_kv, T, d)

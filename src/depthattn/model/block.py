@@ -28,9 +28,10 @@ class Block(nn.Module):
 
     def forward(self, stream: Any, ctx: ForwardContext) -> Any:
         residual, i = ctx.method, self.layer_idx
-        x = residual.sublayer_input(stream, i, "attn", ctx)
-        stream = residual.sublayer_output(stream, i, "attn",
-                                          self.self_attn(self.input_layernorm(x), ctx), ctx)
+        x = self.input_layernorm(residual.sublayer_input(stream, i, "attn", ctx))
+        x_k, x_v = residual.attention_kv_inputs(stream, i, x, ctx)  # vanilla: x, x
+        stream = residual.sublayer_output(stream, i, "attn", self.self_attn(x, ctx, x_k, x_v),
+                                          ctx)
         h = residual.sublayer_input(stream, i, "mlp", ctx)
         stream = residual.sublayer_output(stream, i, "mlp",
                                           self.mlp(self.post_attention_layernorm(h)), ctx)

@@ -21,7 +21,15 @@ class RotaryEmbedding(nn.Module):
 
     def reset_parameters(self) -> None:
         """Recompute the table (after materialising a model built on the meta device)."""
-        self.inv_freq.copy_(self._inv_freq().to(self.inv_freq.device))
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
+
+    def _apply(self, fn, recurse=True):
+        # `model.to(torch.bfloat16)` would round the frequencies to bf16, and the rotation error
+        # then grows with the distance between tokens; recompute the table in float32 instead.
+        super()._apply(fn, recurse)
+        if self.inv_freq.device.type != "meta":
+            self.reset_parameters()
+        return self
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (B, T) → cos, sin (B, T, d) in ``dtype``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from depthattn.config import ModelConfig
 from depthattn.crosslayer import build_method
@@ -27,6 +28,9 @@ class Decoder(nn.Module):
         # Methods with parameters keep them here, under `model.cross_layer.*`.
         self.cross_layer = build_method(config)
         self.recorder = None  # a DepthWeights while capture_depth_weights is active
+        # Recompute each block in backward (training only). The depth stash lives in the
+        # per-call context, so a recomputed block reads the same sources as the first pass.
+        self.activation_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, new_valid: torch.Tensor | None = None,
                 cache: KVCache | None = None,
@@ -55,7 +59,10 @@ class Decoder(nn.Module):
                              is_causal=is_causal, cache=cache, recorder=self.recorder)
         stream = self.cross_layer.init_stream(x, ctx)
         for block in self.layers:
-            stream = block(stream, ctx)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                stream = checkpoint(block, stream, ctx, use_reentrant=False)
+            else:
+                stream = block(stream, ctx)
         if cache is not None:
             cache.end(T)
         return self.norm(self.cross_layer.final_hidden(stream, ctx))

@@ -1,0 +1,245 @@
+"""What a decoder and its cross-layer method cost per token: parameters, forward FLOPs, KV cache
+and the depth state beyond it (paper appendix B; spec §8; baselines.md §3 and §11).
+
+Conventions (every number is per token of a forward pass):
+
+- **Parameters**: every parameter of the vanilla decoder (tied embeddings counted once) plus
+  the method's ``MethodCost.added_params``.
+- **FLOPs**: a multiply-add is 2 FLOPs. Backbone = 2 × matmul parameters + attention.
+  *Matmul parameters* are the weights of every projection, MLP and the LM head — not the
+  embedding lookup (a gather) nor norm gains. *Attention* at sequence length T: every query
+  head of every layer computes q·k and adds p·v for each key it sees, 2·d_h FLOPs each; under
+  the causal mask token t (1-based) sees t keys, (T+1)/2 on average, so attention costs
+  4·L·H·d_h·(T+1)/2 per token. The paper's appendix B compares Depth-Attention's extra
+  arithmetic with "≈ 2·N FLOPs per token" and fixes no attention convention; we include the
+  causal average and say so. Norms, RoPE, softmax and activations are not counted, here or in
+  the methods' own counts.
+- **KV cache**: 2·L·H_kv·d_h elements per token, bytes at the chosen dtype.
+- **State**: ``MethodCost.inflight_state_per_token`` is the depth state alive while a token
+  traverses the stack (vanilla: its residual, d); ``persistent_state_per_token`` is what is
+  kept across decoding steps beyond the KV cache. Both are reported next to the KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from depthattn.config import PRESETS, ModelConfig
+from depthattn.crosslayer import MethodCost, get_method, method_names
+
+BYTES_PER_ELEMENT = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,
+                     "float16": 2, "fp8": 1, "int8": 1}
+
+
+@dataclass(frozen=True)
+class BackboneCost:
+    """The vanilla decoder of a geometry, at one sequence length."""
+
+    params: int  # every parameter (tied embeddings once)
+    embedding_params: int  # the input embedding table
+    matmul_params: int  # projections, MLPs and the LM head: the weights that cost FLOPs
+    seq_len: int  # T, for the attention term
+    matmul_flops_per_token: float  # 2 × matmul_params
+    attention_flops_per_token: float  # 4·L·H·d_h·(T+1)/2 (causal average)
+    kv_cache_per_token: int  # elements: 2·L·H_kv·d_h
+    residual_per_token: int  # d: the vanilla decoder's in-flight state
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.matmul_flops_per_token + self.attention_flops_per_token
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Backbone and method cost of one configuration, with the derived totals and ratios."""
+
+    label: str  # e.g. "3b / depth_attention"
+    method: str
+    options: dict[str, Any]  # the method's resolved options
+    dtype: str  # for bytes (KV cache, state)
+    bytes_per_element: int
+    backbone: BackboneCost
+    added: MethodCost
+
+    @property
+    def total_params(self) -> int:
+        return self.backbone.params + self.added.added_params
+
+    @property
+    def total_flops_per_token(self) -> float:
+        return self.backbone.flops_per_token + self.added.added_flops_per_token
+
+    @property
+    def added_flops_fraction(self) -> float:
+        """Added FLOPs as a fraction of the total (multiply by 100 for %)."""
+        return self.added.added_flops_per_token / self.total_flops_per_token
+
+    @property
+    def kv_cache_bytes_per_token(self) -> int:
+        return self.backbone.kv_cache_per_token * self.bytes_per_element
+
+    @property
+    def inflight_vs_kv_cache(self) -> float:
+        return self.added.inflight_state_per_token / self.backbone.kv_cache_per_token
+
+    @property
+    def persistent_vs_kv_cache(self) -> float:
+        return self.added.persistent_state_per_token / self.backbone.kv_cache_per_token
+
+
+def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCost:
+    """Closed-form count for the vanilla decoder of ``config`` (tested against the module)."""
+    T = config.max_seq_len if seq_len is None else seq_len
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"seq_len ({T!r}) must be a positive integer")
+    L, D, V = config.num_layers, config.hidden_size, config.vocab_size
+    q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    attention = D * q_width + 2 * D * kv_width + q_width * D  # q, k, v, o projections
+    mlp = 3 * D * config.intermediate_size  # gate, up, down
+    norms = 2 * D + 2 * config.head_dim  # two pre-norms, q_norm, k_norm
+    embedding = V * D
+    lm_head = V * D
+    matmul = L * (attention + mlp) + lm_head
+    params = embedding + L * (attention + mlp + norms) + D + (0 if config.tie_embeddings
+                                                              else lm_head)
+    mean_keys = (T + 1) / 2  # causal: token t sees t keys
+    attn_flops = L * config.num_heads * 2 * (2 * config.head_dim) * mean_keys  # q·k and p·v
+    return BackboneCost(params=params, embedding_params=embedding, matmul_params=matmul,
+                        seq_len=T, matmul_flops_per_token=float(2 * matmul),
+                        attention_flops_per_token=float(attn_flops),
+                        kv_cache_per_token=2 * L * kv_width, residual_per_token=D)
+
+
+def method_cost(config: ModelConfig) -> MethodCost:
+    """The registered method's closed-form ``cost()`` for ``config``'s geometry and options."""
+    return get_method(config.method).cls.cost(config, config.options())
+
+
+def cost_report(config: ModelConfig, seq_len: int | None = None, dtype: str = "bf16",
+                label: str | None = None) -> CostReport:
+    if dtype not in BYTES_PER_ELEMENT:
+        raise ValueError(f"dtype ({dtype!r}) is unknown; allowed: {', '.join(BYTES_PER_ELEMENT)}")
+    return CostReport(label=label or config.method, method=config.method,
+                      options=dict(config.method_options), dtype=dtype,
+                      bytes_per_element=BYTES_PER_ELEMENT[dtype],
+                      backbone=backbone_cost(config, seq_len), added=method_cost(config))
+
+
+# --- printing ------------------------------------------------------------------------------------
+def _count(n: float) -> str:
+    """1234567 → '1,234,567 (1.23 M)'."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n:,.0f} ({n / scale:.3g} {suffix})"
+    return f"{n:,.0f}"
+
+
+def _short(n: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def format_cost_report(report: CostReport) -> str:
+    """One configuration, one quantity per line."""
+    b, a = report.backbone, report.added
+    kv_bytes = report.kv_cache_bytes_per_token
+    options = ", ".join(f"{k}={v}" for k, v in report.options.items()) or "none"
+    lines = [
+        f"{report.label}  (method options: {options}; T = {b.seq_len}; {report.dtype})",
+        f"  parameters          {_count(report.total_params)}",
+        f"    added by method   {_count(a.added_params)}"
+        f"  ({100 * a.added_params / report.total_params:.4g} % of total)",
+        f"  FLOPs / token       {_count(report.total_flops_per_token)}"
+        f"  (matmuls {_short(b.matmul_flops_per_token)}, attention {_short(b.attention_flops_per_token)})",
+        f"    added by method   {_count(a.added_flops_per_token)}"
+        f"  ({100 * report.added_flops_fraction:.4g} % of total)",
+        f"  KV cache / token    {b.kv_cache_per_token:,} elements = {kv_bytes:,} bytes",
+        f"  in-flight state     {a.inflight_state_per_token:,} elements"
+        f" = {a.inflight_state_per_token * report.bytes_per_element:,} bytes"
+        f"  ({report.inflight_vs_kv_cache:.2f}× the KV cache per token;"
+        f" vanilla: d = {b.residual_per_token:,})",
+        f"  persistent state    {a.persistent_state_per_token:,} elements beyond the KV cache"
+        f"  ({report.persistent_vs_kv_cache:.2f}× the KV cache per token)",
+    ]
+    return "\n".join(lines)
+
+
+COLUMNS = ("method", "params", "added params", "FLOPs/token", "added FLOPs", "added %",
+           "KV/token", "in-flight", "÷KV", "persistent", "÷KV")
+
+
+def format_cost_table(reports: list[CostReport]) -> str:
+    """One row per configuration (elements for KV cache and state)."""
+    rows = [COLUMNS]
+    for r in reports:
+        rows.append((r.label, _short(r.total_params), f"{r.added.added_params:,}",
+                     _short(r.total_flops_per_token), _short(r.added.added_flops_per_token),
+                     f"{100 * r.added_flops_fraction:.4g}", f"{r.backbone.kv_cache_per_token:,}",
+                     f"{r.added.inflight_state_per_token:,}", f"{r.inflight_vs_kv_cache:.2f}",
+                     f"{r.added.persistent_state_per_token:,}",
+                     f"{r.persistent_vs_kv_cache:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def print_cost_table(reports: list[CostReport], file: TextIO | None = None) -> None:
+    print(format_cost_table(reports), file=file or sys.stdout)
+
+
+# --- `depthattn flops` ---------------------------------------------------------------------------
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``["stride=2", "recent_window=1"]`` → dict; values parsed as JSON when they are JSON."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r} must look like key=value")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="3b", help=f"one of {', '.join(PRESETS)} (default 3b)")
+    parser.add_argument("--method", default="depth_attention",
+                        help="a registered method, or 'all' for a table of every method with "
+                             "its default options (default depth_attention)")
+    parser.add_argument("--seq", type=int, default=None,
+                        help="sequence length T for the attention FLOPs (default: the preset's "
+                             "max_seq_len)")
+    parser.add_argument("--option", action="append", default=[], metavar="key=value",
+                        help="a method option, repeatable, e.g. --option stride=12")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(BYTES_PER_ELEMENT),
+                        help="element type for bytes (default bf16)")
+
+
+def run_flops(args: argparse.Namespace) -> None:
+    options = parse_options(args.option)
+    if args.method == "all":
+        if options:
+            raise ValueError("--option needs one --method; 'all' uses every method's defaults")
+        reports = [cost_report(ModelConfig.from_preset(args.preset, method=name), args.seq,
+                               args.dtype, label=name) for name in method_names()]
+        print(f"{args.preset}: T = {reports[0].backbone.seq_len}, {args.dtype}; KV cache and "
+              f"state in elements per token")
+        print_cost_table(reports)
+        return
+    config = ModelConfig.from_preset(args.preset, method=args.method, method_options=options)
+    report = cost_report(config, args.seq, args.dtype, label=f"{args.preset} / {args.method}")
+    print(format_cost_report(report))
+
+
+__all__ = ["BackboneCost", "CostReport", "add_flops_arguments", "backbone_cost", "cost_report",
+           "format_cost_report", "format_cost_table", "method_cost", "parse_options",
+           "print_cost_table", "run_flops"]

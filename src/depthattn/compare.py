@@ -1,0 +1,160 @@
+"""`depthattn compare`: several methods × several seeds on the same data, budget and schedule,
+then mean ± std, paired differences to the baseline with significance, a Markdown/JSON report
+and plots. Finished runs are collected, interrupted ones resumed, so a comparison can be
+extended (more seeds, another method) without redoing work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from depthattn.analysis.plots import plot_final_bars, plot_val_curves
+from depthattn.analysis.stats import fmt, paired_difference, summarize
+from depthattn.crosslayer.registry import get_method, resolve_options
+from depthattn.data.files import write_json_atomic
+from depthattn.train.config import TrainConfig
+from depthattn.train.metrics import read_metrics
+from depthattn.train.trainer import CONFIG_FILE, SUMMARY_FILE, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    label: str  # as given on the command line, e.g. "depth_attention:stride=2"
+    method: str
+    options: dict[str, Any]
+
+
+def parse_method(text: str) -> MethodRun:
+    """``name`` or ``name:key=value,key=value`` (values parsed as JSON when possible)."""
+    name, _, rest = text.partition(":")
+    get_method(name)  # unknown names fail here, before any run starts
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"method option {item!r} in {text!r} must look like key=value")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return MethodRun(text, name, options)
+
+
+def _run_config(base: TrainConfig, run: MethodRun, seed: int, out_dir: Path) -> TrainConfig:
+    safe = run.label.replace(":", "-").replace(",", "-").replace("=", "")
+    return dataclasses.replace(base, method=run.method, method_options=run.options, seed=seed,
+                               run_dir=str(out_dir / safe / f"seed{seed}"))
+
+
+def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir: str | Path,
+                baseline: str | None = None) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    runs = [parse_method(m) for m in methods]
+    if len({r.label for r in runs}) != len(runs):
+        raise ValueError(f"methods ({', '.join(methods)}) must be distinct")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds ({seeds}) must be distinct integers >= 0, at least one")
+    labels = [r.label for r in runs]
+    baseline = baseline or ("vanilla" if "vanilla" in labels else labels[0])
+    if baseline not in labels:
+        raise ValueError(f"baseline ({baseline!r}) must be one of the methods: {', '.join(labels)}")
+    configs = {(r.label, s): _run_config(base, r, s, out_dir) for r in runs for s in seeds}
+    for (label, _), cfg in configs.items():  # validate every run's model before training any
+        model_cfg = cfg.model_config()
+        resolve_options(model_cfg.method, model_cfg.method_options, model_cfg)
+
+    results: dict[str, list[dict[str, Any]]] = {r.label: [] for r in runs}
+    for (label, seed), cfg in configs.items():
+        run_dir = Path(cfg.run_dir)
+        summary_path = run_dir / SUMMARY_FILE
+        if not summary_path.exists():
+            resume = (run_dir / CONFIG_FILE).exists()
+            log.info("%s %s seed %d: %s", "resuming" if resume else "training", label, seed, run_dir)
+            train(cfg, resume=resume)
+        else:
+            log.info("%s seed %d: finished earlier, collected from %s", label, seed, run_dir)
+            train_cfg = json.loads((run_dir / CONFIG_FILE).read_text())
+            if train_cfg != cfg.to_dict():
+                raise ValueError(f"{run_dir} was trained with another configuration; remove it "
+                                 f"or choose another output folder")
+        summary = json.loads(summary_path.read_text())
+        curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
+                 for m in read_metrics(run_dir) if "val_loss" in m]
+        results[label].append({**summary, "seed": seed, "curve": curve, "run_dir": str(run_dir)})
+    return write_report(results, baseline, base, out_dir)
+
+
+def write_report(results: dict[str, list[dict[str, Any]]], baseline: str, base: TrainConfig,
+                 out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_by_seed = {r["seed"]: r["val_loss"] for r in results[baseline]}
+    rows = []
+    for label, runs in results.items():
+        losses = [r["val_loss"] for r in runs]
+        row = {"method": label, "seeds": [r["seed"] for r in runs],
+               "num_parameters": runs[0]["num_parameters"],
+               "val_loss": dataclasses.asdict(summarize(losses)),
+               "val_ppl": dataclasses.asdict(summarize([r["val_ppl"] for r in runs])),
+               "tokens_per_s": dataclasses.asdict(summarize([r["tokens_per_s"] for r in runs])),
+               "val_tokens": runs[0]["val_tokens"], "runs": runs}
+        if label != baseline:
+            paired = [(r["val_loss"], base_by_seed[r["seed"]]) for r in runs
+                      if r["seed"] in base_by_seed]
+            diff = paired_difference([a for a, _ in paired], [b for _, b in paired])
+            row["diff_vs_baseline"] = dataclasses.asdict(diff)
+        rows.append(row)
+
+    curves = plot_val_curves({label: [r["curve"] for r in runs] for label, runs in results.items()},
+                             out_dir / "val_loss_curves.png")
+    bars = plot_final_bars({label: [r["val_loss"] for r in runs] for label, runs in results.items()},
+                           out_dir / "final_val_loss.png")
+    report = {"baseline": baseline, "train_config": base.to_dict(), "rows": rows,
+              "plots": [str(curves), str(bars)]}
+    write_json_atomic(out_dir / "compare.json", report)
+    markdown = render_markdown(report)
+    tmp = out_dir / ".compare.md.tmp"
+    tmp.write_text(markdown)
+    tmp.replace(out_dir / "compare.md")
+    print(markdown)
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    cfg, baseline = report["train_config"], report["baseline"]
+    lines = [
+        f"# Comparison: {', '.join(r['method'] for r in report['rows'])}",
+        "",
+        f"Model preset `{cfg['model']}` {cfg['model_overrides'] or ''}, {cfg['steps']} steps of "
+        f"{cfg['micro_batch_size']} x {cfg['seq_len']} tokens, lr {cfg['lr']}, data "
+        f"`{cfg['data']}`. Validation over {report['rows'][0]['val_tokens']:,} held-out tokens. "
+        f"Differences are paired by seed against `{baseline}` (negative = lower loss than "
+        f"{baseline}); p from a two-sided paired t-test, CI from a percentile bootstrap.",
+        "",
+        "| method | params | seeds | val loss (mean ± std) | val ppl | Δ loss vs " + baseline +
+        " | 95% CI | p | tokens/s |",
+        "|---|---:|---:|---|---:|---|---|---:|---:|",
+    ]
+    for row in report["rows"]:
+        loss, ppl, tps = row["val_loss"], row["val_ppl"], row["tokens_per_s"]
+        diff = row.get("diff_vs_baseline")
+        delta = ci = p = "–"
+        if diff:
+            delta = f"{diff['mean']:+.4f} ± {fmt(diff['std'])}"
+            if diff["ci_low"] is not None:
+                ci = f"[{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]"
+            p = fmt(diff["p_value"], 3)
+        lines.append(f"| {row['method']} | {row['num_parameters']:,} | {loss['n']} | "
+                     f"{loss['mean']:.4f} ± {loss['std']:.4f} | {ppl['mean']:.2f} ± "
+                     f"{ppl['std']:.2f} | {delta} | {ci} | {p} | {tps['mean']:,.0f} |")
+    lines += ["", "Per seed (validation loss):", ""]
+    for row in report["rows"]:
+        per_seed = ", ".join(f"seed {r['seed']}: {r['val_loss']:.4f}" for r in row["runs"])
+        lines.append(f"- {row['method']}: {per_seed}")
+    lines += ["", "Plots: " + ", ".join(Path(p).name for p in report["plots"]), ""]
+    return "\n".join(lines)

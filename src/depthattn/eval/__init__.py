@@ -1,0 +1,5 @@
+"""Evaluation: validation perplexity (and, later, zero-shot tasks through lm-eval)."""
+
+from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
+
+__all__ = ["EvalResult", "evaluate_perplexity"]

@@ -1,0 +1,54 @@
+"""Validation loss and perplexity over held-out tokens, with the exact token count."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from depthattn.data.loader import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean negative log-likelihood per predicted token (nats)
+    perplexity: float
+    tokens: int  # predicted tokens the mean is over
+
+    def as_dict(self, prefix: str = "val_") -> dict[str, float | int]:
+        return {f"{prefix}loss": self.loss, f"{prefix}ppl": self.perplexity,
+                f"{prefix}tokens": self.tokens}
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        device: torch.device | str = "cpu",
+                        autocast_dtype: torch.dtype | None = None,
+                        progress: bool = False) -> EvalResult:
+    """Sum of token NLLs (float64) over every target that is not IGNORE_INDEX."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    total, count = 0.0, 0
+    total_batches = len(batches) if hasattr(batches, "__len__") else None
+    for inputs, targets in tqdm(batches, total=total_batches, desc="eval", disable=not progress,
+                                leave=False):
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast:
+            logits = model(inputs)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                              ignore_index=IGNORE_INDEX, reduction="sum")
+        total += float(nll.double())
+        count += int((targets != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the validation batches hold no target tokens")
+    loss = total / count
+    return EvalResult(loss=loss, perplexity=math.exp(loss), tokens=count)

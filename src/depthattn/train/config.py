@@ -1,0 +1,173 @@
+"""Training configuration: a flat dataclass, read from TOML or YAML, overridden on the command
+line, validated before any work starts, and written resolved into the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"  # outputs: config, metrics.jsonl, checkpoints/, model/
+    # --- data ---
+    data: str = "default"  # a prepared folder / manifest.json, or a source for `prepare`
+    vocab_size: int = 8192  # BPE vocabulary trained when `data` still needs preparing
+    # --- model ---
+    model: str = "tiny"  # a ModelConfig preset
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    method: str = "vanilla"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    # --- batch and budget ---
+    seq_len: int = 256
+    micro_batch_size: int = 8  # sequences per forward/backward on one device
+    global_batch_tokens: int = 0  # tokens per optimizer step; 0 = one micro batch (no accumulation)
+    steps: int = 200  # optimizer steps
+    # --- optimizer and schedule (the paper's recipe: AdamW, warmup 2 %, cosine to 10 %) ---
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.02
+    weight_decay: float = 0.1  # on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    # --- execution ---
+    device: str = "auto"  # auto: cuda if available, else cpu
+    dtype: str = "auto"  # auto: bfloat16 autocast on GPU, float32 on CPU
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block in backward
+    seed: int = 0  # model initialisation and data order
+    # --- outputs ---
+    log_every: int = 10
+    eval_every: int = 50  # 0: only at the end
+    eval_windows: int = 64  # windows of seq_len tokens per intermediate evaluation; 0 = all
+    # (the final evaluation always reads the whole validation split)
+    checkpoint_every: int = 100  # 0: only at the end
+    keep_checkpoints: int = 2  # older step checkpoints are removed; the final model is kept
+    tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        positive = ("seq_len", "micro_batch_size", "steps", "vocab_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        non_negative = ("global_batch_tokens", "log_every", "eval_every", "eval_windows",
+                        "checkpoint_every", "seed")
+        for name in non_negative:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} ({value!r}) must be an integer >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints ({self.keep_checkpoints}) must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr ({self.lr!r}) must be > 0")
+        for name in ("min_lr_ratio", "warmup_ratio", "beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1 and not (name == "min_lr_ratio" and value == 1):
+                raise ValueError(f"{name} ({value!r}) must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
+            raise ValueError(f"weight_decay ({self.weight_decay}) and grad_clip "
+                             f"({self.grad_clip}) must be >= 0 and eps ({self.eps}) > 0")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype ({self.dtype!r}) must be one of {', '.join(DTYPES)}")
+        micro_tokens = self.micro_batch_size * self.seq_len
+        if self.global_batch_tokens and self.global_batch_tokens % micro_tokens:
+            raise ValueError(
+                f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
+                f"micro_batch_size x seq_len ({self.micro_batch_size} x {self.seq_len} = "
+                f"{micro_tokens})")
+
+    @property
+    def grad_accumulation(self) -> int:
+        micro_tokens = self.micro_batch_size * self.seq_len
+        return max(1, self.global_batch_tokens // micro_tokens)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.grad_accumulation * self.micro_batch_size * self.seq_len
+
+    def model_config(self, vocab_size: int | None = None):
+        """The ModelConfig this run trains (vocab from the tokenizer unless overridden)."""
+        from depthattn.config import ModelConfig
+
+        overrides = dict(self.model_overrides)
+        if vocab_size is not None:
+            overrides.setdefault("vocab_size", vocab_size)
+        return ModelConfig.from_preset(self.model, method=self.method,
+                                       method_options=self.method_options, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from depthattn.data.files import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Fields from a .toml, .yaml/.yml or .json file (flat, or under a [train] table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+    data = data.get("train", data)
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(field_names())}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as JSON when it is JSON (numbers, booleans,
+    objects), as a plain string otherwise."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if key not in field_names():
+        raise ValueError(f"override {key!r} is not a training field; allowed: "
+                         f"{', '.join(field_names())}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      **fields: Any) -> TrainConfig:
+    """File fields, then ``key=value`` overrides, then keyword fields, validated once."""
+    data = read_config_file(path) if path is not None else {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        data[key] = value
+    data.update(fields)
+    return TrainConfig(**data)

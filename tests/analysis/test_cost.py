@@ -1,0 +1,159 @@
+"""Cost accounting: the backbone's closed forms against the real module, every registered
+method's ``cost()`` against its real parameter count, the 3B numbers of the paper and
+baselines.md §3, and the ``depthattn flops`` command."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+from depthattn import CausalLM, KVCache, ModelConfig
+from depthattn.analysis.cost import (BYTES_PER_ELEMENT, CostReport, add_flops_arguments,
+                                     backbone_cost, cost_report, format_cost_report,
+                                     format_cost_table, method_cost, parse_options, run_flops)
+from depthattn.cli import main
+from depthattn.crosslayer import MethodCost, method_names
+from tests.conftest import tiny_config
+
+GEOMETRIES = [
+    {},  # TINY: GQA, head_dim 16
+    {"num_kv_heads": 4, "tie_embeddings": True},  # MHA, tied
+    {"num_heads": 8, "num_kv_heads": 1, "head_dim": 8, "intermediate_size": 40},  # MQA, narrow heads
+]
+
+
+@pytest.mark.parametrize("overrides", GEOMETRIES)
+def test_backbone_counts_match_the_module(overrides):
+    config = tiny_config(**overrides)
+    model = CausalLM(config)
+    cost = backbone_cost(config, seq_len=32)
+    assert cost.params == model.num_parameters()
+    assert cost.embedding_params == model.model.embed_tokens.weight.numel()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert cost.matmul_params == sum(m.weight.numel() for m in linears)  # LM head included
+    assert cost.matmul_flops_per_token == 2 * cost.matmul_params
+    assert cost.residual_per_token == config.hidden_size
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 64])
+def test_attention_flops_are_the_causal_average(T):
+    """Token t (1-based) does q·k and p·v over t keys: 4·d_h FLOPs per key, head and layer."""
+    config = tiny_config()
+    per_key = 4 * config.head_dim * config.num_heads * config.num_layers
+    brute = sum(t * per_key for t in range(1, T + 1)) / T
+    assert backbone_cost(config, seq_len=T).attention_flops_per_token == pytest.approx(brute)
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_kv_cache_per_token_matches_the_real_cache(dtype, torch_dtype):
+    config = tiny_config()
+    model = CausalLM(config)
+    report = cost_report(config, seq_len=32, dtype=dtype)
+    cache = KVCache.for_model(model, batch_size=1, max_len=32, dtype=torch_dtype)
+    assert report.kv_cache_bytes_per_token * 32 == cache.nbytes
+    assert report.backbone.kv_cache_per_token == 2 * 6 * 2 * 16
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_cost_counts_its_real_parameters(method):
+    """Generic over the registry: each method's closed-form ``cost()`` must equal the
+    parameters its module really adds, and report sane state numbers."""
+    config = tiny_config(method=method)
+    report = cost_report(config)
+    assert isinstance(report.added, MethodCost)
+    assert report.total_params == CausalLM(config).num_parameters()
+    assert report.added.added_flops_per_token >= 0
+    assert report.added.inflight_state_per_token >= config.hidden_size  # at least the residual
+    assert report.added.persistent_state_per_token >= 0
+    assert method in format_cost_report(report) and method in format_cost_table([report])
+
+
+def test_method_cost_uses_the_resolved_options():
+    every = method_cost(tiny_config(method="depth_attention", method_options={"stride": 1}))
+    default = method_cost(tiny_config(method="depth_attention"))
+    assert every.added_flops_per_token > default.added_flops_per_token > 0
+
+
+# --- the paper's 3B geometry, without instantiating a 3B model ---------------------------------
+def report_3b(method: str, **options) -> CostReport:
+    return cost_report(ModelConfig.from_preset("3b", method=method, method_options=options))
+
+
+def test_3b_depth_attention_is_under_a_hundredth_of_a_percent():
+    """Paper: < 0.01 % extra FLOPs, 0 parameters, 0 persistent state."""
+    report = report_3b("depth_attention")
+    assert report.options["stride"] == 24
+    assert 0 < report.added_flops_fraction < 1e-4
+    assert report.added.added_params == 0 and report.added.persistent_state_per_token == 0
+    assert report.kv_cache_bytes_per_token == 2 * 49_152  # bf16
+
+
+def test_3b_baseline_numbers_of_baselines_section_3():
+    vanilla = report_3b("vanilla")
+    assert vanilla.backbone.kv_cache_per_token == 49_152
+    assert round(vanilla.inflight_vs_kv_cache, 2) == 0.04
+    mhc, hc = report_3b("mhc"), report_3b("hyper_connections")
+    assert mhc.added.added_params == 19_663_396
+    assert hc.added.added_params == 1_378_752
+    assert round(mhc.inflight_vs_kv_cache, 2) == round(hc.inflight_vs_kv_cache, 2) == 0.17
+    assert mhc.added.inflight_state_per_token - vanilla.added.inflight_state_per_token == 6_144
+
+
+# --- printing and the command ------------------------------------------------------------------
+def flops(*argv: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_flops_arguments(parser)
+    run_flops(parser.parse_args(list(argv)))
+
+
+def test_flops_command_prints_every_quantity(capsys):
+    flops("--preset", "3b", "--method", "depth_attention")
+    out = capsys.readouterr().out
+    for text in ("3b / depth_attention", "stride=24", "T = 2048", "parameters", "added by method",
+                 "FLOPs / token", "% of total", "49,152 elements = 98,304 bytes",
+                 "in-flight state", "0.04× the KV cache", "persistent state"):
+        assert text in out, text
+
+
+def test_flops_command_passes_options_sequence_and_dtype(capsys):
+    flops("--preset", "tiny", "--method", "depth_attention", "--option", "stride=1",
+          "--seq", "128", "--dtype", "fp32")
+    out = capsys.readouterr().out
+    assert "stride=1" in out and "T = 128" in out and "fp32" in out
+
+
+def test_flops_command_all_methods_table(capsys):
+    flops("--preset", "tiny", "--method", "all")
+    out = capsys.readouterr().out
+    for name in method_names():
+        assert f"\n{name} " in out
+
+
+def test_flops_command_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"mhc option num_streams \(1\)"):
+        flops("--method", "mhc", "--option", "num_streams=1")
+    with pytest.raises(ValueError, match=r"unknown option.*'stride'.*'vanilla'"):
+        flops("--method", "vanilla", "--option", "stride=2")
+    with pytest.raises(ValueError, match=r"--option 'stride' must look like key=value"):
+        flops("--method", "depth_attention", "--option", "stride")
+    with pytest.raises(ValueError, match=r"needs one --method"):
+        flops("--method", "all", "--option", "stride=2")
+    with pytest.raises(ValueError, match=r"seq_len \(0\)"):
+        flops("--preset", "tiny", "--seq", "0")
+    with pytest.raises(ValueError, match=r"dtype \('int4'\) is unknown"):
+        cost_report(tiny_config(), dtype="int4")
+
+
+def test_parse_options_reads_json_values():
+    assert parse_options(["stride=2", "alpha_init=0.5", "name=abc", "flag=true"]) == \
+        {"stride": 2, "alpha_init": 0.5, "name": "abc", "flag": True}
+    assert set(BYTES_PER_ELEMENT) >= {"bf16", "fp16", "fp32"}
+
+
+def test_mounted_in_the_main_cli(capsys):
+    assert main(["flops", "--preset", "tiny", "--method", "mhc", "--dtype", "fp32"]) == 0
+    assert "tiny / mhc" in capsys.readouterr().out
+    assert main(["flops", "--method", "mhc", "--option", "sinkhorn_iters=0"]) == 2

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+
+from depthattn.data.dedup import deduplicate_and_group, drop_exact_duplicates
+from depthattn.data.documents import Document
+from depthattn.data.split import split_groups
+
+from .conftest import make_text
+
+
+def folio_spelling(text: str) -> str:
+    """A crude First Folio: u->v inside words, final e on some words ("selfe", "heauen")."""
+    words = []
+    for i, word in enumerate(text.split(" ")):
+        word = word[:1] + word[1:].replace("u", "v")
+        if i % 3 == 0 and word.isalpha():
+            word += "e"
+        words.append(word)
+    return " ".join(words)
+
+
+def docs_with_copies() -> list[Document]:
+    play, other, poem = make_text(1, 600), make_text(2, 600), make_text(3, 150)
+    return [
+        Document("play_modern.txt", play),
+        Document("play_folio.txt", folio_spelling(play)),   # another edition
+        Document("play_copy.txt", play),                     # an exact copy
+        Document("other.txt", other),
+        Document("notes_on_poem.txt", make_text(4, 900) + "\n" + poem),  # quotes the poem
+        Document("poem.txt", poem + "\n" + make_text(5, 900)),
+        Document("empty.txt", ""),
+    ]
+
+
+def test_exact_copies_and_empty_documents_are_dropped():
+    kept = drop_exact_duplicates(docs_with_copies())
+    assert [d.name for d in kept] == ["play_modern.txt", "play_folio.txt", "other.txt",
+                                      "notes_on_poem.txt", "poem.txt"]
+
+
+def test_near_copies_are_dropped_and_overlapping_documents_grouped():
+    groups = deduplicate_and_group(docs_with_copies())
+    names = [[d.name for d in g] for g in groups]
+    assert sum(len(g) for g in names) == 4
+    assert ("play_modern.txt" in sum(names, [])) != ("play_folio.txt" in sum(names, []))
+    assert ["notes_on_poem.txt", "poem.txt"] in names
+    assert ["other.txt"] in names
+
+
+def test_unrelated_documents_stay_separate():
+    docs = [Document(f"d{i}", make_text(100 + i, 500)) for i in range(6)]
+    assert [len(g) for g in deduplicate_and_group(docs)] == [1] * 6
+
+
+def test_split_is_deterministic_disjoint_and_keeps_groups_together():
+    groups = [[Document(f"g{i}a", make_text(i, 200)), Document(f"g{i}b", make_text(50 + i, 200))]
+              for i in range(20)]
+    train, val = split_groups(groups, val_fraction=0.2, seed=3)
+    assert (train, val) == split_groups(groups, val_fraction=0.2, seed=3)
+    assert split_groups(groups, val_fraction=0.2, seed=4) != (train, val)
+    train_names, val_names = {d.name for d in train}, {d.name for d in val}
+    assert not train_names & val_names
+    assert len(train_names | val_names) == 40
+    for i in range(20):  # a group is never split
+        assert (f"g{i}a" in val_names) == (f"g{i}b" in val_names)
+    share = sum(len(d.text) for d in val) / sum(len(d.text) for g in groups for d in g)
+    assert 0.1 <= share <= 0.3
+
+
+def test_split_does_not_depend_on_input_order():
+    groups = [[Document(f"d{i}", make_text(i, 200))] for i in range(10)]
+    _, val = split_groups(groups, 0.3)
+    _, val_reversed = split_groups(groups[::-1], 0.3)
+    assert {d.name for d in val} == {d.name for d in val_reversed}
+
+
+def test_split_needs_two_groups_and_a_sane_fraction():
+    with pytest.raises(ValueError, match="1 independent document group"):
+        split_groups([[Document("only", "text")]], 0.1)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\), got 1.5"):
+        split_groups([[Document("a", "x")], [Document("b", "y")]], 1.5)
+
+
+def test_split_always_has_a_validation_and_a_training_document():
+    groups = [[Document("big", "x" * 1000)], [Document("bigger", "y" * 2000)]]
+    train, val = split_groups(groups, 0.01)
+    assert len(train) == 1 and len(val) == 1

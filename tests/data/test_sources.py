@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from depthattn.data.sources import read_local_source
+
+
+def test_folder_gives_one_document_per_txt_file(corpus_dir):
+    (corpus_dir / "sub").mkdir()
+    (corpus_dir / "sub" / "z.txt").write_text("nested", encoding="utf-8")
+    (corpus_dir / "notes.md").write_text("not text corpus", encoding="utf-8")
+    docs = read_local_source(corpus_dir)
+    assert len(docs) == 13
+    assert docs[-1].name == "sub/z.txt" and docs[-1].text == "nested"
+
+
+def test_text_file_splits_on_blank_lines(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("One\nline two\n\n\nThree\n  \nFour\n", encoding="utf-8")
+    assert [d.text for d in read_local_source(path)] == ["One\nline two", "Three", "Four\n"]
+
+
+def test_jsonl_reads_the_text_field(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate("abc"))
+                    + "\n\n", encoding="utf-8")
+    assert [d.text for d in read_local_source(path)] == ["a", "b", "c"]
+
+
+def test_jsonl_without_the_field_names_the_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": "no"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs.jsonl:2 has no string field 'text'.*body"):
+        read_local_source(path)
+
+
+def test_jsonl_with_broken_json_names_the_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs.jsonl:2 is not valid JSON"):
+        read_local_source(path)
+
+
+def test_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["first doc", "second doc"], "n": [1, 2]}) \
+        .save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"content": ["a", "b"]}),
+        "test": datasets.Dataset.from_dict({"content": ["c"]}),
+    }).save_to_disk(str(tmp_path / "dsd"))
+    assert [d.text for d in read_local_source(tmp_path / "ds")] == ["first doc", "second doc"]
+    assert [d.text for d in read_local_source(tmp_path / "dsd", "content")] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"no column 'text' \(columns: \['content'\]\)"):
+        read_local_source(tmp_path / "dsd")
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus not found: .*missing"):
+        read_local_source(tmp_path / "missing")

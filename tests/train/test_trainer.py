@@ -1,0 +1,118 @@
+"""The training loop: loss goes down, resume is exact, outputs are complete and atomic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from depthattn.data.loader import TrainBatches
+from depthattn.serialization import load_any
+from depthattn.train import train
+from depthattn.train.metrics import read_metrics
+
+
+def _losses(run_dir):
+    return [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
+
+
+def test_twenty_steps_decrease_the_loss(tiny_train_config):
+    result = train(tiny_train_config())
+    losses = _losses(result.run_dir)
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+    val = [m for m in read_metrics(result.run_dir) if "val_loss" in m]
+    assert [m["step"] for m in val] == [10, 20]
+    assert val[-1]["val_tokens"] == result.val.tokens > 0  # the final eval reads the whole split
+    for name in ("train_config.json", "model_config.json", "summary.json", "metrics.jsonl",
+                 "model/model.safetensors", "checkpoints/latest"):
+        assert (result.run_dir / name).exists(), name
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["val_loss"] == pytest.approx(result.val.loss)
+    loaded = load_any(result.run_dir)
+    assert loaded.config.method == "depth_attention"
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_train_config, tmp_path,
+                                                                    monkeypatch):
+    reference = train(tiny_train_config(run_dir=str(tmp_path / "straight")))
+    interrupted = tiny_train_config(run_dir=str(tmp_path / "interrupted"))
+    original = TrainBatches.batch
+
+    def crash_at_step_13(self, step):
+        if step == 13:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(TrainBatches, "batch", crash_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    assert not (tmp_path / "interrupted" / "summary.json").exists()
+    monkeypatch.setattr(TrainBatches, "batch", original)
+    resumed = train(interrupted, resume=True)
+    assert _losses(resumed.run_dir) == _losses(reference.run_dir)  # exact, step by step
+    assert resumed.val.loss == reference.val.loss
+
+
+def test_existing_run_dir_is_refused_without_resume(tiny_train_config):
+    config = tiny_train_config(steps=2, eval_every=0, checkpoint_every=0)
+    train(config)
+    with pytest.raises(ValueError, match="already holds a run.*resume"):
+        train(config)
+
+
+def test_resume_with_another_configuration_is_refused(tiny_train_config):
+    train(tiny_train_config(steps=2))
+    with pytest.raises(ValueError, match=r"different configuration \(lr"):
+        train(tiny_train_config(steps=2, lr=1e-2), resume=True)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_train_config, tmp_path):
+    big = train(tiny_train_config(run_dir=str(tmp_path / "big"), micro_batch_size=8, steps=3,
+                                  eval_every=0, checkpoint_every=0))
+    accumulated = train(tiny_train_config(run_dir=str(tmp_path / "acc"), micro_batch_size=4,
+                                          global_batch_tokens=8 * 32, steps=3, eval_every=0,
+                                          checkpoint_every=0))
+    assert _losses(accumulated.run_dir) == pytest.approx(_losses(big.run_dir), abs=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_losses(tiny_train_config, tmp_path):
+    plain = train(tiny_train_config(run_dir=str(tmp_path / "plain"), steps=4, eval_every=0))
+    recomputed = train(tiny_train_config(run_dir=str(tmp_path / "ckpt"), steps=4, eval_every=0,
+                                         activation_checkpointing=True))
+    assert _losses(recomputed.run_dir) == pytest.approx(_losses(plain.run_dir), abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "depth_attention"])
+def test_activation_checkpointing_gradients_equal_plain_backward(method):
+    from tests.conftest import random_ids, tiny_model
+
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(seed=5, method=method).train()
+        model.model.activation_checkpointing = checkpointing
+        ids = random_ids(2, 12, seed=5)
+        model(ids).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(seq_len=10_000), r"seq_len 10000 is larger than the model allows"),
+    (dict(method="nope"), r"method \('nope'\) is unknown; allowed: .*depth_attention"),
+    (dict(method_options={"strid": 2}), r"unknown option\(s\) 'strid'.*allowed: stride"),
+    (dict(model="huge"), r"preset \('huge'\) is unknown"),
+    (dict(model_overrides={"vocab_size": 100}), r"vocab"),
+])
+def test_bad_input_fails_before_any_work(tiny_train_config, tmp_path, fields, message):
+    config = tiny_train_config(run_dir=str(tmp_path / "never"), **fields)
+    with pytest.raises(ValueError, match=message):
+        train(config)
+    assert not (tmp_path / "never").exists()
+
+
+def test_missing_data_is_a_clear_error(tiny_train_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus not found"):
+        train(tiny_train_config(data=str(tmp_path / "nowhere.txt")))
