@@ -17,6 +17,7 @@ from depthattn.analysis.stats import fmt, paired_difference, summarize
 from depthattn.crosslayer.registry import get_method, resolve_options
 from depthattn.data.files import write_json_atomic
 from depthattn.train.config import TrainConfig
+from depthattn.train.data import resolve_data
 from depthattn.train.metrics import read_metrics
 from depthattn.train.trainer import CONFIG_FILE, SUMMARY_FILE, train
 
@@ -64,10 +65,11 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
     baseline = baseline or ("vanilla" if "vanilla" in labels else labels[0])
     if baseline not in labels:
         raise ValueError(f"baseline ({baseline!r}) must be one of the methods: {', '.join(labels)}")
-    configs = {(r.label, s): _run_config(base, r, s, out_dir) for r in runs for s in seeds}
-    for (label, _), cfg in configs.items():  # validate every run's model before training any
-        model_cfg = cfg.model_config()
+    for run in runs:  # validate every run's model before any work
+        model_cfg = _run_config(base, run, seeds[0], out_dir).model_config()
         resolve_options(model_cfg.method, model_cfg.method_options, model_cfg)
+    base = dataclasses.replace(base, data=str(resolve_data(base).parent))  # prepare once, not per run
+    configs = {(r.label, s): _run_config(base, r, s, out_dir) for r in runs for s in seeds}
 
     results: dict[str, list[dict[str, Any]]] = {r.label: [] for r in runs}
     for (label, seed), cfg in configs.items():

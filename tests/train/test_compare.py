@@ -67,3 +67,16 @@ def test_bad_seeds_and_options_fail_before_training(tiny_train_config, tmp_path)
     with pytest.raises(ValueError, match=r"stride \(0\) must be an integer >= 1"):
         run_compare(base, ["vanilla", "depth_attention:stride=0"], [0], tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_compare_every_registered_method(tiny_train_config, tmp_path):
+    """Integration: all methods x 2 seeds, short budget, through `depthattn compare`."""
+    from depthattn.crosslayer import method_names
+
+    methods = method_names()
+    base = tiny_train_config(steps=8, eval_every=4, checkpoint_every=0)
+    report = run_compare(base, methods, [0, 1], tmp_path / "all")
+    assert [row["method"] for row in report["rows"]] == methods
+    for row in report["rows"]:
+        assert row["val_loss"]["n"] == 2 and np.isfinite(row["val_loss"]["mean"])
