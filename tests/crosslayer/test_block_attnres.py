@@ -9,7 +9,8 @@ import torch
 from depthattn import CausalLM, KVCache, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.crosslayer.attnres import DepthAggregator
-from depthattn.crosslayer.block_attnres import default_block_size, num_blocks, sources_per_aggregator
+from depthattn.crosslayer.block_attnres import (default_block_size, num_blocks,
+                                                sources_per_aggregator)
 from depthattn.model.context import ForwardContext
 from tests.conftest import random_ids, tiny_config, tiny_model
 
