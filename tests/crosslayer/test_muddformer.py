@@ -1,7 +1,5 @@
-"""MUDDFormer (baselines.md §8). The model-level tests need a core change that is not in the tree
-yet (attention reading q, k and v from separate inputs); they are skipped until it lands, and
-the method is only registered then. The rest — the dense mix and its hand-written backward, the
-weight-MLP widths, parameter counts, the 3B numbers, options — runs now."""
+"""MUDDFormer (baselines.md §8): the dense mix and its hand-written backward, the weight-MLP
+widths, parameter counts, the 3B numbers, options, and the model against the equations."""
 
 from __future__ import annotations
 
@@ -11,16 +9,10 @@ import torch.nn.functional as F
 
 from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import method_names
-from depthattn.crosslayer.muddformer import (CORE_HAS_SEPARATE_KV_INPUTS, MUDDFormer,
+from depthattn.crosslayer.muddformer import (MUDDFormer,
                                              MUDDFormerOptions, dense_mix, hidden_width)
 from depthattn.model.context import ForwardContext
 from tests.conftest import random_ids, tiny_config, tiny_model
-
-needs_core_change = pytest.mark.skipif(
-    "muddformer" not in method_names(),
-    reason="needs the core change for separate q/k/v inputs: CrossLayerMethod."
-           "attention_kv_inputs, called by Block.forward and passed to Attention.forward(x, ctx, "
-           "x_k, x_v) — see the proposed diff in the MUDDFormer report / muddformer.py docstring")
 
 
 def closed_form_params(L: int, d: int, e: int = 1, e_last: int = 4) -> int:
@@ -33,9 +25,8 @@ def closed_form_params(L: int, d: int, e: int = 1, e_last: int = 4) -> int:
     return total
 
 
-# --- runs without the core change ------------------------------------------------------------
-def test_registered_exactly_when_the_core_has_the_hook():
-    assert ("muddformer" in method_names()) == CORE_HAS_SEPARATE_KV_INPUTS
+def test_registered():
+    assert "muddformer" in method_names()
 
 
 def test_dense_mix_matches_the_sum_and_its_gradients():
@@ -112,7 +103,7 @@ def test_defaults_are_the_paper_settings():
     assert (MUDDFormerOptions().hidden_expand, MUDDFormerOptions().last_hidden_expand) == (1, 4)
 
 
-# --- need the core change ----------------------------------------------------------------------
+# --- the model with MUDDFormer ----------------------------------------------------------------
 def reference_forward(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     """§8 written out with the model's own weights: streams as explicit sums over sources."""
     dec, method = model.model, model.model.cross_layer
@@ -138,7 +129,6 @@ def reference_forward(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     return model.lm_head(dec.norm(R))
 
 
-@needs_core_change
 def test_matches_the_equations_written_out():
     model = tiny_model(seed=3, method="muddformer")
     ids = random_ids(2, 9, seed=3)
@@ -147,7 +137,6 @@ def test_matches_the_equations_written_out():
                                    rtol=1e-5)
 
 
-@needs_core_change
 def test_vanilla_at_init():
     """§8: W2 = 0 and b = "current only" ⇒ every stream is the latest output and the separate
     key/value pre-norms (gain 1) equal the shared one (gain 1) ⇒ the vanilla decoder."""
@@ -161,7 +150,6 @@ def test_vanilla_at_init():
         torch.testing.assert_close(mudd(ids), vanilla(ids), atol=1e-5, rtol=1e-5)
 
 
-@needs_core_change
 def test_forward_backward_and_parameter_count_in_the_model():
     config = tiny_config(method="muddformer")
     model = tiny_model(seed=5, method="muddformer").train()
@@ -174,7 +162,6 @@ def test_forward_backward_and_parameter_count_in_the_model():
                                       + closed_form_params(config.num_layers, config.hidden_size))
 
 
-@needs_core_change
 def test_keys_and_values_read_their_own_streams():
     """Changing a later layer's key (or value) pre-norm changes the output; layer 1 has none."""
     model = tiny_model(seed=6, method="muddformer")
@@ -190,7 +177,6 @@ def test_keys_and_values_read_their_own_streams():
             gain.copy_(saved)
 
 
-@needs_core_change
 def test_activation_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):

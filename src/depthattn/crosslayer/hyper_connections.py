@@ -158,8 +158,35 @@ class HyperConnection(nn.Module):
         return residual + b.to(x.dtype).unsqueeze(-1) * output.unsqueeze(-2)
 
 
+class StreamConnectors(CrossLayerMethod):
+    """n residual streams with one connector per sublayer (2L in all), shared by HC and mHC.
+
+    A connector's ``maps(x)`` returns (input weights, *update maps), computed once from the
+    streams before the sublayer; ``branch_input`` forms the sublayer's input and ``update``
+    writes its output back. Subclasses build ``self.connectors`` and choose the readout.
+    """
+
+    num_streams: int
+    connectors: nn.ModuleList
+
+    def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Streams:
+        return expand_streams(embeddings, self.num_streams)
+
+    def sublayer_input(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
+                       ctx: ForwardContext) -> torch.Tensor:
+        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
+        input_weights, *update_maps = connector.maps(stream.x)  # once, before the sublayer
+        stream.maps = tuple(update_maps)
+        return connector.branch_input(stream.x, input_weights)
+
+    def sublayer_output(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
+                        output: torch.Tensor, ctx: ForwardContext) -> Streams:
+        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
+        return Streams(connector.update(stream.x, output, *stream.maps))
+
+
 @register("hyper_connections", options=HyperConnectionsOptions)
-class HyperConnections(CrossLayerMethod):
+class HyperConnections(StreamConnectors):
     """Two connectors per layer (attention, MLP), streams expanded once and summed once."""
 
     def __init__(self, config: ModelConfig, options: HyperConnectionsOptions) -> None:
@@ -181,21 +208,6 @@ class HyperConnections(CrossLayerMethod):
         return MethodCost(added_params=params,
                           added_flops_per_token=float(sublayers * per_sublayer + n * d),
                           inflight_state_per_token=n * d)
-
-    def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Streams:
-        return expand_streams(embeddings, self.num_streams)
-
-    def sublayer_input(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
-        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
-        a_m, a_r, b = connector.maps(stream.x)  # computed once, before the sublayer
-        stream.maps = (a_r, b)
-        return connector.branch_input(stream.x, a_m)
-
-    def sublayer_output(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> Streams:
-        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
-        return Streams(connector.update(stream.x, output, *stream.maps))
 
     def final_hidden(self, stream: Streams, ctx: ForwardContext) -> torch.Tensor:
         return stream.x.sum(-2)  # HC's readout: the sum of the streams

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
-from depthattn.crosslayer.hyper_connections import (Streams, expand_streams, mix_streams,
+from depthattn.crosslayer.base import MethodCost, MethodOptions
+from depthattn.crosslayer.hyper_connections import (StreamConnectors, Streams, mix_streams,
                                                     require_finite_nonnegative, require_int,
-                                                    rms_norm, sublayer_index)
+                                                    rms_norm)
 from depthattn.crosslayer.registry import register
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class ManifoldConnector(nn.Module):
 
 
 @register("mhc", options=MHCOptions)
-class MHC(CrossLayerMethod):
+class MHC(StreamConnectors):
     def __init__(self, config: ModelConfig, options: MHCOptions) -> None:
         super().__init__(config, options)
         n = self.num_streams = options.num_streams
@@ -162,21 +162,6 @@ class MHC(CrossLayerMethod):
         return MethodCost(added_params=params,
                           added_flops_per_token=float(sublayers * per_connector + 2 * n * d),
                           inflight_state_per_token=n * d)
-
-    def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Streams:
-        return expand_streams(embeddings, self.num_streams)
-
-    def sublayer_input(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
-        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
-        h_pre, h_post, h_res = connector.maps(stream.x)  # once, before the sublayer
-        stream.maps = (h_post, h_res)
-        return connector.branch_input(stream.x, h_pre)
-
-    def sublayer_output(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> Streams:
-        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
-        return Streams(connector.update(stream.x, output, *stream.maps))
 
     def final_hidden(self, stream: Streams, ctx: ForwardContext) -> torch.Tensor:
         weights = torch.softmax(self.readout.float(), dim=-1)  # (n,)

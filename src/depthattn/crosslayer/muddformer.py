@@ -21,10 +21,8 @@ Hidden width of the weight MLP: H_i = 64·(⌊C·(i+1)·e/64⌋ + 1), e = ``hidd
 ``last_hidden_expand`` (4) for the last layer. Init (their JAX training code): W1 ~ N(0, 1/d),
 W2 = 0, b_i = [0, …, 0, 1] for every stream ⇒ every stream is the latest output ⇒ vanilla.
 
-Needs a core hook that is not in this tree yet: ``CrossLayerMethod.attention_kv_inputs`` (the
-inputs of k_proj and v_proj, default: the q input) called by ``Block`` and passed to
-``Attention``. The method registers itself only when the core has that hook; until then the
-class is importable (for its cost) but not selectable by name.
+Keys and values read their own streams through the core hook
+``CrossLayerMethod.attention_kv_inputs`` (the inputs of k_proj and v_proj).
 """
 
 from __future__ import annotations
@@ -47,9 +45,6 @@ if TYPE_CHECKING:
 
 STREAMS = ("q", "k", "v", "r")  # C = 4 for every layer but the last (C = 1: r only)
 HIDDEN_ROUNDING = 64
-
-# The core hook MUDDFormer needs (see the module docstring); registration waits for it.
-CORE_HAS_SEPARATE_KV_INPUTS = hasattr(CrossLayerMethod, "attention_kv_inputs")
 
 
 @dataclass(frozen=True)
@@ -154,6 +149,7 @@ class DenseConnection(nn.Module):
         return a.view(B, T, self.num_streams, self.num_sources)
 
 
+@register("muddformer", options=MUDDFormerOptions)
 class MUDDFormer(CrossLayerMethod):
     name = "muddformer"
 
@@ -213,6 +209,3 @@ class MUDDFormer(CrossLayerMethod):
     def final_hidden(self, stream: DenseState, ctx: ForwardContext) -> torch.Tensor:
         return stream.residual
 
-
-if CORE_HAS_SEPARATE_KV_INPUTS:
-    register("muddformer", options=MUDDFormerOptions)(MUDDFormer)

@@ -8,11 +8,14 @@ from collections.abc import Callable
 import torch
 
 from depthattn.ops.depth_mix.reference import depth_mix_reference
+from depthattn.ops.depth_mix.unstacked import depth_mix_unstacked
 
 DepthMixFn = Callable[..., torch.Tensor]
 
-# name -> implementation; fused versions register here as they are added.
-IMPLEMENTATIONS: dict[str, DepthMixFn] = {"reference": depth_mix_reference}
+# name -> implementation; every one is tested against the reference, forward and backward.
+IMPLEMENTATIONS: dict[str, DepthMixFn] = {"reference": depth_mix_reference,
+                                          "unstacked": depth_mix_unstacked}
+DEFAULT = "unstacked"  # same math, no stacked copies kept for backward
 
 _ENV_VAR = "DEPTHATTN_DEPTH_MIX"
 _forced: str | None = None
@@ -29,7 +32,7 @@ def set_depth_mix_impl(name: str | None) -> None:
 
 
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
-    name = _forced or os.environ.get(_ENV_VAR) or "reference"
+    name = _forced or os.environ.get(_ENV_VAR) or DEFAULT
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"{_ENV_VAR} ({name!r}) names no depth-mix implementation; allowed: "
                          f"{', '.join(IMPLEMENTATIONS)}")
