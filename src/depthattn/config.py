@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from depthattn.crosslayer.registry import method_names, resolve_options
+from depthattn.crosslayer.registry import get_method, resolve_options
 
 if TYPE_CHECKING:
     from transformers import Qwen3Config
@@ -39,7 +39,7 @@ class ModelConfig:
     tie_embeddings: bool = False  # the paper's models are untied; small Qwen3 checkpoints are tied
     # Qwen3 normalises keys before RoPE; the authors' Hugging Face code does it after RoPE.
     k_norm_position: str = "before_rope"
-    method: str = "vanilla"  # a name from depthattn.crosslayer.method_names()
+    method: str = "vanilla"  # a name from depthattn.crosslayer.method_names(), or two joined by '+'
     method_options: dict[str, Any] = field(default_factory=dict)  # resolved in __post_init__
 
     def __post_init__(self) -> None:
@@ -67,9 +67,7 @@ class ModelConfig:
         if self.k_norm_position not in K_NORM_POSITIONS:
             raise ValueError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                              f"{', '.join(K_NORM_POSITIONS)}")
-        if self.method not in method_names():
-            raise ValueError(f"method ({self.method!r}) is unknown; allowed: "
-                             f"{', '.join(method_names())}")
+        get_method(self.method)  # unknown names (or clashing combinations) fail here
         options = resolve_options(self.method, self.method_options or {}, self)
         self.method_options = dataclasses.asdict(options)
 

@@ -5,6 +5,8 @@ the vanilla-sized KV cache, option validation."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -12,7 +14,9 @@ from depthattn import CausalLM, KVCache, load_model, save_model
 from depthattn.crosslayer import method_names
 from tests.conftest import random_ids, randomize_, tiny_config, tiny_model
 
-METHODS = method_names()
+# Every registered method, and combinations of an in-attention with a residual-stream method.
+METHODS = method_names() + ["depth_attention+denseformer", "depth_attention+mhc",
+                            "depth_attention+muddformer"]
 QWEN3_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 
 
@@ -88,5 +92,5 @@ def test_kv_cache_is_vanilla_sized(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_unknown_option_is_refused_with_the_allowed_ones(method):
-    with pytest.raises(ValueError, match=rf"unknown option.*'no_such_option'.*{method}.*allowed"):
+    with pytest.raises(ValueError, match=rf"unknown option.*'no_such_option'.*{re.escape(method)}.*allowed"):
         tiny_config(method=method, method_options={"no_such_option": 1})

@@ -40,9 +40,29 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str) -> MethodSpec:
+    """A registered method, or a combination ``a+b`` of two (see combined.py)."""
+    if name not in _METHODS and "+" in str(name):
+        return _combined_spec(name)
     if name not in _METHODS:
-        raise ValueError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}")
+        raise ValueError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}, "
+                         f"or two of them joined by '+' (e.g. depth_attention+mhc)")
     return _METHODS[name]
+
+
+def _combined_spec(name: str) -> MethodSpec:
+    from depthattn.crosslayer.combined import check_combinable, make_combined, split_parts
+
+    if name not in _COMBINED:
+        parts = split_parts(name)
+        specs = [get_method(part) for part in parts]
+        check_combinable(parts, [s.cls for s in specs])
+        cls, options = make_combined(name, parts, [s.cls for s in specs],
+                                     [s.options for s in specs])
+        _COMBINED[name] = MethodSpec(name, cls, options)
+    return _COMBINED[name]
+
+
+_COMBINED: dict[str, MethodSpec] = {}
 
 
 def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) -> MethodOptions:
