@@ -11,3 +11,4 @@ __version__ = "0.1.0"
 
 __all__ = ["PRESETS", "CausalLM", "DepthWeights", "KVCache", "ModelConfig",
            "capture_depth_weights", "generate", "load_model", "save_model"]
+import depthattn.hf  # noqa: E402,F401  registers the Auto classes lazily (depthattn/hf/auto.py)

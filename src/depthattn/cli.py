@@ -1,4 +1,5 @@
-"""The `depthattn` command: demo, prepare, train, eval, compare, quickstart, flops."""
+"""The `depthattn` command: quickstart, demo, prepare, train, eval, compare, convert, generate,
+flops."""
 
 from __future__ import annotations
 
@@ -102,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     quick = commands.add_parser("quickstart", help="the README's main job: a small "
                                 "Depth-Attention vs vanilla comparison on the offline corpus")
     _add_compare_arguments(quick, quickstart=True)
+
+    from depthattn.convert import (add_convert_arguments, add_generate_arguments, run_convert,
+                                   run_generate)
+
+    convert = commands.add_parser("convert", help="Qwen3 <-> depthattn, the authors' "
+                                  "checkpoints, training runs -> Hugging Face folders")
+    add_convert_arguments(convert)
+    convert.set_defaults(run=run_convert)
+    generate = commands.add_parser("generate", help="stream a continuation of --prompt")
+    add_generate_arguments(generate)
+    generate.set_defaults(run=run_generate)
 
     from depthattn.analysis.cost import add_flops_arguments, run_flops
 

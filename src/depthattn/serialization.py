@@ -112,6 +112,11 @@ def load_any(path: str | Path, device=None, dtype: torch.dtype | None = None) ->
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is neither a run directory, a depthattn model folder "
                                 f"nor a Hugging Face folder (no {CONFIG_NAME})")
-    if json.loads(config_file.read_text()).get("format") == "depthattn":
+    fields = json.loads(config_file.read_text())
+    if fields.get("format") == "depthattn":
         return load_model(path, device, dtype)
+    if fields.get("model_type") == "depthattn":  # a Hugging Face folder (save_pretrained)
+        from depthattn.hf.export import load_pretrained_any
+
+        return load_pretrained_any(path, device, dtype).core()
     return load_qwen3_folder(path, device=device, dtype=dtype)

@@ -1,0 +1,101 @@
+"""Cached decoding speed and KV-cache size per method, with ratios to vanilla, same run.
+
+    python benchmarks/decode.py                              # tiny preset, CPU
+    python benchmarks/decode.py --preset 360m --batch 1 32 --context 1024 --new 64 --dtype bfloat16
+
+For each batch size: prefill ``--context`` tokens, then time ``--new`` single-token steps
+(median over rounds, methods interleaved). Correctness first: the decoded logits of every method
+equal its full forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from depthattn import CausalLM, KVCache, ModelConfig
+
+
+@torch.no_grad()
+def decode_seconds(model: CausalLM, batch: int, context: int, new: int, device) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
+    cache = KVCache.for_model(model, batch, context + new)
+    logits = model(ids, cache=cache)[:, -1]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(new):
+        logits = model(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / new
+
+
+@torch.no_grad()
+def check(model: CausalLM, device) -> None:
+    ids = torch.randint(0, model.config.vocab_size, (2, 20), device=device)
+    cache = KVCache.for_model(model, 2, 20)
+    steps = torch.cat([model(ids[:, :12], cache=cache)] +
+                      [model(ids[:, t:t + 1], cache=cache) for t in range(12, 20)], 1)
+    err = (steps.float() - model(ids).float()).abs().max().item()
+    tolerance = 1e-4 if steps.dtype == torch.float32 else 5e-2
+    assert err < tolerance, f"{model.config.method}: decoding differs from the full forward by {err}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--methods", nargs="+", default=["vanilla", "depth_attention"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--context", type=int, default=1000)
+    parser.add_argument("--new", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    config = ModelConfig.from_preset(args.preset)
+    if args.context + args.new > config.max_seq_len:
+        raise SystemExit(f"context + new ({args.context + args.new}) exceeds the preset's "
+                         f"max_seq_len ({config.max_seq_len})")
+    models = {}
+    for method in args.methods:
+        torch.manual_seed(0)
+        models[method] = CausalLM(config.with_method(method)).to(device, dtype).eval()
+        check(models[method], device)
+
+    rows = []
+    for batch in args.batch:
+        times: dict[str, list[float]] = {m: [] for m in args.methods}
+        for _ in range(args.rounds):
+            for method, model in models.items():
+                times[method].append(decode_seconds(model, batch, args.context, args.new, device))
+        base = statistics.median(times[args.methods[0]])
+        for method, model in models.items():
+            step = statistics.median(times[method])
+            cache_bytes = KVCache.for_model(model, batch, args.context + args.new).nbytes
+            rows.append(dict(method=method, batch=batch, step_ms=step * 1e3,
+                             tokens_per_s=batch / step, speed_ratio=base / step,
+                             cache_bytes=cache_bytes))
+    base_bytes = {r["batch"]: r["cache_bytes"] for r in rows if r["method"] == args.methods[0]}
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"decoding, preset {args.preset}, {args.dtype}, {name}, {torch.get_num_threads()} "
+          f"threads, context {args.context}, {args.new} new tokens, median of {args.rounds}")
+    print(f"{'method':<18}{'batch':>6}{'ms/step':>10}{'tokens/s':>11}{'speed ratio':>13}"
+          f"{'KV cache MiB':>14}{'bytes ratio':>13}")
+    for r in rows:
+        print(f"{r['method']:<18}{r['batch']:>6}{r['step_ms']:>10.2f}{r['tokens_per_s']:>11,.0f}"
+              f"{r['speed_ratio']:>13.3f}{r['cache_bytes'] / 2**20:>14.1f}"
+              f"{r['cache_bytes'] / base_bytes[r['batch']]:>13.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

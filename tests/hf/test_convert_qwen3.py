@@ -1,0 +1,166 @@
+"""Qwen3 checkpoints written by transformers itself ↔ depthattn, and the convert CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from depthattn.convert import (add_convert_arguments, add_generate_arguments, from_qwen3,
+                               run_convert, run_generate, to_qwen3)
+from depthattn.hf import DepthAttnForCausalLM
+
+
+@pytest.fixture(params=[False, True], ids=["untied", "tied"])
+def qwen3_dir(request, tmp_path, randomize):
+    config = Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=80,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
+                         tie_word_embeddings=request.param, eos_token_id=2, bos_token_id=1)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).eval()
+    randomize(model, seed=1)
+    directory = tmp_path / "qwen3"
+    model.save_pretrained(directory)
+    return directory, model
+
+
+def ids_for(vocab=96, seed=0):
+    return torch.randint(0, vocab, (2, 11), generator=torch.Generator().manual_seed(seed))
+
+
+def test_from_qwen3_vanilla_gives_equal_logits(tmp_path, qwen3_dir):
+    src, reference = qwen3_dir
+    out = from_qwen3(src, tmp_path / "out", method="vanilla")
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert isinstance(model, DepthAttnForCausalLM)
+    ids = ids_for()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+    assert model.config.eos_token_id == 2
+
+
+def test_from_qwen3_depth_attention_loads_unchanged_weights(tmp_path, qwen3_dir):
+    src, reference = qwen3_dir
+    out = from_qwen3(src, tmp_path / "out", method="depth_attention", stride=2,
+                     recent_window=1)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.core_config.method == "depth_attention"
+    assert model.core_config.method_options == {"stride": 2, "recent_window": 1}
+    ref_state = reference.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, ref_state[name]), name
+    with torch.no_grad():
+        logits = model(ids_for()).logits
+    assert torch.isfinite(logits).all()
+    assert not torch.allclose(logits, reference(ids_for()).logits, atol=1e-3)  # it mixes
+
+
+def test_to_qwen3_round_trip(tmp_path, qwen3_dir):
+    src, reference = qwen3_dir
+    ours = from_qwen3(src, tmp_path / "ours", method="vanilla")
+    back = to_qwen3(ours, tmp_path / "back")
+    loaded = Qwen3ForCausalLM.from_pretrained(back).eval()
+    ids = ids_for(seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, rtol=0, atol=0)
+    assert loaded.config.tie_word_embeddings == reference.config.tie_word_embeddings
+
+
+def test_to_qwen3_refuses_other_methods(tmp_path, qwen3_dir, make_model):
+    src, _ = qwen3_dir
+    ours = from_qwen3(src, tmp_path / "ours", method="depth_attention")
+    with pytest.raises(ValueError, match="only 'vanilla'"):
+        to_qwen3(ours, tmp_path / "back")
+    after = DepthAttnForCausalLM.from_core(make_model(k_norm_position="after_rope"))
+    after.save_pretrained(tmp_path / "after")
+    with pytest.raises(ValueError, match="k_norm_position"):
+        to_qwen3(tmp_path / "after", tmp_path / "back2")
+
+
+def test_bad_inputs(tmp_path, qwen3_dir):
+    src, _ = qwen3_dir
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        from_qwen3(tmp_path, tmp_path / "x")  # a folder that is not a checkpoint
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        from_qwen3(tmp_path / "missing", tmp_path / "x")
+    with pytest.raises(ValueError, match="adds parameters"):
+        from_qwen3(src, tmp_path / "x", method="mhc")
+    with pytest.raises(ValueError, match="stride"):
+        from_qwen3(src, tmp_path / "x", method="depth_attention", stride=0)
+    weird = tmp_path / "weird"
+    weird.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    (weird / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
+    with pytest.raises(ValueError, match="attention_bias"):
+        from_qwen3(weird, tmp_path / "x")
+    (weird / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="'llama'"):
+        from_qwen3(weird, tmp_path / "x")
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        from_qwen3(no_weights, tmp_path / "x")
+
+
+def _parse(add, argv):
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser.parse_args(argv)
+
+
+def test_convert_cli(tmp_path, qwen3_dir, capsys):
+    src, _ = qwen3_dir
+    args = _parse(add_convert_arguments, ["--from-qwen3", str(src), "--stride", "2",
+                                          "--out", str(tmp_path / "out")])
+    run_convert(args)
+    assert "wrote" in capsys.readouterr().out
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["method"], config["method_options"]["stride"]) == ("depth_attention", 2)
+    with pytest.raises(ValueError, match="not empty"):
+        run_convert(args)
+    with pytest.raises(ValueError, match="only applies to --from-qwen3"):
+        run_convert(_parse(add_convert_arguments, ["--to-qwen3", str(tmp_path / "out"),
+                                                   "--stride", "2", "--out",
+                                                   str(tmp_path / "o2")]))
+
+
+def test_generate_cli_streams_text(tmp_path, make_model, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from depthattn.data.tokenizer import wrap_tokenizer
+
+    vocab = {f"w{i}": i for i in range(120)}
+    vocab["[UNK]"] = 120
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["<|endoftext|>", "<|pad|>"])
+    tokenizer = wrap_tokenizer(backend)
+    model = DepthAttnForCausalLM.from_core(make_model(seed=1, method="depth_attention"))
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(str(tmp_path / "m"))
+    args = _parse(add_generate_arguments, [str(tmp_path / "m"), "--prompt", "w1 w2 w3",
+                                           "--max-new-tokens", "5"])
+    run_generate(args)
+    printed = capsys.readouterr().out
+    ids = tokenizer("w1 w2 w3", return_tensors="pt")["input_ids"]
+    expected = model.eval().generate(ids, max_new_tokens=5, eos_token_id=tokenizer.eos_token_id)
+    assert printed.strip() == tokenizer.decode(expected[0]).strip()
+    args = _parse(add_generate_arguments, [str(tmp_path / "m"), "--prompt", "w1",
+                                           "--temperature", "0.8", "--top-p", "0.9",
+                                           "--max-new-tokens", "4"])
+    run_generate(args)  # sampling path runs
+    (tmp_path / "bare").mkdir()
+    model.save_pretrained(tmp_path / "bare")
+    with pytest.raises(FileNotFoundError, match="--tokenizer"):
+        run_generate(_parse(add_generate_arguments, [str(tmp_path / "bare"), "--prompt", "w1"]))
+    small = DepthAttnForCausalLM.from_core(make_model(seed=1, vocab_size=64))
+    small.save_pretrained(tmp_path / "small")
+    with pytest.raises(ValueError, match="vocab_size"):
+        run_generate(_parse(add_generate_arguments, [str(tmp_path / "small"), "--prompt", "w1",
+                                                     "--tokenizer", str(tmp_path / "m")]))
