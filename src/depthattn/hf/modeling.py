@@ -63,13 +63,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     def core(self) -> CausalLM:
         """A ``CausalLM`` whose ``model`` and ``lm_head`` ARE this model's modules (no copy), for
         the core API: ``generate``, ``KVCache.for_model``, ``capture_depth_weights``..."""
-        view = CausalLM.__new__(CausalLM)
-        nn.Module.__init__(view)
-        view.config = self.core_config
-        view.model = self.model
-        view.lm_head = self.lm_head
-        view.training = self.training  # the shared submodules already carry their own mode
-        return view
+        return CausalLM.from_modules(self.core_config, self.model, self.lm_head)
 
     @classmethod
     def from_core(cls, model: CausalLM, **config_kwargs: Any) -> DepthAttnForCausalLM:

@@ -88,6 +88,16 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.init_weights()
 
+    @classmethod
+    def from_modules(cls, config: ModelConfig, decoder: Decoder, lm_head: nn.Linear) -> CausalLM:
+        """A CausalLM around existing modules, shared, not copied (e.g. the Hugging Face
+        wrapper's), without building or initialising new weights."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.config, model.model, model.lm_head = config, decoder, lm_head
+        model.train(decoder.training)
+        return model
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """N(0, init_std²) for every linear and embedding weight, RMSNorm gains at 1 (as
