@@ -11,27 +11,11 @@ from depthattn.crosslayer import get_method
 from depthattn.crosslayer.attnres import DepthAggregator
 from depthattn.crosslayer.block_attnres import (default_block_size, num_blocks,
                                                 sources_per_aggregator)
-from depthattn.model.context import ForwardContext
+from tests.crosslayer.sublayers import sublayer_runner
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
 
-
-def sublayer_runner(model: CausalLM, ids: torch.Tensor):
-    """h₀, the two pre-norm branches F_attn(u), F_mlp(u) of layer l, and the head."""
-    dec = model.model
-    B, T = ids.shape
-    cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), dec.embed_tokens.weight.dtype)
-    ctx = ForwardContext(method=dec.cross_layer, cos=cos, sin=sin, attn_mask=None,
-                         is_causal=True)
-
-    def attn(layer: int, u: torch.Tensor) -> torch.Tensor:
-        return dec.layers[layer].self_attn(dec.layers[layer].input_layernorm(u), ctx)
-
-    def mlp(layer: int, u: torch.Tensor) -> torch.Tensor:
-        return dec.layers[layer].mlp(dec.layers[layer].post_attention_layernorm(u))
-
-    return dec.embed_tokens(ids), attn, mlp, lambda h: model.lm_head(dec.norm(h))
 
 
 def block_attn_res(model: CausalLM, name: str, blocks: list, partial_block) -> torch.Tensor:

@@ -9,26 +9,11 @@ import torch
 from depthattn import CausalLM, KVCache, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.crosslayer.denseformer import live_outputs
-from depthattn.model.context import ForwardContext
+from tests.crosslayer.sublayers import block_runner
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
 
-
-def block_runner(model: CausalLM, ids: torch.Tensor):
-    """h₀, the unmodified pre-norm block Y = Block(x), and the head, driven by hand."""
-    dec = model.model
-    B, T = ids.shape
-    cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), dec.embed_tokens.weight.dtype)
-    ctx = ForwardContext(method=dec.cross_layer, cos=cos, sin=sin, attn_mask=None,
-                         is_causal=True)
-
-    def block(layer: int, x: torch.Tensor) -> torch.Tensor:
-        blk = dec.layers[layer]
-        h = x + blk.self_attn(blk.input_layernorm(x), ctx)
-        return h + blk.mlp(blk.post_attention_layernorm(h))
-
-    return dec.embed_tokens(ids), block, lambda h: model.lm_head(dec.norm(h))
 
 
 def reference_logits(model: CausalLM, ids: torch.Tensor, k: int, p: int) -> torch.Tensor:

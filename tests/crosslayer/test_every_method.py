@@ -12,7 +12,7 @@ import torch
 
 from depthattn import CausalLM, KVCache, load_model, save_model
 from depthattn.crosslayer import method_names
-from tests.conftest import random_ids, randomize_, tiny_config, tiny_model
+from tests.conftest import random_ids, tiny_config, tiny_model
 
 # Every registered method, and combinations of an in-attention with a residual-stream method.
 METHODS = method_names() + ["depth_attention+denseformer", "depth_attention+mhc",
