@@ -69,9 +69,9 @@ def test_bad_seeds_and_options_fail_before_training(tiny_train_config, tmp_path)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-@pytest.mark.slow
 def test_compare_every_registered_method(tiny_train_config, tmp_path):
-    """Integration: all methods x 2 seeds, short budget, through `depthattn compare`."""
+    """Integration: all methods x 2 seeds, short budget, through `depthattn compare` (~10 s,
+    so it runs in CI)."""
     from depthattn.crosslayer import method_names
 
     methods = method_names()
