@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
-    config_path = args.config or resources.files("depthattn") / "configs" / "quickstart.toml"
+    config_path = args.config or "quickstart"
 
     step_times: dict[str, list[float]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib import resources
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -36,8 +35,7 @@ def _compare(args: argparse.Namespace) -> None:
     from depthattn.compare import run_compare
     from depthattn.train import load_train_config
 
-    config_path = args.config or (resources.files("depthattn") / "configs" / "quickstart.toml"
-                                  if args.quickstart else None)
+    config_path = args.config or ("quickstart" if args.quickstart else None)
     base = load_train_config(config_path, args.overrides, progress=not args.no_progress)
     methods = args.methods or ["vanilla", "depth_attention"]
     run_compare(base, methods, args.seeds, args.out, baseline=args.baseline)
@@ -81,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(run=run_prepare)
 
     train = commands.add_parser("train", help="train one model")
-    train.add_argument("--config", help="training config file (.toml/.yaml/.json)")
+    train.add_argument("--config", help="training config file (.toml/.yaml/.json) or a shipped "
+                                        "one by name: quickstart, paper_360m ... paper_3b")
     train.add_argument("--resume", action="store_true", help="continue the run in run_dir")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="training fields, e.g. method=depth_attention steps=400")

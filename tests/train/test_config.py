@@ -45,3 +45,23 @@ def test_unknown_fields_are_refused(tmp_path):
 def test_accumulation_derived_from_global_batch():
     config = TrainConfig(micro_batch_size=4, seq_len=32, global_batch_tokens=512)
     assert (config.grad_accumulation, config.tokens_per_step) == (4, 512)
+
+
+def test_every_shipped_config_loads_by_name_and_builds_its_model_config():
+    from depthattn.train.config import shipped_configs
+
+    names = shipped_configs()
+    assert {"quickstart", "paper_3b", "paper_1.5b", "paper_410m"} <= set(names)
+    for name in names:
+        config = load_train_config(name)
+        model = config.model_config(vocab_size=config.vocab_size
+                                    if config.model == "tiny" else None)
+        assert model.max_seq_len >= config.seq_len
+        if name.startswith("paper_"):
+            assert (config.seq_len, config.tokens_per_step, config.warmup_ratio,
+                    config.min_lr_ratio) == (2048, 1024 * 2048, 0.02, 0.1)
+
+
+def test_missing_config_lists_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match=r"does not exist \(shipped configs: .*paper_3b"):
+        load_train_config("paper_7b")

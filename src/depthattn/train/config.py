@@ -117,11 +117,23 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The experiment files that come with the package (quickstart, paper_<preset>)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("depthattn") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Fields from a .toml, .yaml/.yml or .json file (flat, or under a [train] table)."""
+    """Fields from a .toml, .yaml/.yml or .json file (flat, or under a [train] table), or from
+    a shipped config named without its suffix (e.g. ``paper_3b``)."""
     path = Path(path)
+    if not path.is_file() and str(path) in shipped_configs():
+        path = shipped_configs()[str(path)]
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(f"config file {path} does not exist (shipped configs: "
+                                f"{', '.join(shipped_configs())})")
     text = path.read_text()
     if path.suffix == ".toml":
         try:
