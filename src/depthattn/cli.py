@@ -43,7 +43,8 @@ def _compare(args: argparse.Namespace) -> None:
     config_path = args.config or ("quickstart" if args.quickstart else None)
     base = load_train_config(config_path, args.overrides, progress=not args.no_progress)
     methods = args.methods or ["vanilla", "depth_attention"]
-    run_compare(base, methods, args.seeds, args.out, baseline=args.baseline)
+    run_compare(base, methods, args.seeds, args.out, baseline=args.baseline, tasks=args.tasks,
+                task_limit=args.task_limit)
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool) -> None:
@@ -56,6 +57,11 @@ def _add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool) ->
                         default=[0, 1, 2] if quickstart else [0, 1])
     parser.add_argument("--out", default="runs/quickstart" if quickstart else "runs/compare")
     parser.add_argument("--baseline", default=None, help="default: vanilla if compared")
+    parser.add_argument("--tasks", default=None,
+                        help="also report zero-shot accuracy on these lm-eval tasks, e.g. "
+                             "corpus_cloze,corpus_continuation or paper")
+    parser.add_argument("--task-limit", type=int, default=None,
+                        help="documents per zero-shot task (default: all)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training fields, e.g. steps=400 lr=2e-3")

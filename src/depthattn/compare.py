@@ -53,9 +53,37 @@ def _run_config(base: TrainConfig, run: MethodRun, seed: int, out_dir: Path) -> 
                                run_dir=str(out_dir / safe / f"seed{seed}"))
 
 
+def _zeroshot(run_dir: Path, tasks: str, limit: int | None) -> dict[str, float]:
+    """Accuracy per task of one finished run, computed once and cached in run_dir/zeroshot."""
+    cached = run_dir / "zeroshot" / "zeroshot.json"
+    if cached.exists():
+        report = json.loads(cached.read_text())
+        if report["settings"].get("tasks") == tasks and report["settings"]["limit"] == limit:
+            return {row["task"]: row["acc"] for row in report["tasks"] if "acc" in row}
+    from depthattn.eval.zeroshot import evaluate_zeroshot
+
+    rows = evaluate_zeroshot(run_dir, tasks, limit=limit, out_dir=run_dir / "zeroshot")
+    report = json.loads(cached.read_text())
+    report["settings"]["tasks"] = tasks  # remembered, so a later compare reuses it
+    write_json_atomic(cached, report)
+    return {row["task"]: row["acc"] for row in rows if "acc" in row}
+
+
 def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir: str | Path,
-                baseline: str | None = None) -> dict[str, Any]:
+                baseline: str | None = None, tasks: str | None = None,
+                task_limit: int | None = None) -> dict[str, Any]:
+    """Train (or collect) every method x seed, then report. ``tasks`` adds zero-shot accuracy
+    columns (lm-eval task names, e.g. "corpus_cloze,corpus_continuation" or "paper")."""
     out_dir = Path(out_dir)
+    if tasks:  # unknown task names fail before any training
+        from depthattn.eval.tasks import OUR_NAMES, resolve_task_names
+
+        if all(t.strip() in OUR_NAMES for t in tasks.split(",")):
+            resolve_task_names(tasks)
+        else:
+            from lm_eval.tasks import TaskManager
+
+            resolve_task_names(tasks, TaskManager().all_tasks)
     runs = [parse_method(m) for m in methods]
     if len({r.label for r in runs}) != len(runs):
         raise ValueError(f"methods ({', '.join(methods)}) must be distinct")
@@ -88,7 +116,9 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
         summary = json.loads(summary_path.read_text())
         curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
                  for m in read_metrics(run_dir) if "val_loss" in m]
-        results[label].append({**summary, "seed": seed, "curve": curve, "run_dir": str(run_dir)})
+        zeroshot = _zeroshot(run_dir, tasks, task_limit) if tasks else {}
+        results[label].append({**summary, "seed": seed, "curve": curve, "run_dir": str(run_dir),
+                               "zeroshot": zeroshot})
     return write_report(results, baseline, base, out_dir)
 
 
@@ -110,6 +140,7 @@ def write_report(results: dict[str, list[dict[str, Any]]], baseline: str, base: 
                       if r["seed"] in base_by_seed]
             diff = paired_difference([a for a, _ in paired], [b for _, b in paired])
             row["diff_vs_baseline"] = dataclasses.asdict(diff)
+        row["zeroshot"] = _zeroshot_stats(runs, results[baseline], label == baseline)
         rows.append(row)
 
     curves = plot_val_curves({label: [r["curve"] for r in runs] for label, runs in results.items()},
@@ -125,6 +156,23 @@ def write_report(results: dict[str, list[dict[str, Any]]], baseline: str, base: 
     tmp.replace(out_dir / "compare.md")
     print(markdown)
     return report
+
+
+def _zeroshot_stats(runs: list[dict[str, Any]], baseline_runs: list[dict[str, Any]],
+                    is_baseline: bool) -> dict[str, Any]:
+    """Per task: accuracy mean ± std over seeds and, for non-baselines, the paired difference."""
+    base = {r["seed"]: r.get("zeroshot", {}) for r in baseline_runs}
+    stats: dict[str, Any] = {}
+    for task in sorted({t for r in runs for t in r.get("zeroshot", {})}):
+        accs = [r["zeroshot"][task] for r in runs if task in r.get("zeroshot", {})]
+        entry: dict[str, Any] = {"acc": dataclasses.asdict(summarize(accs))}
+        pairs = [(r["zeroshot"][task], base[r["seed"]][task]) for r in runs
+                 if task in r.get("zeroshot", {}) and task in base.get(r["seed"], {})]
+        if not is_baseline and pairs:
+            entry["diff_vs_baseline"] = dataclasses.asdict(
+                paired_difference([a for a, _ in pairs], [b for _, b in pairs]))
+        stats[task] = entry
+    return stats
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -154,6 +202,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {row['method']} | {row['num_parameters']:,} | {loss['n']} | "
                      f"{loss['mean']:.4f} ± {loss['std']:.4f} | {ppl['mean']:.2f} ± "
                      f"{ppl['std']:.2f} | {delta} | {ci} | {p} | {tps['mean']:,.0f} |")
+    tasks = sorted({t for row in report["rows"] for t in row.get("zeroshot", {})})
+    if tasks:
+        lines += ["", f"Zero-shot accuracy (mean ± std over seeds; Δ paired by seed against "
+                      f"`{baseline}`, p from a paired t-test):", "",
+                  "| method | " + " | ".join(tasks) + " |",
+                  "|---|" + "---|" * len(tasks)]
+        for row in report["rows"]:
+            cells = []
+            for task in tasks:
+                entry = row["zeroshot"].get(task)
+                if entry is None:
+                    cells.append("–")
+                    continue
+                acc = entry["acc"]
+                cell = f"{acc['mean']:.4f} ± {acc['std']:.4f}"
+                diff = entry.get("diff_vs_baseline")
+                if diff:
+                    cell += f" (Δ {diff['mean']:+.4f}, p {fmt(diff['p_value'], 3)})"
+                cells.append(cell)
+            lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed (validation loss):", ""]
     for row in report["rows"]:
         per_seed = ", ".join(f"seed {r['seed']}: {r['val_loss']:.4f}" for r in row["runs"])

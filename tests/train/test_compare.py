@@ -80,3 +80,26 @@ def test_compare_every_registered_method(tiny_train_config, tmp_path):
     assert [row["method"] for row in report["rows"]] == methods
     for row in report["rows"]:
         assert row["val_loss"]["n"] == 2 and np.isfinite(row["val_loss"]["mean"])
+
+
+def test_compare_adds_zero_shot_columns_with_paired_tests(tiny_train_config, tmp_path):
+    base = tiny_train_config(steps=4, eval_every=0, checkpoint_every=0)
+    out = tmp_path / "zs"
+    report = run_compare(base, ["vanilla", "depth_attention"], [0, 1], out,
+                         tasks="corpus_continuation", task_limit=8)
+    row = report["rows"][1]
+    entry = row["zeroshot"]["corpus_continuation"]
+    assert entry["acc"]["n"] == 2 and 0.0 <= entry["acc"]["mean"] <= 1.0
+    assert entry["diff_vs_baseline"]["n"] == 2
+    assert "Zero-shot accuracy" in (out / "compare.md").read_text()
+    cached = out / "vanilla" / "seed0" / "zeroshot" / "zeroshot.json"
+    mtime = cached.stat().st_mtime
+    run_compare(base, ["vanilla", "depth_attention"], [0, 1], out, tasks="corpus_continuation",
+                task_limit=8)
+    assert cached.stat().st_mtime == mtime  # computed once per run
+
+
+def test_compare_refuses_unknown_tasks_before_training(tiny_train_config, tmp_path):
+    with pytest.raises(ValueError, match="unknown task name"):
+        run_compare(tiny_train_config(), ["vanilla"], [0], tmp_path / "t", tasks="corpus_clozz")
+    assert not (tmp_path / "t").exists()
