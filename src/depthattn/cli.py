@@ -57,10 +57,11 @@ def _add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool) ->
                         default=[0, 1, 2] if quickstart else [0, 1])
     parser.add_argument("--out", default="runs/quickstart" if quickstart else "runs/compare")
     parser.add_argument("--baseline", default=None, help="default: vanilla if compared")
-    parser.add_argument("--tasks", default=None,
+    parser.add_argument("--tasks", default="corpus_cloze,corpus_continuation" if quickstart
+                        else None,
                         help="also report zero-shot accuracy on these lm-eval tasks, e.g. "
-                             "corpus_cloze,corpus_continuation or paper")
-    parser.add_argument("--task-limit", type=int, default=None,
+                             "corpus_cloze,corpus_continuation or paper ('' for none)")
+    parser.add_argument("--task-limit", type=int, default=500 if quickstart else None,
                         help="documents per zero-shot task (default: all)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
