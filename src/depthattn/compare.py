@@ -19,7 +19,7 @@ from depthattn.data.files import write_json_atomic
 from depthattn.train.config import TrainConfig
 from depthattn.train.data import resolve_data
 from depthattn.train.metrics import read_metrics
-from depthattn.train.trainer import CONFIG_FILE, SUMMARY_FILE, train
+from depthattn.train.trainer import CONFIG_FILE, RESUMABLE_CHANGES, SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,13 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
             train(cfg, resume=resume)
         else:
             log.info("%s seed %d: finished earlier, collected from %s", label, seed, run_dir)
-            train_cfg = json.loads((run_dir / CONFIG_FILE).read_text())
-            if train_cfg != cfg.to_dict():
-                raise ValueError(f"{run_dir} was trained with another configuration; remove it "
-                                 f"or choose another output folder")
+            saved = json.loads((run_dir / CONFIG_FILE).read_text())
+            changed = sorted(k for k, v in cfg.to_dict().items()
+                             if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+            if changed:
+                raise ValueError(f"{run_dir} was trained with another configuration (differs in "
+                                 f"{', '.join(changed)}); remove it or choose another output "
+                                 f"folder")
         summary = json.loads(summary_path.read_text())
         curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
                  for m in read_metrics(run_dir) if "val_loss" in m]

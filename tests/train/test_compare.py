@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,10 +29,19 @@ def test_compare_two_methods_two_seeds_writes_table_json_and_plots(tiny_train_co
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["rows"][0]["method"] == "vanilla"
     assert "| vanilla |" in capsys.readouterr().out
-    # a second call collects the finished runs instead of training again
+    # a second call collects the finished runs instead of training again, even when only
+    # presentation fields (progress, logging) differ
     mtime = (out / "vanilla" / "seed0" / "summary.json").stat().st_mtime
-    run_compare(base, ["vanilla", "depth_attention:stride=1"], [0, 1], out)
+    run_compare(dataclasses.replace(base, progress=True, log_every=3),
+                ["vanilla", "depth_attention:stride=1"], [0, 1], out)
     assert (out / "vanilla" / "seed0" / "summary.json").stat().st_mtime == mtime
+
+
+def test_a_finished_run_with_another_recipe_is_not_collected(tiny_train_config, tmp_path):
+    base = tiny_train_config(steps=3, eval_every=0, checkpoint_every=0)
+    run_compare(base, ["vanilla"], [0], tmp_path / "c")
+    with pytest.raises(ValueError, match=r"trained with another configuration \(differs in lr\)"):
+        run_compare(dataclasses.replace(base, lr=1e-2), ["vanilla"], [0], tmp_path / "c")
 
 
 def test_paired_difference_matches_scipy():
