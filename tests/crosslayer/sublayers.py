@@ -41,3 +41,17 @@ def block_runner(model: CausalLM, ids: torch.Tensor
         return h + mlp(layer, h)
 
     return h0, block, head
+
+
+@torch.no_grad()
+def assert_decoding_matches_full_forward(model: CausalLM, ids: torch.Tensor, prefill: int = 3,
+                                         atol: float = 1e-12) -> None:
+    """Prefill ``prefill`` tokens, then one token at a time: logits equal one full forward."""
+    from depthattn import KVCache
+
+    B, T = ids.shape
+    full = model(ids)
+    cache = KVCache.for_model(model, B, T)
+    steps = [model(ids[:, :prefill], cache=cache)] + [model(ids[:, t:t + 1], cache=cache)
+                                                      for t in range(prefill, T)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=atol, rtol=0)

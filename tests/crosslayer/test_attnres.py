@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from depthattn import CausalLM, KVCache, ModelConfig
+from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.crosslayer.attnres import DepthAggregator, snapshot_layers, sources_per_aggregator
-from tests.crosslayer.sublayers import sublayer_runner
+from tests.crosslayer.sublayers import sublayer_runner, assert_decoding_matches_full_forward
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
@@ -58,12 +58,7 @@ def test_cached_decoding_equals_full_forward_across_snapshots(block_size):
     model = tiny_model(seed=22, dtype=torch.float64, method="attnres",
                        method_options={"block_size": block_size})
     ids = random_ids(2, 8, seed=22)
-    with torch.no_grad():
-        full = model(ids)
-        cache = KVCache.for_model(model, 2, 8)
-        steps = [model(ids[:, :3], cache=cache)] + [model(ids[:, t:t + 1], cache=cache)
-                                                    for t in range(3, 8)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=0)
+    assert_decoding_matches_full_forward(model, ids)
 
 
 def test_initial_aggregator_favours_the_running_residual():

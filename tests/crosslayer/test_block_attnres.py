@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depthattn import CausalLM, KVCache, ModelConfig
+from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.crosslayer.attnres import DepthAggregator
 from depthattn.crosslayer.block_attnres import (default_block_size, num_blocks,
                                                 sources_per_aggregator)
-from tests.crosslayer.sublayers import sublayer_runner
+from tests.crosslayer.sublayers import sublayer_runner, assert_decoding_matches_full_forward
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
@@ -66,12 +66,7 @@ def test_cached_decoding_equals_full_forward(options):
     model = tiny_model(seed=32, dtype=torch.float64, method="block_attnres",
                        method_options=options)
     ids = random_ids(2, 8, seed=32)
-    with torch.no_grad():
-        full = model(ids)
-        cache = KVCache.for_model(model, 2, 8)
-        steps = [model(ids[:, :3], cache=cache)] + [model(ids[:, t:t + 1], cache=cache)
-                                                    for t in range(3, 8)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=0)
+    assert_decoding_matches_full_forward(model, ids)
 
 
 def test_zero_query_is_the_uniform_mean():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depthattn import CausalLM, KVCache, ModelConfig
+from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.crosslayer.denseformer import live_outputs
-from tests.crosslayer.sublayers import block_runner
+from tests.crosslayer.sublayers import block_runner, assert_decoding_matches_full_forward
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
@@ -49,12 +49,7 @@ def test_cached_decoding_equals_full_forward_with_dilation_and_period(k, p):
     model = tiny_model(seed=12, dtype=torch.float64, method="denseformer",
                        method_options={"dilation": k, "period": p})
     ids = random_ids(2, 8, seed=12)
-    with torch.no_grad():
-        full = model(ids)
-        cache = KVCache.for_model(model, 2, 8)
-        steps = [model(ids[:, :3], cache=cache)] + [model(ids[:, t:t + 1], cache=cache)
-                                                    for t in range(3, 8)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=0)
+    assert_decoding_matches_full_forward(model, ids)
 
 
 @pytest.mark.parametrize("options", [{}, {"dilation": 2}, {"dilation": 3, "period": 2}])

@@ -9,6 +9,7 @@ import torch
 from depthattn import CausalLM, KVCache, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.model.context import ForwardContext
+from tests.crosslayer.sublayers import assert_decoding_matches_full_forward
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 MODES = ["fixed", "learned", "gated"]
@@ -89,12 +90,7 @@ def test_modes_beyond_the_default_decode_and_train(mode):
     model = tiny_model(seed=5, dtype=torch.float64, method="value_residual",
                        method_options={"mode": mode})
     ids = random_ids(2, 8, seed=5)
-    with torch.no_grad():
-        full = model(ids)
-        cache = KVCache.for_model(model, 2, 8)
-        steps = [model(ids[:, :3], cache=cache)] + [model(ids[:, t:t + 1], cache=cache)
-                                                    for t in range(3, 8)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-12, rtol=0)
+    assert_decoding_matches_full_forward(model, ids)
     model.train()
     model(ids).square().mean().backward()
     for name, p in model.named_parameters():
