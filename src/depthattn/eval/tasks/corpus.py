@@ -97,14 +97,16 @@ def continuation_items(docs: list[str], n: int, context_words: int, continuation
     return items
 
 
-_CLOZE_YAML = """task: corpus_cloze
-dataset_path: json
+# Both tasks read one local JSONL file as their validation split.
+_LOCAL_JSON = """dataset_path: json
 dataset_name: null
 dataset_kwargs:
   data_files:
     validation: {data}
 validation_split: validation
-output_type: loglikelihood
+"""
+
+_CLOZE_YAML = "task: corpus_cloze\n" + _LOCAL_JSON + """output_type: loglikelihood
 doc_to_text: "{{{{context}}}}"
 doc_to_target: "{{{{' ' + target}}}}"
 metric_list:
@@ -118,14 +120,7 @@ metadata:
   version: {version}
 """
 
-_CONTINUATION_YAML = """task: corpus_continuation
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    validation: {data}
-validation_split: validation
-output_type: multiple_choice
+_CONTINUATION_YAML = "task: corpus_continuation\n" + _LOCAL_JSON + """output_type: multiple_choice
 doc_to_text: "{{{{context}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: label
