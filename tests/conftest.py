@@ -8,8 +8,16 @@ q_norm and k_norm, or drops a gain, would go unnoticed.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run through Triton's interpreter (NumPy on CPU tensors). The
+# flag is read when triton itself is imported, so it is set before anything imports it.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The models are tiny: intra-op threads only add synchronisation (and, on a busy 2-core
 # machine, oversubscription that makes the suite several times slower).

@@ -1,42 +1,99 @@
-"""Pick a depth-mix implementation by name, falling back to the reference."""
+"""Pick a depth-mix implementation: the fastest one available for the tensors, or a forced one.
+
+Implementations, all with the signature of ``depth_mix_reference`` (without ``return_weights``)
+and all tested against it, forward and backward:
+
+    reference  | stacks the n+1 keys and values: the yardstick
+    unstacked  | reads the sources in place; autograd keeps the weights
+    recompute  | reads the sources in place; hand-written backward recomputes the weights from
+               | one log-sum-exp per token (the Triton kernel's math in PyTorch)
+    compiled   | ``torch.compile`` of ``unstacked`` (CPU and GPU; compiles on first use)
+    triton     | one fused kernel forward, one backward (CUDA; CPU only under TRITON_INTERPRET=1)
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 
 import torch
 
-from depthattn.ops.depth_mix.reference import depth_mix_reference
-from depthattn.ops.depth_mix.unstacked import depth_mix_unstacked
-
 DepthMixFn = Callable[..., torch.Tensor]
 
-# name -> implementation; every one is tested against the reference, forward and backward.
-IMPLEMENTATIONS: dict[str, DepthMixFn] = {"reference": depth_mix_reference,
-                                          "unstacked": depth_mix_unstacked}
-DEFAULT = "unstacked"  # same math, no stacked copies kept for backward
+# name -> "module:function", imported on first use so that triton is never imported on CPU.
+_LOCATIONS: dict[str, str] = {
+    "reference": "depthattn.ops.depth_mix.reference:depth_mix_reference",
+    "unstacked": "depthattn.ops.depth_mix.unstacked:depth_mix_unstacked",
+    "recompute": "depthattn.ops.depth_mix.recompute:depth_mix_recompute",
+    "compiled": "depthattn.ops.depth_mix.compiled:depth_mix_compiled",
+    "triton": "depthattn.ops.depth_mix.triton_kernel:depth_mix_triton",
+}
+IMPLEMENTATIONS = tuple(_LOCATIONS)
 
 _ENV_VAR = "DEPTHATTN_DEPTH_MIX"
 _forced: str | None = None
+_loaded: dict[str, DepthMixFn] = {}
+
+
+def triton_usable(device: torch.device | str) -> bool:
+    """Triton runs on CUDA devices, and on CPU tensors only through its interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available_depth_mix_impls(device: torch.device | str) -> list[str]:
+    """The implementations that can run on ``device``, in the order of ``IMPLEMENTATIONS``."""
+    return [name for name in IMPLEMENTATIONS if name != "triton" or triton_usable(device)]
+
+
+def get_depth_mix_impl(name: str) -> DepthMixFn:
+    """The implementation called ``name``, imported on first use."""
+    if name not in _LOCATIONS:
+        raise ValueError(f"depth-mix implementation ({name!r}) is unknown; allowed: "
+                         f"{', '.join(IMPLEMENTATIONS)}")
+    if name not in _loaded:
+        module, function = _LOCATIONS[name].split(":")
+        _loaded[name] = getattr(importlib.import_module(module), function)
+    return _loaded[name]
 
 
 def set_depth_mix_impl(name: str | None) -> None:
     """Force one implementation for every later call (None: automatic choice).
     The environment variable DEPTHATTN_DEPTH_MIX does the same."""
     global _forced
-    if name is not None and name not in IMPLEMENTATIONS:
+    if name is not None and name not in _LOCATIONS:
         raise ValueError(f"depth-mix implementation ({name!r}) is unknown; allowed: "
                          f"{', '.join(IMPLEMENTATIONS)}")
     _forced = name
 
 
+def automatic_choice(q: torch.Tensor) -> str:
+    """Inside ``torch.compile``, the unstacked mix, which Inductor fuses with its neighbours.
+    Otherwise Triton on CUDA when it is installed, else the hand-written backward in PyTorch,
+    which keeps the least for backward, or the unstacked mix when no gradient is wanted
+    (inference: one autograd Function less per layer and token)."""
+    if torch.compiler.is_compiling():
+        return "unstacked"
+    if q.device.type == "cuda" and q.dtype != torch.float64 and triton_usable(q.device):
+        return "triton"
+    return "recompute" if torch.is_grad_enabled() and q.requires_grad else "unstacked"
+
+
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
-    name = _forced or os.environ.get(_ENV_VAR) or DEFAULT
-    if name not in IMPLEMENTATIONS:
+    name = _forced or os.environ.get(_ENV_VAR) or automatic_choice(q)
+    if name not in _LOCATIONS:
         raise ValueError(f"{_ENV_VAR} ({name!r}) names no depth-mix implementation; allowed: "
                          f"{', '.join(IMPLEMENTATIONS)}")
-    return IMPLEMENTATIONS[name]
+    if name == "triton" and not triton_usable(q.device):
+        raise ValueError(f"depth-mix implementation 'triton' cannot run on {q.device}: it needs "
+                         "a CUDA device and the triton package")
+    return get_depth_mix_impl(name)
 
 
 def depth_mix(q: torch.Tensor, source_keys: list[torch.Tensor],

@@ -1,0 +1,69 @@
+"""Which depth mix runs: the automatic choice, forcing by call or environment, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from depthattn.ops.depth_mix import depth_mix, set_depth_mix_impl
+from depthattn.ops.depth_mix.dispatch import (IMPLEMENTATIONS, automatic_choice,
+                                              available_depth_mix_impls, get_depth_mix_impl,
+                                              select_depth_mix)
+
+
+@pytest.fixture(autouse=True)
+def nothing_forced(monkeypatch):
+    monkeypatch.delenv("DEPTHATTN_DEPTH_MIX", raising=False)
+    set_depth_mix_impl(None)
+    yield
+    set_depth_mix_impl(None)
+
+
+def test_cpu_training_uses_the_hand_written_backward_and_inference_the_unstacked_mix():
+    q = torch.randn(1, 4, 3, 8, requires_grad=True)
+    assert automatic_choice(q) == "recompute"
+    with torch.no_grad():
+        assert automatic_choice(q) == "unstacked"
+    assert automatic_choice(q.detach()) == "unstacked"
+
+
+def test_forcing_by_call_and_by_environment(monkeypatch):
+    q = torch.randn(1, 4, 3, 8)
+    set_depth_mix_impl("reference")
+    assert select_depth_mix(q) is get_depth_mix_impl("reference")
+    set_depth_mix_impl(None)
+    monkeypatch.setenv("DEPTHATTN_DEPTH_MIX", "recompute")
+    assert select_depth_mix(q) is get_depth_mix_impl("recompute")
+
+
+def test_forced_result_equals_the_automatic_one():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 5, 8, generator=gen, dtype=torch.float64),
+               torch.randn(1, 2, 5, 8, generator=gen, dtype=torch.float64),
+               torch.randn(1, 2, 5, 8, generator=gen, dtype=torch.float64))
+    automatic = depth_mix(q, [k], [v], k, v)
+    set_depth_mix_impl("reference")
+    torch.testing.assert_close(depth_mix(q, [k], [v], k, v), automatic, atol=1e-12, rtol=0)
+
+
+def test_unknown_names_are_refused_with_the_allowed_ones(monkeypatch):
+    with pytest.raises(ValueError, match=r"implementation \('triton9'\) is unknown; allowed: "
+                                         r"reference, unstacked, recompute, compiled, triton"):
+        set_depth_mix_impl("triton9")
+    monkeypatch.setenv("DEPTHATTN_DEPTH_MIX", "fast")
+    with pytest.raises(ValueError, match=r"DEPTHATTN_DEPTH_MIX \('fast'\) names no depth-mix"):
+        select_depth_mix(torch.randn(1, 4, 3, 8))
+
+
+def test_triton_without_cuda_or_interpreter_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "triton" not in available_depth_mix_impls("cpu")
+    set_depth_mix_impl("triton")
+    with pytest.raises(ValueError, match="'triton' cannot run on cpu: it needs a CUDA device"):
+        select_depth_mix(torch.randn(1, 4, 3, 8))
+
+
+def test_every_implementation_is_listed_and_importable():
+    assert IMPLEMENTATIONS == ("reference", "unstacked", "recompute", "compiled", "triton")
+    for name in available_depth_mix_impls("cpu"):
+        assert callable(get_depth_mix_impl(name))
