@@ -19,12 +19,17 @@ def nothing_forced(monkeypatch):
     set_depth_mix_impl(None)
 
 
-def test_cpu_training_uses_the_hand_written_backward_and_inference_the_unstacked_mix():
+def test_cpu_training_uses_the_hand_written_backward():
     q = torch.randn(1, 4, 3, 8, requires_grad=True)
     assert automatic_choice(q) == "recompute"
+
+
+def test_cpu_decoding_stacks_and_prefill_reads_in_place():
     with torch.no_grad():
-        assert automatic_choice(q) == "unstacked"
-    assert automatic_choice(q.detach()) == "unstacked"
+        assert automatic_choice(torch.randn(1, 4, 1, 8, requires_grad=True)) == "inference"
+        assert automatic_choice(torch.randn(2, 4, 8, 8)) == "inference"
+        assert automatic_choice(torch.randn(2, 4, 9, 8)) == "unstacked"
+    assert automatic_choice(torch.randn(64, 4, 1, 8)) == "unstacked"
 
 
 def test_forcing_by_call_and_by_environment(monkeypatch):
@@ -48,7 +53,7 @@ def test_forced_result_equals_the_automatic_one():
 
 def test_unknown_names_are_refused_with_the_allowed_ones(monkeypatch):
     with pytest.raises(ValueError, match=r"implementation \('triton9'\) is unknown; allowed: "
-                                         r"reference, unstacked, recompute, compiled, triton"):
+                                         r"reference, unstacked, inference, recompute, compiled, triton"):
         set_depth_mix_impl("triton9")
     monkeypatch.setenv("DEPTHATTN_DEPTH_MIX", "fast")
     with pytest.raises(ValueError, match=r"DEPTHATTN_DEPTH_MIX \('fast'\) names no depth-mix"):
@@ -64,6 +69,7 @@ def test_triton_without_cuda_or_interpreter_is_refused_before_any_work(monkeypat
 
 
 def test_every_implementation_is_listed_and_importable():
-    assert IMPLEMENTATIONS == ("reference", "unstacked", "recompute", "compiled", "triton")
+    assert IMPLEMENTATIONS == ("reference", "unstacked", "inference", "recompute", "compiled",
+                               "triton")
     for name in available_depth_mix_impls("cpu"):
         assert callable(get_depth_mix_impl(name))

@@ -78,7 +78,7 @@ SHAPES = [  # H, H_kv, T, d, n: groups of 1, 2 and 4; odd T; d not a power of tw
     (8, 2, 17, 16, 0),
     (8, 2, 5, 32, 2),
 ]
-FAST = ["unstacked", "recompute", "triton"]
+FAST = ["unstacked", "inference", "recompute", "triton"]
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -90,7 +90,7 @@ def test_float32_matches_reference(name, H, H_kv, T, d, n, layout, request):
     assert_matches_reference(mix_named(name, request), args, atol=1e-5, grad_atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["unstacked", "recompute"])
+@pytest.mark.parametrize("name", ["unstacked", "inference", "recompute"])
 @pytest.mark.parametrize("H, H_kv, T, d, n", SHAPES)
 def test_float64_matches_reference_exactly(name, H, H_kv, T, d, n):
     args = make_inputs(2, H, H_kv, T, d, n, torch.float64)

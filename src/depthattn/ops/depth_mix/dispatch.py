@@ -5,6 +5,7 @@ and all tested against it, forward and backward:
 
     reference  | stacks the n+1 keys and values: the yardstick
     unstacked  | reads the sources in place; autograd keeps the weights
+    inference  | stacks and mixes with two matrix products: fewest operations, for decoding
     recompute  | reads the sources in place; hand-written backward recomputes the weights from
                | one log-sum-exp per token (the Triton kernel's math in PyTorch)
     compiled   | ``torch.compile`` of ``unstacked`` (CPU and GPU; compiles on first use)
@@ -26,6 +27,7 @@ DepthMixFn = Callable[..., torch.Tensor]
 _LOCATIONS: dict[str, str] = {
     "reference": "depthattn.ops.depth_mix.reference:depth_mix_reference",
     "unstacked": "depthattn.ops.depth_mix.unstacked:depth_mix_unstacked",
+    "inference": "depthattn.ops.depth_mix.inference:depth_mix_inference",
     "recompute": "depthattn.ops.depth_mix.recompute:depth_mix_recompute",
     "compiled": "depthattn.ops.depth_mix.compiled:depth_mix_compiled",
     "triton": "depthattn.ops.depth_mix.triton_kernel:depth_mix_triton",
@@ -33,6 +35,9 @@ _LOCATIONS: dict[str, str] = {
 IMPLEMENTATIONS = tuple(_LOCATIONS)
 
 _ENV_VAR = "DEPTHATTN_DEPTH_MIX"
+# Up to this many tokens (batch × new tokens) per call, launching operations costs more than
+# stacking the sources: decoding takes the stacked path (benchmarks/depth_mix_kernel.py).
+_FEW_TOKENS = 16
 _forced: str | None = None
 _loaded: dict[str, DepthMixFn] = {}
 
@@ -75,14 +80,16 @@ def set_depth_mix_impl(name: str | None) -> None:
 
 def automatic_choice(q: torch.Tensor) -> str:
     """Inside ``torch.compile``, the unstacked mix, which Inductor fuses with its neighbours.
-    Otherwise Triton on CUDA when it is installed, else the hand-written backward in PyTorch,
-    which keeps the least for backward, or the unstacked mix when no gradient is wanted
-    (inference: one autograd Function less per layer and token)."""
+    Otherwise Triton on CUDA when it is installed. Else, with a gradient wanted, the hand-written
+    backward in PyTorch, which keeps the least for backward; without one, the stacked inference
+    mix for a few tokens (decoding) and the unstacked mix for many (prefill, evaluation)."""
     if torch.compiler.is_compiling():
         return "unstacked"
     if q.device.type == "cuda" and q.dtype != torch.float64 and triton_usable(q.device):
         return "triton"
-    return "recompute" if torch.is_grad_enabled() and q.requires_grad else "unstacked"
+    if torch.is_grad_enabled() and q.requires_grad:
+        return "recompute"
+    return "inference" if q.shape[0] * q.shape[2] <= _FEW_TOKENS else "unstacked"
 
 
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
