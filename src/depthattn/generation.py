@@ -23,7 +23,8 @@ def prefill(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tens
     step = T if chunk_size is None else chunk_size
     for start in range(0, T, step):
         chunk_mask = None if attention_mask is None else attention_mask[:, start:start + step]
-        logits = model(input_ids[:, start:start + step], attention_mask=chunk_mask, cache=cache)
+        logits = model(input_ids[:, start:start + step], attention_mask=chunk_mask, cache=cache,
+                       logits_to_keep=1)  # (B, 1, V): the (B, T, V) logits would be wasted
     return logits[:, -1]
 
 

@@ -291,3 +291,15 @@ def test_degenerate_sampling_equals_greedy(make_model, make_ids, kwargs):
     sampled = generate(model, ids, max_new_tokens=10, do_sample=True,
                        generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(sampled, greedy)
+
+
+def test_logits_to_keep_gives_the_last_positions_of_the_full_logits(make_model, make_ids):
+    model = make_model(seed=2)
+    ids = make_ids(2, 9)
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, logits_to_keep=1), full[:, -1:], rtol=0, atol=ATOL)
+        torch.testing.assert_close(model(ids, logits_to_keep=4), full[:, -4:], rtol=0, atol=ATOL)
+        torch.testing.assert_close(model(ids, logits_to_keep=0), full, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"logits_to_keep \(-1\) must be an integer >= 0"):
+        model(ids, logits_to_keep=-1)

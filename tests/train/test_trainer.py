@@ -116,3 +116,32 @@ def test_bad_input_fails_before_any_work(tiny_train_config, tmp_path, fields, me
 def test_missing_data_is_a_clear_error(tiny_train_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="corpus not found"):
         train(tiny_train_config(data=str(tmp_path / "nowhere.txt")))
+
+
+def test_first_step_loss_equals_cross_entropy_of_the_full_logits(tiny_train_config):
+    """The trainer's chunked loss is the formula it replaced, F.cross_entropy(logits.float())."""
+    import torch.nn.functional as F
+
+    from depthattn import CausalLM
+    from depthattn.data.loader import IGNORE_INDEX
+    from depthattn.data.shards import TokenStream
+    from depthattn.train.data import resolve_data
+
+    config = tiny_train_config(steps=1, eval_every=0, checkpoint_every=0)
+    stream = TokenStream(resolve_data(config), "train")
+    inputs, targets = TrainBatches(stream, config.seq_len, config.micro_batch_size,
+                                   seed=config.seed).batch(0)
+    torch.manual_seed(config.seed)  # as the trainer, right before building the model
+    model = CausalLM(config.model_config(vocab_size=stream.vocab_size))
+    with torch.no_grad():
+        expected = F.cross_entropy(model(inputs).float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE_INDEX).item()
+    assert _losses(train(config).run_dir)[0] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_training_gives_the_same_losses(tiny_train_config, tmp_path):
+    eager = train(tiny_train_config(run_dir=str(tmp_path / "eager"), steps=3, eval_every=0))
+    compiled = train(tiny_train_config(run_dir=str(tmp_path / "compiled"), steps=3, eval_every=0,
+                                       compile=True))
+    assert _losses(compiled.run_dir) == pytest.approx(_losses(eager.run_dir), abs=1e-4)

@@ -106,9 +106,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                              f"Depth-Attention's mixed values), not "
                              f"{type(past_key_values).__name__}")
         logits = self.core()(input_ids, attention_mask=attention_mask, cache=past_key_values,
-                             position_ids=position_ids)
-        if logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
+                             position_ids=position_ids, logits_to_keep=logits_to_keep)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels,

@@ -14,6 +14,7 @@ from depthattn.model.context import ForwardContext
 from depthattn.model.mask import attention_mask_for
 from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import RotaryEmbedding
+from depthattn.ops.chunked_cross_entropy import DEFAULT_CHUNK_SIZE, chunked_cross_entropy
 
 
 class Decoder(nn.Module):
@@ -77,6 +78,8 @@ class CausalLM(nn.Module):
             is passed (Hugging Face convention; only the last T columns are new).
         cache: a ``KVCache``; the new tokens' keys and (mixed) values are appended to it.
         position_ids: (B, T) RoPE positions; derived from the mask and the cache when omitted.
+        logits_to_keep: 0 for every position's logits, k for the last k only (B, k, vocab), as
+            transformers' argument of that name: a prefill needs only the last.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -117,9 +120,32 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         new_valid = self._check_inputs(input_ids, attention_mask, cache, position_ids)
-        return self.lm_head(self.model(input_ids, new_valid, cache, position_ids))
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) \
+                or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep ({logits_to_keep!r}) must be an integer >= 0")
+        hidden = self.model(input_ids, new_valid, cache, position_ids)  # (B, T, D)
+        return self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
+             attention_mask: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+             ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy over the targets that are not ``ignore_index``.
+
+        Equals ``F.cross_entropy(self(input_ids).float().flatten(0, 1), targets.flatten())``, but
+        the (B, T, vocab) logits are never materialised: the LM head runs inside the chunked
+        cross-entropy, ``chunk_size`` tokens at a time. targets: (B, T), already shifted (the
+        target of position t is the token at t + 1).
+        """
+        new_valid = self._check_inputs(input_ids, attention_mask, None, None)
+        if tuple(targets.shape) != tuple(input_ids.shape):
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        hidden = self.model(input_ids, new_valid)  # (B, T, D)
+        # lm_head.weight is the embedding matrix when tied, so both uses get its gradient.
+        return chunked_cross_entropy(hidden, self.lm_head.weight, targets, chunk_size,
+                                     ignore_index)
 
     def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                       cache: KVCache | None,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from depthattn.data.files import write_json_atomic
@@ -109,7 +108,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, scheduler)["step"]
+    # Training goes through CausalLM.loss (chunked cross-entropy: no full logits); evaluation
+    # through forward. Compiling the bound method compiles the whole loss, decoder included.
     forward = torch.compile(model) if config.compile else model
+    train_loss = torch.compile(model.loss) if config.compile else model.loss
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     metrics = MetricsLog(run_dir, resume_step=start_step if resume else None,
@@ -135,10 +137,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             for micro_inputs, micro_targets in zip(inputs.chunk(accumulation),
                                                    targets.chunk(accumulation)):
                 with autocast:
-                    logits = forward(micro_inputs.to(device))
-                loss = F.cross_entropy(logits.float().flatten(0, 1),
-                                       micro_targets.to(device).flatten(),
-                                       ignore_index=IGNORE_INDEX) / accumulation
+                    loss = train_loss(micro_inputs.to(device), micro_targets.to(device),
+                                      ignore_index=IGNORE_INDEX) / accumulation
                 loss.backward()
                 step_loss += loss.item()
             max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
