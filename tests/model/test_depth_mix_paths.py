@@ -56,7 +56,7 @@ def test_every_implementation_trains_the_model_alike(make_model, make_ids, force
     assert_same(got, want, atol, grad_atol)
 
 
-def test_automatic_choice_trains_with_the_hand_written_backward(make_model, make_ids, forced):
+def test_automatic_choice_trains_like_the_reference(make_model, make_ids, forced):
     """No implementation forced: the model must still match the reference."""
     model = make_model(seed=3, dtype=torch.float64, method="depth_attention").train()
     ids = make_ids(2, 7, seed=4)
