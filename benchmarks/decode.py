@@ -24,7 +24,7 @@ from depthattn import CausalLM, KVCache, ModelConfig
 def decode_seconds(model: CausalLM, batch: int, context: int, new: int, device) -> float:
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
     cache = KVCache.for_model(model, batch, context + new)
-    logits = model(ids, cache=cache)[:, -1]
+    logits = model(ids, cache=cache, logits_to_keep=1)[:, -1]
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -55,14 +55,17 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    config = ModelConfig.from_preset(args.preset)
-    if args.context + args.new > config.max_seq_len:
-        raise SystemExit(f"context + new ({args.context + args.new}) exceeds the preset's "
-                         f"max_seq_len ({config.max_seq_len})")
+    # RoPE has no table to outgrow: the model only needs max_seq_len to admit the whole run
+    preset = ModelConfig.from_preset(args.preset)
+    config = ModelConfig.from_preset(
+        args.preset, max_seq_len=max(preset.max_seq_len, args.context + args.new))
     models = {}
     for method in args.methods:
         torch.manual_seed(0)

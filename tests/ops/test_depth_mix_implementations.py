@@ -72,8 +72,10 @@ def assert_matches_reference(fn, args, atol, grad_atol, seed=1):
         torch.testing.assert_close(g, w, atol=grad_atol, rtol=0, msg=f"grad of {name}")
 
 
-SHAPES = [  # H, H_kv, T, d, n: groups of 1, 2 and 4; odd T; d not a power of two; 0 sources
+SHAPES = [  # H, H_kv, T, d, n: groups of 1, 2 and 4; odd T; one token (decoding);
+    # d not a power of two; 0 sources
     (4, 4, 63, 16, 1),
+    (4, 1, 1, 64, 2),
     (4, 2, 63, 12, 3),
     (8, 2, 17, 16, 0),
     (8, 2, 5, 32, 2),
