@@ -23,24 +23,37 @@ _ELEMENTS_PER_PROGRAM = 2048  # tokens × head dim per program: q̄, acc, k_j, v
 
 
 @triton.jit
-def _forward_kernel(q_ptr, keys, values, out_ptr, lse_ptr,
-                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                    T, H_KV, scale,
-                    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, NUM_SOURCES: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _tile(q_ptr, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, T, H_KV,
+          HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_T: tl.constexpr,
+          BLOCK_D: tl.constexpr):
+    """This program's block of tokens of one (batch, kv head): its row in the log-sum-exp,
+    token indices, mask, offsets into q (first head of the group), keys and values, and the
+    group-mean query q̄ in float32."""
     bg = tl.program_id(1)
     b = (bg // H_KV).to(tl.int64)
     g = bg % H_KV
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.arange(0, BLOCK_D)
     mask = (t[:, None] < T) & (d[None, :] < HEAD_DIM)
-    q_base = q_ptr + b * sq_b + t[:, None] * sq_t + d[None, :]
+    q_offset = b * sq_b + (g * GROUP) * sq_h + t[:, None] * sq_t + d[None, :]
     q_bar = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     for i in tl.static_range(GROUP):  # the G query heads that share kv head g
-        q_bar += tl.load(q_base + (g * GROUP + i) * sq_h, mask=mask, other=0.0).to(tl.float32)
-    q_bar = q_bar * (scale / GROUP)
+        q_bar += tl.load(q_ptr + q_offset + i * sq_h, mask=mask, other=0.0).to(tl.float32)
     k_offset = b * sk_b + g * sk_h + t[:, None] * sk_t + d[None, :]
     v_offset = b * sv_b + g * sv_h + t[:, None] * sv_t + d[None, :]
+    return bg.to(tl.int64), t, mask, q_offset, q_bar / GROUP, k_offset, v_offset
+
+
+@triton.jit
+def _forward_kernel(q_ptr, keys, values, out_ptr, lse_ptr,
+                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
+                    T, H_KV, scale,
+                    HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, NUM_SOURCES: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    bg, t, mask, q_offset, q_bar, k_offset, v_offset = _tile(
+        q_ptr, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, T, H_KV,
+        HEAD_DIM, GROUP, BLOCK_T, BLOCK_D)
+    q_bar = q_bar * scale
     running_max = tl.full([BLOCK_T], float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
     acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
@@ -56,7 +69,7 @@ def _forward_kernel(q_ptr, keys, values, out_ptr, lse_ptr,
         running_max = new_max
     out = acc / running_sum[:, None]
     tl.store(out_ptr + v_offset, out.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(lse_ptr + bg.to(tl.int64) * T + t, running_max + tl.log(running_sum), mask=t < T)
+    tl.store(lse_ptr + bg * T + t, running_max + tl.log(running_sum), mask=t < T)
 
 
 @triton.jit
@@ -66,20 +79,10 @@ def _backward_kernel(q_ptr, keys, values, out_ptr, grad_out_ptr, lse_ptr,
                      T, H_KV, scale,
                      HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, NUM_SOURCES: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    bg = tl.program_id(1)
-    b = (bg // H_KV).to(tl.int64)
-    g = bg % H_KV
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    d = tl.arange(0, BLOCK_D)
-    mask = (t[:, None] < T) & (d[None, :] < HEAD_DIM)
-    q_base = b * sq_b + t[:, None] * sq_t + d[None, :]
-    q_bar = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-    for i in tl.static_range(GROUP):
-        q_bar += tl.load(q_ptr + q_base + (g * GROUP + i) * sq_h, mask=mask, other=0.0).to(tl.float32)
-    q_bar = q_bar / GROUP
-    k_offset = b * sk_b + g * sk_h + t[:, None] * sk_t + d[None, :]
-    v_offset = b * sv_b + g * sv_h + t[:, None] * sv_t + d[None, :]
-    lse = tl.load(lse_ptr + bg.to(tl.int64) * T + t, mask=t < T, other=0.0)
+    bg, t, mask, q_offset, q_bar, k_offset, v_offset = _tile(
+        q_ptr, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, T, H_KV,
+        HEAD_DIM, GROUP, BLOCK_T, BLOCK_D)
+    lse = tl.load(lse_ptr + bg * T + t, mask=t < T, other=0.0)
     grad_out = tl.load(grad_out_ptr + v_offset, mask=mask, other=0.0).to(tl.float32)
     out = tl.load(out_ptr + v_offset, mask=mask, other=0.0).to(tl.float32)
     weighted = tl.sum(grad_out * out, axis=1)  # Σ_i α_i ∂L/∂α_i = do · ṽ_l
@@ -96,7 +99,7 @@ def _backward_kernel(q_ptr, keys, values, out_ptr, grad_out_ptr, lse_ptr,
         grad_q_bar += grad_score[:, None] * k
     grad_q = (grad_q_bar / GROUP).to(grad_q_ptr.dtype.element_ty)
     for i in tl.static_range(GROUP):
-        tl.store(grad_q_ptr + q_base + (g * GROUP + i) * sq_h, grad_q, mask=mask)
+        tl.store(grad_q_ptr + q_offset + i * sq_h, grad_q, mask=mask)
 
 
 def _common_layout(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
