@@ -14,6 +14,7 @@ and all tested against it, forward and backward:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -42,9 +43,14 @@ _forced: str | None = None
 _loaded: dict[str, DepthMixFn] = {}
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None  # once: this runs on every layer
+
+
 def triton_usable(device: torch.device | str) -> bool:
     """Triton runs on CUDA devices, and on CPU tensors only through its interpreter."""
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return False
     device = torch.device(device)
     if device.type == "cuda":
@@ -57,11 +63,15 @@ def available_depth_mix_impls(device: torch.device | str) -> list[str]:
     return [name for name in IMPLEMENTATIONS if name != "triton" or triton_usable(device)]
 
 
-def get_depth_mix_impl(name: str) -> DepthMixFn:
-    """The implementation called ``name``, imported on first use."""
+def _check_known(name: str) -> None:
     if name not in _LOCATIONS:
         raise ValueError(f"depth-mix implementation ({name!r}) is unknown; allowed: "
                          f"{', '.join(IMPLEMENTATIONS)}")
+
+
+def get_depth_mix_impl(name: str) -> DepthMixFn:
+    """The implementation called ``name``, imported on first use."""
+    _check_known(name)
     if name not in _loaded:
         module, function = _LOCATIONS[name].split(":")
         _loaded[name] = getattr(importlib.import_module(module), function)
@@ -72,9 +82,8 @@ def set_depth_mix_impl(name: str | None) -> None:
     """Force one implementation for every later call (None: automatic choice).
     The environment variable DEPTHATTN_DEPTH_MIX does the same."""
     global _forced
-    if name is not None and name not in _LOCATIONS:
-        raise ValueError(f"depth-mix implementation ({name!r}) is unknown; allowed: "
-                         f"{', '.join(IMPLEMENTATIONS)}")
+    if name is not None:
+        _check_known(name)
     _forced = name
 
 

@@ -18,13 +18,7 @@ import math
 
 import torch
 
-
-def _group_mean_query(q: torch.Tensor, num_kv_heads: int, compute: torch.dtype) -> torch.Tensor:
-    return q.to(compute).unflatten(1, (num_kv_heads, -1)).mean(dim=2)  # (B, H_kv, T, d)
-
-
-def _scores(q_bar: torch.Tensor, keys: tuple[torch.Tensor, ...], scale: float) -> list[torch.Tensor]:
-    return [(q_bar * k.to(q_bar.dtype)).sum(-1) * scale for k in keys]  # n+1 × (B, H_kv, T)
+from depthattn.ops.depth_mix.unstacked import group_mean_query, source_scores
 
 
 class _DepthMixRecompute(torch.autograd.Function):
@@ -33,8 +27,8 @@ class _DepthMixRecompute(torch.autograd.Function):
         keys, values = kv[:num_sources + 1], kv[num_sources + 1:]
         compute = torch.promote_types(q.dtype, torch.float32)
         scale = 1.0 / math.sqrt(q.shape[-1])
-        q_bar = _group_mean_query(q, keys[-1].shape[1], compute)
-        scores = _scores(q_bar, keys, scale)
+        q_bar = group_mean_query(q, keys[-1].shape[1], compute)
+        scores = source_scores(q_bar, keys, scale)
         lse = torch.logsumexp(torch.stack(scores, dim=-1), dim=-1)  # (B, H_kv, T)
         mixed = torch.zeros_like(q_bar)
         for a, v in zip(scores, values):
@@ -50,9 +44,9 @@ class _DepthMixRecompute(torch.autograd.Function):
         keys, values = kv[:n1], kv[n1:]
         compute = lse.dtype
         H_kv = keys[-1].shape[1]
-        q_bar = _group_mean_query(q, H_kv, compute)
+        q_bar = group_mean_query(q, H_kv, compute)
         grad_out = grad_out.to(compute)
-        alphas = [torch.exp(a - lse) for a in _scores(q_bar, keys, ctx.scale)]
+        alphas = [torch.exp(a - lse) for a in source_scores(q_bar, keys, ctx.scale)]
         grad_alphas = [(grad_out * v.to(compute)).sum(-1) for v in values]
         weighted = sum(a * g for a, g in zip(alphas, grad_alphas))  # Σ_i α_i ∂L/∂α_i
         grad_scores = [a * (g - weighted) * ctx.scale for a, g in zip(alphas, grad_alphas)]

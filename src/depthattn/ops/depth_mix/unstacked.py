@@ -17,19 +17,28 @@ import math
 import torch
 
 
+def group_mean_query(q: torch.Tensor, num_kv_heads: int, compute: torch.dtype) -> torch.Tensor:
+    """q̄ (B, H_kv, T, d) in ``compute``: the mean of the G consecutive query heads of a group."""
+    return q.to(compute).unflatten(1, (num_kv_heads, -1)).mean(dim=2)
+
+
+def source_scores(q_bar: torch.Tensor, keys: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                  scale: float) -> list[torch.Tensor]:
+    """a_j = q̄ · k_j · scale, one (B, H_kv, T) tensor per key, in q̄'s dtype (a no-op cast for
+    float32 keys; bf16 keys get a float32 copy, as bf16 products would shift large scores by
+    more than the softmax forgives)."""
+    return [(q_bar * k.to(q_bar.dtype)).sum(-1) * scale for k in keys]
+
+
 def depth_mix_unstacked(q: torch.Tensor, source_keys: list[torch.Tensor],
                         source_values: list[torch.Tensor], key: torch.Tensor,
                         value: torch.Tensor) -> torch.Tensor:
     """ṽ_l (B, H_kv, T, d); shapes as in ``depth_mix_reference``."""
-    B, H, T, d = q.shape
-    H_kv = key.shape[1]
     compute = torch.promote_types(q.dtype, torch.float32)
-    q_bar = q.to(compute).unflatten(1, (H_kv, H // H_kv)).mean(dim=2)  # (B, H_kv, T, d)
+    q_bar = group_mean_query(q, key.shape[1], compute)
     keys, values = [*source_keys, key], [*source_values, value]
-    # a_j = q̄ · k_j / √d in the compute dtype (a no-op cast for float32 keys; bf16 keys get a
-    # float32 copy, as bf16 products would shift large scores by more than the softmax forgives)
-    scores = torch.stack([(q_bar * k.to(compute)).sum(-1) for k in keys], dim=-1)
-    alpha = torch.softmax(scores / math.sqrt(d), dim=-1)  # (B, H_kv, T, n+1)
+    scores = source_scores(q_bar, keys, 1.0 / math.sqrt(q.shape[-1]))
+    alpha = torch.softmax(torch.stack(scores, dim=-1), dim=-1)  # (B, H_kv, T, n+1)
     mixed = alpha[..., 0, None] * values[0]
     for j in range(1, len(values)):
         mixed = mixed + alpha[..., j, None] * values[j]
