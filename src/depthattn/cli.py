@@ -119,8 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "Depth-Attention vs vanilla comparison on the offline corpus")
     _add_compare_arguments(quick, quickstart=True)
 
-    from depthattn.convert import (add_convert_arguments, add_generate_arguments, run_convert,
-                                   run_generate)
+    from depthattn.convert import (
+        add_convert_arguments,
+        add_generate_arguments,
+        run_convert,
+        run_generate,
+    )
 
     convert = commands.add_parser("convert", help="Qwen3 <-> depthattn, the authors' "
                                   "checkpoints, training runs -> Hugging Face folders")

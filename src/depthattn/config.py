@@ -1,19 +1,44 @@
-"""Model configuration: geometry, method, named presets, validation and Qwen3Config conversion."""
+"""Model configuration: geometry, method, named presets, validation and Qwen3Config conversion.
+
+This module is a leaf: it validates the geometry itself, and leaves method names and options to
+the cross-layer registry, which installs its resolver here when ``depthattn.crosslayer`` is
+imported (``import depthattn`` does so). The registry needs the geometry to resolve options
+(Depth-Attention's stride defaults to L // 2), so the dependency points from it to here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from depthattn.crosslayer.registry import get_method, resolve_options
+from depthattn.qwen3_interop import fields_from_qwen3, qwen3_config_from_fields
+from depthattn.utils.checks import require_positive_int
 
 if TYPE_CHECKING:
     from transformers import Qwen3Config
 
 K_NORM_POSITIONS = ("before_rope", "after_rope")
+
+# (method name, options mapping, config) -> the method's validated options dataclass.
+MethodResolver = Callable[[str, Mapping[str, Any], "ModelConfig"], Any]
+_method_resolver: MethodResolver | None = None
+
+
+def install_method_resolver(resolver: MethodResolver) -> None:
+    """Called once by ``depthattn.crosslayer.registry`` when it is imported."""
+    global _method_resolver
+    _method_resolver = resolver
+
+
+def _resolve_method(name: str, options: Mapping[str, Any], config: ModelConfig) -> Any:
+    if _method_resolver is None:  # `import depthattn` installs it; nothing else can skip that
+        raise RuntimeError("no cross-layer method registry is installed: import depthattn "
+                           "(or depthattn.crosslayer) before building a ModelConfig")
+    return _method_resolver(name, options, config)
 
 
 @dataclass
@@ -45,7 +70,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "max_seq_len"):
-            _require_positive_int(name, getattr(self, name))
+            require_positive_int(name, getattr(self, name))
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(
@@ -53,7 +78,7 @@ class ModelConfig:
                     f"({self.num_heads}) when head_dim is not set; set head_dim explicitly or "
                     f"choose num_heads among the divisors of {self.hidden_size}")
             self.head_dim = self.hidden_size // self.num_heads
-        _require_positive_int("head_dim", self.head_dim)
+        require_positive_int("head_dim", self.head_dim)
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even (RoPE rotates pairs)")
         if self.num_heads % self.num_kv_heads:
@@ -67,8 +92,8 @@ class ModelConfig:
         if self.k_norm_position not in K_NORM_POSITIONS:
             raise ValueError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                              f"{', '.join(K_NORM_POSITIONS)}")
-        get_method(self.method)  # unknown names (or clashing combinations) fail here
-        options = resolve_options(self.method, self.method_options or {}, self)
+        # unknown names, clashing combinations and bad options fail here
+        options = _resolve_method(self.method, self.method_options or {}, self)
         self.method_options = dataclasses.asdict(options)
 
     # --- derived sizes -------------------------------------------------------------------
@@ -79,7 +104,7 @@ class ModelConfig:
 
     def options(self):
         """The method's validated options dataclass."""
-        return resolve_options(self.method, self.method_options, self)
+        return _resolve_method(self.method, self.method_options, self)
 
     # --- construction --------------------------------------------------------------------
     @classmethod
@@ -116,21 +141,11 @@ class ModelConfig:
     def from_qwen3(cls, hf_config: Qwen3Config, method: str = "vanilla",
                    **method_options: Any) -> ModelConfig:
         """The equivalent of a ``transformers.Qwen3Config``; refuses features we do not model."""
-        from depthattn.qwen3_interop import config_fields_from_qwen3
-
-        return cls(**config_fields_from_qwen3(hf_config), method=method,
-                   method_options=method_options)
+        return cls(**fields_from_qwen3(hf_config), method=method, method_options=method_options)
 
     def to_qwen3(self) -> Qwen3Config:
         """The ``transformers.Qwen3Config`` of the same geometry (the method is not represented)."""
-        from depthattn.qwen3_interop import qwen3_config_from_fields
-
-        return qwen3_config_from_fields(self)
-
-
-def _require_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        return qwen3_config_from_fields(self.to_dict())
 
 
 def _reject_unknown_fields(fields: dict[str, Any]) -> None:
@@ -141,7 +156,7 @@ def _reject_unknown_fields(fields: dict[str, Any]) -> None:
                          f"allowed: {', '.join(sorted(known))}")
 
 
-# Paper presets (../shared/research/paper.md). The 360M-710M rows are MHA; 1.5B/3B are the
+# Paper presets (docs/design.md lists their sources). The 360M-710M rows are MHA; 1.5B/3B are the
 # released GQA-4x configs; 410M is the authors' public companion config. Vocabulary 50304
 # unless the source says otherwise. Depth-Attention's stride defaults to L // 2 (24 at 3B).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -341,7 +341,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
-    from depthattn.hf.export import check_tokenizer_fits, load_pretrained_any, load_tokenizer_for
+    from depthattn.hf.export import (
+        check_tokenizer_fits,
+        load_pretrained_any,
+        load_tokenizer_for,
+    )
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1")

@@ -13,6 +13,7 @@ import torch
 from depthattn.model.cache import KVCache
 from depthattn.model.transformer import CausalLM
 from depthattn.sampling import check_sampling_options, next_token
+from depthattn.utils.checks import require_int
 
 
 @torch.no_grad()
@@ -41,8 +42,7 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
     until every row is done or ``max_new_tokens`` are generated. ``streamer`` is called with
     each new column of tokens (B,).
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens!r}) must be an integer >= 0")
+    require_int("max_new_tokens", max_new_tokens, 0)
     if prefill_chunk_size is not None and prefill_chunk_size < 1:
         raise ValueError(f"prefill_chunk_size ({prefill_chunk_size!r}) must be >= 1 or None")
     if do_sample:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from depthattn.utils.checks import require_int
+
 
 def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature ({temperature!r}) must be > 0 (use do_sample=False for "
                          f"greedy decoding)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k ({top_k!r}) must be an integer >= 1 or None")
+    if top_k is not None:
+        require_int("top_k", top_k, 1, hint=" or None")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p ({top_p!r}) must be in (0, 1] or None")
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from depthattn import CausalLM
-from depthattn.model.context import ForwardContext
+from depthattn.crosslayer.context import ForwardContext
 
 Branch = Callable[[int, torch.Tensor], torch.Tensor]
 

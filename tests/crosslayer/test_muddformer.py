@@ -11,7 +11,7 @@ from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import method_names
 from depthattn.crosslayer.muddformer import (MUDDFormer,
                                              MUDDFormerOptions, dense_mix, hidden_width)
-from depthattn.model.context import ForwardContext
+from depthattn.crosslayer.context import ForwardContext
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 

@@ -8,7 +8,7 @@ import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
 from depthattn.crosslayer import get_method
-from depthattn.model.context import ForwardContext
+from depthattn.crosslayer.context import ForwardContext
 from tests.crosslayer.sublayers import assert_decoding_matches_full_forward
 from tests.conftest import random_ids, tiny_config, tiny_model
 

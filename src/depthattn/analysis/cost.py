@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from depthattn.config import PRESETS, ModelConfig
 from depthattn.crosslayer import MethodCost, get_method, method_names
+from depthattn.utils.checks import require_positive_int
 
 BYTES_PER_ELEMENT = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,
                      "float16": 2, "fp8": 1, "int8": 1}
@@ -94,8 +95,7 @@ class CostReport:
 def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCost:
     """Closed-form count for the vanilla decoder of ``config`` (tested against the module)."""
     T = config.max_seq_len if seq_len is None else seq_len
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"seq_len ({T!r}) must be a positive integer")
+    require_positive_int("seq_len", T)
     L, D, V = config.num_layers, config.hidden_size, config.vocab_size
     q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     attention = D * q_width + 2 * D * kv_width + q_width * D  # q, k, v, o projections

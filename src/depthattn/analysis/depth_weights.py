@@ -1,7 +1,7 @@
 """Capture Depth-Attention's weights α per layer, kv head and token (for heatmaps).
 
 The normal forward never computes α separately: only while a capture is active does the
-method call the reference with ``return_weights=True``.
+Depth-Attention module (its ``recorder`` is set) call the reference with ``return_weights=True``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from depthattn.crosslayer import CrossLayerMethod
+from depthattn.crosslayer.depth_attention import DepthAttention
 
 
 class DepthWeights:
@@ -44,12 +47,15 @@ def capture_depth_weights(model: nn.Module) -> Iterator[DepthWeights]:
     Works with cached decoding too: each call appends its tokens along the T axis. Layers
     without sources (layer 0, or every layer of a vanilla model) record nothing.
     """
-    decoder = model.model if hasattr(model, "model") else model
-    if not hasattr(decoder, "recorder"):
+    if not any(isinstance(m, CrossLayerMethod) for m in model.modules()):
         raise TypeError(f"{type(model).__name__} is not a depthattn model")
     recorder = DepthWeights()
-    previous, decoder.recorder = decoder.recorder, recorder
+    methods = [m for m in model.modules() if isinstance(m, DepthAttention)]  # also in a+b
+    previous = [m.recorder for m in methods]
+    for method in methods:
+        method.recorder = recorder.record
     try:
         yield recorder
     finally:
-        decoder.recorder = previous
+        for method, earlier in zip(methods, previous):
+            method.recorder = earlier

@@ -26,12 +26,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
 from depthattn.crosslayer.registry import register
+from depthattn.utils.checks import require_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+    from depthattn.crosslayer.context import ForwardContext
 
 
 def inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,10 +122,8 @@ class AttnResOptions(MethodOptions):
     recency_bias: float = 3.0  # initial logit bonus of the running residual P
 
     def resolved(self, config: ModelConfig) -> AttnResOptions:
-        size = self.block_size
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"attnres option block_size ({size!r}) must be an integer >= 1 "
-                             f"(sublayers per block; the paper uses 12)")
+        require_int("attnres option block_size", self.block_size, 1,
+                    hint=" (sublayers per block; the paper uses 12)")
         bias = self.recency_bias
         if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not math.isfinite(bias):
             raise ValueError(f"attnres option recency_bias ({bias!r}) must be a finite number "
@@ -142,9 +146,10 @@ class AttnRes(CrossLayerMethod):
     """One aggregator before each sublayer (`attn.{l}`, `mlp.{l}`) and one before the final
     norm (`final`); attention itself is vanilla."""
 
-    # Parameter-name suffixes to keep out of weight decay, as hyq718's Trainer grouping did:
-    # the bias (by name) and the key gain (an RMSNorm gain there). It decayed q with 0.1.
-    no_decay_params: tuple[str, ...] = ("recency_bias", "key_gain")
+    # Weight decay as in the Depth-Attention authors' comparison (docs/baselines.md §1, §7A(e)):
+    # their grouping decayed the pseudo-query q with 0.1 but not the bias (by its name) nor the
+    # key gain (an RMSNorm gain there). The default rule leaves vectors undecayed, so q is named.
+    decay_overrides = {"query": True}
 
     def __init__(self, config: ModelConfig, options: AttnResOptions) -> None:
         super().__init__(config, options)

@@ -12,15 +12,15 @@ The defaults are the vanilla pre-norm decoder: v unchanged, ``x = x + f(norm(x))
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+from depthattn.config import ModelConfig
+from depthattn.crosslayer.context import ForwardContext
 
 Sublayer = Literal["attn", "mlp"]
 
@@ -53,11 +53,19 @@ class CrossLayerMethod(nn.Module):
     """Vanilla behaviour at both plug-in points; methods override what they change."""
 
     name: str = "base"
+    # Weight decay of this method's parameters, by the last part of their name, where it differs
+    # from the optimizer's rule (decay matrices, never vectors or scalars). Read by ``decays``.
+    decay_overrides: ClassVar[Mapping[str, bool]] = {}
 
     def __init__(self, config: ModelConfig, options: MethodOptions) -> None:
         super().__init__()
         self.num_layers = config.num_layers
         self.options = options
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Whether weight decay applies to ``param``, named ``name`` relative to this module:
+        the override of its last name part if declared, else decay iff it is a matrix."""
+        return self.decay_overrides.get(name.rsplit(".", 1)[-1], param.dim() >= 2)
 
     @classmethod
     def cost(cls, config: ModelConfig, options: MethodOptions) -> MethodCost:

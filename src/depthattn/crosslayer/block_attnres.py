@@ -27,12 +27,18 @@ import torch
 from torch import nn
 
 from depthattn.crosslayer.attnres import DepthAggregator, inverse_rms
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
 from depthattn.crosslayer.registry import register
+from depthattn.utils.checks import is_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+    from depthattn.crosslayer.context import ForwardContext
 
 KIMI_NUM_BLOCKS = 8  # "we fix the number of blocks to ≈ 8" (Kimi §5.3)
 
@@ -68,7 +74,7 @@ class BlockAttnResOptions(MethodOptions):
     def resolved(self, config: ModelConfig) -> BlockAttnResOptions:
         size = default_block_size(config.num_layers) if self.block_size is None \
             else self.block_size
-        if not isinstance(size, int) or isinstance(size, bool) or size < 2 or size % 2:
+        if not is_int(size) or size < 2 or size % 2:
             raise ValueError(f"block_attnres option block_size ({size!r}) must be an even "
                              f"integer >= 2 (sublayers per block, two per layer; blocks start "
                              f"at a layer's attention)")

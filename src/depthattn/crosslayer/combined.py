@@ -9,16 +9,23 @@ parameters live under ``model.cross_layer.<part>.*``.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
+from depthattn.config import ModelConfig
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
+from depthattn.crosslayer.context import ForwardContext
 
-if TYPE_CHECKING:
-    from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+# (part name, options mapping, config) -> that part's validated options (the registry's)
+ResolveOptions = Callable[[str, Mapping[str, Any], ModelConfig], MethodOptions]
 
 SEPARATOR = "+"
 IN_ATTENTION = ("mix_values",)
@@ -47,13 +54,11 @@ def check_combinable(parts: list[str], classes: list[type[CrossLayerMethod]]) ->
                          f"attention with one that works on the residual stream")
 
 
-def combined_options_class(parts: list[str], option_classes: list[type]) -> type[MethodOptions]:
+def combined_options_class(parts: list[str], resolve_options: ResolveOptions) -> type[MethodOptions]:
     """A frozen options dataclass with one field per part, holding that part's options."""
     fields = [(part, Any, dataclasses.field(default_factory=dict)) for part in parts]
 
     def resolved(self, config: ModelConfig) -> MethodOptions:
-        from depthattn.crosslayer.registry import resolve_options
-
         values = {}
         for part in parts:
             given = getattr(self, part)
@@ -80,8 +85,11 @@ class Combined(CrossLayerMethod):
                                     for name, cls in self.part_classes.items()})
         self._owner = {hook: name for name, cls in self.part_classes.items()
                        for hook in hooks_used(cls)}
-        self.no_decay_params = tuple(s for part in self.parts.values()
-                                     for s in getattr(part, "no_decay_params", ()))
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Each part decides for its own parameters (``parts.<part>.<name>``)."""
+        _, part, rest = name.split(".", 2)
+        return self.parts[part].decays(rest, param)
 
     @classmethod
     def cost(cls, config: ModelConfig, options: MethodOptions) -> MethodCost:
@@ -126,8 +134,9 @@ class Combined(CrossLayerMethod):
 
 
 def make_combined(name: str, parts: list[str], classes: list[type[CrossLayerMethod]],
-                  option_classes: list[type]) -> tuple[type[Combined], type[MethodOptions]]:
-    """The method class and options class of ``a+b`` (after ``check_combinable``)."""
+                  resolve_options: ResolveOptions) -> tuple[type[Combined], type[MethodOptions]]:
+    """The method class and options class of ``a+b`` (after ``check_combinable``);
+    ``resolve_options`` resolves each part's options (the registry's function)."""
     cls = type(f"Combined_{'_'.join(parts)}", (Combined,),
                {"part_classes": dict(zip(parts, classes)), "name": name})
-    return cls, combined_options_class(parts, option_classes)
+    return cls, combined_options_class(parts, resolve_options)

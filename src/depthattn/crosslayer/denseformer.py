@@ -23,12 +23,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
 from depthattn.crosslayer.registry import register
+from depthattn.utils.checks import require_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+    from depthattn.crosslayer.context import ForwardContext
 
 
 def dwa_sources(i: int, dilation: int) -> list[int]:
@@ -59,11 +65,8 @@ class DenseFormerOptions(MethodOptions):
 
     def resolved(self, config: ModelConfig) -> DenseFormerOptions:
         for name in ("dilation", "period"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or \
-                    not 1 <= value <= config.num_layers:
-                raise ValueError(f"denseformer option {name} ({value!r}) must be an integer in "
-                                 f"[1, num_layers={config.num_layers}] (1 = the paper's setting)")
+            require_int(f"denseformer option {name}", getattr(self, name), 1, config.num_layers,
+                        high_name="num_layers", hint=" (1 = the paper's setting)")
         return self
 
 
@@ -112,9 +115,9 @@ class DenseFormer(CrossLayerMethod):
     """Residual-stream method; attention is vanilla. State objects are never mutated (a block
     recomputed under activation checkpointing must see the same history as the first pass)."""
 
-    # Parameter-name suffixes to keep out of weight decay: decaying α toward 0 pulls
-    # α_{i,i} = 1 away from the identity. (hyq718 decayed them with 0.1, §1 quirk 4, §4e.)
-    no_decay_params: tuple[str, ...] = ("alpha",)
+    # α is a vector, so the default rule keeps it out of weight decay: decaying it toward 0
+    # would pull α_{i,i} = 1 away from the identity. (The Depth-Attention authors decayed it
+    # with 0.1; docs/baselines.md §1, §4(e).)
 
     def __init__(self, config: ModelConfig, options: DenseFormerOptions) -> None:
         super().__init__(config, options)

@@ -21,75 +21,19 @@ lucidrains' implementation and the rest of this decoder) rather than a LayerNorm
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
+from depthattn.config import ModelConfig
+from depthattn.crosslayer.base import MethodCost, MethodOptions
+from depthattn.crosslayer.context import ForwardContext
 from depthattn.crosslayer.registry import register
-
-if TYPE_CHECKING:
-    from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
-
-
-# --- shared by hyper-connections and mHC -----------------------------------------------------
-@dataclass
-class Streams:
-    """The n residual streams of every token, and what the connector of the sublayer in flight
-    computed from them in ``sublayer_input`` for use in ``sublayer_output``.
-
-    ``maps`` is only meaningful between those two calls of one sublayer; ``sublayer_output``
-    returns a fresh ``Streams`` without it. (A recomputed block under activation checkpointing
-    sets it again from the same streams, to the same values.)
-    """
-
-    x: torch.Tensor  # (B, T, n, D)
-    maps: tuple[torch.Tensor, ...] | None = None
-
-
-def mix_streams(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``weights @ x`` over the stream axis: (B, T, m, n) @ (B, T, n, D) → (B, T, m, D).
-
-    Runs in the streams' dtype with autocast off: under bf16 autocast a matmul would round the
-    fp32 residual streams to bf16, which the vanilla residual add (``x + f(x)``) never does."""
-    with torch.autocast(x.device.type, enabled=False):
-        return torch.matmul(weights.to(x.dtype), x)
-
-
-def expand_streams(embeddings: torch.Tensor, num_streams: int) -> Streams:
-    """n copies of h₀: (B, T, D) → (B, T, n, D), a broadcast view until the first update."""
-    B, T, D = embeddings.shape
-    return Streams(embeddings.unsqueeze(-2).expand(B, T, num_streams, D))
-
-
-def rms_norm(dim: int, eps: float) -> nn.Module:
-    """The decoder's RMSNorm (learned gain, fp32 statistics). Imported on use: importing
-    ``depthattn.model`` at the top would load the config, which loads this registry."""
-    from depthattn.model.norm import RMSNorm
-
-    return RMSNorm(dim, eps)
-
-
-def sublayer_index(layer_idx: int, sublayer: Sublayer) -> int:
-    """The position of a sublayer in the stack: attention of layer l is 2l, its MLP 2l + 1."""
-    return 2 * layer_idx + (sublayer == "mlp")
-
-
-def require_int(method: str, name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{method} option {name} ({value!r}) must be an integer >= {low}")
-
-
-def require_finite_nonnegative(method: str, name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or value < 0:
-        raise ValueError(f"{method} option {name} ({value!r}) must be a finite number >= 0")
-    return float(value)
+from depthattn.crosslayer.streams import StreamConnectors, Streams, mix_streams
+from depthattn.ops.norm import RMSNorm
+from depthattn.utils.checks import require_int, require_number
 
 
 # --- hyper-connections -------------------------------------------------------------------------
@@ -99,8 +43,8 @@ class HyperConnectionsOptions(MethodOptions):
     gate_init: float = 0.01  # initial s_α and s_β, the scales of the dynamic (tanh) terms
 
     def resolved(self, config: ModelConfig) -> HyperConnectionsOptions:
-        require_int("hyper_connections", "num_streams", self.num_streams, 1)
-        gate = require_finite_nonnegative("hyper_connections", "gate_init", self.gate_init)
+        require_int("hyper_connections option num_streams", self.num_streams, 1)
+        gate = require_number("hyper_connections option gate_init", self.gate_init, 0)
         return dataclasses.replace(self, gate_init=gate)
 
 
@@ -116,7 +60,7 @@ class HyperConnection(nn.Module):
         super().__init__()
         n, d = num_streams, hidden_size
         self.num_streams, self.input_stream, self.gate_init = n, input_stream, gate_init
-        self.norm = rms_norm(d, eps)  # H̄: per stream, one gain shared by the n rows
+        self.norm = RMSNorm(d, eps)  # H̄: per stream, one gain shared by the n rows
         self.proj = nn.Parameter(torch.empty(n + 2, d))  # rows [W_α (n+1) | w_β (1)]
         self.static_width = nn.Parameter(torch.empty(n * (n + 1)))  # A_static, row-major n×(n+1)
         self.static_depth = nn.Parameter(torch.empty(n))  # B_static
@@ -158,44 +102,15 @@ class HyperConnection(nn.Module):
         return residual + b.to(x.dtype).unsqueeze(-1) * output.unsqueeze(-2)
 
 
-class StreamConnectors(CrossLayerMethod):
-    """n residual streams with one connector per sublayer (2L in all), shared by HC and mHC.
-
-    A connector's ``maps(x)`` returns (input weights, *update maps), computed once from the
-    streams before the sublayer; ``branch_input`` forms the sublayer's input and ``update``
-    writes its output back. Subclasses build ``self.connectors`` and choose the readout.
-    """
-
-    num_streams: int
-    connectors: nn.ModuleList
-
-    def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Streams:
-        return expand_streams(embeddings, self.num_streams)
-
-    def sublayer_input(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
-        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
-        input_weights, *update_maps = connector.maps(stream.x)  # once, before the sublayer
-        stream.maps = tuple(update_maps)
-        return connector.branch_input(stream.x, input_weights)
-
-    def sublayer_output(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> Streams:
-        connector = self.connectors[sublayer_index(layer_idx, sublayer)]
-        return Streams(connector.update(stream.x, output, *stream.maps))
-
-
 @register("hyper_connections", options=HyperConnectionsOptions)
 class HyperConnections(StreamConnectors):
     """Two connectors per layer (attention, MLP), streams expanded once and summed once."""
 
     def __init__(self, config: ModelConfig, options: HyperConnectionsOptions) -> None:
-        super().__init__(config, options)
-        n = self.num_streams = options.num_streams
-        self.connectors = nn.ModuleList(
-            HyperConnection(config.hidden_size, n, input_stream=k % n, gate_init=options.gate_init,
-                            eps=config.rms_norm_eps)
-            for k in range(2 * config.num_layers))
+        n = options.num_streams
+        super().__init__(config, options, n, lambda k: HyperConnection(
+            config.hidden_size, n, input_stream=k % n, gate_init=options.gate_init,
+            eps=config.rms_norm_eps))
 
     @classmethod
     def cost(cls, config: ModelConfig, options: HyperConnectionsOptions) -> MethodCost:

@@ -25,21 +25,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthattn.config import ModelConfig
 from depthattn.crosslayer.base import MethodCost, MethodOptions
-from depthattn.crosslayer.hyper_connections import (StreamConnectors, Streams, mix_streams,
-                                                    require_finite_nonnegative, require_int,
-                                                    rms_norm)
+from depthattn.crosslayer.context import ForwardContext
 from depthattn.crosslayer.registry import register
-
-if TYPE_CHECKING:
-    from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+from depthattn.crosslayer.streams import StreamConnectors, Streams, mix_streams
+from depthattn.ops.norm import RMSNorm
+from depthattn.utils.checks import require_int, require_number
 
 RESIDUAL_INIT_DIAGONAL = 0.99  # H_res at init: 0.99 I + 0.01/(n−1) off the diagonal (authors' init)
 SINKHORN_FLOOR = 1e-12  # clamp of the exponentials and of every row/column sum
@@ -70,9 +67,9 @@ class MHCOptions(MethodOptions):
 
     def resolved(self, config: ModelConfig) -> MHCOptions:
         # n = 1 has no mixing to constrain, and b_pre = logit(1/n) would be infinite
-        require_int("mhc", "num_streams", self.num_streams, 2)
-        alpha = require_finite_nonnegative("mhc", "alpha_init", self.alpha_init)
-        require_int("mhc", "sinkhorn_iters", self.sinkhorn_iters, 1)
+        require_int("mhc option num_streams", self.num_streams, 2)
+        alpha = require_number("mhc option alpha_init", self.alpha_init, 0)
+        require_int("mhc option sinkhorn_iters", self.sinkhorn_iters, 1)
         return dataclasses.replace(self, alpha_init=alpha)
 
 
@@ -89,7 +86,7 @@ class ManifoldConnector(nn.Module):
         n, d = num_streams, hidden_size
         self.num_streams, self.sinkhorn_iters = n, sinkhorn_iters
         self.alpha_init, self.init_std = alpha_init, init_std
-        self.norm = rms_norm(n * d, eps)  # over the flattened n·d vector, not per stream
+        self.norm = RMSNorm(n * d, eps)  # over the flattened n·d vector, not per stream
         self.proj = nn.Parameter(torch.empty(2 * n + n * n, n * d))  # Φᵀ: rows [pre | post | res]
         self.bias_pre = nn.Parameter(torch.empty(n))
         self.bias_post = nn.Parameter(torch.empty(n))
@@ -136,12 +133,10 @@ class ManifoldConnector(nn.Module):
 @register("mhc", options=MHCOptions)
 class MHC(StreamConnectors):
     def __init__(self, config: ModelConfig, options: MHCOptions) -> None:
-        super().__init__(config, options)
-        n = self.num_streams = options.num_streams
-        self.connectors = nn.ModuleList(
-            ManifoldConnector(config.hidden_size, n, options.alpha_init, options.sinkhorn_iters,
-                              config.init_std, config.rms_norm_eps)
-            for _ in range(2 * config.num_layers))
+        n = options.num_streams
+        super().__init__(config, options, n, lambda _: ManifoldConnector(
+            config.hidden_size, n, options.alpha_init, options.sinkhorn_iters, config.init_std,
+            config.rms_norm_eps))
         self.readout = nn.Parameter(torch.zeros(n))  # r: y = Σ softmax(r)_s X_s
         self.reset_parameters()
 

@@ -35,13 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
-from depthattn.crosslayer.hyper_connections import require_int, rms_norm
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
 from depthattn.crosslayer.registry import register
+from depthattn.ops.norm import RMSNorm
+from depthattn.utils.checks import require_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+    from depthattn.crosslayer.context import ForwardContext
 
 STREAMS = ("q", "k", "v", "r")  # C = 4 for every layer but the last (C = 1: r only)
 HIDDEN_ROUNDING = 64
@@ -53,8 +59,8 @@ class MUDDFormerOptions(MethodOptions):
     last_hidden_expand: int = 4  # e of the last layer, which has one stream (paper: 4)
 
     def resolved(self, config: ModelConfig) -> MUDDFormerOptions:
-        require_int("muddformer", "hidden_expand", self.hidden_expand, 1)
-        require_int("muddformer", "last_hidden_expand", self.last_hidden_expand, 1)
+        require_int("muddformer option hidden_expand", self.hidden_expand, 1)
+        require_int("muddformer option last_hidden_expand", self.last_hidden_expand, 1)
         return self
 
 
@@ -127,8 +133,8 @@ class DenseConnection(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_streams * num_sources, hidden))
         self.bias = nn.Parameter(torch.empty(num_streams * num_sources))  # b: (C, J) row-major
         if separate_kv_norms:  # layers 2..L: the q stream keeps the block's input_layernorm
-            self.k_norm = rms_norm(hidden_size, eps)
-            self.v_norm = rms_norm(hidden_size, eps)
+            self.k_norm = RMSNorm(hidden_size, eps)
+            self.v_norm = RMSNorm(hidden_size, eps)
         self.reset_parameters()
 
     @torch.no_grad()

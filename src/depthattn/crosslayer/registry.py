@@ -1,15 +1,20 @@
-"""Name → cross-layer method, each with its own validated options dataclass."""
+"""Name → cross-layer method, each with its own validated options dataclass.
+
+The one place where method names and options are resolved: ``ModelConfig`` calls
+``resolve_options`` through the hook installed at the bottom of this file, the model calls
+``build_method``, the Hugging Face config goes through ``ModelConfig``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from depthattn.config import ModelConfig
-    from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
+from depthattn.config import ModelConfig, install_method_resolver
+from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
+from depthattn.crosslayer.combined import check_combinable, make_combined, split_parts
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,11 @@ def get_method(name: str) -> MethodSpec:
 
 
 def _combined_spec(name: str) -> MethodSpec:
-    from depthattn.crosslayer.combined import check_combinable, make_combined, split_parts
-
     if name not in _COMBINED:
         parts = split_parts(name)
         specs = [get_method(part) for part in parts]
         check_combinable(parts, [s.cls for s in specs])
-        cls, options = make_combined(name, parts, [s.cls for s in specs],
-                                     [s.options for s in specs])
+        cls, options = make_combined(name, parts, [s.cls for s in specs], resolve_options)
         _COMBINED[name] = MethodSpec(name, cls, options)
     return _COMBINED[name]
 
@@ -82,3 +84,6 @@ def build_method(config: ModelConfig) -> CrossLayerMethod:
     """The method module for a validated config."""
     spec = get_method(config.method)
     return spec.cls(config, config.options())
+
+
+install_method_resolver(resolve_options)

@@ -25,12 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions, Sublayer
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
 from depthattn.crosslayer.registry import register
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.model.context import ForwardContext
+    from depthattn.crosslayer.context import ForwardContext
 
 MODES = ("fixed", "learned", "gated")
 
@@ -51,9 +56,8 @@ class ValueResidual(CrossLayerMethod):
     """Lives inside attention (`mix_values`); in ``gated`` mode the stream hook also reads the
     attention sublayer's input, which `mix_values` does not receive."""
 
-    # Parameter-name suffixes to keep out of weight decay: λ (modded-nanogpt trains it without
-    # decay) and the gate biases. The gate matrices W_l decay like any projection.
-    no_decay_params: tuple[str, ...] = ("lambdas", "bias")
+    # Weight decay follows the default rule: λ (a vector; modded-nanogpt trains it without
+    # decay) and the gate biases are not decayed, the gate matrices W_l are.
 
     def __init__(self, config: ModelConfig, options: ValueResidualOptions) -> None:
         super().__init__(config, options)

@@ -7,12 +7,21 @@
 """
 
 from depthattn.data.files import cache_dir
-from depthattn.data.loader import IGNORE_INDEX, TrainBatches, ValidationBatches, check_seq_len
+from depthattn.data.loader import (
+    IGNORE_INDEX,
+    TrainBatches,
+    ValidationBatches,
+    check_seq_len,
+)
 from depthattn.data.manifest import check_tokenizer_hash, read_manifest
 from depthattn.data.pipeline import default_out_dir, prepare
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import (
-    EOS_TOKEN, check_vocab_fits, load_tokenizer, tokenizer_sha256, train_bpe,
+    EOS_TOKEN,
+    check_vocab_fits,
+    load_tokenizer,
+    tokenizer_sha256,
+    train_bpe,
 )
 
 __all__ = ["EOS_TOKEN", "IGNORE_INDEX", "TokenStream", "TrainBatches", "ValidationBatches",

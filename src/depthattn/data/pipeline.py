@@ -20,17 +20,39 @@ from typing import Any
 from depthattn.data import corpus
 from depthattn.data.clean import clean_text
 from depthattn.data.dedup import (
-    DUPLICATE_THRESHOLD, GROUP_THRESHOLD, deduplicate_and_group, drop_exact_duplicates,
+    DUPLICATE_THRESHOLD,
+    GROUP_THRESHOLD,
+    deduplicate_and_group,
+    drop_exact_duplicates,
 )
 from depthattn.data.documents import Document
-from depthattn.data.files import cache_dir, read_json, remove_stale_temp_files, write_json_atomic
+from depthattn.data.files import (
+    cache_dir,
+    read_json,
+    remove_stale_temp_files,
+    write_json_atomic,
+)
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from depthattn.data.pack import PACK_VERSION, ShardPlan, pack_shards, plan_shards, token_dtype
+from depthattn.data.pack import (
+    PACK_VERSION,
+    ShardPlan,
+    pack_shards,
+    plan_shards,
+    token_dtype,
+)
 from depthattn.data.sources import read_local_source
 from depthattn.data.split import split_groups
 from depthattn.data.tokenizer import (
-    DEFAULT_VOCAB_SIZE, backend_json, check_vocab_fits, check_vocab_size, eos_token_id,
-    load_tokenizer, save_tokenizer, tokenizer_sha256, tokenizer_vocab_size, train_bpe,
+    DEFAULT_VOCAB_SIZE,
+    backend_json,
+    check_vocab_fits,
+    check_vocab_size,
+    eos_token_id,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_sha256,
+    tokenizer_vocab_size,
+    train_bpe,
 )
 
 logger = logging.getLogger(__name__)

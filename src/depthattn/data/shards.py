@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from depthattn.data.manifest import check_split, check_tokenizer_hash, manifest_path, read_manifest
+from depthattn.data.manifest import (
+    check_split,
+    check_tokenizer_hash,
+    manifest_path,
+    read_manifest,
+)
 from depthattn.data.tokenizer import check_vocab_fits
 
 

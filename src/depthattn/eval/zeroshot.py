@@ -27,7 +27,12 @@ from depthattn.data.files import cache_dir
 from depthattn.data.manifest import manifest_path
 from depthattn.data.tokenizer import load_tokenizer
 from depthattn.eval.tasks import (
-    CORPUS_TASKS, NOT_OFFLINE, OUR_NAMES, PAPER_TASKS, lm_eval_name, resolve_task_names,
+    CORPUS_TASKS,
+    NOT_OFFLINE,
+    OUR_NAMES,
+    PAPER_TASKS,
+    lm_eval_name,
+    resolve_task_names,
 )
 from depthattn.model.transformer import CausalLM
 from depthattn.serialization import load_any

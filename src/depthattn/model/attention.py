@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthattn.config import ModelConfig
-from depthattn.model.context import ForwardContext
-from depthattn.model.norm import RMSNorm
+from depthattn.crosslayer.context import ForwardContext
 from depthattn.model.rope import apply_rope
+from depthattn.ops.norm import RMSNorm
 
 
 class Attention(nn.Module):
@@ -49,7 +49,7 @@ class Attention(nn.Module):
         if self.k_norm_after_rope:
             k = self.k_norm(k)  # the authors' Hugging Face code: rotate, then normalise
 
-        # The cross-layer hook: Depth-Attention returns ṽ_l (spec §3); vanilla returns v.
+        # The cross-layer hook: Depth-Attention returns ṽ_l (docs/method.md §3); vanilla returns v.
         v = ctx.method.mix_values(self.layer_idx, q, k, v, ctx)
 
         if ctx.cache is not None:

@@ -1,7 +1,9 @@
 """One pre-norm decoder block: h = x + Attn(RMSNorm(x)); x' = h + MLP(RMSNorm(h)).
 
-The residual-stream method decides what each sublayer reads and how its output is written
-back; for the vanilla decoder (and Depth-Attention) these are exactly the two equations above.
+The cross-layer method's residual-stream hooks stand around each equation: what the sublayer
+reads (``sublayer_input``) and how its output is added back (``sublayer_output``). For the
+vanilla decoder (and Depth-Attention, which works inside attention) they are the identity and
+``+``, so the block is exactly the two equations above.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from typing import Any
 from torch import nn
 
 from depthattn.config import ModelConfig
+from depthattn.crosslayer.context import ForwardContext
 from depthattn.model.attention import Attention
-from depthattn.model.context import ForwardContext
 from depthattn.model.mlp import MLP
-from depthattn.model.norm import RMSNorm
+from depthattn.ops.norm import RMSNorm
 
 
 class Block(nn.Module):
@@ -27,12 +29,18 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, stream: Any, ctx: ForwardContext) -> Any:
-        residual, i = ctx.method, self.layer_idx
-        x = self.input_layernorm(residual.sublayer_input(stream, i, "attn", ctx))
-        x_k, x_v = residual.attention_kv_inputs(stream, i, x, ctx)  # vanilla: x, x
-        stream = residual.sublayer_output(stream, i, "attn", self.self_attn(x, ctx, x_k, x_v),
-                                          ctx)
-        h = residual.sublayer_input(stream, i, "mlp", ctx)
-        stream = residual.sublayer_output(stream, i, "mlp",
-                                          self.mlp(self.post_attention_layernorm(h)), ctx)
-        return stream
+        """``stream``: the residual stream as the method keeps it (vanilla: x, (B, T, D))."""
+        method, l = ctx.method, self.layer_idx
+
+        # h = x + Attn(RMSNorm(x))
+        x = method.sublayer_input(stream, l, "attn", ctx)
+        normed = self.input_layernorm(x)
+        # Extension point: keys and values may read streams of their own (MUDDFormer);
+        # every other method returns (normed, normed).
+        x_k, x_v = method.attention_kv_inputs(stream, l, normed, ctx)
+        h = method.sublayer_output(stream, l, "attn", self.self_attn(normed, ctx, x_k, x_v), ctx)
+
+        # x' = h + MLP(RMSNorm(h))
+        h_in = method.sublayer_input(h, l, "mlp", ctx)
+        return method.sublayer_output(h, l, "mlp", self.mlp(self.post_attention_layernorm(h_in)),
+                                      ctx)

@@ -1,14 +1,11 @@
 """Static KV cache. Layer l stores (k_l, ṽ_l): with Depth-Attention the *mixed* value replaces
-the raw one, so the cache has exactly a vanilla GQA decoder's shape, dtype and size (spec §4)."""
+the raw one, so the cache has exactly a vanilla GQA decoder's shape, dtype and size
+(docs/method.md §4)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-
-if TYPE_CHECKING:
-    from depthattn.model.transformer import CausalLM
+from torch import nn
 
 
 class KVCache:
@@ -31,10 +28,11 @@ class KVCache:
         self.has_padding = False
 
     @classmethod
-    def for_model(cls, model: CausalLM, batch_size: int, max_len: int | None = None,
+    def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None,
                   dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> KVCache:
-        """A cache sized for ``model``; dtype and device default to the model's."""
+        """A cache sized for ``model`` (a ``CausalLM``: its ``config`` and ``lm_head``); dtype
+        and device default to the model's."""
         config = model.config
         max_len = config.max_seq_len if max_len is None else max_len
         if not 1 <= max_len <= config.max_seq_len:
@@ -84,9 +82,3 @@ class KVCache:
         """Commit the ``num_new`` tokens of ``begin`` once every layer has written them."""
         self.length += num_new
         self.next_position = self.next_position + self._advance
-
-    def reset(self) -> None:
-        self.length = 0
-        self.has_padding = False
-        self.key_valid.fill_(True)
-        self.next_position.zero_()

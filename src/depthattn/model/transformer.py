@@ -8,38 +8,44 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.config import ModelConfig
 from depthattn.crosslayer import build_method
+from depthattn.crosslayer.context import ForwardContext
 from depthattn.model.block import Block
 from depthattn.model.cache import KVCache
-from depthattn.model.context import ForwardContext
 from depthattn.model.mask import attention_mask_for
-from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import RotaryEmbedding
-from depthattn.ops.chunked_cross_entropy import DEFAULT_CHUNK_SIZE, chunked_cross_entropy
+from depthattn.ops.chunked_cross_entropy import (
+    DEFAULT_CHUNK_SIZE,
+    chunked_cross_entropy,
+)
+from depthattn.ops.norm import RMSNorm
+from depthattn.utils.checks import require_int
 
 
 class Decoder(nn.Module):
-    """embed → N blocks → final RMSNorm. Parameter names are Qwen3's."""
+    """embed → N blocks → final RMSNorm. Parameter names are Qwen3's.
+
+    ``forward(input_ids, attention_mask, cache, position_ids)`` validates its inputs before any
+    work and returns the (B, T, D) hidden states; see ``CausalLM`` for the arguments.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         # Methods with parameters keep them here, under `model.cross_layer.*`.
         self.cross_layer = build_method(config)
-        self.recorder = None  # a DepthWeights while capture_depth_weights is active
         # Recompute each block in backward (training only). The depth stash lives in the
         # per-call context, so a recomputed block reads the same sources as the first pass.
         self.activation_checkpointing = False
 
-    def forward(self, input_ids: torch.Tensor, new_valid: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) → hidden states (B, T, D).
-
-        new_valid: (B, T) bool, False at padding tokens (None: no padding).
-        """
+        """input_ids (B, T) → hidden states (B, T, D)."""
+        new_valid = self.check_inputs(input_ids, attention_mask, cache, position_ids)
         B, T = input_ids.shape
         if cache is not None:
             past, key_valid, positions = cache.begin(new_valid, T)
@@ -57,7 +63,7 @@ class Decoder(nn.Module):
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(positions, x.dtype)
         ctx = ForwardContext(method=self.cross_layer, cos=cos, sin=sin, attn_mask=attn_mask,
-                             is_causal=is_causal, cache=cache, recorder=self.recorder)
+                             is_causal=is_causal, cache=cache)
         stream = self.cross_layer.init_stream(x, ctx)
         for block in self.layers:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -67,6 +73,39 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.end(T)
         return self.norm(self.cross_layer.final_hidden(stream, ctx))
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     cache: KVCache | None,
+                     position_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Validate before any work starts; return the new tokens' padding mask as bool."""
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq); got "
+                             f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids has no tokens (seq length 0); pass at least one")
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
+                             f"max_seq_len ({self.config.max_seq_len})")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"input_ids batch ({B}) differs from the cache's batch size "
+                             f"({cache.batch_size})")
+        if not torch.compiler.is_compiling():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"token id {bad} is out of range: ids must be in "
+                                 f"[0, vocab_size={self.config.vocab_size})")
+        if position_ids is not None and tuple(position_ids.shape) != (B, T):
+            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
+        if attention_mask is None:
+            return None
+        allowed = {(B, T), (B, past + T)}
+        if tuple(attention_mask.shape) not in allowed:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
+                             f"{' or '.join(str(s) for s in sorted(allowed))}")
+        return attention_mask[:, -T:].bool()
 
 
 class CausalLM(nn.Module):
@@ -121,11 +160,8 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None,
                 position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
-        new_valid = self._check_inputs(input_ids, attention_mask, cache, position_ids)
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) \
-                or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep ({logits_to_keep!r}) must be an integer >= 0")
-        hidden = self.model(input_ids, new_valid, cache, position_ids)  # (B, T, D)
+        require_int("logits_to_keep", logits_to_keep, 0)
+        hidden = self.model(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
         return self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
@@ -138,44 +174,10 @@ class CausalLM(nn.Module):
         cross-entropy, ``chunk_size`` tokens at a time. targets: (B, T), already shifted (the
         target of position t is the token at t + 1).
         """
-        new_valid = self._check_inputs(input_ids, attention_mask, None, None)
         if tuple(targets.shape) != tuple(input_ids.shape):
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape "
                              f"{tuple(input_ids.shape)}")
-        hidden = self.model(input_ids, new_valid)  # (B, T, D)
+        hidden = self.model(input_ids, attention_mask)  # (B, T, D)
         # lm_head.weight is the embedding matrix when tied, so both uses get its gradient.
         return chunked_cross_entropy(hidden, self.lm_head.weight, targets, chunk_size,
                                      ignore_index)
-
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      cache: KVCache | None,
-                      position_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """Validate before any work starts; return the new tokens' padding mask as bool."""
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq); got "
-                             f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
-        B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("input_ids has no tokens (seq length 0); pass at least one")
-        past = cache.length if cache is not None else 0
-        if past + T > self.config.max_seq_len:
-            raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
-                             f"max_seq_len ({self.config.max_seq_len})")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"input_ids batch ({B}) differs from the cache's batch size "
-                             f"({cache.batch_size})")
-        if not torch.compiler.is_compiling():
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= self.config.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(f"token id {bad} is out of range: ids must be in "
-                                 f"[0, vocab_size={self.config.vocab_size})")
-        if position_ids is not None and tuple(position_ids.shape) != (B, T):
-            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
-        if attention_mask is None:
-            return None
-        allowed = {(B, T), (B, past + T)}
-        if tuple(attention_mask.shape) not in allowed:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
-                             f"{' or '.join(str(s) for s in sorted(allowed))}")
-        return attention_mask[:, -T:].bool()

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from depthattn.utils.checks import require_positive_int
+
 DEFAULT_CHUNK_SIZE = 1024  # tokens: a (1024, 50304) float32 chunk of logits is 206 MB
 
 
@@ -105,8 +107,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         y = torch.randint(0, 1000, (4, 128))
         chunked_cross_entropy(h, w, y, chunk_size=100).backward()
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size ({chunk_size!r}) must be a positive integer")
+    require_positive_int("chunk_size", chunk_size)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction ({reduction!r}) must be 'mean' or 'sum'")
     if weight.dim() != 2:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depthattn.utils.checks import require_int, require_positive_int
+
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -54,17 +56,11 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
 
     def __post_init__(self) -> None:
-        positive = ("seq_len", "micro_batch_size", "steps", "vocab_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} ({value!r}) must be a positive integer")
-        non_negative = ("global_batch_tokens", "log_every", "eval_every", "eval_windows",
-                        "checkpoint_every", "seed")
-        for name in non_negative:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} ({value!r}) must be an integer >= 0")
+        for name in ("seq_len", "micro_batch_size", "steps", "vocab_size"):
+            require_positive_int(name, getattr(self, name))
+        for name in ("global_batch_tokens", "log_every", "eval_every", "eval_windows",
+                     "checkpoint_every", "seed"):
+            require_int(name, getattr(self, name), 0)
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints ({self.keep_checkpoints}) must be >= 1")
         if not self.lr > 0:

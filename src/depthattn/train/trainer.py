@@ -22,7 +22,11 @@ from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
 from depthattn.model.transformer import CausalLM
 from depthattn.serialization import save_model
-from depthattn.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from depthattn.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from depthattn.train.config import TrainConfig
 from depthattn.train.data import resolve_data
 from depthattn.train.metrics import MetricsLog
