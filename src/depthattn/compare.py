@@ -15,11 +15,13 @@ from typing import Any
 from depthattn.analysis.plots import plot_final_bars, plot_val_curves
 from depthattn.analysis.stats import fmt, paired_difference, summarize
 from depthattn.crosslayer.registry import get_method, resolve_options
-from depthattn.data.files import write_json_atomic
+from depthattn.data.resolve import resolve_data
+from depthattn.run_dir import RunDir
 from depthattn.train.config import TrainConfig
-from depthattn.train.data import resolve_data
 from depthattn.train.metrics import read_metrics
-from depthattn.train.trainer import CONFIG_FILE, RESUMABLE_CHANGES, SUMMARY_FILE, train
+from depthattn.train.trainer import changed_fields, train
+from depthattn.utils.atomic import write_json_atomic, write_text_atomic
+from depthattn.utils.parsing import parse_key_values
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +37,8 @@ def parse_method(text: str) -> MethodRun:
     """``name`` or ``name:key=value,key=value`` (values parsed as JSON when possible)."""
     name, _, rest = text.partition(":")
     get_method(name)  # unknown names fail here, before any run starts
-    options: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"method option {item!r} in {text!r} must look like key=value")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+    options = parse_key_values(list(filter(None, rest.split(","))),
+                               what=f"method option in {text!r}:")
     return MethodRun(text, name, options)
 
 
@@ -55,14 +50,15 @@ def _run_config(base: TrainConfig, run: MethodRun, seed: int, out_dir: Path) -> 
 
 def _zeroshot(run_dir: Path, tasks: str, limit: int | None) -> dict[str, float]:
     """Accuracy per task of one finished run, computed once and cached in run_dir/zeroshot."""
-    cached = run_dir / "zeroshot" / "zeroshot.json"
+    zeroshot_dir = RunDir(run_dir).zeroshot_dir
+    cached = zeroshot_dir / "zeroshot.json"
     if cached.exists():
         report = json.loads(cached.read_text())
         if report["settings"].get("tasks") == tasks and report["settings"]["limit"] == limit:
             return {row["task"]: row["acc"] for row in report["tasks"] if "acc" in row}
     from depthattn.eval.zeroshot import evaluate_zeroshot
 
-    rows = evaluate_zeroshot(run_dir, tasks, limit=limit, out_dir=run_dir / "zeroshot")
+    rows = evaluate_zeroshot(run_dir, tasks, limit=limit, out_dir=zeroshot_dir)
     report = json.loads(cached.read_text())
     report["settings"]["tasks"] = tasks  # remembered, so a later compare reuses it
     write_json_atomic(cached, report)
@@ -99,27 +95,27 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
     for run in runs:  # validate every run's model before any work
         model_cfg = _run_config(base, run, seeds[0], out_dir).model_config()
         resolve_options(model_cfg.method, model_cfg.method_options, model_cfg)
-    base = dataclasses.replace(base, data=str(resolve_data(base).parent))  # prepare once, not per run
+    # prepare once, not per run
+    manifest = resolve_data(base.data, base.vocab_size, progress=base.progress)
+    base = dataclasses.replace(base, data=str(manifest.parent))
     configs = {(r.label, s): _run_config(base, r, s, out_dir) for r in runs for s in seeds}
 
     results: dict[str, list[dict[str, Any]]] = {r.label: [] for r in runs}
     for (label, seed), cfg in configs.items():
-        run_dir = Path(cfg.run_dir)
-        summary_path = run_dir / SUMMARY_FILE
-        if not summary_path.exists():
-            resume = (run_dir / CONFIG_FILE).exists()
+        run = RunDir(cfg.run_dir)
+        run_dir = run.path
+        if not run.is_finished():
+            resume = run.is_run()
             log.info("%s %s seed %d: %s", "resuming" if resume else "training", label, seed, run_dir)
             train(cfg, resume=resume)
         else:
             log.info("%s seed %d: finished earlier, collected from %s", label, seed, run_dir)
-            saved = json.loads((run_dir / CONFIG_FILE).read_text())
-            changed = sorted(k for k, v in cfg.to_dict().items()
-                             if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+            changed = changed_fields(run, cfg)
             if changed:
                 raise ValueError(f"{run_dir} was trained with another configuration (differs in "
                                  f"{', '.join(changed)}); remove it or choose another output "
                                  f"folder")
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads(run.summary_file.read_text())
         curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
                  for m in read_metrics(run_dir) if "val_loss" in m]
         zeroshot = _zeroshot(run_dir, tasks, task_limit) if tasks else {}
@@ -157,9 +153,7 @@ def write_report(results: dict[str, list[dict[str, Any]]], baseline: str, base: 
               "plots": [str(curves), str(bars)]}
     write_json_atomic(out_dir / "compare.json", report)
     markdown = render_markdown(report)
-    tmp = out_dir / ".compare.md.tmp"
-    tmp.write_text(markdown)
-    tmp.replace(out_dir / "compare.md")
+    write_text_atomic(out_dir / "compare.md", markdown)
     print(markdown)
     return report
 

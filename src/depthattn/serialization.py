@@ -1,35 +1,36 @@
-"""Save and load a model as a directory: ``config.json`` + ``model.safetensors``.
+"""Model folders: save and load ours, read any folder a model can come from.
 
-Writes are atomic: each file is written under a temporary name in the same directory and
-renamed into place, so an interrupted save never leaves a half-written file that looks done.
+- ``save_model`` / ``load_model``: ``config.json`` (``"format": "depthattn"`` + ModelConfig) and
+  ``model.safetensors``, each written atomically (a temporary name, then a rename), weights
+  first, config last, so a folder with a config is complete.
+- ``load_any``: whatever directory this is (``folder_kind``): a training run (its final model,
+  else its newest checkpoint), one of our model folders, a Hugging Face folder of our model
+  (``save_pretrained``: the same parameter names, its config.json holds the ModelConfig
+  fields) or a Qwen3 Hugging Face folder, as a core ``CausalLM``.
+- ``read_safetensors``: ``model.safetensors`` or the shards its index names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from depthattn.config import ModelConfig
 from depthattn.model.transformer import CausalLM
+from depthattn.run_dir import RunDir
+from depthattn.utils.atomic import atomic_write, write_text_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+HF_MODEL_TYPE = "depthattn"  # the model_type of our Hugging Face config
 
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+FolderKind = Literal["run", "depthattn", "hf", "qwen3"]
 
 
 def save_model(model: CausalLM, directory: str | Path) -> Path:
@@ -39,31 +40,48 @@ def save_model(model: CausalLM, directory: str | Path) -> Path:
     state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")  # shared with model.embed_tokens.weight
-    _atomic_write(directory / WEIGHTS_NAME,
-                  lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_NAME,
+                 lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     config = json.dumps({"format": "depthattn", **model.config.to_dict()}, indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config))
+    write_text_atomic(directory / CONFIG_NAME, config)
     return directory
 
 
-def load_model(directory: str | Path, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> CausalLM:
-    """Load a directory written by ``save_model`` (strict: every key must match)."""
+def read_config_json(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a model folder, with errors that say what the folder lacks."""
     directory = Path(directory)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    config = directory / CONFIG_NAME
+    if not config.is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint folder: it has no {CONFIG_NAME}")
+    try:
+        return json.loads(config.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config} is not valid JSON: {error}") from None
+
+
+def read_safetensors(directory: str | Path,
+                     device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """model.safetensors, or the shards named by model.safetensors.index.json."""
+    directory = Path(directory)
+    index = directory / INDEX_NAME
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
+             if index.is_file() else [WEIGHTS_NAME])
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} does not exist; a depthattn model "
-                                    f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    fields = json.loads((directory / CONFIG_NAME).read_text())
-    fields.pop("format", None)
-    config = ModelConfig.from_dict(fields)
-    state = load_file(directory / WEIGHTS_NAME, device=str(device or "cpu"))
-    return _model_from_state(config, state, device, dtype)
+            raise FileNotFoundError(f"{directory} is not a checkpoint folder: {name} is missing "
+                                    f"(weights must be safetensors)")
+        state.update(load_file(directory / name, device=str(device or "cpu")))
+    return state
 
 
-def _model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], device,
-                      dtype: torch.dtype | None) -> CausalLM:
-    """Build on the meta device (no wasted initialisation) and take the tensors as they are."""
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor],
+                     device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> CausalLM:
+    """Build on the meta device (no wasted initialisation) and take the tensors as they are
+    (strict: every key must match)."""
     if config.tie_embeddings:
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
     with torch.device("meta"):
@@ -77,6 +95,20 @@ def _model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], devic
     return model.to(dtype=dtype) if dtype is not None else model
 
 
+def load_model(directory: str | Path, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> CausalLM:
+    """Load a directory written by ``save_model`` (strict: every key must match)."""
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} does not exist; a depthattn model "
+                                    f"directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    fields = json.loads((directory / CONFIG_NAME).read_text())
+    fields.pop("format", None)
+    config = ModelConfig.from_dict(fields)
+    return model_from_state(config, read_safetensors(directory, device), device, dtype)
+
+
 def load_qwen3_folder(directory: str | Path, method: str = "vanilla", device=None,
                       dtype: torch.dtype | None = None, **method_options) -> CausalLM:
     """A Hugging Face Qwen3 checkpoint folder (config.json + model.safetensors, or sharded with
@@ -88,35 +120,44 @@ def load_qwen3_folder(directory: str | Path, method: str = "vanilla", device=Non
     if hf_config.model_type != "qwen3":
         raise ValueError(f"{directory} holds a {hf_config.model_type!r} model; allowed: 'qwen3'")
     config = ModelConfig.from_qwen3(hf_config, method=method, **method_options)
-    index = directory / "model.safetensors.index.json"
-    files = (sorted(set(json.loads(index.read_text())["weight_map"].values()))
-             if index.is_file() else [WEIGHTS_NAME])
-    state = {}
-    for name in files:
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} does not exist")
-        state.update(load_file(directory / name, device=str(device or "cpu")))
-    return _model_from_state(config, state, device, dtype)
+    return model_from_state(config, read_safetensors(directory, device), device, dtype)
+
+
+def folder_kind(path: str | Path) -> FolderKind:
+    """What kind of model directory ``path`` is; FileNotFoundError when none."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    run = RunDir(path)
+    if run.model_path() is not None:
+        return "run"
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{path} is neither a run directory, a depthattn model folder "
+                                f"nor a Hugging Face folder (no {CONFIG_NAME})")
+    fields = json.loads((path / CONFIG_NAME).read_text())
+    if fields.get("format") == "depthattn":
+        return "depthattn"
+    if fields.get("model_type") == HF_MODEL_TYPE:
+        return "hf"
+    return "qwen3"
+
+
+def model_config_from_hf_fields(fields: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig of our Hugging Face config.json (it holds every ModelConfig field)."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig.from_dict({k: v for k, v in fields.items() if k in names})
 
 
 def load_any(path: str | Path, device=None, dtype: torch.dtype | None = None) -> CausalLM:
-    """A depthattn model folder, a training run directory (its final model, else its newest
-    checkpoint) or a Qwen3 Hugging Face folder."""
+    """A training run directory (its final model, else its newest checkpoint), a depthattn
+    model folder, a Hugging Face folder of our model or a Qwen3 Hugging Face folder."""
     path = Path(path)
-    if (path / "model" / CONFIG_NAME).is_file():
-        return load_model(path / "model", device, dtype)
-    latest = path / "checkpoints" / "latest"
-    if latest.is_file():
-        return load_model(path / "checkpoints" / latest.read_text().strip(), device, dtype)
-    config_file = path / CONFIG_NAME
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is neither a run directory, a depthattn model folder "
-                                f"nor a Hugging Face folder (no {CONFIG_NAME})")
-    fields = json.loads(config_file.read_text())
-    if fields.get("format") == "depthattn":
+    kind = folder_kind(path)
+    if kind == "run":
+        return load_model(RunDir(path).model_path(), device, dtype)
+    if kind == "depthattn":
         return load_model(path, device, dtype)
-    if fields.get("model_type") == "depthattn":  # a Hugging Face folder (save_pretrained)
-        from depthattn.hf.export import load_pretrained_any
-
-        return load_pretrained_any(path, device, dtype).core()
+    if kind == "hf":
+        config = model_config_from_hf_fields(read_config_json(path))
+        return model_from_state(config, read_safetensors(path, device), device, dtype)
     return load_qwen3_folder(path, device=device, dtype=dtype)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from depthattn import CausalLM
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import ForwardContext
 
 Branch = Callable[[int, torch.Tensor], torch.Tensor]
 

@@ -10,9 +10,16 @@ import torch
 
 from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import get_method
-from depthattn.crosslayer.attnres import DepthAggregator, snapshot_layers, sources_per_aggregator
-from tests.crosslayer.sublayers import sublayer_runner, assert_decoding_matches_full_forward
+from depthattn.crosslayer.attnres import (
+    DepthAggregator,
+    snapshot_layers,
+    sources_per_aggregator,
+)
 from tests.conftest import random_ids, tiny_config, tiny_model
+from tests.crosslayer.sublayers import (
+    assert_decoding_matches_full_forward,
+    sublayer_runner,
+)
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
 

@@ -9,8 +9,11 @@ import torch
 from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import get_method
 from depthattn.crosslayer.denseformer import live_outputs
-from tests.crosslayer.sublayers import block_runner, assert_decoding_matches_full_forward
 from tests.conftest import random_ids, tiny_config, tiny_model
+from tests.crosslayer.sublayers import (
+    assert_decoding_matches_full_forward,
+    block_runner,
+)
 
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152
 

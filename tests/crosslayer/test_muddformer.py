@@ -9,9 +9,13 @@ import torch.nn.functional as F
 
 from depthattn import CausalLM, ModelConfig
 from depthattn.crosslayer import method_names
-from depthattn.crosslayer.muddformer import (MUDDFormer,
-                                             MUDDFormerOptions, dense_mix, hidden_width)
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import ForwardContext
+from depthattn.crosslayer.muddformer import (
+    MUDDFormer,
+    MUDDFormerOptions,
+    dense_mix,
+    hidden_width,
+)
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 

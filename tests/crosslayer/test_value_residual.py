@@ -8,9 +8,9 @@ import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
 from depthattn.crosslayer import get_method
-from depthattn.crosslayer.context import ForwardContext
-from tests.crosslayer.sublayers import assert_decoding_matches_full_forward
+from depthattn.crosslayer.base import ForwardContext
 from tests.conftest import random_ids, tiny_config, tiny_model
+from tests.crosslayer.sublayers import assert_decoding_matches_full_forward
 
 MODES = ["fixed", "learned", "gated"]
 KV_PER_TOKEN_3B = 2 * 48 * 8 * 64  # 49 152

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from depthattn.data.cli import add_prepare_arguments, run_prepare
+from depthattn.cli.prepare import add_prepare_arguments, run_prepare
 
 
 def parse(argv):

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from depthattn.eval.tasks.corpus import ensure_corpus_tasks
-from depthattn.eval.zeroshot import add_zeroshot_arguments, evaluate_zeroshot, run_zeroshot
+from depthattn.cli.evaluate import add_zeroshot_arguments, run_zeroshot
+from depthattn.eval.zeroshot import evaluate_zeroshot
 from depthattn.eval.zeroshot_lm import DepthAttnLM
 from tests.conftest import tiny_model
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from depthattn.convert import (add_convert_arguments, add_generate_arguments, from_qwen3,
-                               run_convert, run_generate, to_qwen3)
+from depthattn.cli.convert import add_convert_arguments, run_convert
+from depthattn.cli.generate import add_generate_arguments, run_generate
+from depthattn.convert import from_qwen3, to_qwen3
 from depthattn.hf import DepthAttnForCausalLM
 
 

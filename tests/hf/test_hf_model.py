@@ -155,7 +155,7 @@ def test_export_run_directory(tmp_path, make_model, make_ids):
     out = export_run(run, tmp_path / "hf")
     import argparse
 
-    from depthattn.convert import add_convert_arguments, run_convert
+    from depthattn.cli.convert import add_convert_arguments, run_convert
 
     parser = argparse.ArgumentParser()
     add_convert_arguments(parser)

@@ -125,10 +125,10 @@ def test_first_step_loss_equals_cross_entropy_of_the_full_logits(tiny_train_conf
     from depthattn import CausalLM
     from depthattn.data.loader import IGNORE_INDEX
     from depthattn.data.shards import TokenStream
-    from depthattn.train.data import resolve_data
+    from depthattn.data import resolve_data
 
     config = tiny_train_config(steps=1, eval_every=0, checkpoint_every=0)
-    stream = TokenStream(resolve_data(config), "train")
+    stream = TokenStream(resolve_data(config.data, config.vocab_size), "train")
     inputs, targets = TrainBatches(stream, config.seq_len, config.micro_batch_size,
                                    seed=config.seed).batch(0)
     torch.manual_seed(config.seed)  # as the trainer, right before building the model

@@ -22,14 +22,12 @@ Conventions (every number is per token of a forward pass):
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from depthattn.config import PRESETS, ModelConfig
-from depthattn.crosslayer import MethodCost, get_method, method_names
+from depthattn.config import ModelConfig
+from depthattn.crosslayer import MethodCost, get_method
 from depthattn.utils.checks import require_positive_int
 
 BYTES_PER_ELEMENT = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,
@@ -195,51 +193,5 @@ def print_cost_table(reports: list[CostReport], file: TextIO | None = None) -> N
     print(format_cost_table(reports), file=file or sys.stdout)
 
 
-# --- `depthattn flops` ---------------------------------------------------------------------------
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``["stride=2", "recent_window=1"]`` → dict; values parsed as JSON when they are JSON."""
-    options: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {item!r} must look like key=value")
-        try:
-            options[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key.strip()] = raw
-    return options
-
-
-def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="3b", help=f"one of {', '.join(PRESETS)} (default 3b)")
-    parser.add_argument("--method", default="depth_attention",
-                        help="a registered method, or 'all' for a table of every method with "
-                             "its default options (default depth_attention)")
-    parser.add_argument("--seq", type=int, default=None,
-                        help="sequence length T for the attention FLOPs (default: the preset's "
-                             "max_seq_len)")
-    parser.add_argument("--option", action="append", default=[], metavar="key=value",
-                        help="a method option, repeatable, e.g. --option stride=12")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(BYTES_PER_ELEMENT),
-                        help="element type for bytes (default bf16)")
-
-
-def run_flops(args: argparse.Namespace) -> None:
-    options = parse_options(args.option)
-    if args.method == "all":
-        if options:
-            raise ValueError("--option needs one --method; 'all' uses every method's defaults")
-        reports = [cost_report(ModelConfig.from_preset(args.preset, method=name), args.seq,
-                               args.dtype, label=name) for name in method_names()]
-        print(f"{args.preset}: T = {reports[0].backbone.seq_len}, {args.dtype}; KV cache and "
-              f"state in elements per token")
-        print_cost_table(reports)
-        return
-    config = ModelConfig.from_preset(args.preset, method=args.method, method_options=options)
-    report = cost_report(config, args.seq, args.dtype, label=f"{args.preset} / {args.method}")
-    print(format_cost_report(report))
-
-
-__all__ = ["BackboneCost", "CostReport", "add_flops_arguments", "backbone_cost", "cost_report",
-           "format_cost_report", "format_cost_table", "method_cost", "parse_options",
-           "print_cost_table", "run_flops"]
+__all__ = ["BYTES_PER_ELEMENT", "BackboneCost", "CostReport", "backbone_cost", "cost_report",
+           "format_cost_report", "format_cost_table", "method_cost", "print_cost_table"]

@@ -37,7 +37,7 @@ from depthattn.utils.checks import require_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.crosslayer.context import ForwardContext
+    from depthattn.crosslayer.base import ForwardContext
 
 
 def inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:

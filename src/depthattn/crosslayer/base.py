@@ -7,24 +7,48 @@
    `final_hidden`): how each sublayer's input is formed from the stream and how its output is
    written back. DenseFormer, hyper-connections, mHC, attention residuals live here.
 
-The defaults are the vanilla pre-norm decoder: v unchanged, ``x = x + f(norm(x))``.
+The defaults are the vanilla pre-norm decoder: v unchanged, ``x = x + f(norm(x))``. Every hook
+receives the ``ForwardContext`` of the call (RoPE tables, masks, cache, depth stash).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
 
 from depthattn.config import ModelConfig
-from depthattn.crosslayer.context import ForwardContext
 
 Sublayer = Literal["attn", "mlp"]
 
 
+# --- what one forward call hands every layer and every hook, and drops when it ends ------------
+class LayerCache(Protocol):
+    """The part of a KV cache attention uses (``depthattn.model.cache.KVCache`` is one)."""
+
+    def update(self, layer_idx: int, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new tokens' (k, v) of one layer; return the layer's keys and values so far."""
+        ...
+
+
+@dataclass
+class ForwardContext:
+    method: CrossLayerMethod  # the hooks of this model
+    cos: torch.Tensor  # (B, T, d) RoPE tables at the new positions
+    sin: torch.Tensor
+    attn_mask: torch.Tensor | None  # (B, 1, T, T_kv) bool, True = may attend; None: see is_causal
+    is_causal: bool  # with attn_mask None: causal over the new tokens (True) or attend to all
+    cache: LayerCache | None = None
+    # The depth stash (docs/method.md §4): layer j → (k_j, ṽ_j) at the new positions, for the
+    # later layers of this call only. Never persists across calls.
+    depth_stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+# --- what a method declares about itself -------------------------------------------------------
 @dataclass(frozen=True)
 class MethodCost:
     """What a method adds to the vanilla decoder of the same geometry (per token, forward).
@@ -49,6 +73,7 @@ class MethodOptions:
         return self
 
 
+# --- the method: vanilla behaviour at both plug-in points --------------------------------------
 class CrossLayerMethod(nn.Module):
     """Vanilla behaviour at both plug-in points; methods override what they change."""
 

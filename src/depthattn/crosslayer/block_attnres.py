@@ -38,7 +38,7 @@ from depthattn.utils.checks import is_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.crosslayer.context import ForwardContext
+    from depthattn.crosslayer.base import ForwardContext
 
 KIMI_NUM_BLOCKS = 8  # "we fix the number of blocks to ≈ 8" (Kimi §5.3)
 

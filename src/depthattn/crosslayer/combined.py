@@ -18,11 +18,11 @@ from torch import nn
 from depthattn.config import ModelConfig
 from depthattn.crosslayer.base import (
     CrossLayerMethod,
+    ForwardContext,
     MethodCost,
     MethodOptions,
     Sublayer,
 )
-from depthattn.crosslayer.context import ForwardContext
 
 # (part name, options mapping, config) -> that part's validated options (the registry's)
 ResolveOptions = Callable[[str, Mapping[str, Any], ModelConfig], MethodOptions]

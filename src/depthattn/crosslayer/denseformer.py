@@ -34,7 +34,7 @@ from depthattn.utils.checks import require_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.crosslayer.context import ForwardContext
+    from depthattn.crosslayer.base import ForwardContext
 
 
 def dwa_sources(i: int, dilation: int) -> list[int]:

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from depthattn.config import ModelConfig
-from depthattn.crosslayer.base import CrossLayerMethod, MethodCost, MethodOptions
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    ForwardContext,
+    MethodCost,
+    MethodOptions,
+)
 from depthattn.crosslayer.registry import register
 from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
 from depthattn.utils.checks import require_int

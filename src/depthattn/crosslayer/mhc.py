@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthattn.config import ModelConfig
-from depthattn.crosslayer.base import MethodCost, MethodOptions
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import ForwardContext, MethodCost, MethodOptions
 from depthattn.crosslayer.registry import register
 from depthattn.crosslayer.streams import StreamConnectors, Streams, mix_streams
 from depthattn.ops.norm import RMSNorm

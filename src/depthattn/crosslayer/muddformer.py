@@ -47,7 +47,7 @@ from depthattn.utils.checks import require_int
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.crosslayer.context import ForwardContext
+    from depthattn.crosslayer.base import ForwardContext
 
 STREAMS = ("q", "k", "v", "r")  # C = 4 for every layer but the last (C = 1: r only)
 HIDDEN_ROUNDING = 64

@@ -16,8 +16,12 @@ import torch
 from torch import nn
 
 from depthattn.config import ModelConfig
-from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions, Sublayer
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import (
+    CrossLayerMethod,
+    ForwardContext,
+    MethodOptions,
+    Sublayer,
+)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from depthattn.crosslayer.registry import register
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.crosslayer.context import ForwardContext
+    from depthattn.crosslayer.base import ForwardContext
 
 MODES = ("fixed", "learned", "gated")
 

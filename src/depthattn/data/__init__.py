@@ -15,6 +15,7 @@ from depthattn.data.loader import (
 )
 from depthattn.data.manifest import check_tokenizer_hash, read_manifest
 from depthattn.data.pipeline import default_out_dir, prepare
+from depthattn.data.resolve import find_prepared, resolve_data
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import (
     EOS_TOKEN,
@@ -26,5 +27,6 @@ from depthattn.data.tokenizer import (
 
 __all__ = ["EOS_TOKEN", "IGNORE_INDEX", "TokenStream", "TrainBatches", "ValidationBatches",
            "cache_dir", "check_seq_len", "check_tokenizer_hash", "check_vocab_fits",
-           "default_out_dir", "load_tokenizer", "prepare", "read_manifest", "tokenizer_sha256",
+           "default_out_dir", "find_prepared", "load_tokenizer", "prepare", "read_manifest",
+           "resolve_data", "tokenizer_sha256",
            "train_bpe"]

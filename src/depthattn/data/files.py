@@ -1,8 +1,7 @@
-"""Small file helpers shared by the data pipeline: the cache directory, hashing, atomic writes.
+"""Small file helpers shared by the data pipeline: the cache directory, hashing, reading.
 
-Every file the pipeline produces is written under a temporary name and moved into place with
-`os.replace`, which is atomic on POSIX and Windows: a file with its final name is always complete,
-so "the file exists" can safely mean "that step is finished".
+Every file the pipeline produces is written atomically (``depthattn.utils.atomic``): a file with
+its final name is always complete, so "the file exists" can safely mean "that step is finished".
 """
 
 from __future__ import annotations
@@ -36,17 +35,6 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def temp_path(final: Path) -> Path:
-    """A sibling name for writing `final`; the pid keeps two concurrent writers apart."""
-    return final.with_name(f"{final.name}.tmp-{os.getpid()}")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:

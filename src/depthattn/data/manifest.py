@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from depthattn.data.files import read_json, write_json_atomic
+from depthattn.data.files import read_json
+from depthattn.utils.atomic import write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "depthattn-tokens"

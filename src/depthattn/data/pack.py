@@ -28,7 +28,8 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from depthattn.data.documents import Document
-from depthattn.data.files import sha256_text, temp_path
+from depthattn.data.files import sha256_text
+from depthattn.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +189,11 @@ def pack_shards(plans: Sequence[ShardPlan], out_dir: Path, tokenizer_json: str, 
     return lengths
 
 
-def _write_shard(path: Path, tokens: np.ndarray) -> None:
-    tmp = temp_path(path)
+def _save_array(tokens: np.ndarray, tmp: Path) -> None:
     with open(tmp, "wb") as f:  # a file object, so np.save does not append ".npy" to the name
         np.save(f, tokens)
-    os.replace(tmp, path)
+
+
+def _write_shard(path: Path, tokens: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: _save_array(tokens, tmp))
     logger.info("wrote %s (%d tokens)", path.name, len(tokens))

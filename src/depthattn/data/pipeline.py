@@ -30,7 +30,6 @@ from depthattn.data.files import (
     cache_dir,
     read_json,
     remove_stale_temp_files,
-    write_json_atomic,
 )
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from depthattn.data.pack import (
@@ -54,6 +53,7 @@ from depthattn.data.tokenizer import (
     tokenizer_vocab_size,
     train_bpe,
 )
+from depthattn.utils.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

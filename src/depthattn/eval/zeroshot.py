@@ -14,7 +14,6 @@ any document is scored.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -35,7 +34,9 @@ from depthattn.eval.tasks import (
     resolve_task_names,
 )
 from depthattn.model.transformer import CausalLM
+from depthattn.run_dir import RunDir, find_tokenizer
 from depthattn.serialization import load_any
+from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -46,32 +47,17 @@ BOOTSTRAP_ITERS = 1000  # perplexity's stderr is bootstrapped; lm-eval's 100,000
 # --- what to evaluate --------------------------------------------------------------------------
 
 def _run_data(path: Path) -> Path | None:
-    """The prepared folder (manifest) a training run used, or None for a model folder."""
-    config_file = path / "train_config.json"
-    if not config_file.is_file():
-        return None
-    run_config = json.loads(config_file.read_text())
-    if "data" not in run_config:
-        return None
-    from depthattn.train.config import TrainConfig
-    from depthattn.train.data import resolve_data
-
-    return resolve_data(TrainConfig(**run_config))
+    """The prepared data (manifest) a training run used, prepared if missing; None for a model
+    folder."""
+    return RunDir(path).data_manifest(prepare=True)
 
 
-def find_tokenizer(path: Path) -> Path:
-    """The tokenizer of a run directory (its prepared data's) or of a model folder (saved
-    beside the weights)."""
-    for candidate in (path / "tokenizer", path / "model" / "tokenizer", path):
-        if (candidate / "tokenizer.json").is_file():
-            return candidate
-    data = _run_data(path)
-    if data is not None:
-        from depthattn.data.shards import TokenStream
-
-        return TokenStream(data, "validation").tokenizer_path
-    raise FileNotFoundError(f"no tokenizer found for {path} (not a run directory, and no "
-                            f"tokenizer.json beside the model): pass --tokenizer")
+def _find_tokenizer(path: Path) -> Path:
+    found = find_tokenizer(path, prepare=True)
+    if found is None:
+        raise FileNotFoundError(f"no tokenizer found for {path} (not a run directory, and no "
+                                f"tokenizer.json beside the model): pass --tokenizer")
+    return found
 
 
 def load_model_and_tokenizer(path_or_model: str | Path | CausalLM,
@@ -83,7 +69,7 @@ def load_model_and_tokenizer(path_or_model: str | Path | CausalLM,
         model = path_or_model
     else:
         model = load_any(path_or_model)
-        tokenizer = tokenizer if tokenizer is not None else find_tokenizer(Path(path_or_model))
+        tokenizer = tokenizer if tokenizer is not None else _find_tokenizer(Path(path_or_model))
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         tokenizer = load_tokenizer(tokenizer)
     return model, tokenizer
@@ -233,46 +219,9 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], results: dict,
                  settings: dict[str, Any]) -> None:
     from lm_eval.utils import handle_non_serializable
 
-    from depthattn.data.files import write_json_atomic
-
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = {k: results[k] for k in ("results", "n-samples", "versions", "configs") if k in results}
     write_json_atomic(out_dir / "zeroshot.json", json.loads(json.dumps(
         {"settings": {**settings, "model": str(settings["model"])}, "tasks": rows,
          "lm_eval": raw}, default=handle_non_serializable)))
-    (out_dir / "zeroshot.md").write_text(markdown_table(rows), encoding="utf-8")
-
-
-# --- command line ------------------------------------------------------------------------------
-
-def add_zeroshot_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
-    """Options of `depthattn eval --tasks`; shared=False leaves out --batch-size and --device
-    for a parser that already has them (the perplexity `eval`)."""
-    parser.add_argument("--tasks", default=None,
-                        help="zero-shot tasks: 'paper' (ARC-E/C, HellaSwag, PIQA, SciQ, "
-                             "WinoGrande, LAMBADA, offline), corpus_cloze, corpus_continuation, "
-                             "or lm-eval task names, separated by commas")
-    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--tokenizer", default=None, help="default: the run's or the folder's")
-    parser.add_argument("--out-dir", default=None, help="where zeroshot.json / zeroshot.md go "
-                        "(default: PATH/zeroshot for a run directory)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus tasks")
-    if shared:
-        parser.add_argument("--batch-size", type=int, default=8)
-        parser.add_argument("--device", default="auto")
-
-
-def run_zeroshot(args: argparse.Namespace) -> list[dict[str, Any]]:
-    path = Path(args.path)
-    out_dir = args.out_dir or (path / "zeroshot" if (path / "train_config.json").is_file()
-                               else None)
-    rows = evaluate_zeroshot(path, args.tasks or "paper", limit=args.limit,
-                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                             out_dir=out_dir, tokenizer=args.tokenizer,
-                             data=getattr(args, "data", None), seed=args.seed)
-    print(markdown_table(rows), end="")
-    if out_dir is not None:
-        print(f"written: {Path(out_dir) / 'zeroshot.json'}, {Path(out_dir) / 'zeroshot.md'}")
-    return rows
+    write_text_atomic(out_dir / "zeroshot.md", markdown_table(rows))

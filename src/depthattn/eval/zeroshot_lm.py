@@ -24,27 +24,9 @@ from transformers import PreTrainedTokenizerBase
 from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.generation import generate
 from depthattn.model.transformer import CausalLM
+from depthattn.utils.devices import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
 
 @register_model("depthattn")
 class DepthAttnLM(TemplateLM):

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from depthattn.generation import generate as core_generate
 from depthattn.hf.configuration import DepthAttnConfig
 from depthattn.model.cache import KVCache
-from depthattn.model.transformer import CausalLM, Decoder
+from depthattn.model.transformer import CausalLM, Decoder, lm_logits
 
 # GenerationConfig fields that core generation implements.
 SUPPORTED_GENERATION = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k",
@@ -105,8 +105,8 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             raise ValueError(f"past_key_values must be a depthattn KVCache (it stores "
                              f"Depth-Attention's mixed values), not "
                              f"{type(past_key_values).__name__}")
-        logits = self.core()(input_ids, attention_mask=attention_mask, cache=past_key_values,
-                             position_ids=position_ids, logits_to_keep=logits_to_keep)
+        logits = lm_logits(self.model, self.lm_head, input_ids, attention_mask, past_key_values,
+                           position_ids, logits_to_keep)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthattn.config import ModelConfig
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import ForwardContext
 from depthattn.model.rope import apply_rope
 from depthattn.ops.norm import RMSNorm
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from depthattn.config import ModelConfig
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import ForwardContext
 from depthattn.model.attention import Attention
 from depthattn.model.mlp import MLP
 from depthattn.ops.norm import RMSNorm

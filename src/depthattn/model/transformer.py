@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.config import ModelConfig
 from depthattn.crosslayer import build_method
-from depthattn.crosslayer.context import ForwardContext
+from depthattn.crosslayer.base import ForwardContext
 from depthattn.model.block import Block
 from depthattn.model.cache import KVCache
 from depthattn.model.mask import attention_mask_for
@@ -108,6 +108,16 @@ class Decoder(nn.Module):
         return attention_mask[:, -T:].bool()
 
 
+def lm_logits(decoder: Decoder, lm_head: nn.Linear, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+              position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+    """decoder → LM head: (B, T, vocab) logits, or (B, k, vocab) for the last k positions.
+    ``CausalLM.forward`` and the Hugging Face wrapper's forward both run this."""
+    require_int("logits_to_keep", logits_to_keep, 0)
+    hidden = decoder(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
+    return lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+
+
 class CausalLM(nn.Module):
     """``model(input_ids) → logits (B, T, vocab)``; state dict = ``Qwen3ForCausalLM``'s.
 
@@ -160,9 +170,8 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None,
                 position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
-        require_int("logits_to_keep", logits_to_keep, 0)
-        hidden = self.model(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
-        return self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        return lm_logits(self.model, self.lm_head, input_ids, attention_mask, cache,
+                         position_ids, logits_to_keep)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
              attention_mask: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,

@@ -3,6 +3,8 @@ into place, so an interruption never leaves a checkpoint that looks finished but
 
     run_dir/checkpoints/step_0000100/{model.safetensors, config.json, optimizer.pt, state.json}
     run_dir/checkpoints/latest      -> the name of the newest finished checkpoint
+
+(``depthattn.run_dir.RunDir`` reads this layout.)
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from depthattn.data.files import write_json_atomic
 from depthattn.model.transformer import CausalLM
 from depthattn.serialization import load_model, save_model
+from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +56,13 @@ def save_checkpoint(checkpoints: Path, step: int, model: CausalLM,
     save_model(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+    write_json_atomic(tmp / "state.json", {"step": step, **state})
     if final.exists():  # the same step saved again (e.g. the last step of a resumed run)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_text_atomic(checkpoints / LATEST, name + "\n")
+    write_text_atomic(checkpoints / LATEST, name + "\n")
     _prune(checkpoints, keep, protect=name)
     return final
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _prune(checkpoints: Path, keep: int, protect: str) -> None:
@@ -74,14 +70,6 @@ def _prune(checkpoints: Path, keep: int, protect: str) -> None:
     for old in finished[:-keep]:
         if old.name != protect:
             shutil.rmtree(old)
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    pointer = checkpoints / LATEST
-    if not pointer.is_file():
-        return None
-    path = checkpoints / pointer.read_text().strip()
-    return path if path.is_dir() else None
 
 
 def load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimizer,
@@ -98,4 +86,4 @@ def load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimize
     return state
 
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
+__all__ = ["load_checkpoint", "save_checkpoint"]

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.checks import require_int, require_positive_int
+from depthattn.utils.parsing import parse_value
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -104,8 +106,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        from depthattn.data.files import write_json_atomic
-
         write_json_atomic(path, self.to_dict())
 
 
@@ -163,11 +163,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key not in field_names():
         raise ValueError(f"override {key!r} is not a training field; allowed: "
                          f"{', '.join(field_names())}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
+    return key, parse_value(raw)
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from depthattn.run_dir import RunDir
+from depthattn.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, resume_step: int | None = None,
+    def __init__(self, run: RunDir, resume_step: int | None = None,
                  tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run.metrics_file
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         self._file = self.path.open("a")
@@ -23,7 +25,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(run.tensorboard_dir))
             except ImportError:
                 log.debug("tensorboard is not installed; metrics go to %s only", self.path)
 
@@ -32,9 +34,7 @@ class MetricsLog:
         file reads as one uninterrupted run (rewritten atomically)."""
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -51,5 +51,5 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_file
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -4,7 +4,6 @@ atomic checkpoints; ``resume=True`` continues a run exactly (same batches, same 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -15,27 +14,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from depthattn.data.files import write_json_atomic
 from depthattn.data.loader import IGNORE_INDEX, TrainBatches, ValidationBatches
+from depthattn.data.resolve import resolve_data
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
 from depthattn.model.transformer import CausalLM
+from depthattn.run_dir import RunDir
 from depthattn.serialization import save_model
-from depthattn.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from depthattn.train.checkpoint import load_checkpoint, save_checkpoint
 from depthattn.train.config import TrainConfig
-from depthattn.train.data import resolve_data
 from depthattn.train.metrics import MetricsLog
 from depthattn.train.optim import build_optimizer, build_scheduler
+from depthattn.utils.atomic import write_json_atomic
+from depthattn.utils.devices import autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "train_config.json"
-SUMMARY_FILE = "summary.json"
 # Fields that may change when a run is resumed; any other difference is refused.
 RESUMABLE_CHANGES = {"progress", "tensorboard", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "device"}
@@ -50,42 +45,36 @@ class RunResult:
     tokens_per_s: float
 
 
-def _device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+def changed_fields(run: RunDir, config: TrainConfig) -> list[str]:
+    """The fields of ``config`` that differ from the run's saved config and may not change."""
+    saved = run.read_config()
+    return sorted(k for k, v in config.to_dict().items()
+                  if k not in RESUMABLE_CHANGES and saved.get(k) != v)
 
 
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.exists():
+def _check_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> None:
+    if not run.is_run():
         return
     if not resume:
-        raise ValueError(f"run_dir {run_dir} already holds a run; pass resume (--resume) to "
+        raise ValueError(f"run_dir {run.path} already holds a run; pass resume (--resume) to "
                          f"continue it, or choose another run_dir")
-    saved = json.loads(saved_path.read_text())
-    changed = sorted(k for k, v in config.to_dict().items()
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    changed = changed_fields(run, config)
     if changed:
+        saved = run.read_config()
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"cannot resume {run_dir} with a different configuration ({diffs}); "
+        raise ValueError(f"cannot resume {run.path} with a different configuration ({diffs}); "
                          f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult:
     """Train one run into ``config.run_dir``; returns the final validation result."""
-    run_dir = Path(config.run_dir)
-    device = _device(config)
-    autocast_dtype = _autocast_dtype(config, device)
+    run = RunDir(config.run_dir)
+    run_dir = run.path
+    device = resolve_device(config.device)
+    amp_dtype = autocast_dtype(config.dtype, device)
     # --- every check before any work ---
-    _check_run_dir(run_dir, config, resume)
-    manifest = resolve_data(config)
+    _check_run_dir(run, config, resume)
+    manifest = resolve_data(config.data, config.vocab_size, progress=config.progress)
     train_stream = TokenStream(manifest, "train")
     val_stream = TokenStream(manifest, "validation")
     model_config = config.model_config(vocab_size=train_stream.vocab_size)
@@ -101,24 +90,24 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
                                           max_seq_len=model_config.max_seq_len)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG_FILE)
-    model_config.save(run_dir / "model_config.json")
+    config.save(run.config_file)
+    model_config.save(run.model_config_file)
     torch.manual_seed(config.seed)
     model = CausalLM(model_config).to(device)
     model.model.activation_checkpointing = config.activation_checkpointing
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     start_step = 0
-    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    checkpoint = run.latest_checkpoint() if resume else None
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, model, optimizer, scheduler)["step"]
     # Training goes through CausalLM.loss (chunked cross-entropy: no full logits); evaluation
     # through forward. Compiling the bound method compiles the whole loss, decoder included.
     forward = torch.compile(model) if config.compile else model
     train_loss = torch.compile(model.loss) if config.compile else model.loss
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
-    metrics = MetricsLog(run_dir, resume_step=start_step if resume else None,
+    metrics = MetricsLog(run, resume_step=start_step if resume else None,
                          tensorboard=config.tensorboard)
     num_params = model.num_parameters()
     log.info("%s: %s on %s, %s parameters, %d steps x %d tokens", run_dir, model_config.method,
@@ -126,7 +115,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
 
     def evaluate(final: bool = False) -> EvalResult:
         return evaluate_perplexity(forward, final_val_batches if final else val_batches, device,
-                                   autocast_dtype)
+                                   amp_dtype)
 
     model.train()
     val: EvalResult | None = None
@@ -169,7 +158,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
                 val = evaluate(final=last)
                 metrics.write({"step": done, **val.as_dict()})
             if last or (config.checkpoint_every and done % config.checkpoint_every == 0):
-                save_checkpoint(run_dir / "checkpoints", done, model, optimizer, scheduler,
+                save_checkpoint(run.checkpoints_dir, done, model, optimizer, scheduler,
                                 {"tokens": done * config.tokens_per_step},
                                 keep=config.keep_checkpoints)
     finally:
@@ -177,9 +166,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         metrics.close()
     if val is None:  # resumed a run that had already finished
         val = evaluate(final=True)
-    save_model(model, run_dir / "model")
+    save_model(model, run.model_dir)
     result = RunResult(run_dir, config.steps, val, num_params, throughput)
-    write_json_atomic(run_dir / SUMMARY_FILE, _summary(result, config, model_config))
+    write_json_atomic(run.summary_file, _summary(result, config, model_config))
     return result
 
 

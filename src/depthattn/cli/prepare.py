@@ -1,11 +1,4 @@
-"""`depthattn prepare`: the argparse half of `depthattn.data.pipeline.prepare`.
-
-The main CLI mounts it with:
-
-    sub = subparsers.add_parser("prepare", help="tokenize a corpus into shards")
-    add_prepare_arguments(sub)
-    sub.set_defaults(func=run_prepare)
-"""
+"""`depthattn prepare`: corpus -> tokenizer -> token shards (depthattn.data.pipeline.prepare)."""
 
 from __future__ import annotations
 
@@ -14,6 +7,8 @@ import logging
 
 from depthattn.data.pipeline import DEFAULT_SOURCE, prepare
 from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
+
+HELP = "corpus -> tokenizer -> token shards"
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,14 +58,3 @@ def run_prepare(args: argparse.Namespace) -> int:
     )
     print(manifest)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m depthattn.data.cli`), until the main CLI mounts it."""
-    parser = argparse.ArgumentParser(prog="depthattn prepare", description=__doc__.splitlines()[0])
-    add_prepare_arguments(parser)
-    return run_prepare(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""`depthattn convert`: Qwen3 <-> depthattn, the authors' checkpoints, training runs -> Hugging
+Face folders (the conversions themselves are in depthattn.convert)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Qwen3 <-> depthattn, the authors' checkpoints, training runs -> Hugging Face folders"
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-qwen3", metavar="DIR",
+                        help="a local Qwen3 checkpoint folder; no weight is changed (a "
+                             "retrofitted Depth-Attention model needs continued training)")
+    source.add_argument("--to-qwen3", metavar="DIR",
+                        help="a vanilla depthattn model (Hugging Face folder, model folder or "
+                             "training run) to a Qwen3 folder")
+    source.add_argument("--from-official", metavar="DIR",
+                        help="a checkpoint folder in the Depth-Attention authors' format")
+    source.add_argument("--from-run", metavar="RUN_DIR",
+                        help="a `depthattn train` run directory (or a depthattn model folder) "
+                             "to a Hugging Face folder, with the run's tokenizer when found")
+    parser.add_argument("--tokenizer", default=None,
+                        help="with --from-run: the tokenizer to include (default: the run's)")
+    parser.add_argument("--method", default="depth_attention",
+                        help="with --from-qwen3: the method to run (default depth_attention; "
+                             "parameter-free methods only)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="Depth-Attention stride s (default num_layers // 2)")
+    parser.add_argument("--recent-window", type=int, default=None,
+                        help="Depth-Attention recent window w (default 0)")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from depthattn.convert import from_official, from_qwen3, to_qwen3
+    from depthattn.hf.export import export_run
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
+    options = {k: v for k, v in (("stride", args.stride),
+                                 ("recent_window", args.recent_window)) if v is not None}
+    if args.from_qwen3:
+        if options and args.method != "depth_attention":
+            raise ValueError("--stride/--recent-window apply to --method depth_attention only")
+        path = from_qwen3(args.from_qwen3, out, args.method, **options)
+    else:
+        if options or args.method != "depth_attention":
+            given = [f"--{k.replace('_', '-')}" for k in options]
+            raise ValueError(f"{', '.join(given) or '--method'} only applies to --from-qwen3"
+                             + (" (--from-official reads the method from the checkpoint)"
+                                if args.from_official else ""))
+        if args.tokenizer is not None and not args.from_run:
+            raise ValueError("--tokenizer only applies to --from-run")
+        if args.from_run:
+            path = export_run(args.from_run, out, tokenizer=args.tokenizer)
+        elif args.to_qwen3:
+            path = to_qwen3(args.to_qwen3, out)
+        else:
+            path = from_official(args.from_official, out)
+    print(f"wrote {path}")

@@ -1,0 +1,24 @@
+"""`depthattn demo`: Depth-Attention vs vanilla on a tiny random model."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Depth-Attention vs vanilla on a tiny random model: forward, cached decoding, depth "
+        "weights, cache size")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--stride", type=int, default=None, help="default: num_layers // 2")
+    parser.add_argument("--recent-window", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from depthattn.demo import run_demo as demo
+
+    demo(preset=args.preset, seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed,
+         stride=args.stride, recent_window=args.recent_window)

@@ -1,0 +1,69 @@
+"""`depthattn eval PATH`: validation perplexity of a run or a model folder, or zero-shot accuracy
+through lm-eval with --tasks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from depthattn.run_dir import RunDir
+
+HELP = ("validation perplexity of a run or a model folder, or zero-shot accuracy with --tasks")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a run directory, a depthattn model folder or a Qwen3 "
+                                     "Hugging Face folder")
+    parser.add_argument("--data", default=None, help="prepared data (default: the run's)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the run's")
+    parser.add_argument("--windows", type=int, default=0,
+                        help="validation windows to use; 0 = the whole split")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    add_zeroshot_arguments(parser, shared=False)  # --tasks --limit --dtype --tokenizer ...
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    if args.tasks:  # zero-shot accuracy through lm-eval
+        run_zeroshot(args)
+        return
+    from depthattn.eval.run import evaluate_path
+
+    evaluate_path(args.path, data=args.data, seq_len=args.seq_len, windows=args.windows,
+                  batch_size=args.batch_size, device=args.device)
+
+
+def add_zeroshot_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:
+    """Options of `depthattn eval --tasks`; shared=False leaves out --batch-size and --device
+    for a parser that already has them (the perplexity `eval`)."""
+    parser.add_argument("--tasks", default=None,
+                        help="zero-shot tasks: 'paper' (ARC-E/C, HellaSwag, PIQA, SciQ, "
+                             "WinoGrande, LAMBADA, offline), corpus_cloze, corpus_continuation, "
+                             "or lm-eval task names, separated by commas")
+    parser.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--tokenizer", default=None, help="default: the run's or the folder's")
+    parser.add_argument("--out-dir", default=None, help="where zeroshot.json / zeroshot.md go "
+                        "(default: PATH/zeroshot for a run directory)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the corpus tasks")
+    if shared:
+        parser.add_argument("--batch-size", type=int, default=8)
+        parser.add_argument("--device", default="auto")
+
+
+def run_zeroshot(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from depthattn.eval.zeroshot import evaluate_zeroshot, markdown_table
+
+    path = Path(args.path)
+    run = RunDir(path)
+    out_dir = args.out_dir or (run.zeroshot_dir if run.is_run() else None)
+    rows = evaluate_zeroshot(path, args.tasks or "paper", limit=args.limit,
+                             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                             out_dir=out_dir, tokenizer=args.tokenizer,
+                             data=getattr(args, "data", None), seed=args.seed)
+    print(markdown_table(rows), end="")
+    if out_dir is not None:
+        print(f"written: {Path(out_dir) / 'zeroshot.json'}, {Path(out_dir) / 'zeroshot.md'}")
+    return rows

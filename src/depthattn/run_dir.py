@@ -1,0 +1,124 @@
+"""The layout of a training run directory, in one place:
+
+    RUN/train_config.json     the resolved TrainConfig (written first: "this is a run")
+    RUN/model_config.json     the resolved ModelConfig
+    RUN/metrics.jsonl         one JSON record per logged step and evaluation
+    RUN/summary.json          written last: the run finished
+    RUN/model/                the final model (config.json + model.safetensors)
+    RUN/checkpoints/step_N/   resumable checkpoints; checkpoints/latest names the newest
+    RUN/zeroshot/             zero-shot results (zeroshot.json, zeroshot.md)
+    RUN/tensorboard/          TensorBoard events
+
+and where a run's data and tokenizer are: the prepared folder its ``data`` field names (or
+the cache folder ``depthattn prepare`` makes for that source), whose manifest names the
+tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # --- files -----------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "train_config.json"
+
+    @property
+    def model_config_file(self) -> Path:
+        return self.path / "model_config.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def zeroshot_dir(self) -> Path:
+        return self.path / "zeroshot"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    # --- what is there ---------------------------------------------------------------------
+    def is_run(self) -> bool:
+        return self.config_file.is_file()
+
+    def is_finished(self) -> bool:
+        return self.summary_file.is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved TrainConfig fields as a dict."""
+        return json.loads(self.config_file.read_text())
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.checkpoints_dir / "latest"
+        if not pointer.is_file():
+            return None
+        path = self.checkpoints_dir / pointer.read_text().strip()
+        return path if path.is_dir() else None
+
+    def model_path(self) -> Path | None:
+        """The final model, else the newest checkpoint, else None."""
+        if (self.model_dir / "config.json").is_file():
+            return self.model_dir
+        return self.latest_checkpoint()
+
+    # --- data and tokenizer ----------------------------------------------------------------
+    def data_manifest(self, prepare: bool = False) -> Path | None:
+        """The manifest of the run's prepared data; with ``prepare``, prepared now if missing
+        (the same tokens: preparation is deterministic), else None when not on this machine."""
+        # imported here: the data package loads transformers' tokenizers, which reading a run's
+        # model (serialization, `import depthattn`) must not pay for
+        from depthattn.data.resolve import find_prepared, resolve_data
+        from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
+
+        if not self.is_run():
+            return None
+        config = self.read_config()
+        if "data" not in config:
+            return None
+        vocab_size = config.get("vocab_size", DEFAULT_VOCAB_SIZE)
+        if prepare:
+            return resolve_data(config["data"], vocab_size, progress=config.get("progress", True))
+        return find_prepared(config["data"], vocab_size)
+
+
+def find_tokenizer(path: str | Path, prepare: bool = False) -> Path | None:
+    """The tokenizer that goes with ``path``: tokenizer files in the folder itself (Hugging Face
+    layout), in its ``tokenizer/`` or ``model/tokenizer/``, else, for a training run, the one
+    its prepared data's manifest names (``prepare``: prepare that data if it is missing)."""
+    path = Path(path)
+    for folder in (path, path / "tokenizer", path / "model" / "tokenizer"):
+        if any((folder / marker).is_file() for marker in TOKENIZER_MARKERS):
+            return folder
+    manifest = RunDir(path).data_manifest(prepare=prepare)
+    if manifest is None or not manifest.is_file():
+        return None
+    tokenizer = json.loads(manifest.read_text()).get("tokenizer", {}).get("path")
+    found = manifest.parent / tokenizer if tokenizer else None
+    return found if found is not None and found.exists() else None
