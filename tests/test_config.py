@@ -21,7 +21,7 @@ def test_presets_are_the_contracts():
 
 
 def expected_num_parameters(cfg: ModelConfig) -> int:
-    """Counted by hand from the architecture (spec §1): untied embeddings, no biases."""
+    """Counted by hand from the architecture (docs/method.md §1): untied embeddings, no biases."""
     D, I, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
     d, H, H_kv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     attn = D * H * d + 2 * D * H_kv * d + H * d * D + 2 * d  # q, k, v, o, q_norm, k_norm
@@ -60,7 +60,7 @@ def test_preset_depth_attention_default_stride_is_half_the_layers(name):
 
 
 def test_paper_3b_preset():
-    """The released 3B model: 48 layers, 32 q / 8 kv heads, head_dim 64, stride 24 (spec §2)."""
+    """The released 3B model: 48 layers, 32 q / 8 kv heads, head_dim 64, stride 24 (docs/method.md §2)."""
     cfg = ModelConfig.from_preset("3b", method="depth_attention")
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (48, 32, 8, 64)
     assert cfg.hidden_size == 2048 and not cfg.tie_embeddings
@@ -96,7 +96,7 @@ def test_defaults():
     cfg = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2,
                       num_heads=4, num_kv_heads=2)
     assert cfg.tie_embeddings is False
-    assert cfg.k_norm_position == "before_rope"  # spec §6: Qwen3's order
+    assert cfg.k_norm_position == "before_rope"  # docs/method.md §6: Qwen3's order
     assert cfg.method == "vanilla"
     assert cfg.head_dim == 16
 

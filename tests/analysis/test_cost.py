@@ -1,6 +1,6 @@
 """Cost accounting: the backbone's closed forms against the real module, every registered
 method's ``cost()`` against its real parameter count, the 3B numbers of the paper and
-baselines.md §3, and the ``depthattn flops`` command."""
+docs/baselines.md §3, and the ``depthattn flops`` command."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""AttnRes as compared by the Depth-Attention authors (baselines.md §7A): against a plain
-transcription of the spec, its (non-vanilla) initial weights, accounting and options."""
+"""AttnRes as compared by the Depth-Attention authors (docs/baselines.md §7A): against a plain
+transcription of docs/baselines.md §7A, its (non-vanilla) initial weights, accounting and options."""
 
 from __future__ import annotations
 

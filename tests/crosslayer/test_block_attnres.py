@@ -1,4 +1,4 @@
-"""Kimi's Block AttnRes (baselines.md §7B): against a transcription of Kimi's Fig. 2 pseudocode,
+"""Kimi's Block AttnRes (docs/baselines.md §7B): against a transcription of Kimi's Fig. 2 pseudocode,
 uniform averaging (≈ vanilla) at init, accounting and options."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DenseFormer (baselines.md §4): against a plain transcription of the DWA equations, vanilla at
+"""DenseFormer (docs/baselines.md §4): against a plain transcription of the DWA equations, vanilla at
 initialisation, parameter and state accounting (closed forms, 3B numbers), options."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_history_keeps_only_outputs_a_later_dwa_reads():
 
 
 def test_cost_at_the_3b_geometry():
-    """baselines.md §3: 1 224 params; (L+1)·d = 100 352 in flight, 2.04× the KV cache."""
+    """docs/baselines.md §3: 1 224 params; (L+1)·d = 100 352 in flight, 2.04× the KV cache."""
     config = ModelConfig.from_preset("3b", method="denseformer")
     cost = get_method("denseformer").cls.cost(config, config.options())
     assert cost.added_params == 1224

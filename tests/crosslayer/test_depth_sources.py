@@ -1,4 +1,4 @@
-"""Depth sources S(l) (spec §2) against a brute-force transcription and hand-written lists."""
+"""Depth sources S(l) (docs/method.md §2) against a brute-force transcription and hand-written lists."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hyper-connections (baselines.md §5): the connector against a per-token transcription of the
+"""Hyper-connections (docs/baselines.md §5): the connector against a per-token transcription of the
 equations, what the init guarantees (every stream equals the vanilla residual), parameter counts
 against the closed form, the 3B-geometry numbers of §3, option validation. The shared battery
 (test_every_method.py) covers decoding, padding, save/load and names."""
@@ -94,7 +94,7 @@ def test_parameter_count_matches_the_closed_form(n):
 
 
 def test_3b_geometry_numbers():
-    """baselines.md §3: HC (n=4) adds 1 378 752 parameters; n·d = 8 192 of in-flight state."""
+    """docs/baselines.md §3: HC (n=4) adds 1 378 752 parameters; n·d = 8 192 of in-flight state."""
     config = ModelConfig.from_preset("3b", method="hyper_connections")
     cost = HyperConnections.cost(config, config.options())
     assert cost.added_params == 1_378_752

@@ -1,4 +1,4 @@
-"""mHC (baselines.md §6): Sinkhorn gives doubly stochastic mixing, the connector against a
+"""mHC (docs/baselines.md §6): Sinkhorn gives doubly stochastic mixing, the connector against a
 per-token transcription of the equations, what the init guarantees (static maps; vanilla when
 the α gates are closed), parameter counts against the closed form, the 3B numbers of §3,
 option validation. The shared battery (test_every_method.py) covers the rest."""
@@ -194,7 +194,7 @@ def test_parameter_count_matches_the_closed_form(n):
 
 
 def test_3b_geometry_numbers():
-    """baselines.md §3: mHC adds 19 663 396 parameters (~0.6–0.7 % of the model) and keeps
+    """docs/baselines.md §3: mHC adds 19 663 396 parameters (~0.6–0.7 % of the model) and keeps
     4d = 8 192 elements per in-flight token, 0.17× the 49 152-element KV cache."""
     config = ModelConfig.from_preset("3b", method="mhc")
     cost = MHC.cost(config, config.options())

@@ -1,4 +1,4 @@
-"""MUDDFormer (baselines.md §8): the dense mix and its hand-written backward, the weight-MLP
+"""MUDDFormer (docs/baselines.md §8): the dense mix and its hand-written backward, the weight-MLP
 widths, parameter counts, the 3B numbers, options, and the model against the equations."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_init_is_current_only():
 
 
 def test_3b_geometry_numbers():
-    """baselines.md §3/§8: ≈ 14.3 M added parameters; (L+1)·d + 4d in-flight state."""
+    """docs/baselines.md §3/§8: ≈ 14.3 M added parameters; (L+1)·d + 4d in-flight state."""
     config = ModelConfig.from_preset("3b")
     cost = MUDDFormer.cost(config, MUDDFormerOptions())
     assert cost.added_params == closed_form_params(48, 2048) == 14_336_653

@@ -1,4 +1,4 @@
-"""Value residual / ResFormer (baselines.md §9): the mix itself, its limits (λ = 0 is vanilla,
+"""Value residual / ResFormer (docs/baselines.md §9): the mix itself, its limits (λ = 0 is vanilla,
 λ = 1 shares layer 0's values), the shared 0.5 start of all modes, accounting, options."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The authors' checkpoint format → our model, against a plain float64 formula of their math.
 
-The formula below is written from ../shared/research/official_impl.md, independently of the
+The formula below is written from docs/design.md §3, independently of the
 depthattn model code: per layer RMSNorm, q/k/v projections, q_norm BEFORE RoPE, k_norm AFTER
 RoPE (also for the keys of sequence attention), Depth-Attention with the group-mean query over
 S(l) = {j < l : j % s == 0 or j >= l - w} plus the layer itself, recursive mixed values, causal

@@ -1,4 +1,4 @@
-"""An independent, plain float64 transcription of the whole model from the spec (§1–§3).
+"""An independent, plain float64 transcription of the whole model from docs/method.md (§1–§3).
 
 Written from the equations, not from depthattn's modules: it reads only the model's
 ``config`` fields and its state-dict tensors (Qwen3 names), loops over layers and depth
@@ -18,7 +18,7 @@ import torch
 
 
 def sources_of(layer: int, stride: int, window: int) -> list[int]:
-    """Spec §2, brute force."""
+    """docs/method.md §2, brute force."""
     return [j for j in range(layer) if j % stride == 0 or j >= layer - window]
 
 
@@ -103,7 +103,7 @@ def reference_forward(config, params: dict, input_ids: torch.Tensor,
         else:
             k = rope(rms_norm(k, p[pre + "self_attn.k_norm.weight"], eps), cos, sin)
 
-        # --- depth mix (spec §3): per token and kv head, over S(l) and the layer itself ---
+        # --- depth mix (docs/method.md §3): per token and kv head, over S(l) and the layer itself ---
         if depth and layer > 0:
             src = sources_of(layer, stride, window)
             out.sources[layer] = src

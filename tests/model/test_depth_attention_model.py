@@ -1,6 +1,6 @@
 """The whole Depth-Attention forward against an independent float64 re-implementation.
 
-``reference_model.reference_forward`` is written from the spec (§1–§3) and reads only the
+``reference_model.reference_forward`` is written from docs/method.md (§1–§3) and reads only the
 model's config and state dict; the model runs in float64 (``model.double()``) so the two must
 agree to ~1e-10, far below any real mistake (a wrong source set, a swapped norm, a missing
 recursion all move the logits by > 1e-3 with these random weights).
@@ -139,7 +139,7 @@ def test_vanilla_records_no_depth_weights(make_model, make_ids):
     assert all(w.shape[-1] == 1 for w in rec.weights.values())
 
 
-# --- gradients (spec §5) -----------------------------------------------------------------
+# --- gradients (docs/method.md §5) -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("k_norm_position", ["before_rope", "after_rope"])

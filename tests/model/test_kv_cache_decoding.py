@@ -1,4 +1,4 @@
-"""KV cache and decoding (spec §4): cached decoding reproduces the full forward, the cache is
+"""KV cache and decoding (docs/method.md §4): cached decoding reproduces the full forward, the cache is
 vanilla-sized and holds (k_l, ṽ_l), batches with left padding do not mix rows, and generate()
 agrees with a plain argmax loop over full forwards."""
 
@@ -62,7 +62,7 @@ def test_chunked_prefill_equals_full_forward(make_model, make_ids, method, optio
 
 
 def test_decoding_check_is_sensitive(make_model, make_ids):
-    """Guard: if the cache kept the raw value instead of ṽ (the authors' HF path, spec §6),
+    """Guard: if the cache kept the raw value instead of ṽ (the authors' HF path, docs/method.md §6),
     decoding would differ from the full forward; emulate that by overwriting the cached
     values of layers ≥ 1 with the vanilla model's raw values and watch the logits move."""
     depth = make_model(seed=1, method="depth_attention", method_options={"stride": 1})
@@ -96,7 +96,7 @@ def left_padded(seqs, pad_id=0):
 @pytest.mark.parametrize("k_norm_position", K_NORM)
 def test_left_padded_batch_equals_each_sequence_alone(make_model, make_ids, method, options,
                                                       num_kv_heads, k_norm_position):
-    """With k_norm after RoPE the depth scores depend on absolute positions (spec §6), so this
+    """With k_norm after RoPE the depth scores depend on absolute positions (docs/method.md §6), so this
     also checks that a row's positions count from its first real token."""
     model = make_model(seed=3, method=method, method_options=options, num_kv_heads=num_kv_heads,
                        k_norm_position=k_norm_position)

@@ -1,4 +1,4 @@
-"""The depth mix (spec §3) against a hand-written loop over batch, kv head, token and source.
+"""The depth mix (docs/method.md §3) against a hand-written loop over batch, kv head, token and source.
 
 The yardstick below uses Python floats (float64) and explicit loops, no torch ops, so it shares
 nothing with the implementation beyond the equations:
@@ -139,7 +139,7 @@ def test_group_is_consecutive_query_heads():
 
 
 def test_invariant_to_a_common_rotation_of_queries_and_keys():
-    """Spec §3: all tensors share the token position, so RoPE's rotation cancels in the scores.
+    """docs/method.md §3: all tensors share the token position, so RoPE's rotation cancels in the scores.
     Any orthogonal map applied to q and to every key alike leaves ṽ unchanged."""
     B, H, H_kv, T, d = 2, 4, 2, 5, 8
     q, sk, sv, k, v = make_inputs(B, H, H_kv, T, d, n=2, seed=11)

@@ -1,5 +1,5 @@
 """What a decoder and its cross-layer method cost per token: parameters, forward FLOPs, KV cache
-and the depth state beyond it (paper appendix B; spec §8; baselines.md §3 and §11).
+and the depth state beyond it (paper appendix B; docs/method.md §8; docs/baselines.md §3 and §11).
 
 Conventions (every number is per token of a forward pass):
 

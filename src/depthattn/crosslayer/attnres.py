@@ -1,5 +1,5 @@
 """Attention Residuals as the Depth-Attention authors ran them ("AttnRes", hyq718's cumulative
-sources + recency bias; baselines.md §7A; Kimi Team, arXiv 2603.15031, as adapted by
+sources + recency bias; docs/baselines.md §7A; Kimi Team, arXiv 2603.15031, as adapted by
 wdlctc/open-attention-residuals plus a final aggregator).
 
 State per call: sources S = [h₀, snapshots of P], the running residual P = h₀ + Σ sublayer outputs

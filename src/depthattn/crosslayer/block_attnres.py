@@ -1,5 +1,5 @@
 """Block Attention Residuals as Kimi published them (Kimi Team, 2026, arXiv 2603.15031, Fig. 2
-and eq. 5–6; baselines.md §7B) — not the variant the Depth-Attention paper compared (attnres.py).
+and eq. 5–6; docs/baselines.md §7B) — not the variant the Depth-Attention paper compared (attnres.py).
 
 Sublayers are grouped into blocks of ``block_size`` (two per layer). The sources are
 b₀ = h₀, the completed block sums b_1..b_{n−1} (b_m = Σ of block m's sublayer outputs, eq. 5, the

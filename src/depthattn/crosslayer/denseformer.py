@@ -1,7 +1,7 @@
 """DenseFormer (Pagliardini et al., 2024, arXiv 2402.02622): after block i, a Depth-Weighted
 Average (DWA) of the embedding and every earlier block output replaces the residual stream.
 
-baselines.md §4, 1-based i = layer_idx + 1, Y_0 = h₀ (the embedding), Y_i = block i's raw output
+docs/baselines.md §4, 1-based i = layer_idx + 1, Y_0 = h₀ (the embedding), Y_i = block i's raw output
 (the unmodified pre-norm block, including its own two residual adds, applied to x_{i−1}):
 
     x_i = Σ_{j ∈ J_i} α_{i,j} · Y_j   if i mod p == 0,   else x_i = Y_i,
@@ -77,7 +77,7 @@ class DepthWeightedAverage(nn.Module):
         super().__init__()
         self.sources = sources  # J_i, ascending: the last one is the block just computed
         # A plain Parameter, not nn.Linear: a generic "init every Linear" pass would silently
-        # destroy the identity init (the epfml README's warning, baselines.md §4e).
+        # destroy the identity init (the epfml README's warning, docs/docs/baselines.md §4(e)).
         self.alpha = nn.Parameter(torch.empty(len(sources)))
         self.reset_parameters()
 

@@ -1,7 +1,7 @@
 """Hyper-connections (Zhu et al., 2024, arXiv 2409.19606), the dynamic variant (DHC): the
 residual stream is widened to n parallel streams; before every sublayer a connector reads them,
 forms the sublayer's input from a weighted sum, and writes the sublayer's output back into every
-stream next to a learned n×n re-mixing of the streams (baselines.md §5).
+stream next to a learned n×n re-mixing of the streams (docs/baselines.md §5).
 
 Per sublayer, with streams H ∈ ℝ^{n×d} of one token and H̄ = RMSNorm(H) row by row:
 
@@ -113,7 +113,7 @@ class HyperConnections(StreamConnectors):
 
     @classmethod
     def cost(cls, config: ModelConfig, options: HyperConnectionsOptions) -> MethodCost:
-        """Params 2L·[d(n+3) + n² + 2n + 2] (baselines §5b). FLOPs per sublayer (2 per
+        """Params 2L·[d(n+3) + n² + 2n + 2] (docs/docs/baselines.md §5(b)). FLOPs per sublayer (2 per
         multiply-add; norms and tanh not counted): projection 2·n·d·(n+2), branch input 2·n·d,
         stream re-mix 2·n²·d, output write 2·n·d; readout n·d. State: n streams of d."""
         n, d, sublayers = options.num_streams, config.hidden_size, 2 * config.num_layers

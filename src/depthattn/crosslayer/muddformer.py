@@ -1,5 +1,5 @@
 """MUDDFormer — multiway dynamic dense connections (Xiao et al., 2025, arXiv 2502.12170;
-Caiyun-AI/MUDDFormer; baselines.md §8).
+Caiyun-AI/MUDDFormer; docs/baselines.md §8).
 
 Every layer output is kept: X_0 = h₀, X_i = output of layer i (1-based). After layer i, a small
 MLP of the *latest* output gives, per token, C × (i+1) unconstrained weights:
@@ -173,7 +173,7 @@ class MUDDFormer(CrossLayerMethod):
 
     @classmethod
     def cost(cls, config: ModelConfig, options: MUDDFormerOptions) -> MethodCost:
-        """Params Σ_i [d·H_i + H_i·C_i(i+1) + C_i(i+1)] + 2d(L−1) (baselines §8b). FLOPs after
+        """Params Σ_i [d·H_i + H_i·C_i(i+1) + C_i(i+1)] + 2d(L−1) (docs/docs/baselines.md §8(b)). FLOPs after
         layer i (2 per multiply-add; norms and GELU not counted): W1 2·d·H_i, W2 2·H_i·C_i(i+1),
         mixes 2·C_i·(i+1)·d. State: all L+1 outputs plus the 4 stream inputs (§3)."""
         L, d = config.num_layers, config.hidden_size

@@ -1,7 +1,7 @@
 """Value residual learning (ResFormer, Zhou et al., 2024, arXiv 2410.17897): every layer after
 the first mixes layer 0's value into its own, right after v_proj and before the cache write.
 
-baselines.md §9, with λ_l the share of layer 0's value (0-based l ≥ 1; layer 0 is unchanged):
+docs/baselines.md §9, with λ_l the share of layer 0's value (0-based l ≥ 1; layer 0 is unchanged):
 
     ṽ_l = (1 − λ_l) · v_l + λ_l · v_0
 

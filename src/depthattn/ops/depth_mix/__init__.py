@@ -1,4 +1,4 @@
-"""The depth mix of Depth-Attention (spec §3): a reference and a dispatcher over fused versions."""
+"""The depth mix of Depth-Attention (docs/method.md §3): a reference and a dispatcher over fused versions."""
 
 from depthattn.ops.depth_mix.dispatch import depth_mix, set_depth_mix_impl
 from depthattn.ops.depth_mix.reference import depth_mix_reference

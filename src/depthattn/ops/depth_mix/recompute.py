@@ -4,7 +4,7 @@ Forward keeps one log-sum-exp per token and kv head, not the n+1 weights: backwa
 α_j = exp(a_j − lse) from the sources, which are alive anyway (the depth stash and the
 attention that reads them hold them). This is the math of the Triton kernel, in PyTorch.
 
-Backward, per token and kv head, with o = ṽ_l and do = ∂L/∂o (spec §3, eq. 3–4):
+Backward, per token and kv head, with o = ṽ_l and do = ∂L/∂o (docs/method.md §3, eq. 3–4):
     ∂L/∂ṽ_j = α_j · do                            (v_l for the layer itself)
     ∂L/∂α_j = do · ṽ_j
     ∂L/∂a_j = α_j (∂L/∂α_j − Σ_i α_i ∂L/∂α_i)     (softmax)

@@ -1,6 +1,6 @@
 """The depth mix in plain PyTorch: slow, obviously right, the yardstick for every fused version.
 
-Notation (spec §3):
+Notation (docs/method.md §3):
     B    | batch size
     H    | query heads;  H_kv | kv heads;  G = H / H_kv query heads per kv head
     T    | new tokens in this call
