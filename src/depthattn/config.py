@@ -96,12 +96,6 @@ class ModelConfig:
         options = _resolve_method(self.method, self.method_options or {}, self)
         self.method_options = dataclasses.asdict(options)
 
-    # --- derived sizes -------------------------------------------------------------------
-    @property
-    def group_size(self) -> int:
-        """G: query heads per kv head."""
-        return self.num_heads // self.num_kv_heads
-
     def options(self):
         """The method's validated options dataclass."""
         return _resolve_method(self.method, self.method_options, self)

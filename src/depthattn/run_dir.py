@@ -24,6 +24,11 @@ from typing import Any
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
 
 
+def _entry(name: str) -> property:
+    """A path inside the run directory, as a read-only attribute."""
+    return property(lambda run: run.path / name, doc=f"RUN/{name}")
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -31,38 +36,15 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
 
-    # --- files -----------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.path / "train_config.json"
-
-    @property
-    def model_config_file(self) -> Path:
-        return self.path / "model_config.json"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def summary_file(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def zeroshot_dir(self) -> Path:
-        return self.path / "zeroshot"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / "tensorboard"
+    # --- the layout (the module docstring says what each holds) ----------------------------
+    config_file = _entry("train_config.json")
+    model_config_file = _entry("model_config.json")
+    metrics_file = _entry("metrics.jsonl")
+    summary_file = _entry("summary.json")
+    model_dir = _entry("model")
+    checkpoints_dir = _entry("checkpoints")
+    zeroshot_dir = _entry("zeroshot")
+    tensorboard_dir = _entry("tensorboard")
 
     # --- what is there ---------------------------------------------------------------------
     def is_run(self) -> bool:

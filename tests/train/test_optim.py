@@ -29,3 +29,31 @@ def test_weight_decay_on_matrices_only():
     assert all(p.dim() >= 2 for p in decay["params"])
     assert all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_methods_decide_the_decay_of_their_parameters():
+    """AttnRes decays its pseudo-queries (a vector), as the Depth-Attention authors' comparison
+    did; every other connection vector is left undecayed and every matrix decayed."""
+    from depthattn.train.optim import decays
+
+    model = tiny_model(method="attnres")
+    rule = decays(model)
+    queries = [n for n in rule if n.startswith("model.cross_layer.") and n.endswith(".query")]
+    assert queries and all(rule[n] for n in queries)
+    params = dict(model.named_parameters())
+    for name, decayed in rule.items():
+        if not name.endswith(".query"):
+            assert decayed == (params[name].dim() >= 2), name
+    decay, _ = parameter_groups(model, 0.1)
+    assert {id(params[n]) for n in queries} <= {id(p) for p in decay["params"]}
+
+
+def test_a_combined_method_asks_its_parts():
+    from depthattn.train.optim import decays
+
+    rule = decays(tiny_model(method="depth_attention+attnres"))
+    queries = [n for n in rule if n.endswith(".query")]
+    assert queries and all(n.startswith("model.cross_layer.parts.attnres.") for n in queries)
+    assert all(rule[n] for n in queries)
+    assert not rule["model.layers.0.input_layernorm.weight"]
+    assert rule["model.layers.0.self_attn.q_proj.weight"]

@@ -98,9 +98,8 @@ class BlockAttnRes(CrossLayerMethod):
     """One aggregator (pseudo-query + key gain) before each sublayer (`attn.{l}`, `mlp.{l}`)
     and, by default, one before the final norm (`final`); attention itself is vanilla."""
 
-    # Parameter-name suffixes to keep out of weight decay: the key gains (RMSNorm gains).
-    # The pseudo-queries start at 0, so decay pulls them toward the init; Kimi does not say.
-    no_decay_params: tuple[str, ...] = ("key_gain",)
+    # Weight decay follows the default rule: neither the key gains (RMSNorm gains) nor the
+    # pseudo-queries (vectors; Kimi does not say) are decayed.
 
     def __init__(self, config: ModelConfig, options: BlockAttnResOptions) -> None:
         super().__init__(config, options)

@@ -24,7 +24,6 @@ from depthattn.utils.atomic import write_json_atomic
 MANIFEST_NAME = "manifest.json"
 FORMAT = "depthattn-tokens"
 VERSION = 1
-SPLITS = ("train", "validation")
 
 
 def manifest_path(path: str | Path) -> Path:

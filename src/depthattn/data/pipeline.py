@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from depthattn.data.tokenizer import (
     tokenizer_vocab_size,
     train_bpe,
 )
-from depthattn.utils.atomic import write_json_atomic
+from depthattn.utils.atomic import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +138,11 @@ def _trained_tokenizer(out_dir: Path, train_docs: list[Document], vocab_size: in
     started = time.perf_counter()
     tokenizer = train_bpe((d.text for d in train_docs), vocab_size)
     logger.info("trained the tokenizer in %.1f s", time.perf_counter() - started)
-    staging = out_dir / f"{TOKENIZER_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_tokenizer(tokenizer, staging)
-    write_json_atomic(staging / TRAINING_RECORD, record)
-    os.replace(staging, folder)  # the folder appears complete or not at all
+    def write(staging: Path) -> None:
+        save_tokenizer(tokenizer, staging)
+        write_json_atomic(staging / TRAINING_RECORD, record)
+
+    atomic_dir(folder, write)  # the folder appears complete or not at all
     return tokenizer
 
 
@@ -158,10 +157,7 @@ def _given_tokenizer(out_dir: Path, tokenizer):
                 f"{folder} holds a tokenizer with sha256 {existing[:16]}…, but the given one has "
                 f"{sha[:16]}…; use another out_dir or delete {out_dir}")
         return
-    staging = out_dir / f"{TOKENIZER_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_tokenizer(tokenizer, staging)
-    os.replace(staging, folder)
+    atomic_dir(folder, lambda staging: save_tokenizer(tokenizer, staging))
 
 
 def _check_arguments(source: str | Path, num_workers: int, val_fraction: float, seed: int,

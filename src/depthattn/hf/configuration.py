@@ -1,47 +1,32 @@
 """``DepthAttnConfig``: a ModelConfig as a Hugging Face ``PretrainedConfig`` (model_type
-``depthattn``). Field names are ModelConfig's; Hugging Face's standard names
-(``num_hidden_layers``, ``max_position_embeddings``, ...) are aliases via ``attribute_map``."""
+``depthattn``). Its fields are ModelConfig's, taken from the dataclass itself so that there is
+one definition of them; Hugging Face's standard names (``num_hidden_layers``,
+``max_position_embeddings``, ...) are aliases via ``attribute_map``, from the one name table in
+``depthattn.qwen3_interop``."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 from transformers import PretrainedConfig
 
 from depthattn.config import ModelConfig
+from depthattn.qwen3_interop import HF_NAMES
 
-_DEFAULTS = ModelConfig()
+# tie_embeddings keeps a field of its own under Hugging Face's name: both exist in config.json
+ALIASES = {theirs: ours for ours, theirs in HF_NAMES.items()
+           if theirs != ours and ours != "tie_embeddings"}
 
 
-class DepthAttnConfig(PretrainedConfig):
-    """Every ModelConfig field, validated (and method options resolved) by ModelConfig itself."""
+class _DepthAttnConfigBase(PretrainedConfig):
+    """The behaviour of ``DepthAttnConfig``; the ModelConfig fields are added below."""
 
     model_type = "depthattn"
     keys_to_ignore_at_inference = ["past_key_values"]
-    attribute_map = {
-        "num_hidden_layers": "num_layers",
-        "num_attention_heads": "num_heads",
-        "num_key_value_heads": "num_kv_heads",
-        "max_position_embeddings": "max_seq_len",
-        "initializer_range": "init_std",
-    }
+    attribute_map = ALIASES
 
-    vocab_size: int = _DEFAULTS.vocab_size
-    hidden_size: int = _DEFAULTS.hidden_size
-    intermediate_size: int = _DEFAULTS.intermediate_size
-    num_layers: int = _DEFAULTS.num_layers
-    num_heads: int = _DEFAULTS.num_heads
-    num_kv_heads: int = _DEFAULTS.num_kv_heads
-    head_dim: int | None = None
-    max_seq_len: int = _DEFAULTS.max_seq_len
-    rope_theta: float = _DEFAULTS.rope_theta
-    rms_norm_eps: float = _DEFAULTS.rms_norm_eps
-    init_std: float = _DEFAULTS.init_std
-    tie_embeddings: bool = _DEFAULTS.tie_embeddings
-    k_norm_position: str = _DEFAULTS.k_norm_position
-    method: str = _DEFAULTS.method
-    method_options: dict | None = None
     tie_word_embeddings: bool | None = None  # Hugging Face's name; follows tie_embeddings
     use_cache: bool = True
     bos_token_id: int | None = None
@@ -49,9 +34,14 @@ class DepthAttnConfig(PretrainedConfig):
     pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        # Hugging Face names given as keywords (num_hidden_layers=...) set our fields first:
+        # the method's defaults below depend on them.
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                setattr(self, name, kwargs.pop(alias))
         # ModelConfig validates every field and fills derived values (head_dim, the method's
         # geometry-dependent defaults such as Depth-Attention's stride = L // 2).
-        core = ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
+        core = self.to_model_config()
         self.head_dim = core.head_dim
         self.method_options = dict(core.method_options)
         if self.tie_word_embeddings is not None and \
@@ -62,9 +52,27 @@ class DepthAttnConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
 
     def to_model_config(self) -> ModelConfig:
-        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
+        return ModelConfig(**{f.name: getattr(self, f.name)
+                              for f in dataclasses.fields(ModelConfig)})
 
     @classmethod
-    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> DepthAttnConfig:
+    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> PretrainedConfig:
         """``kwargs``: Hugging Face extras such as ``eos_token_id``."""
         return cls(**config.to_dict(), **kwargs)
+
+
+def _model_config_fields(namespace: dict[str, Any]) -> None:
+    """Every ModelConfig field, with its type and default, as a field of the new class
+    (transformers turns each PretrainedConfig subclass into a dataclass of its annotations)."""
+    annotations = namespace.setdefault("__annotations__", {})
+    for f in dataclasses.fields(ModelConfig):
+        annotations[f.name] = f.type
+        namespace[f.name] = (f.default if f.default is not dataclasses.MISSING
+                             else dataclasses.field(default_factory=f.default_factory))
+    namespace["__module__"] = __name__
+    namespace["__doc__"] = ("Every ModelConfig field, validated (and method options resolved) "
+                            "by ModelConfig itself.")
+
+
+DepthAttnConfig = types.new_class("DepthAttnConfig", (_DepthAttnConfigBase,),
+                                  exec_body=_model_config_fields)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from depthattn.model.transformer import CausalLM
 from depthattn.serialization import load_model, save_model
-from depthattn.utils.atomic import write_json_atomic, write_text_atomic
+from depthattn.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +50,15 @@ def save_checkpoint(checkpoints: Path, step: int, model: CausalLM,
     """Write checkpoint ``step`` atomically, point ``latest`` at it, prune old ones."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
-    final, tmp = checkpoints / name, checkpoints / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state()}, tmp / "optimizer.pt")
-    write_json_atomic(tmp / "state.json", {"step": step, **state})
-    if final.exists():  # the same step saved again (e.g. the last step of a resumed run)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+
+    def write(folder: Path) -> None:
+        save_model(model, folder)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, folder / "optimizer.pt")
+        write_json_atomic(folder / "state.json", {"step": step, **state})
+
+    # replace: the same step saved again (e.g. the last step of a resumed run)
+    final = atomic_dir(checkpoints / name, write, replace=True)
     write_text_atomic(checkpoints / LATEST, name + "\n")
     _prune(checkpoints, keep, protect=name)
     return final

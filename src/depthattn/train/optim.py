@@ -7,16 +7,35 @@ import math
 import torch
 from torch import nn
 
+from depthattn.crosslayer.base import CrossLayerMethod
 from depthattn.train.config import TrainConfig
 
 
+def decays(model: nn.Module) -> dict[str, bool]:
+    """Parameter name → whether weight decay applies. The backbone: every matrix (projections,
+    embeddings, lm_head), never a norm gain. A cross-layer method decides for its own
+    parameters (``CrossLayerMethod.decays``: matrices, unless it declares otherwise)."""
+    owners = {prefix: module for prefix, module in model.named_modules()
+              if isinstance(module, CrossLayerMethod)}
+    result = {}
+    for name, param in model.named_parameters():
+        owner = next(((prefix, m) for prefix, m in owners.items()
+                      if name.startswith(prefix + ".")), None)
+        if owner is None:
+            result[name] = param.dim() >= 2
+        else:
+            prefix, method = owner
+            result[name] = method.decays(name[len(prefix) + 1:], param)
+    return result
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay every parameter with ≥ 2 dims (projections, embeddings, lm_head); never norm gains,
-    biases or the scalar/vector connection weights of cross-layer methods."""
+    """Two AdamW groups: the parameters ``decays`` marks, with ``weight_decay``, and the rest."""
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
+    rule = decays(model)
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
+            (decay if rule[name] else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 

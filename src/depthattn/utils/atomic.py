@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_dir(final: str | Path, write: Callable[[Path], None], replace: bool = False) -> Path:
+    """Call ``write(staging)`` to fill a hidden sibling folder, then rename it to ``final``, so
+    the folder appears complete or not at all. ``replace``: an existing ``final`` is removed
+    first (else renaming onto a non-empty folder fails)."""
+    final = Path(final)
+    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
