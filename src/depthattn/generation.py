@@ -43,8 +43,8 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
     each new column of tokens (B,).
     """
     require_int("max_new_tokens", max_new_tokens, 0)
-    if prefill_chunk_size is not None and prefill_chunk_size < 1:
-        raise ValueError(f"prefill_chunk_size ({prefill_chunk_size!r}) must be >= 1 or None")
+    if prefill_chunk_size is not None:
+        require_int("prefill_chunk_size", prefill_chunk_size, 1, hint=" or None")
     if do_sample:
         check_sampling_options(temperature, top_k, top_p)
     B, T = input_ids.shape

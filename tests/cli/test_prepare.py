@@ -1,3 +1,6 @@
+"""`depthattn prepare` (depthattn.cli.prepare): its defaults, a run from the command line, and
+a bad value reported as a clear error."""
+
 from __future__ import annotations
 
 import argparse

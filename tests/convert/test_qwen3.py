@@ -1,4 +1,5 @@
-"""Qwen3 checkpoints written by transformers itself ↔ depthattn, and the convert CLI."""
+"""Qwen3 checkpoints written by transformers itself ↔ depthattn (depthattn.convert), and the
+`depthattn convert` command on them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from depthattn.cli.convert import add_convert_arguments, run_convert
-from depthattn.cli.generate import add_generate_arguments, run_generate
 from depthattn.convert import from_qwen3, to_qwen3
 from depthattn.hf import DepthAttnForCausalLM
 
@@ -129,39 +129,3 @@ def test_convert_cli(tmp_path, qwen3_dir, capsys):
         run_convert(_parse(add_convert_arguments, ["--to-qwen3", str(tmp_path / "out"),
                                                    "--stride", "2", "--out",
                                                    str(tmp_path / "o2")]))
-
-
-def test_generate_cli_streams_text(tmp_path, make_model, capsys):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    from depthattn.data.tokenizer import wrap_tokenizer
-
-    vocab = {f"w{i}": i for i in range(120)}
-    vocab["[UNK]"] = 120
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(["<|endoftext|>", "<|pad|>"])
-    tokenizer = wrap_tokenizer(backend)
-    model = DepthAttnForCausalLM.from_core(make_model(seed=1, method="depth_attention"))
-    model.save_pretrained(tmp_path / "m")
-    tokenizer.save_pretrained(str(tmp_path / "m"))
-    args = _parse(add_generate_arguments, [str(tmp_path / "m"), "--prompt", "w1 w2 w3",
-                                           "--max-new-tokens", "5"])
-    run_generate(args)
-    printed = capsys.readouterr().out
-    ids = tokenizer("w1 w2 w3", return_tensors="pt")["input_ids"]
-    expected = model.eval().generate(ids, max_new_tokens=5, eos_token_id=tokenizer.eos_token_id)
-    assert printed.strip() == tokenizer.decode(expected[0]).strip()
-    args = _parse(add_generate_arguments, [str(tmp_path / "m"), "--prompt", "w1",
-                                           "--temperature", "0.8", "--top-p", "0.9",
-                                           "--max-new-tokens", "4"])
-    run_generate(args)  # sampling path runs
-    (tmp_path / "bare").mkdir()
-    model.save_pretrained(tmp_path / "bare")
-    with pytest.raises(FileNotFoundError, match="--tokenizer"):
-        run_generate(_parse(add_generate_arguments, [str(tmp_path / "bare"), "--prompt", "w1"]))
-    small = DepthAttnForCausalLM.from_core(make_model(seed=1, vocab_size=64))
-    small.save_pretrained(tmp_path / "small")
-    with pytest.raises(ValueError, match="vocab_size"):
-        run_generate(_parse(add_generate_arguments, [str(tmp_path / "small"), "--prompt", "w1",
-                                                     "--tokenizer", str(tmp_path / "m")]))

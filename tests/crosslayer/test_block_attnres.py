@@ -82,12 +82,13 @@ def test_zero_query_is_the_uniform_mean():
     torch.testing.assert_close(agg(sources, [None] * 4), sum(sources) / 4, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("options", [{}, {"block_size": 4}, {"block_size": 12},
+@pytest.mark.parametrize("options", [{"block_size": 4}, {"block_size": 12},
                                      {"final_aggregator": False}])
 def test_init_equals_vanilla_up_to_the_norms_eps(options):
     """§7B: the sources sum to the vanilla residual, the uniform mean divides it by their
     number and the next RMSNorm removes that factor, up to its eps. With eps → 0 the fresh
-    model equals vanilla with the same backbone weights to rounding."""
+    model equals vanilla with the same backbone weights to rounding. (The battery,
+    test_every_method.py, checks the default options.)"""
     torch.manual_seed(0)
     config = tiny_config(rms_norm_eps=1e-30, method="block_attnres", method_options=options)
     model = CausalLM(config).double().eval()

@@ -41,8 +41,8 @@ def test_cost_adds_parameters_and_flops():
     mhc = tiny_config(method="mhc")
     cost_da = get_method("depth_attention").cls.cost(da, da.options())
     cost_mhc = get_method("mhc").cls.cost(mhc, mhc.options())
-    assert combined.added_params == cost_mhc.added_params == \
-        CausalLM(config).num_parameters() - CausalLM(tiny_config()).num_parameters()
+    # (that this is the real count in the model: the battery, test_every_method.py)
+    assert combined.added_params == cost_mhc.added_params
     assert combined.added_flops_per_token == cost_da.added_flops_per_token + cost_mhc.added_flops_per_token
 
 

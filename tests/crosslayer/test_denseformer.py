@@ -1,5 +1,8 @@
-"""DenseFormer (docs/baselines.md §4): against a plain transcription of the DWA equations, vanilla at
-initialisation, parameter and state accounting (closed forms, 3B numbers), options."""
+"""DenseFormer (docs/baselines.md §4): against a plain transcription of the DWA equations, the
+identity init (vanilla with dilation and period too), parameter and state accounting (closed
+forms, 3B numbers), options. The shared battery (test_every_method.py) covers decoding, padding,
+save/load, names, activation checkpointing, cost() against the real count and vanilla at init
+with the default options."""
 
 from __future__ import annotations
 
@@ -56,30 +59,26 @@ def test_cached_decoding_equals_full_forward_with_dilation_and_period(k, p):
 
 
 @pytest.mark.parametrize("options", [{}, {"dilation": 2}, {"dilation": 3, "period": 2}])
-def test_identity_init_is_exactly_vanilla(options):
+def test_identity_init_weights(options):
+    """α_{i,i} = 1, every other α 0 (the battery checks that this is vanilla, default options)."""
     torch.manual_seed(0)
     model = CausalLM(tiny_config(method="denseformer", method_options=options))
     for name, alpha in model.named_parameters():
         if name.startswith("model.cross_layer."):
             assert alpha[-1] == 1 and not alpha[:-1].any(), name
+
+
+@pytest.mark.parametrize("options", [{"dilation": 2}, {"dilation": 3, "period": 2}])
+def test_identity_init_is_exactly_vanilla_with_dilation_and_period(options):
+    """The battery (test_every_method.py) covers the default k = p = 1."""
+    torch.manual_seed(0)
+    model = CausalLM(tiny_config(method="denseformer", method_options=options))
     vanilla = CausalLM(tiny_config())
     missing, unexpected = vanilla.load_state_dict(model.state_dict(), strict=False)
     assert not missing and all(k.startswith("model.cross_layer.") for k in unexpected)
     ids = random_ids(2, 10, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(model(ids), vanilla(ids), atol=0, rtol=0)
-
-
-def test_activation_checkpointing_gives_the_same_gradients():
-    """The history object is never mutated, so a recomputed block reads what it first read."""
-    grads = []
-    for checkpointing in (False, True):
-        model = tiny_model(seed=13, method="denseformer").train()
-        model.model.activation_checkpointing = checkpointing
-        model(random_ids(2, 7, seed=13)).square().mean().backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("L,k,p", [(6, 1, 1), (6, 2, 1), (6, 1, 2), (7, 3, 2), (5, 5, 5)])

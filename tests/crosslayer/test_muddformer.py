@@ -1,5 +1,7 @@
 """MUDDFormer (docs/baselines.md §8): the dense mix and its hand-written backward, the weight-MLP
-widths, parameter counts, the 3B numbers, options, and the model against the equations."""
+widths, parameter counts, the 3B numbers, options, and the model against the equations. The
+shared battery (test_every_method.py) covers decoding, padding, save/load, names, activation
+checkpointing, cost() against the real count and the model being vanilla at init."""
 
 from __future__ import annotations
 
@@ -141,29 +143,15 @@ def test_matches_the_equations_written_out():
                                    rtol=1e-5)
 
 
-def test_vanilla_at_init():
-    """§8: W2 = 0 and b = "current only" ⇒ every stream is the latest output and the separate
-    key/value pre-norms (gain 1) equal the shared one (gain 1) ⇒ the vanilla decoder."""
-    torch.manual_seed(0)
-    mudd = CausalLM(tiny_config(method="muddformer"))
-    vanilla = CausalLM(tiny_config())
-    missing, unexpected = vanilla.load_state_dict(mudd.state_dict(), strict=False)
-    assert not missing and all(k.startswith("model.cross_layer.") for k in unexpected)
-    ids = random_ids(2, 11, seed=4)
-    with torch.no_grad():
-        torch.testing.assert_close(mudd(ids), vanilla(ids), atol=1e-5, rtol=1e-5)
-
-
-def test_forward_backward_and_parameter_count_in_the_model():
-    config = tiny_config(method="muddformer")
+def test_backward_reaches_every_weight_mlp_parameter():
+    """Non-zero gradients for every MUDDFormer parameter (the battery asks only for finite ones;
+    its cost() check with the closed-form test above pins the parameter count in the model)."""
     model = tiny_model(seed=5, method="muddformer").train()
     ids = random_ids(2, 9, seed=5)
     logits = model(ids)
     F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
     for name, p in model.model.cross_layer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert model.num_parameters() == (CausalLM(tiny_config()).num_parameters()
-                                      + closed_form_params(config.num_layers, config.hidden_size))
 
 
 def test_keys_and_values_read_their_own_streams():
@@ -180,13 +168,3 @@ def test_keys_and_values_read_their_own_streams():
             assert not torch.allclose(model(ids), before)
             gain.copy_(saved)
 
-
-def test_activation_checkpointing_gives_the_same_gradients():
-    grads = []
-    for checkpointing in (False, True):
-        model = tiny_model(seed=7, method="muddformer").train()
-        model.model.activation_checkpointing = checkpointing
-        model(random_ids(2, 9, seed=7)).square().mean().backward()
-        grads.append({name: p.grad for name, p in model.named_parameters()})
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5)

@@ -5,8 +5,7 @@ import pytest
 from depthattn.data.dedup import deduplicate_and_group, drop_exact_duplicates
 from depthattn.data.documents import Document
 from depthattn.data.split import split_groups
-
-from .conftest import make_text
+from tests.conftest import make_text
 
 
 def folio_spelling(text: str) -> str:

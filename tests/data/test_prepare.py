@@ -9,8 +9,7 @@ import pytest
 from depthattn.data import TokenStream, load_tokenizer, prepare, read_manifest
 from depthattn.data.pack import token_dtype
 from depthattn.data.tokenizer import save_tokenizer, tokenizer_sha256, train_bpe
-
-from .conftest import make_text, write_corpus
+from tests.conftest import make_text, write_corpus
 
 FAST = dict(vocab_size=400, num_workers=1, val_fraction=0.2, shard_chars=8000, progress=False)
 

@@ -7,8 +7,7 @@ from depthattn.data.tokenizer import (
     EOS_TOKEN, MIN_VOCAB_SIZE, check_vocab_fits, load_tokenizer, save_tokenizer, tokenizer_sha256,
     tokenizer_vocab_size, train_bpe,
 )
-
-from .conftest import make_text
+from tests.conftest import make_text
 
 SAMPLE = "Hamlet:  O'er the sea —  “quoted”,\n\n\tthe end é ö 'tis\n"
 

@@ -5,8 +5,8 @@ Written from the equations, not from depthattn's modules: it reads only the mode
 sources, and spells out RMSNorm, RoPE (rotate-half, as Qwen3), GQA, causal softmax attention,
 the depth mix with recursive mixed values, SwiGLU, the final norm and the LM head.
 
-Tests import it as ``from reference_model import reference_forward`` (pytest puts this folder
-on sys.path when it imports the test modules beside it).
+Tests import it as a module of the ``tests`` package:
+``from tests.model.reference_model import reference_forward``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The whole Depth-Attention forward against an independent float64 re-implementation.
 
-``reference_model.reference_forward`` is written from docs/method.md (§1–§3) and reads only the
-model's config and state dict; the model runs in float64 (``model.double()``) so the two must
-agree to ~1e-10, far below any real mistake (a wrong source set, a swapped norm, a missing
+``tests.model.reference_model.reference_forward`` is written from docs/method.md (§1–§3) and
+reads only the model's config and state dict; the model runs in float64 (``model.double()``) so
+the two must agree to ~1e-10, far below any real mistake (a wrong source set, a swapped norm, a missing
 recursion all move the logits by > 1e-3 with these random weights).
 """
 
@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_model import closest_precision, closest_reference, reference_forward, sources_of
 
 from depthattn import capture_depth_weights
+from tests.model.reference_model import (
+    closest_precision,
+    closest_reference,
+    reference_forward,
+    sources_of,
+)
 
 ATOL = 1e-10
 
@@ -133,10 +138,20 @@ def test_stride_equal_to_num_layers_reads_only_layer_zero(make_model, make_ids):
 
 
 def test_vanilla_records_no_depth_weights(make_model, make_ids):
-    model = build(make_model, "vanilla", {})
-    with torch.no_grad(), capture_depth_weights(model) as rec:
-        model(make_ids(1, 5))
-    assert all(w.shape[-1] == 1 for w in rec.weights.values())
+    """Vanilla has no depth sources, so the capture records no layer (capture_depth_weights'
+    docstring); the same capture on Depth-Attention records every layer ≥ 1, so an empty result
+    is vanilla's and not a capture that records nothing at all."""
+    records = {}
+    for method, options in [("vanilla", {}), ("depth_attention", {"stride": 1})]:
+        model = build(make_model, method, options)
+        with torch.no_grad(), capture_depth_weights(model) as rec:
+            model(make_ids(1, 5))
+        records[method] = rec
+    depth = records["depth_attention"]
+    assert sorted(depth.weights) == depth.layers == list(range(1, 6))
+    assert all(depth.weights[l].shape == (1, 2, 5, l + 1) for l in range(1, 6))  # S(l) + l
+    vanilla = records["vanilla"]
+    assert vanilla.weights == {} and vanilla.sources == {} and vanilla.layers == []
 
 
 # --- gradients (docs/method.md §5) -----------------------------------------------------------------

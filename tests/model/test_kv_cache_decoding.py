@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_model import closest_reference
 
 from depthattn import KVCache, generate
+from tests.model.reference_model import closest_reference
 
 ATOL = 1e-5
 

@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from depthattn.utils.checks import require_int
 from depthattn.utils.devices import resolve_device
 
 HELP = "stream a continuation of --prompt"
@@ -37,8 +38,7 @@ def run_generate(args: argparse.Namespace) -> None:
     )
 
 
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1")
+    require_int("--max-new-tokens", args.max_new_tokens, 1)
     if args.temperature < 0:
         raise ValueError(f"--temperature ({args.temperature}) must be >= 0 (0 = greedy)")
     tokenizer = load_tokenizer_for(args.path, args.tokenizer)

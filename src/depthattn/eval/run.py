@@ -10,6 +10,7 @@ from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
 from depthattn.run_dir import RunDir
 from depthattn.serialization import load_any
+from depthattn.utils.checks import require_int
 from depthattn.utils.devices import autocast_dtype, resolve_device
 
 
@@ -18,8 +19,8 @@ def evaluate_path(path: str | Path, data: str | None = None, seq_len: int | None
     path = Path(path)
     run = RunDir(path)
     run_config = run.read_config() if run.is_run() else {}
-    if windows < 0 or batch_size < 1:
-        raise ValueError(f"windows ({windows}) must be >= 0 and batch_size ({batch_size}) >= 1")
+    require_int("windows", windows, 0)
+    require_int("batch_size", batch_size, 1)
     if data is None:
         manifest = run.data_manifest(prepare=True)
         if manifest is None:

@@ -37,6 +37,7 @@ from depthattn.model.transformer import CausalLM
 from depthattn.run_dir import RunDir, find_tokenizer
 from depthattn.serialization import load_any
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
+from depthattn.utils.checks import require_int
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
 
     from depthattn.eval.zeroshot_lm import DepthAttnLM
 
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit ({limit}) must be >= 1")
+    if limit is not None:
+        require_int("limit", limit, 1)
     requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     index = None if all(t.strip() in OUR_NAMES for t in requested) else TaskManager().all_tasks
     names = resolve_task_names(tasks, index)

@@ -63,8 +63,7 @@ class TrainConfig:
         for name in ("global_batch_tokens", "log_every", "eval_every", "eval_windows",
                      "checkpoint_every", "seed"):
             require_int(name, getattr(self, name), 0)
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints ({self.keep_checkpoints}) must be >= 1")
+        require_int("keep_checkpoints", self.keep_checkpoints, 1)
         if not self.lr > 0:
             raise ValueError(f"lr ({self.lr!r}) must be > 0")
         for name in ("min_lr_ratio", "warmup_ratio", "beta1", "beta2"):
