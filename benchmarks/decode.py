@@ -1,7 +1,7 @@
 """Cached decoding speed and KV-cache size per method, with ratios to vanilla, same run.
 
-    python benchmarks/decode.py                              # tiny preset, CPU
-    python benchmarks/decode.py --preset 360m --batch 1 32 --context 1024 --new 64 --dtype bfloat16
+    python -m benchmarks.decode                              # tiny preset, CPU
+    python -m benchmarks.decode --preset 360m --batch 1 32 --context 1024 --new 64 --dtype bfloat16
 
 For each batch size: prefill ``--context`` tokens, then time ``--new`` single-token steps
 (median over rounds, methods interleaved). Correctness first: the decoded logits of every method

@@ -1,9 +1,9 @@
 """Depth-mix microbenchmark: every implementation available on the device against the reference,
 same run: median time, bytes an ideal kernel moves, achieved GB/s and its fraction of the peak.
 
-    python benchmarks/depth_mix_kernel.py                       # CPU, float32, small sizes
-    python benchmarks/depth_mix_kernel.py --threads 1 --backward  # steadier on a busy CPU
-    python benchmarks/depth_mix_kernel.py --device cuda --dtype bfloat16 --batch 8 --seq 2048 \
+    python -m benchmarks.depth_mix_kernel                       # CPU, float32, small sizes
+    python -m benchmarks.depth_mix_kernel --threads 1 --backward  # steadier on a busy CPU
+    python -m benchmarks.depth_mix_kernel --device cuda --dtype bfloat16 --batch 8 --seq 2048 \
         --heads 32 --kv-heads 8 --sources 1 2 4 8 16 --backward --json depth_mix.json
 
 Inputs are laid out as the model makes them (``model/attention.py``): q (B, H, T, d) and every key
@@ -33,8 +33,11 @@ from pathlib import Path
 
 import torch
 
-from depthattn.ops.depth_mix.dispatch import available_depth_mix_impls, get_depth_mix_impl
-from device_peaks import device_name, peak_bandwidth, time_interleaved
+from benchmarks.device_peaks import device_name, peak_bandwidth, time_interleaved
+from depthattn.ops.depth_mix.dispatch import (
+    available_depth_mix_impls,
+    get_depth_mix_impl,
+)
 
 BASELINE = "reference"
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.float16: 5e-3}

@@ -6,7 +6,7 @@ bandwidth ("measured copy bandwidth": bytes read + bytes written per second) and
 matmul for FLOP/s ("measured matmul peak"). Measured figures are what this process achieves, not
 the hardware's theoretical peak, so a fraction of them reads higher than a fraction of a datasheet.
 
-    from device_peaks import peak_bandwidth, peak_flops
+    from benchmarks.device_peaks import peak_bandwidth, peak_flops
     bw = peak_bandwidth(torch.device("cuda"))   # Peak(value=3.35e12, source='H100 SXM datasheet')
 """
 

@@ -1,7 +1,7 @@
 """Forward and training-step time per method, with the ratio to vanilla measured in the same run.
 
-    python benchmarks/forward_step.py --preset tiny --seq 256 512 --batch 4
-    python benchmarks/forward_step.py --json results.json
+    python -m benchmarks.forward_step --preset tiny --seq 256 512 --batch 4
+    python -m benchmarks.forward_step --json results.json
 
 Checks correctness first (Depth-Attention's parameters equal vanilla's; cached decoding equals
 the full forward), then times each (method, seq) pair as the median over repeats, with the

@@ -1,7 +1,7 @@
 """Step time and activation memory of every cross-layer method relative to vanilla, same run.
 
-    python benchmarks/methods.py                         # tiny preset, CPU
-    python benchmarks/methods.py --methods vanilla depth_attention mhc --seq 512 --json out.json
+    python -m benchmarks.methods                         # tiny preset, CPU
+    python -m benchmarks.methods --methods vanilla depth_attention mhc --seq 512 --json out.json
 
 Activation memory is the bytes autograd keeps for backward (unique storages seen by a
 saved-tensors hook): the same measure on CPU and GPU. On CUDA the peak allocated memory of the

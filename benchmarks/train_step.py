@@ -1,9 +1,9 @@
 """Training-step time, memory and MFU per method × preset × sequence length, with ratios to
 vanilla measured in the same run.
 
-    python benchmarks/train_step.py                              # tiny preset, seq 256, CPU fp32
-    python benchmarks/train_step.py --threads 1                  # steadier on a busy CPU
-    python benchmarks/train_step.py --presets 360m 710m --seq 2048 --dtype bfloat16 --compile \
+    python -m benchmarks.train_step                              # tiny preset, seq 256, CPU fp32
+    python -m benchmarks.train_step --threads 1                  # steadier on a busy CPU
+    python -m benchmarks.train_step --presets 360m 710m --seq 2048 --dtype bfloat16 --compile \
         --batch auto --optimizer --json train_step.json          # one GPU, filled
 
 A step is forward + next-token cross-entropy + backward (+ AdamW with --optimizer). Each
@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.device_peaks import device_name, peak_flops, synchronize
 from depthattn import CausalLM, ModelConfig
 from depthattn.analysis.cost import cost_report
-from device_peaks import device_name, peak_flops, synchronize
 
 BASELINE = "vanilla"
 MAX_AUTO_BATCH = 1024

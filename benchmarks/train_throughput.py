@@ -1,8 +1,8 @@
 """Training throughput of the real training loop: tokens/s and step time per method, measured in
 the same run on the same data, with the ratio to vanilla.
 
-    python benchmarks/train_throughput.py                      # quickstart model, CPU
-    python benchmarks/train_throughput.py --steps 30 --methods vanilla depth_attention
+    python -m benchmarks.train_throughput                      # quickstart model, CPU
+    python -m benchmarks.train_throughput --steps 30 --methods vanilla depth_attention
 
 Each method trains ``--steps`` optimizer steps through ``depthattn.train.train`` (data loading,
 AdamW, clipping, logging included) into a temporary folder; the first ``--warmup`` steps are

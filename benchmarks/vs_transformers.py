@@ -1,7 +1,7 @@
 """Our vanilla CausalLM against transformers' Qwen3ForCausalLM: training step and greedy decoding.
 
-    python benchmarks/vs_transformers.py                          # tiny preset, CPU, float32
-    python benchmarks/vs_transformers.py --preset 360m --seq 2048 --batch 8 --json out.json  # CUDA
+    python -m benchmarks.vs_transformers                          # tiny preset, CPU, float32
+    python -m benchmarks.vs_transformers --preset 360m --seq 2048 --batch 8 --json out.json  # CUDA
 
 Both models have the same geometry, the same weights (ours loads Qwen3's state dict) and the same
 dtype (no autocast). Correctness first: equal logits, equal losses. Then, methods interleaved

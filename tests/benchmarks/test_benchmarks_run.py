@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,14 +12,11 @@ import torch
 from depthattn.config import PRESETS
 from depthattn.ops.depth_mix.dispatch import available_depth_mix_impls
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture
-def load_script(monkeypatch):
-    """Import a script from benchmarks/ (not a package) as a module."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    return importlib.import_module
+def load_script():
+    """Import a script of the benchmarks package (``python -m benchmarks.<name>``)."""
+    return lambda name: importlib.import_module(f"benchmarks.{name}")
 
 
 def test_depth_mix_kernel_runs(load_script, tmp_path, monkeypatch):
