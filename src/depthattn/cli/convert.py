@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from depthattn.cli.options import add_depth_attention_options
+
 HELP = "Qwen3 <-> depthattn, the authors' checkpoints, training runs -> Hugging Face folders"
 
 
@@ -27,10 +29,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="depth_attention",
                         help="with --from-qwen3: the method to run (default depth_attention; "
                              "parameter-free methods only)")
-    parser.add_argument("--stride", type=int, default=None,
-                        help="Depth-Attention stride s (default num_layers // 2)")
-    parser.add_argument("--recent-window", type=int, default=None,
-                        help="Depth-Attention recent window w (default 0)")
+    add_depth_attention_options(parser)  # with --from-qwen3
     parser.add_argument("--out", required=True, help="output folder")
 
 

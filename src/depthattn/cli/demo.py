@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from depthattn.cli.options import add_depth_attention_options
+
 HELP = ("Depth-Attention vs vanilla on a tiny random model: forward, cached decoding, depth "
         "weights, cache size")
 
@@ -12,8 +14,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=8)
-    parser.add_argument("--stride", type=int, default=None, help="default: num_layers // 2")
-    parser.add_argument("--recent-window", type=int, default=0)
+    add_depth_attention_options(parser, recent_window_default=0)
     parser.add_argument("--seed", type=int, default=0)
 
 
