@@ -20,11 +20,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 # Without a GPU, Triton kernels run through Triton's interpreter (NumPy on CPU tensors). The
 # flag is read when triton itself is imported, so it is set before anything imports it.
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Property tests (hypothesis): no example database written into the checkout, no per-example
+# deadline (a first call compiles or imports; timing on a busy CI machine varies).
+settings.register_profile("depthattn", database=None, deadline=None, derandomize=False)
+settings.load_profile("depthattn")
 
 # The models are tiny: intra-op threads only add synchronisation (and, on a busy 2-core
 # machine, oversubscription that makes the suite several times slower).

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from depthattn.qwen3_interop import fields_from_qwen3, qwen3_config_from_fields
 from depthattn.utils.checks import require_positive_int
+from depthattn.utils.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from transformers import Qwen3Config
@@ -106,7 +107,8 @@ class ModelConfig:
         """A named preset (see ``PRESETS``) with fields overridden, e.g.
         ``ModelConfig.from_preset("tiny", method="depth_attention", method_options={"stride": 2})``."""
         if name not in PRESETS:
-            raise ValueError(f"preset ({name!r}) is unknown; allowed: {', '.join(PRESETS)}")
+            raise ValueError(f"preset ({name!r}) is unknown; allowed: {', '.join(PRESETS)}"
+                             f"{did_you_mean(name, PRESETS)}")
         fields = {**PRESETS[name], **overrides}
         _reject_unknown_fields(fields)
         return cls(**fields)
@@ -147,7 +149,7 @@ def _reject_unknown_fields(fields: dict[str, Any]) -> None:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"unknown ModelConfig field(s) {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(sorted(known))}")
+                         f"allowed: {', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")
 
 
 # Paper presets (docs/design.md lists their sources). The 360M-710M rows are MHA; 1.5B/3B are the

@@ -35,12 +35,14 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
              top_k: int | None = None, top_p: float | None = None,
              eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
              generator: torch.Generator | None = None, prefill_chunk_size: int | None = None,
-             streamer: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+             streamer: Callable[[torch.Tensor], None] | None = None,
+             kv_format: str | None = None) -> torch.Tensor:
     """Continue left-padded prompts (B, T); returns (B, T + generated) token ids.
 
     Rows that emitted an EOS are filled with ``pad_token_id`` (default: the first EOS id, else 0)
     until every row is done or ``max_new_tokens`` are generated. ``streamer`` is called with
-    each new column of tokens (B,).
+    each new column of tokens (B,). ``kv_format``: how the cache stores keys and values
+    (None: the model's dtype; "bfloat16", "float8_e4m3", "int8": see depthattn.ops.kv_quant).
     """
     require_int("max_new_tokens", max_new_tokens, 0)
     if prefill_chunk_size is not None:
@@ -58,7 +60,7 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
                        device=input_ids.device, dtype=torch.long)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
 
-    cache = KVCache.for_model(model, B, T + max_new_tokens)
+    cache = KVCache.for_model(model, B, T + max_new_tokens, kv_format=kv_format)
     logits = prefill(model, input_ids, attention_mask, cache, prefill_chunk_size)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     generated = []

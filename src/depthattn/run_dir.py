@@ -5,7 +5,8 @@
     RUN/metrics.jsonl         one JSON record per logged step and evaluation
     RUN/summary.json          written last: the run finished
     RUN/model/                the final model (config.json + model.safetensors)
-    RUN/checkpoints/step_N/   resumable checkpoints; checkpoints/latest names the newest
+    RUN/checkpoints/step_N/   resumable checkpoints, each with a manifest of its files' sha256;
+                              checkpoints/latest names the newest one written
     RUN/zeroshot/             zero-shot results (zeroshot.json, zeroshot.md)
     RUN/tensorboard/          TensorBoard events
 
@@ -17,11 +18,18 @@ tokenizer.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from depthattn.utils.file_manifest import CorruptFolder, verify_folder
+
+log = logging.getLogger(__name__)
+
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+_CHECKPOINT = re.compile(r"^step_(\d+)$")
 
 
 def _entry(name: str) -> property:
@@ -57,12 +65,34 @@ class RunDir:
         """The saved TrainConfig fields as a dict."""
         return json.loads(self.config_file.read_text())
 
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint folders, newest (highest step) first, whether or not they verify."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.iterdir()
+                 if p.is_dir() and _CHECKPOINT.match(p.name)]
+        return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True)
+
+    def find_checkpoint(self) -> tuple[Path | None, list[str]]:
+        """The newest checkpoint whose manifest verifies (every file present, of the listed
+        size and sha256), and why each newer one was passed over."""
+        skipped = []
+        for path in self.checkpoints():
+            try:
+                verify_folder(path)
+            except CorruptFolder as problem:
+                skipped.append(f"{path.name}: {problem}")
+                continue
+            return path, skipped
+        return None, skipped
+
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.checkpoints_dir / "latest"
-        if not pointer.is_file():
-            return None
-        path = self.checkpoints_dir / pointer.read_text().strip()
-        return path if path.is_dir() else None
+        """The newest complete, intact checkpoint; a corrupt or partial one is reported by name
+        (logged) and skipped in favour of the one before it."""
+        path, skipped = self.find_checkpoint()
+        for reason in skipped:
+            log.warning("skipping corrupt checkpoint %s", reason)
+        return path
 
     def model_path(self) -> Path | None:
         """The final model, else the newest checkpoint, else None."""

@@ -13,7 +13,7 @@ import depthattn.cli
 from depthattn.cli import COMMANDS, build_parser
 
 EXPECTED = ["quickstart", "demo", "prepare", "train", "eval", "compare", "convert", "generate",
-            "flops"]
+            "flops", "analyze", "report"]
 
 
 def test_the_commands_and_their_order():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
@@ -21,7 +21,7 @@ def _pyplot():
 def plot_val_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path,
                     title: str = "validation loss") -> Path:
     """curves[method] = one [(tokens, val_loss), ...] list per seed; mean line ± std band."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method, runs in curves.items():
         points = sorted({x for run in runs for x, _ in run})
@@ -44,7 +44,7 @@ def plot_val_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]],
 
 def plot_final_bars(finals: Mapping[str, Sequence[float]], path: Path,
                     title: str = "final validation loss (mean ± std over seeds)") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     methods = list(finals)
     means = [float(np.mean(finals[m])) for m in methods]
     stds = [float(np.std(finals[m], ddof=1)) if len(finals[m]) > 1 else 0.0 for m in methods]
@@ -59,6 +59,39 @@ def plot_final_bars(finals: Mapping[str, Sequence[float]], path: Path,
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(field: str, values: Sequence, rows: Sequence[Mapping], baseline: str,
+               path: Path) -> Path:
+    """Δ validation loss vs the baseline (mean ± std of the paired differences over seeds)
+    against the swept value, one line per method; the baseline is the zero line."""
+    plt = pyplot()
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    xs = list(values) if numeric else list(range(len(values)))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.axhline(0.0, color="black", linewidth=1, label=f"{baseline} (reference)")
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != baseline]
+    for i, method in enumerate(methods):
+        points = [(x, r["diff_vs_baseline"]) for x, v in zip(xs, values) for r in rows
+                  if r["method"] == method and r["value"] == v and r["diff_vs_baseline"]]
+        if not points:
+            continue
+        ax.errorbar([x for x, _ in points], [d["mean"] for _, d in points],
+                    yerr=[d["std"] for _, d in points], capsize=5, marker="o",
+                    label=method, color=f"C{i}")
+    if numeric and min(xs) > 0 and max(xs) / min(xs) >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(v) for v in values])
+    ax.set_xlabel(field)
+    ax.set_ylabel(f"Δ validation loss vs {baseline} (nats/token)")
+    ax.set_title(f"loss difference to {baseline} against {field} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class PairedDifference:
     ci_low: float | None  # bootstrap confidence interval of the mean difference
     ci_high: float | None
     confidence: float
+    # Standardised effect of the pairing (Cohen's d_z = mean / std of the differences), with
+    # the exact interval from the noncentral t distribution; None without spread.
+    effect_size: float | None = None
+    effect_ci_low: float | None = None
+    effect_ci_high: float | None = None
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -48,7 +53,7 @@ def paired_difference(method: Sequence[float], baseline: Sequence[float],
     diff = np.asarray(method, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     n = len(diff)
     std = float(diff.std(ddof=1)) if n > 1 else 0.0
-    t = p = low = high = None
+    t = p = low = high = d = d_low = d_high = None
     if n > 1 and std > 0:
         test = stats.ttest_rel(method, baseline)
         t, p = float(test.statistic), float(test.pvalue)
@@ -56,7 +61,30 @@ def paired_difference(method: Sequence[float], baseline: Sequence[float],
                                n_resamples=resamples, method="percentile",
                                random_state=np.random.default_rng(seed))
         low, high = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
-    return PairedDifference(float(diff.mean()), std, n, t, p, low, high, confidence)
+        d = float(diff.mean() / std)
+        if n > 2:  # with one degree of freedom the noncentral t is too heavy-tailed to invert
+            d_low, d_high = cohens_dz_interval(t, n, confidence)
+    return PairedDifference(float(diff.mean()), std, n, t, p, low, high, confidence, d, d_low,
+                            d_high)
+
+
+def cohens_dz_interval(t: float, n: int, confidence: float = 0.95) -> tuple[float | None,
+                                                                              float | None]:
+    """Interval of d_z = t / sqrt(n) by inverting the noncentral t distribution (df = n − 1):
+    the noncentrality parameters that put the observed t at the upper and lower tail. A bound
+    the numerics cannot reach (extreme t) is None."""
+    df, tail = n - 1, (1 - confidence) / 2
+
+    def ncp_at(quantile: float) -> float | None:
+        # nct.cdf(t; df, ncp) falls from 1 to 0 as ncp grows: widen a bracket around t
+        f = lambda ncp: stats.nct.cdf(t, df, ncp) - quantile  # noqa: E731
+        for span in (1, 2, 4, 8, 16, 32, 64):
+            low, high = f(t - span), f(t + span)
+            if math.isfinite(low) and math.isfinite(high) and low > 0 > high:
+                return optimize.brentq(f, t - span, t + span) / math.sqrt(n)
+        return None
+
+    return ncp_at(1 - tail), ncp_at(tail)
 
 
 def fmt(value: float | None, digits: int = 4) -> str:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from depthattn.cli import (
+    analyze,
     compare,
     convert,
     demo,
@@ -19,6 +20,7 @@ from depthattn.cli import (
     flops,
     generate,
     prepare,
+    report,
     train,
 )
 
@@ -36,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "convert": (convert.HELP, convert.add_convert_arguments, convert.run_convert),
     "generate": (generate.HELP, generate.add_generate_arguments, generate.run_generate),
     "flops": (flops.HELP, flops.add_flops_arguments, flops.run_flops),
+    "analyze": (analyze.HELP, analyze.add_analyze_arguments, analyze.run_analyze),
+    "report": (report.HELP, report.add_report_arguments, report.run_report),
 }
 
 
@@ -54,8 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        code = args.run(args)
+    # OSError: a full disk, a folder without permission (FileNotFoundError is one)
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"depthattn {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except Exception as stopped:
+        # An error that carries its own exit status and message (training stopped by SIGTERM
+        # or SIGINT after its checkpoint, from `train` or from `compare`): no traceback.
+        code = getattr(stopped, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        print(f"depthattn {args.command}: {stopped}", file=sys.stderr)
+        return code
+    # a subcommand may return its exit status (e.g. train stopped by a signal: 128 + signum)
+    return code if isinstance(code, int) else 0

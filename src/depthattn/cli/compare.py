@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 
 HELP = "methods x seeds, with statistics and plots"
+DEFAULT_METHODS = ["vanilla", "depth_attention"]
+# the main job: vanilla, the parameter-free control (every layer mixes in layer 0's value) and
+# Depth-Attention
+QUICKSTART_METHODS = ["vanilla", "value_residual", "depth_attention"]
 QUICKSTART_HELP = ("the README's main job: a small Depth-Attention vs vanilla comparison on the "
                    "offline corpus")
 
@@ -17,7 +21,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool = Fa
                         help="methods to compare, e.g. vanilla depth_attention:stride=2 "
                              "(default: vanilla depth_attention)")
     parser.add_argument("--seeds", nargs="+", type=int,
-                        default=[0, 1, 2] if quickstart else [0, 1])
+                        default=[0, 1, 2, 3, 4] if quickstart else [0, 1])
     parser.add_argument("--out", default="runs/quickstart" if quickstart else "runs/compare")
     parser.add_argument("--baseline", default=None, help="default: vanilla if compared")
     parser.add_argument("--tasks", default="corpus_cloze,corpus_continuation" if quickstart
@@ -26,6 +30,10 @@ def add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool = Fa
                              "corpus_cloze,corpus_continuation or paper ('' for none)")
     parser.add_argument("--task-limit", type=int, default=500 if quickstart else None,
                         help="documents per zero-shot task (default: all)")
+    parser.add_argument("--sweep", default=None, metavar="FIELD=V1,V2,...",
+                        help="repeat the comparison at each value of one model or training "
+                             "field, e.g. num_layers=4,8,16 or lr=1e-3,3e-3; plots the loss "
+                             "difference to the baseline against the value")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training fields, e.g. steps=400 lr=2e-3")
@@ -39,11 +47,16 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    from depthattn.compare import run_compare as compare
+    from depthattn.experiments.compare import run_compare as compare
+    from depthattn.experiments.sweep import run_sweep
     from depthattn.train import load_train_config
 
     config_path = args.config or ("quickstart" if args.quickstart else None)
     base = load_train_config(config_path, args.overrides, progress=not args.no_progress)
-    methods = args.methods or ["vanilla", "depth_attention"]
-    compare(base, methods, args.seeds, args.out, baseline=args.baseline, tasks=args.tasks,
-            task_limit=args.task_limit)
+    methods = args.methods or (QUICKSTART_METHODS if args.quickstart else DEFAULT_METHODS)
+    if args.sweep:
+        run_sweep(base, methods, args.seeds, args.out, args.sweep, baseline=args.baseline,
+                  tasks=args.tasks, task_limit=args.task_limit)
+    else:
+        compare(base, methods, args.seeds, args.out, baseline=args.baseline, tasks=args.tasks,
+                task_limit=args.task_limit)

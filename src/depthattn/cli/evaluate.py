@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from depthattn.ops.kv_quant import KV_FORMATS
 from depthattn.run_dir import RunDir
 
 HELP = ("validation perplexity of a run or a model folder, or zero-shot accuracy with --tasks")
@@ -21,17 +22,26 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation windows to use; 0 = the whole split")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--kv-cache", default=None, choices=KV_FORMATS,
+                        help="compute the perplexity through a KV cache stored in this format "
+                             "(prefilled --prefill-chunk tokens at a time), so attention reads "
+                             "the stored keys and values")
+    parser.add_argument("--prefill-chunk", type=int, default=32,
+                        help="tokens per forward call with --kv-cache (default 32)")
     add_zeroshot_arguments(parser, shared=False)  # --tasks --limit --dtype --tokenizer ...
 
 
 def run_eval(args: argparse.Namespace) -> None:
     if args.tasks:  # zero-shot accuracy through lm-eval
+        if args.kv_cache is not None:
+            raise ValueError("--kv-cache applies to the perplexity evaluation, not to --tasks")
         run_zeroshot(args)
         return
     from depthattn.eval.run import evaluate_path
 
     evaluate_path(args.path, data=args.data, seq_len=args.seq_len, windows=args.windows,
-                  batch_size=args.batch_size, device=args.device)
+                  batch_size=args.batch_size, device=args.device, kv_cache=args.kv_cache,
+                  prefill_chunk=args.prefill_chunk)
 
 
 def add_zeroshot_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:

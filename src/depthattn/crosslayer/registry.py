@@ -15,6 +15,7 @@ from typing import Any
 from depthattn.config import ModelConfig, install_method_resolver
 from depthattn.crosslayer.base import CrossLayerMethod, MethodOptions
 from depthattn.crosslayer.combined import check_combinable, make_combined, split_parts
+from depthattn.utils.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def get_method(name: str) -> MethodSpec:
         return _combined_spec(name)
     if name not in _METHODS:
         raise ValueError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}, "
-                         f"or two of them joined by '+' (e.g. depth_attention+mhc)")
+                         f"or two of them joined by '+' (e.g. depth_attention+mhc)"
+                         f"{did_you_mean(name, method_names())}")
     return _METHODS[name]
 
 
@@ -76,7 +78,7 @@ def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) 
     if unknown:
         listed = ", ".join(allowed) if allowed else "none (this method takes no options)"
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
-                         f"{name!r}; allowed: {listed}")
+                         f"{name!r}; allowed: {listed}{did_you_mean(unknown[0], allowed)}")
     return spec.options(**options).resolved(config)
 
 

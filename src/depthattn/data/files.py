@@ -14,6 +14,8 @@ from typing import Any
 
 import platformdirs
 
+from depthattn.utils.file_manifest import sha256_file  # noqa: F401 (the pipeline hashes with it)
+
 CACHE_ENV = "DEPTHATTN_CACHE"
 
 
@@ -23,14 +25,6 @@ def cache_dir() -> Path:
     if override:
         return Path(override).expanduser()
     return Path(platformdirs.user_cache_dir("depthattn"))
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_text(text: str) -> str:

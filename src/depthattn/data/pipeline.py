@@ -29,6 +29,7 @@ from depthattn.data.files import (
     cache_dir,
     read_json,
     remove_stale_temp_files,
+    sha256_file,
 )
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from depthattn.data.pack import (
@@ -188,15 +189,18 @@ def _check_tokenizer_choice(given, vocab_size: int, model_vocab_size: int | None
         check_vocab_fits(vocab_size, model_vocab_size)
 
 
-def _split_entry(plans: list[ShardPlan], lengths: dict[str, int]) -> dict[str, Any]:
+def _split_entry(plans: list[ShardPlan], lengths: dict[str, int], out_dir: Path) -> dict[str, Any]:
     names = [d.name for p in plans for d in p.docs]
     return {
         "num_tokens": sum(lengths[p.file_name] for p in plans),
         "num_documents": len(names),
         "num_characters": sum(p.num_chars for p in plans),
         "documents": names if len(names) <= MAX_LISTED_DOCUMENTS else None,
+        # size and sha256 of each file: training checks them before it starts
         "shards": [{"file": p.file_name, "num_tokens": lengths[p.file_name],
-                    "num_documents": len(p.docs)} for p in plans],
+                    "num_documents": len(p.docs),
+                    "bytes": (out_dir / p.file_name).stat().st_size,
+                    "sha256": sha256_file(out_dir / p.file_name)} for p in plans],
     }
 
 
@@ -267,8 +271,9 @@ def prepare(
         if given is not None:
             _check_not_built_with_other(out_dir, request["tokenizer"]["sha256"],
                                         "the given tokenizer")
+        # (a manifest without shard checksums is rewritten: its finished shards are kept)
         if previous.get("request") == request and all(
-                (out_dir / s["file"]).exists()
+                (out_dir / s["file"]).exists() and "sha256" in s
                 for split in previous["splits"].values() for s in split["shards"]):
             logger.info("%s is already prepared", out_dir)
             return manifest_file
@@ -303,7 +308,7 @@ def prepare(
              for split, split_docs in (("train", train_docs), ("validation", val_docs))}
     lengths = pack_shards([p for ps in plans.values() for p in ps], out_dir, backend_json(tok),
                           eos, dtype, num_workers, chunk_chars, progress)
-    splits = {split: _split_entry(ps, lengths) for split, ps in plans.items()}
+    splits = {split: _split_entry(ps, lengths, out_dir) for split, ps in plans.items()}
     write_manifest(manifest_file, {
         "source": request["source"],
         "tokenizer": {"path": TOKENIZER_DIR, "sha256": sha, "vocab_size": vocab,

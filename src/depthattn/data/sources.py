@@ -16,12 +16,14 @@ import re
 from pathlib import Path
 
 from depthattn.data.documents import Document
+from depthattn.utils.text_files import read_utf8
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 
 
 def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+    # strict: text decoded with replacement characters would train on garbage without a word
+    return read_utf8(path, "corpus file")
 
 
 def read_text_file(path: Path) -> list[Document]:
@@ -37,19 +39,20 @@ def read_text_folder(path: Path) -> list[Document]:
 
 def read_jsonl(path: Path, field: str = "text") -> list[Document]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no} is not valid JSON: {e.msg}") from e
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                found = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(
-                    f"{path}:{line_no} has no string field {field!r} (found keys: {found})")
-            docs.append(Document(name=f"{path.name}:{line_no}", text=record[field]))
+    # split on "\n" only, as reading the file line by line would: JSON strings may hold
+    # U+2028 and other characters str.splitlines() treats as line ends
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{line_no} is not valid JSON: {e.msg}") from e
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(
+                f"{path}:{line_no} has no string field {field!r} (found keys: {found})")
+        docs.append(Document(name=f"{path.name}:{line_no}", text=record[field]))
     return docs
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from depthattn.data.loader import IGNORE_INDEX
+from depthattn.utils.checks import require_int
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,48 @@ def evaluate_perplexity(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
         total += float(nll.double())
         count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
+    return _result(total, count)
+
+
+@torch.no_grad()
+def evaluate_perplexity_cached(model: torch.nn.Module,
+                               batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                               kv_format: str | None, prefill_chunk: int = 32,
+                               device: torch.device | str = "cpu",
+                               autocast_dtype: torch.dtype | None = None,
+                               progress: bool = False) -> EvalResult:
+    """As ``evaluate_perplexity``, but every window goes through a KV cache stored in
+    ``kv_format`` (``depthattn.ops.kv_quant``), ``prefill_chunk`` tokens per call: each chunk
+    attends to the stored (quantised) keys and values of the earlier chunks and of itself. With
+    kv_format None (or the model's dtype) it equals ``evaluate_perplexity``."""
+    from depthattn.model.cache import KVCache
+
+    require_int("prefill_chunk", prefill_chunk, 1)
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    total, count = 0.0, 0
+    total_batches = len(batches) if hasattr(batches, "__len__") else None
+    for inputs, targets in tqdm(batches, total=total_batches, desc=f"eval ({kv_format} cache)",
+                                disable=not progress, leave=False):
+        inputs, targets = inputs.to(device), targets.to(device)
+        B, T = inputs.shape
+        cache = KVCache.for_model(model, B, T, kv_format=kv_format,
+                                  dtype=autocast_dtype or None)
+        for start in range(0, T, prefill_chunk):
+            with autocast:
+                logits = model(inputs[:, start:start + prefill_chunk], cache=cache)
+            chunk_targets = targets[:, start:start + prefill_chunk]
+            total += float(F.cross_entropy(logits.float().flatten(0, 1), chunk_targets.flatten(),
+                                           ignore_index=IGNORE_INDEX, reduction="sum").double())
+            count += int((chunk_targets != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return _result(total, count)
+
+
+def _result(total: float, count: int) -> EvalResult:
     if count == 0:
         raise ValueError("the validation batches hold no target tokens")
     loss = total / count

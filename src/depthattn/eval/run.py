@@ -7,7 +7,12 @@ from pathlib import Path
 from depthattn.data.loader import ValidationBatches
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import check_vocab_fits
-from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
+from depthattn.eval.perplexity import (
+    EvalResult,
+    evaluate_perplexity,
+    evaluate_perplexity_cached,
+)
+from depthattn.ops.kv_quant import check_kv_format
 from depthattn.run_dir import RunDir
 from depthattn.serialization import load_any
 from depthattn.utils.checks import require_int
@@ -15,12 +20,17 @@ from depthattn.utils.devices import autocast_dtype, resolve_device
 
 
 def evaluate_path(path: str | Path, data: str | None = None, seq_len: int | None = None,
-                  windows: int = 0, batch_size: int = 8, device: str = "auto") -> EvalResult:
+                  windows: int = 0, batch_size: int = 8, device: str = "auto",
+                  kv_cache: str | None = None, prefill_chunk: int = 32) -> EvalResult:
+    """Validation loss of ``path``; ``kv_cache`` (a storage format) evaluates through a KV cache
+    in that format, ``prefill_chunk`` tokens per forward call."""
     path = Path(path)
     run = RunDir(path)
     run_config = run.read_config() if run.is_run() else {}
     require_int("windows", windows, 0)
     require_int("batch_size", batch_size, 1)
+    check_kv_format(kv_cache)
+    require_int("prefill_chunk", prefill_chunk, 1)
     if data is None:
         manifest = run.data_manifest(prepare=True)
         if manifest is None:
@@ -33,8 +43,14 @@ def evaluate_path(path: str | Path, data: str | None = None, seq_len: int | None
     check_vocab_fits(stream.vocab_size, model.config.vocab_size)
     batches = ValidationBatches(stream, seq_len, batch_size, max_windows=windows or None,
                                 max_seq_len=model.config.max_seq_len)
-    result = evaluate_perplexity(model, batches, device, autocast_dtype("auto", device),
-                                 progress=True)
+    amp = autocast_dtype("auto", device)
+    if kv_cache is None:
+        result = evaluate_perplexity(model, batches, device, amp, progress=True)
+        how = ""
+    else:
+        result = evaluate_perplexity_cached(model, batches, kv_cache, prefill_chunk, device, amp,
+                                            progress=True)
+        how = f", through a {kv_cache} KV cache in chunks of {prefill_chunk}"
     print(f"{path}: validation loss {result.loss:.4f}, perplexity {result.perplexity:.3f} over "
-          f"{result.tokens:,} tokens (seq_len {seq_len}, method {model.config.method})")
+          f"{result.tokens:,} tokens (seq_len {seq_len}, method {model.config.method}{how})")
     return result

@@ -1,11 +1,20 @@
 """Static KV cache. Layer l stores (k_l, ṽ_l): with Depth-Attention the *mixed* value replaces
 the raw one, so the cache has exactly a vanilla GQA decoder's shape, dtype and size
-(docs/method.md §4)."""
+(docs/method.md §4). ``kv_format`` stores keys and values in a smaller format
+(``depthattn.ops.kv_quant``); attention then reads them dequantised, the tokens of the current
+call included, so what it computes is what a quantised cache gives."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from depthattn.ops.kv_quant import (
+    STORAGE_DTYPE,
+    check_kv_format,
+    quantize_int8,
+    to_storage,
+)
 
 
 class KVCache:
@@ -17,10 +26,20 @@ class KVCache:
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, kv_format: str | None = None) -> None:
+        """dtype: what attention computes in; kv_format: how keys and values are stored
+        (None: in ``dtype``, exactly; else one of ``depthattn.ops.kv_quant.KV_FORMATS``)."""
+        check_kv_format(kv_format)
         shape = (batch_size, num_kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.dtype, self.kv_format = dtype, kv_format
+        stored = dtype if kv_format is None else STORAGE_DTYPE[kv_format]
+        self.keys = [torch.zeros(shape, dtype=stored, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=stored, device=device) for _ in range(num_layers)]
+        # int8: one float32 scale per (row, head, token), for keys and for values
+        scales = (batch_size, num_kv_heads, max_len, 1)
+        n_scaled = num_layers if kv_format == "int8" else 0
+        self.key_scales = [torch.ones(scales, device=device) for _ in range(n_scaled)]
+        self.value_scales = [torch.ones(scales, device=device) for _ in range(n_scaled)]
         self.key_valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.batch_size, self.max_len = batch_size, max_len
@@ -29,8 +48,8 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None,
-                  dtype: torch.dtype | None = None,
-                  device: torch.device | str | None = None) -> KVCache:
+                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                  kv_format: str | None = None) -> KVCache:
         """A cache sized for ``model`` (a ``CausalLM``: its ``config`` and ``lm_head``); dtype
         and device default to the model's."""
         config = model.config
@@ -40,12 +59,15 @@ class KVCache:
                              f"max_seq_len ({config.max_seq_len})")
         weight = model.lm_head.weight
         return cls(config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim,
-                   dtype=dtype or weight.dtype, device=device or weight.device)
+                   dtype=dtype or weight.dtype, device=device or weight.device,
+                   kv_format=kv_format)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the persistent inference state: the key and value buffers."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        """Bytes of the persistent inference state: the key and value buffers (and the int8
+        scales)."""
+        buffers = (*self.keys, *self.values, *self.key_scales, *self.value_scales)
+        return sum(t.numel() * t.element_size() for t in buffers)
 
     def begin(self, new_valid: torch.Tensor | None, num_new: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
         """Register ``num_new`` incoming tokens before the layers run.
@@ -74,9 +96,25 @@ class KVCache:
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new tokens' (k, ṽ) of one layer; return the layer's keys and values so far."""
         start, end = self.length, self.length + k.shape[2]
-        self.keys[layer_idx][:, :, start:end] = k
-        self.values[layer_idx][:, :, start:end] = v
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        if self.kv_format is None:
+            self.keys[layer_idx][:, :, start:end] = k
+            self.values[layer_idx][:, :, start:end] = v
+            return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        return (self._store(self.keys, self.key_scales, layer_idx, start, k),
+                self._store(self.values, self.value_scales, layer_idx, start, v))
+
+    def _store(self, buffers: list[torch.Tensor], scales: list[torch.Tensor], layer_idx: int,
+               start: int, x: torch.Tensor) -> torch.Tensor:
+        """Write x (B, H_kv, T, d) in the cache's format; read back every slot so far."""
+        end = start + x.shape[2]
+        if self.kv_format == "int8":
+            codes, scale = quantize_int8(x)
+            buffers[layer_idx][:, :, start:end] = codes
+            scales[layer_idx][:, :, start:end] = scale
+            return (buffers[layer_idx][:, :, :end].float()
+                    * scales[layer_idx][:, :, :end]).to(self.dtype)
+        buffers[layer_idx][:, :, start:end] = to_storage(x, self.kv_format)
+        return buffers[layer_idx][:, :, :end].to(self.dtype)
 
     def end(self, num_new: int) -> None:
         """Commit the ``num_new`` tokens of ``begin`` once every layer has written them."""

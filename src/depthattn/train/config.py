@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depthattn.utils.atomic import write_json_atomic
-from depthattn.utils.checks import require_int, require_positive_int
+from depthattn.utils.checks import (
+    is_int,
+    require_int,
+    require_number,
+    require_positive_int,
+)
 from depthattn.utils.parsing import parse_value
+from depthattn.utils.suggest import did_you_mean
+from depthattn.utils.text_files import read_utf8
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -56,23 +64,28 @@ class TrainConfig:
     keep_checkpoints: int = 2  # older step checkpoints are removed; the final model is kept
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
     progress: bool = True  # tqdm progress bar
+    # --- safety ---
+    max_bad_steps: int = 10  # non-finite steps in a row (each skipped) before the run stops
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("seq_len", "micro_batch_size", "steps", "vocab_size"):
             require_positive_int(name, getattr(self, name))
         for name in ("global_batch_tokens", "log_every", "eval_every", "eval_windows",
                      "checkpoint_every", "seed"):
             require_int(name, getattr(self, name), 0)
         require_int("keep_checkpoints", self.keep_checkpoints, 1)
-        if not self.lr > 0:
-            raise ValueError(f"lr ({self.lr!r}) must be > 0")
+        require_int("max_bad_steps", self.max_bad_steps, 1)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr ({self.lr!r}) must be > 0 and finite")
         for name in ("min_lr_ratio", "warmup_ratio", "beta1", "beta2"):
             value = getattr(self, name)
-            if not 0 <= value < 1 and not (name == "min_lr_ratio" and value == 1):
-                raise ValueError(f"{name} ({value!r}) must be in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
-            raise ValueError(f"weight_decay ({self.weight_decay}) and grad_clip "
-                             f"({self.grad_clip}) must be >= 0 and eps ({self.eps}) > 0")
+            closed = name == "min_lr_ratio"  # 1: a constant LR after warmup
+            if not (0 <= value < 1 or (closed and value == 1)):
+                raise ValueError(f"{name} ({value!r}) must be in [0, {'1]' if closed else '1)'}")
+        for name in ("weight_decay", "grad_clip"):
+            require_number(name, getattr(self, name), 0.0)
+        require_number("eps", self.eps, 0.0, strict=True)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype ({self.dtype!r}) must be one of {', '.join(DTYPES)}")
         micro_tokens = self.micro_batch_size * self.seq_len
@@ -108,6 +121,28 @@ class TrainConfig:
         write_json_atomic(path, self.to_dict())
 
 
+# What each annotation admits, and how an error says it. Numbers admit integers (``lr=1``
+# parses as one), never booleans, which Python counts as integers.
+_TYPES: dict[str, tuple[Any, str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (is_int, "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "dict[str, Any]": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                       "a table / JSON object, e.g. {\"stride\": 2}"),
+}
+
+
+def check_field_types(config: TrainConfig) -> None:
+    """Each field of the annotated type, before any range check compares it with a number."""
+    for f in dataclasses.fields(config):
+        admits, kind = _TYPES[f.type]
+        value = getattr(config, f.name)
+        if not admits(value):
+            raise ValueError(f"{f.name} ({value!r}) must be {kind}, not "
+                             f"{type(value).__name__}")
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -129,27 +164,43 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist (shipped configs: "
                                 f"{', '.join(shipped_configs())})")
-    text = path.read_text()
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+    data = _parse_config_text(path, read_utf8(path, "config file"))
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a table of fields, not "
+                         f"{type(data).__name__}")
+    data = data.get("train", data)
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        hints = "".join(did_you_mean(name, field_names()) for name in unknown[:1])
+        raise ValueError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}{hints}; "
+                         f"allowed: {', '.join(field_names())}")
+    return data
+
+
+def _parse_config_text(path: Path, text: str) -> Any:
+    """TOML, YAML or JSON by suffix; a syntax error names the file and where in it."""
     if path.suffix == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib
-        data = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+    import yaml
 
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config file {path} must end in .toml, .yaml, .yml or .json")
-    data = data.get("train", data)
-    unknown = sorted(set(data) - set(field_names()))
-    if unknown:
-        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; allowed: "
-                         f"{', '.join(field_names())}")
-    return data
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {error}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -160,15 +211,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip().replace("-", "_")
     if key not in field_names():
-        raise ValueError(f"override {key!r} is not a training field; allowed: "
+        raise ValueError(f"override {key!r} is not a training field"
+                         f"{did_you_mean(key, field_names())}; allowed: "
                          f"{', '.join(field_names())}")
     return key, parse_value(raw)
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                      **fields: Any) -> TrainConfig:
-    """File fields, then ``key=value`` overrides, then keyword fields, validated once."""
-    data = read_config_file(path) if path is not None else {}
+                      base: dict[str, Any] | None = None, **fields: Any) -> TrainConfig:
+    """``base`` (e.g. a run's saved config), then file fields, then ``key=value`` overrides,
+    then keyword fields, validated once."""
+    data = dict(base or {})
+    data.update(read_config_file(path) if path is not None else {})
     for text in overrides or []:
         key, value = parse_override(text)
         data[key] = value

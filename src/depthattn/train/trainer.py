@@ -1,5 +1,9 @@
 """The training loop: data → model → AdamW with warmup + cosine → metrics, evaluation and
-atomic checkpoints; ``resume=True`` continues a run exactly (same batches, same losses)."""
+atomic checkpoints; ``resume=True`` continues a run exactly (same batches, same losses), also
+after the process was killed at any point (it restarts from the newest checkpoint that
+verifies). SIGTERM / SIGINT write a checkpoint and stop (``signals``); a non-finite step is
+skipped (``guard``); memory, disk, data and tokenizer are checked before any work
+(``preflight``, ``depthattn.data.verify``)."""
 
 from __future__ import annotations
 
@@ -18,22 +22,28 @@ from depthattn.data.loader import IGNORE_INDEX, TrainBatches, ValidationBatches
 from depthattn.data.resolve import resolve_data
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import check_vocab_fits
+from depthattn.data.verify import verify_prepared
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
 from depthattn.model.transformer import CausalLM
 from depthattn.run_dir import RunDir
 from depthattn.serialization import save_model
+from depthattn.train import faults
 from depthattn.train.checkpoint import load_checkpoint, save_checkpoint
 from depthattn.train.config import TrainConfig
+from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
 from depthattn.train.metrics import MetricsLog
 from depthattn.train.optim import build_optimizer, build_scheduler
+from depthattn.train.preflight import check_disk, check_memory, count_parameters
+from depthattn.train.signals import StopOnSignal, TrainingStopped
 from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.devices import autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
-# Fields that may change when a run is resumed; any other difference is refused.
+# Fields that may change when a run is resumed; any other difference is refused. (run_dir:
+# the run is wherever it is now; a moved run, or one named by another path, resumes.)
 RESUMABLE_CHANGES = {"progress", "tensorboard", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints", "device"}
+                     "keep_checkpoints", "device", "max_bad_steps", "run_dir"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,17 @@ def changed_fields(run: RunDir, config: TrainConfig) -> list[str]:
 
 
 def _check_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> None:
+    if run.path.exists() and not run.path.is_dir():
+        raise ValueError(f"run_dir {run.path} is a file, not a folder; choose another run_dir")
     if not run.is_run():
+        # Leftovers of interrupted atomic writes do not make a folder "something else".
+        others = sorted(p.name for p in run.path.iterdir()
+                        if ".tmp-" not in p.name) if run.path.is_dir() else []
+        if others:
+            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise ValueError(f"run_dir {run.path} holds something else than a training run "
+                             f"({len(others)} entries: {listed}) and no train_config.json; "
+                             f"choose a new or empty folder")
         return
     if not resume:
         raise ValueError(f"run_dir {run.path} already holds a run; pass resume (--resume) to "
@@ -66,6 +86,19 @@ def _check_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> None:
                          f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
 
 
+def _resume_point(run: RunDir) -> Path | None:
+    """The newest intact checkpoint; refuse when checkpoints exist but none verifies (starting
+    over would silently throw the run away)."""
+    checkpoint, skipped = run.find_checkpoint()
+    for reason in skipped:
+        log.warning("skipping corrupt checkpoint %s", reason)
+    if checkpoint is None and skipped:
+        raise ValueError(f"no checkpoint of {run.path} verifies, so the run cannot resume: "
+                         f"{'; '.join(skipped)}. Move the checkpoints away to train it again "
+                         f"from the start")
+    return checkpoint
+
+
 def train(config: TrainConfig, resume: bool = False) -> RunResult:
     """Train one run into ``config.run_dir``; returns the final validation result."""
     run = RunDir(config.run_dir)
@@ -73,6 +106,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(config.dtype, device)
     # --- every check before any work ---
+    config.model_config()  # preset, method and options, before data preparation can start
     _check_run_dir(run, config, resume)
     manifest = resolve_data(config.data, config.vocab_size, progress=config.progress)
     train_stream = TokenStream(manifest, "train")
@@ -88,6 +122,11 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
                                     max_seq_len=model_config.max_seq_len)
     final_val_batches = ValidationBatches(val_stream, config.seq_len, config.micro_batch_size,
                                           max_seq_len=model_config.max_seq_len)
+    parameters = count_parameters(model_config)
+    check_memory(model_config, config, device, amp_dtype, parameters)
+    check_disk(run_dir, parameters)
+    verify_prepared(manifest)
+    checkpoint = _resume_point(run) if resume and run.is_run() else None
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run.config_file)
@@ -97,16 +136,20 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     model.model.activation_checkpointing = config.activation_checkpointing
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
+    guard = NonFiniteGuard(config.max_bad_steps)
     start_step = 0
-    checkpoint = run.latest_checkpoint() if resume else None
     if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, model, optimizer, scheduler)["step"]
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        start_step = state["step"]
+        guard.restore(state)
     # Training goes through CausalLM.loss (chunked cross-entropy: no full logits); evaluation
     # through forward. Compiling the bound method compiles the whole loss, decoder included.
     forward = torch.compile(model) if config.compile else model
     train_loss = torch.compile(model.loss) if config.compile else model.loss
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
+    # Records after the resumed step were written by the interrupted process and are written
+    # again now: drop them, so no step appears twice.
     metrics = MetricsLog(run, resume_step=start_step if resume else None,
                          tensorboard=config.tensorboard)
     num_params = model.num_parameters()
@@ -117,6 +160,13 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         return evaluate_perplexity(forward, final_val_batches if final else val_batches, device,
                                    amp_dtype)
 
+    def checkpoint_at(done: int) -> Path:
+        # Metrics up to this step reach the disk before a checkpoint says the step is done.
+        metrics.sync()
+        return save_checkpoint(run.checkpoints_dir, done, model, optimizer, scheduler,
+                               {"tokens": done * config.tokens_per_step, **guard.state()},
+                               keep=config.keep_checkpoints)
+
     model.train()
     val: EvalResult | None = None
     interval_start, interval_tokens, throughput = time.perf_counter(), 0, 0.0
@@ -124,43 +174,57 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     bar = tqdm(total=config.steps, initial=start_step, desc=f"train {model_config.method}",
                disable=not config.progress, dynamic_ncols=True)
     try:
-        for step in range(start_step, config.steps):
-            inputs, targets = batches.batch(step)
-            step_loss = 0.0
-            for micro_inputs, micro_targets in zip(inputs.chunk(accumulation),
-                                                   targets.chunk(accumulation)):
-                with autocast:
-                    loss = train_loss(micro_inputs.to(device), micro_targets.to(device),
-                                      ignore_index=IGNORE_INDEX) / accumulation
-                loss.backward()
-                step_loss += loss.item()
-            max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            interval_tokens += config.tokens_per_step
-            last = done == config.steps
-            bar.update(1)
-            if config.log_every and (done % config.log_every == 0 or last):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                now = time.perf_counter()
-                throughput = interval_tokens / (now - interval_start)
-                metrics.write({"step": done, "tokens": done * config.tokens_per_step,
-                               "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                               "tokens_per_s": throughput, "elapsed_s": now - run_start})
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{throughput:,.0f}")
-                interval_start, interval_tokens = now, 0
-            if last or (config.eval_every and done % config.eval_every == 0):
-                val = evaluate(final=last)
-                metrics.write({"step": done, **val.as_dict()})
-            if last or (config.checkpoint_every and done % config.checkpoint_every == 0):
-                save_checkpoint(run.checkpoints_dir, done, model, optimizer, scheduler,
-                                {"tokens": done * config.tokens_per_step},
-                                keep=config.keep_checkpoints)
+        with StopOnSignal() as stop:
+            for step in range(start_step, config.steps):
+                inputs, targets = batches.batch(step)
+                step_loss = 0.0
+                for micro_inputs, micro_targets in zip(inputs.chunk(accumulation),
+                                                       targets.chunk(accumulation)):
+                    with autocast:
+                        loss = train_loss(micro_inputs.to(device), micro_targets.to(device),
+                                          ignore_index=IGNORE_INDEX) / accumulation
+                    loss.backward()
+                    step_loss += loss.item()
+                max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                faults.in_step(step)
+                lr = optimizer.param_groups[0]["lr"]
+                skip = guard.reason_to_skip(step_loss, grad_norm)
+                if skip is None:
+                    optimizer.step()
+                # The schedule advances either way: the LR stays a function of the step.
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                guard.record(skip is not None)
+                done = step + 1
+                interval_tokens += config.tokens_per_step
+                last = done == config.steps
+                bar.update(1)
+                if skip is not None:
+                    log.warning("step %d skipped: %s (%d skipped so far)", done, skip,
+                                guard.skipped_steps)
+                    metrics.write({"step": done, "skipped": skip, **guard.state()})
+                    if guard.exhausted:
+                        raise NonFiniteTraining(_diverged_message(run, done, guard, skip))
+                elif config.log_every and (done % config.log_every == 0 or last):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    now = time.perf_counter()
+                    throughput = interval_tokens / (now - interval_start)
+                    metrics.write({"step": done, "tokens": done * config.tokens_per_step,
+                                   "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                                   "skipped_steps": guard.skipped_steps,
+                                   "tokens_per_s": throughput, "elapsed_s": now - run_start})
+                    bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{throughput:,.0f}")
+                    interval_start, interval_tokens = now, 0
+                if last or (config.eval_every and done % config.eval_every == 0):
+                    val = evaluate(final=last)
+                    metrics.write({"step": done, **val.as_dict()})
+                saved = last or (config.checkpoint_every and done % config.checkpoint_every == 0)
+                if saved or stop.requested is not None:
+                    written = checkpoint_at(done)
+                if stop.requested is not None and not last:
+                    raise TrainingStopped(stop.requested, done, config.steps, written, run_dir)
     finally:
         bar.close()
         metrics.close()
@@ -168,13 +232,24 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         val = evaluate(final=True)
     save_model(model, run.model_dir)
     result = RunResult(run_dir, config.steps, val, num_params, throughput)
-    write_json_atomic(run.summary_file, _summary(result, config, model_config))
+    write_json_atomic(run.summary_file, _summary(result, config, model_config,
+                                                guard.skipped_steps))
     return result
 
 
-def _summary(result: RunResult, config: TrainConfig, model_config: Any) -> dict[str, Any]:
+def _diverged_message(run: RunDir, step: int, guard: NonFiniteGuard, reason: str) -> str:
+    good = run.latest_checkpoint()
+    where = (f"the last good checkpoint is {good}" if good is not None
+             else "no checkpoint was written yet")
+    return (f"training stopped at step {step}: {guard.streak} steps in a row were skipped "
+            f"(max_bad_steps {guard.max_bad_steps}; the last: {reason}); {where}. Lower lr, "
+            f"raise warmup_ratio or check the data before resuming")
+
+
+def _summary(result: RunResult, config: TrainConfig, model_config: Any,
+             skipped_steps: int) -> dict[str, Any]:
     return {"method": model_config.method, "method_options": model_config.method_options,
             "seed": config.seed, "steps": result.step,
             "tokens": result.step * config.tokens_per_step,
             "num_parameters": result.num_parameters, "tokens_per_s": result.tokens_per_s,
-            **result.val.as_dict()}
+            "skipped_steps": skipped_steps, **result.val.as_dict()}

@@ -1,9 +1,12 @@
-"""Atomic file writes: a file with its final name is always complete.
+"""Atomic, durable file writes: a file with its final name is always complete.
 
-Each write goes to a sibling temporary name and is moved into place with ``os.replace``, which
-is atomic on POSIX and Windows; on any error the temporary file is removed. So "the file
-exists" can safely mean "that step is finished", and an interrupted write never replaces a good
-file with half of a new one.
+Each write goes to a sibling temporary name, is flushed to the disk (``fsync`` of the file),
+moved into place with ``os.replace`` (atomic on POSIX and Windows) and the rename itself is made
+durable (``fsync`` of the parent directory). On any error the temporary file is removed. So "the
+file exists" can safely mean "that step is finished", an interrupted write never replaces a good
+file with half of a new one, and a power cut right after a write cannot undo it: without the
+fsyncs the kernel may persist the rename before the data, leaving a complete-looking name over
+empty blocks.
 """
 
 from __future__ import annotations
@@ -22,35 +25,76 @@ def temp_path(final: str | Path) -> Path:
     return final.with_name(f"{final.name}.tmp-{os.getpid()}")
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the renames and creations inside a directory durable (POSIX; a no-op on Windows,
+    which cannot open directories and commits renames with the file system journal)."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and directory under ``root`` (files first, then their folders)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(folder, name))
+        fsync_dir(folder)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` to produce the file under a temporary name, then rename it."""
+    """Call ``write(tmp)`` to produce the file under a temporary name, fsync it, rename it."""
     path = Path(path)
     tmp = temp_path(path)
     try:
         write(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
 
 
 def atomic_dir(final: str | Path, write: Callable[[Path], None], replace: bool = False) -> Path:
-    """Call ``write(staging)`` to fill a hidden sibling folder, then rename it to ``final``, so
-    the folder appears complete or not at all. ``replace``: an existing ``final`` is removed
-    first (else renaming onto a non-empty folder fails)."""
+    """Call ``write(staging)`` to fill a hidden sibling folder, fsync everything in it, then
+    rename it to ``final``, so the folder appears complete or not at all. ``replace``: an
+    existing ``final`` is removed first (else renaming onto a non-empty folder fails)."""
     final = Path(final)
     staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         write(staging)
+        fsync_tree(staging)
+        # The old folder is moved aside, not deleted, before the new one takes its name: an
+        # interruption between the two renames leaves both copies on disk, and a failed
+        # rename puts the old one back.
         if replace and final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if aside.exists() and not final.exists():
+            os.replace(aside, final)
         raise
+    fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
     return final
 
 

@@ -14,11 +14,13 @@ and all tested against it, forward and backward:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -39,7 +41,13 @@ _ENV_VAR = "DEPTHATTN_DEPTH_MIX"
 # Up to this many tokens (batch × new tokens) per call, launching operations costs more than
 # stacking the sources: decoding takes the stacked path (benchmarks/depth_mix_kernel.py).
 _FEW_TOKENS = 8
-_forced: str | None = None
+# The forced implementation lives in a context variable, not a module global: each thread (and
+# each asyncio task) has its own, so one thread forcing "reference" for a check never changes
+# what a model running in another thread computes with. (Autograd's CUDA worker threads do not
+# inherit it: a block recomputed there by activation checkpointing takes the automatic choice,
+# which every implementation matches to within the tested tolerances.)
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("depth_mix_impl",
+                                                                      default=None)
 _loaded: dict[str, DepthMixFn] = {}
 
 
@@ -79,12 +87,30 @@ def get_depth_mix_impl(name: str) -> DepthMixFn:
 
 
 def set_depth_mix_impl(name: str | None) -> None:
-    """Force one implementation for every later call (None: automatic choice).
-    The environment variable DEPTHATTN_DEPTH_MIX does the same."""
-    global _forced
+    """Force one implementation for every later call in this thread (None: automatic choice).
+    ``use_depth_mix`` does it for a block only; the environment variable DEPTHATTN_DEPTH_MIX
+    forces one for the whole process."""
     if name is not None:
         _check_known(name)
-    _forced = name
+    _forced.set(name)
+
+
+@contextlib.contextmanager
+def use_depth_mix(name: str | None) -> Iterator[None]:
+    """``with use_depth_mix("reference"): model(ids)`` — force an implementation inside the
+    block, in this thread only, and restore the previous choice on leaving it."""
+    if name is not None:
+        _check_known(name)
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_depth_mix() -> str | None:
+    """The implementation forced in this thread (by call or block), or None."""
+    return _forced.get()
 
 
 def automatic_choice(q: torch.Tensor) -> str:
@@ -103,7 +129,7 @@ def automatic_choice(q: torch.Tensor) -> str:
 
 
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
-    name = _forced or os.environ.get(_ENV_VAR) or automatic_choice(q)
+    name = _forced.get() or os.environ.get(_ENV_VAR) or automatic_choice(q)
     if name not in _LOCATIONS:
         raise ValueError(f"{_ENV_VAR} ({name!r}) names no depth-mix implementation; allowed: "
                          f"{', '.join(IMPLEMENTATIONS)}")

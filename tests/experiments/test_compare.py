@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from depthattn.analysis.stats import paired_difference
-from depthattn.compare import parse_method, run_compare
+from depthattn.experiments.compare import parse_method, run_compare
 
 
 def test_compare_two_methods_two_seeds_writes_table_json_and_plots(tiny_train_config, tmp_path,

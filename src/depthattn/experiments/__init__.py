@@ -1,0 +1,1 @@
+"""Experiments over runs: comparisons of methods over seeds, sweeps over a field, the report."""

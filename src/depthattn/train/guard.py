@@ -1,0 +1,50 @@
+"""The non-finite guard: a step whose loss or gradient norm is NaN or infinite is skipped (no
+optimizer update), counted, and after ``max_bad_steps`` such steps in a row the run stops.
+
+One bad batch or a rare overflow should not poison the weights (AdamW would write the NaN into
+every parameter and both moment estimates, for good); a run that keeps diverging should stop
+early and say where, not burn its budget producing NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class NonFiniteTraining(RuntimeError):
+    """Too many non-finite steps in a row; the message names the step and the last good
+    checkpoint."""
+
+
+@dataclass
+class NonFiniteGuard:
+    max_bad_steps: int
+    skipped_steps: int = 0  # over the whole run (kept in checkpoints)
+    streak: int = 0  # consecutive skipped steps up to now
+
+    def reason_to_skip(self, loss: float, grad_norm: float) -> str | None:
+        """Why this step must not update the weights, or None when it may."""
+        if not math.isfinite(loss):
+            return f"non-finite loss ({loss})"
+        if not math.isfinite(grad_norm):
+            return f"non-finite gradient norm ({grad_norm})"
+        return None
+
+    def record(self, skipped: bool) -> None:
+        if skipped:
+            self.skipped_steps += 1
+            self.streak += 1
+        else:
+            self.streak = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.streak >= self.max_bad_steps
+
+    def state(self) -> dict[str, int]:
+        return {"skipped_steps": self.skipped_steps, "bad_streak": self.streak}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.streak = int(state.get("bad_streak", 0))
