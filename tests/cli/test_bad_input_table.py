@@ -59,39 +59,26 @@ for _number in (1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 23, 
     SETUPS[_number] = nothing
 
 
-@setup(2)
-def typo_toml(folder, prepared):
-    (folder / "typo.toml").write_text("warmup = 0.1\n")
+# rows that need one small file: row -> (name, bytes)
+FILES = {
+    2: ("typo.toml", b"warmup = 0.1\n"),
+    20: ("notes.txt", b"steps = 3\n"),
+    21: ("broken.toml", b"steps = = 3\n"),
+    22: ("latin1.toml", "# café\nsteps = 3\n".encode("latin-1")),
+    24: ("empty.txt", b"\n\n  \n"),
+    25: ("latin1.txt", "Ophélie sings.\n".encode("latin-1")),
+    26: ("corpus.txt", b"To be, or not to be.\n"),
+}
 
 
-@setup(20)
-def notes_txt(folder, prepared):
-    (folder / "notes.txt").write_text("steps = 3\n")
+def _writes(name: str, data: bytes) -> Callable[[Path, Path], None]:
+    def write(folder: Path, prepared: Path) -> None:
+        (folder / name).write_bytes(data)
+    return write
 
 
-@setup(21)
-def broken_toml(folder, prepared):
-    (folder / "broken.toml").write_text("steps = = 3\n")
-
-
-@setup(22)
-def latin1_toml(folder, prepared):
-    (folder / "latin1.toml").write_bytes('# café\nsteps = 3\n'.encode("latin-1"))
-
-
-@setup(24)
-def empty_corpus(folder, prepared):
-    (folder / "empty.txt").write_text("\n\n  \n")
-
-
-@setup(25)
-def latin1_corpus(folder, prepared):
-    (folder / "latin1.txt").write_bytes("Ophélie sings.\n".encode("latin-1"))
-
-
-@setup(26)
-def a_corpus(folder, prepared):
-    (folder / "corpus.txt").write_text("To be, or not to be.\n")
+for _number, (_name, _data) in FILES.items():
+    SETUPS[_number] = _writes(_name, _data)
 
 
 def copy_prepared(folder: Path, prepared: Path) -> Path:

@@ -6,17 +6,13 @@ import pytest
 import torch
 
 from depthattn.ops.depth_mix import depth_mix, set_depth_mix_impl
-from depthattn.ops.depth_mix.dispatch import (IMPLEMENTATIONS, automatic_choice,
-                                              available_depth_mix_impls, get_depth_mix_impl,
-                                              select_depth_mix)
-
-
-@pytest.fixture(autouse=True)
-def nothing_forced(monkeypatch):
-    monkeypatch.delenv("DEPTHATTN_DEPTH_MIX", raising=False)
-    set_depth_mix_impl(None)
-    yield
-    set_depth_mix_impl(None)
+from depthattn.ops.depth_mix.dispatch import (
+    IMPLEMENTATIONS,
+    automatic_choice,
+    available_depth_mix_impls,
+    get_depth_mix_impl,
+    select_depth_mix,
+)
 
 
 def test_cpu_training_reads_the_sources_in_place():

@@ -16,14 +16,6 @@ from depthattn.ops.depth_mix.dispatch import (
 )
 
 
-@pytest.fixture(autouse=True)
-def nothing_forced(monkeypatch):
-    monkeypatch.delenv("DEPTHATTN_DEPTH_MIX", raising=False)
-    set_depth_mix_impl(None)
-    yield
-    set_depth_mix_impl(None)
-
-
 def test_use_depth_mix_forces_inside_the_block_and_restores_after():
     q = torch.randn(1, 4, 3, 8)
     with use_depth_mix("reference"):

@@ -18,6 +18,17 @@ def pyplot():
     return plt
 
 
+def save(fig, ax, path: Path, title: str) -> Path:
+    """Title, grid and legend, then the PNG; the figure is closed."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
 def plot_val_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], path: Path,
                     title: str = "validation loss") -> Path:
     """curves[method] = one [(tokens, val_loss), ...] list per seed; mean line ± std band."""
@@ -33,13 +44,7 @@ def plot_val_curves(curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]],
             ax.fill_between(points, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, title)
 
 
 def plot_final_bars(finals: Mapping[str, Sequence[float]], path: Path,
@@ -89,10 +94,5 @@ def plot_sweep(field: str, values: Sequence, rows: Sequence[Mapping], baseline: 
     ax.set_xticklabels([str(v) for v in values])
     ax.set_xlabel(field)
     ax.set_ylabel(f"Δ validation loss vs {baseline} (nats/token)")
-    ax.set_title(f"loss difference to {baseline} against {field} (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path,
+                f"loss difference to {baseline} against {field} (mean ± std over seeds)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -32,24 +32,8 @@ def evaluate_perplexity(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
                         autocast_dtype: torch.dtype | None = None,
                         progress: bool = False) -> EvalResult:
     """Sum of token NLLs (float64) over every target that is not IGNORE_INDEX."""
-    was_training = model.training
-    model.eval()
-    device = torch.device(device)
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    total, count = 0.0, 0
-    total_batches = len(batches) if hasattr(batches, "__len__") else None
-    for inputs, targets in tqdm(batches, total=total_batches, desc="eval", disable=not progress,
-                                leave=False):
-        inputs, targets = inputs.to(device), targets.to(device)
-        with autocast:
-            logits = model(inputs)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                              ignore_index=IGNORE_INDEX, reduction="sum")
-        total += float(nll.double())
-        count += int((targets != IGNORE_INDEX).sum())
-    model.train(was_training)
-    return _result(total, count)
+    return _evaluate(model, batches, device, autocast_dtype, progress, "eval",
+                     lambda inputs: [model(inputs)])
 
 
 @torch.no_grad()
@@ -66,6 +50,22 @@ def evaluate_perplexity_cached(model: torch.nn.Module,
     from depthattn.model.cache import KVCache
 
     require_int("prefill_chunk", prefill_chunk, 1)
+
+    def chunks(inputs: torch.Tensor) -> Iterator[torch.Tensor]:
+        B, T = inputs.shape
+        cache = KVCache.for_model(model, B, T, kv_format=kv_format, dtype=autocast_dtype)
+        for start in range(0, T, prefill_chunk):
+            yield model(inputs[:, start:start + prefill_chunk], cache=cache)
+
+    return _evaluate(model, batches, device, autocast_dtype, progress,
+                     f"eval ({kv_format} cache)", chunks)
+
+
+def _evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              device: torch.device | str, autocast_dtype: torch.dtype | None, progress: bool,
+              desc: str, logits_of: Callable[[torch.Tensor], Iterable[torch.Tensor]]) -> EvalResult:
+    """The NLL sum over every batch; ``logits_of(inputs)`` yields the logits of consecutive
+    position chunks (one chunk: the whole window)."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -73,19 +73,18 @@ def evaluate_perplexity_cached(model: torch.nn.Module,
                 else contextlib.nullcontext())
     total, count = 0.0, 0
     total_batches = len(batches) if hasattr(batches, "__len__") else None
-    for inputs, targets in tqdm(batches, total=total_batches, desc=f"eval ({kv_format} cache)",
-                                disable=not progress, leave=False):
+    for inputs, targets in tqdm(batches, total=total_batches, desc=desc, disable=not progress,
+                                leave=False):
         inputs, targets = inputs.to(device), targets.to(device)
-        B, T = inputs.shape
-        cache = KVCache.for_model(model, B, T, kv_format=kv_format,
-                                  dtype=autocast_dtype or None)
-        for start in range(0, T, prefill_chunk):
-            with autocast:
-                logits = model(inputs[:, start:start + prefill_chunk], cache=cache)
-            chunk_targets = targets[:, start:start + prefill_chunk]
-            total += float(F.cross_entropy(logits.float().flatten(0, 1), chunk_targets.flatten(),
-                                           ignore_index=IGNORE_INDEX, reduction="sum").double())
-            count += int((chunk_targets != IGNORE_INDEX).sum())
+        start = 0
+        with autocast:
+            for logits in logits_of(inputs):
+                chunk = targets[:, start:start + logits.shape[1]]
+                start += logits.shape[1]
+                nll = F.cross_entropy(logits.float().flatten(0, 1), chunk.flatten(),
+                                      ignore_index=IGNORE_INDEX, reduction="sum")
+                total += float(nll.double())
+                count += int((chunk != IGNORE_INDEX).sum())
     model.train(was_training)
     return _result(total, count)
 
