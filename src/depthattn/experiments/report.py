@@ -52,9 +52,17 @@ def find_comparison(runs_dir: Path) -> tuple[dict[str, Any], Path, dict[str, Any
     return json.loads((runs_dir / "compare.json").read_text()), runs_dir, None
 
 
-def first_runs(compare: dict[str, Any]) -> dict[str, Path]:
-    """method label → the run directory of its first seed."""
-    return {row["method"]: Path(row["runs"][0]["run_dir"]) for row in compare["rows"]}
+def first_runs(compare: dict[str, Any], compare_dir: Path) -> dict[str, Path]:
+    """method label → the run directory of its first seed. compare.json records run
+    directories as given (maybe relative to where compare ran); a comparison keeps them at
+    COMPARE_DIR/LABEL/seedN, which is where they are looked for when the recorded path is not
+    there (the folder was moved, or the report runs from another directory)."""
+    runs = {}
+    for row in compare["rows"]:
+        recorded = Path(row["runs"][0]["run_dir"])
+        runs[row["method"]] = (recorded if (recorded / "train_config.json").is_file()
+                               else compare_dir / recorded.parent.name / recorded.name)
+    return runs
 
 
 def kv_cache_rows(runs: dict[str, Path], windows: int,
@@ -131,21 +139,21 @@ def build_report(runs_dir: str | Path, windows: int = 16) -> tuple[Path, Path]:
     runs_dir = Path(runs_dir)
     require_int("windows", windows, 1)
     compare, compare_dir, sweep = find_comparison(runs_dir)
-    runs = first_runs(compare)
+    runs = first_runs(compare, compare_dir)
     figures_dir = runs_dir / "report_figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
 
     md = [f"# Report: {runs_dir}", "", "## Comparison", ""]
     body = render_markdown(compare).split("\n", 2)[2]  # without its own title
     md += [re.sub(r"\nPlots: .*\n?$", "", body.rstrip()), ""]
-    md += [_figure(Path(p), runs_dir) for p in compare["plots"]] + [""]
+    md += [_figure(compare_dir / Path(p).name, runs_dir) for p in compare["plots"]] + [""]
 
     md += ["## Sweep", ""]
     if sweep is None:
         md += ["No sweep in this folder (`depthattn compare --sweep FIELD=V1,V2,...`).", ""]
     else:
         md += [render_sweep(sweep).split("\n", 2)[2].rsplit("\nPlot:", 1)[0], "",
-               _figure(Path(sweep["plot"]), runs_dir), ""]
+               _figure(runs_dir / Path(sweep["plot"]).name, runs_dir), ""]
 
     md += ["## Depth maps", ""]
     depth_methods = [label for label, path in runs.items()
