@@ -10,6 +10,7 @@ DEFAULT_METHODS = ["vanilla", "depth_attention"]
 # the main job: vanilla, the parameter-free control (every layer mixes in layer 0's value) and
 # Depth-Attention
 QUICKSTART_METHODS = ["vanilla", "value_residual", "depth_attention"]
+QUICKSTART_TASK_LIMIT = 500  # documents per zero-shot task when the quickstart is given --tasks
 QUICKSTART_HELP = ("the README's main job: a small Depth-Attention vs vanilla comparison on the "
                    "offline corpus")
 
@@ -29,8 +30,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool = Fa
     parser.add_argument("--tasks", default=None,
                         help="also report zero-shot accuracy on these lm-eval tasks, e.g. "
                              "corpus_cloze,corpus_continuation or paper ('' for none)")
-    parser.add_argument("--task-limit", type=int, default=500 if quickstart else None,
-                        help="documents per zero-shot task (default: all)")
+    parser.add_argument("--task-limit", type=int, default=None,
+                        help="documents per zero-shot task, with --tasks (default: "
+                             + ("500)" if quickstart else "all)"))
     parser.add_argument("--sweep", default=None, metavar="FIELD=V1,V2,...",
                         help="repeat the comparison at each value of one model or training "
                              "field, e.g. num_layers=4,8,16 or lr=1e-3,3e-3; plots the loss "
@@ -52,12 +54,17 @@ def run_compare(args: argparse.Namespace) -> None:
     from depthattn.experiments.sweep import run_sweep
     from depthattn.train import load_train_config
 
+    if args.task_limit is not None and not args.tasks:
+        raise ValueError("--task-limit applies to zero-shot tasks: give --tasks too")
+    task_limit = args.task_limit
+    if args.quickstart and args.tasks and task_limit is None:
+        task_limit = QUICKSTART_TASK_LIMIT
     config_path = args.config or ("quickstart" if args.quickstart else None)
     base = load_train_config(config_path, args.overrides, progress=not args.no_progress)
     methods = args.methods or (QUICKSTART_METHODS if args.quickstart else DEFAULT_METHODS)
     if args.sweep:
         run_sweep(base, methods, args.seeds, args.out, args.sweep, baseline=args.baseline,
-                  tasks=args.tasks, task_limit=args.task_limit)
+                  tasks=args.tasks, task_limit=task_limit)
     else:
         compare(base, methods, args.seeds, args.out, baseline=args.baseline, tasks=args.tasks,
-                task_limit=args.task_limit)
+                task_limit=task_limit)

@@ -26,22 +26,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute the perplexity through a KV cache stored in this format "
                              "(prefilled --prefill-chunk tokens at a time), so attention reads "
                              "the stored keys and values")
-    parser.add_argument("--prefill-chunk", type=int, default=32,
+    parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="tokens per forward call with --kv-cache (default 32)")
     add_zeroshot_arguments(parser, shared=False)  # --tasks --limit --dtype --tokenizer ...
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    if args.prefill_chunk is not None and args.kv_cache is None:
+        raise ValueError("--prefill-chunk applies with --kv-cache: give a cache format too")
     if args.tasks:  # zero-shot accuracy through lm-eval
-        if args.kv_cache is not None:
-            raise ValueError("--kv-cache applies to the perplexity evaluation, not to --tasks")
+        if args.kv_cache is not None or args.prefill_chunk is not None:
+            raise ValueError("--kv-cache and --prefill-chunk apply to the perplexity "
+                             "evaluation, not to --tasks")
         run_zeroshot(args)
         return
     from depthattn.eval.run import evaluate_path
 
     evaluate_path(args.path, data=args.data, seq_len=args.seq_len, windows=args.windows,
                   batch_size=args.batch_size, device=args.device, kv_cache=args.kv_cache,
-                  prefill_chunk=args.prefill_chunk)
+                  prefill_chunk=32 if args.prefill_chunk is None else args.prefill_chunk)
 
 
 def add_zeroshot_arguments(parser: argparse.ArgumentParser, shared: bool = True) -> None:

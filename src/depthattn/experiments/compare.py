@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from depthattn.analysis.plots import plot_final_bars, plot_val_curves
-from depthattn.crosslayer.registry import get_method, resolve_options
+from depthattn.crosslayer.registry import get_method
 from depthattn.data.resolve import resolve_data
 from depthattn.experiments.tables import Results, method_rows, pairwise, render_markdown
 from depthattn.run_dir import RunDir
@@ -94,9 +94,8 @@ def plan_comparison(base: TrainConfig, methods: list[str], seeds: list[int],
     baseline = baseline or ("vanilla" if "vanilla" in labels else labels[0])
     if baseline not in labels:
         raise ValueError(f"baseline ({baseline!r}) must be one of the methods: {', '.join(labels)}")
-    for run in runs:  # validate every run's model before any work
-        model_cfg = _run_config(base, run, seeds[0], Path(".")).model_config()
-        resolve_options(model_cfg.method, model_cfg.method_options, model_cfg)
+    for run in runs:  # every run's model (ModelConfig resolves its options) before any work
+        _run_config(base, run, seeds[0], Path(".")).model_config()
     return runs, baseline
 
 

@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from depthattn.analysis.analyze_run import analyze_run
 from depthattn.analysis.invariance import invariance_markdown, invariance_table
 from depthattn.analysis.plots import pyplot
@@ -65,9 +67,10 @@ def first_runs(compare: dict[str, Any], compare_dir: Path) -> dict[str, Path]:
     return runs
 
 
-def kv_cache_rows(runs: dict[str, Path], windows: int,
+def kv_cache_rows(runs: dict[str, Path], models: dict[str, torch.nn.Module], windows: int,
                   formats: tuple[str, ...] = KV_FORMATS) -> list[dict[str, Any]]:
-    """Validation loss through a cache in each format, Δ against the unquantized cache."""
+    """Validation loss through a cache in each format, Δ against the unquantized cache;
+    ``models``: each run's loaded model."""
     rows = []
     for label, path in runs.items():
         run = RunDir(path)
@@ -78,7 +81,7 @@ def kv_cache_rows(runs: dict[str, Path], windows: int,
                 rows += [{"method": label, **r} for r in saved["rows"]]
                 continue
         config = run.read_config()
-        model = load_any(path)
+        model = models[label]
         stream = TokenStream(run.data_manifest(prepare=True), "validation")
         batches = list(ValidationBatches(stream, config["seq_len"], config["micro_batch_size"],
                                          max_windows=windows,
@@ -174,14 +177,14 @@ def build_report(runs_dir: str | Path, windows: int = 16) -> tuple[Path, Path]:
            f"Validation loss over {windows} windows computed through a KV cache stored in each "
            f"format (prefilled 32 tokens at a time), against the same windows through an "
            f"unquantized cache.", ""]
-    kv_rows = kv_cache_rows(runs, windows)
+    models = {label: load_any(path) for label, path in runs.items()}  # loaded once, used twice
+    kv_rows = kv_cache_rows(runs, models, windows)
     md += kv_cache_markdown(kv_rows) + ["", _figure(plot_kv_cache(kv_rows, figures_dir /
                                                                   "kv_cache.png"), runs_dir), ""]
 
     md += ["## Batching invariance", "",
            "Max |Δ logit| of one validation-length random sequence against the same sequence "
            "alone: left-padded in a batch, prefilled in chunks of 5, decoded token by token.", ""]
-    models = {label: load_any(path) for label, path in runs.items()}
     seq_len = min(RunDir(p).read_config()["seq_len"] for p in runs.values())
     invariance = invariance_table(models, length=min(seq_len, 64))
     md += invariance_markdown(invariance) + [""]
