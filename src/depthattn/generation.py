@@ -16,6 +16,15 @@ from depthattn.sampling import check_sampling_options, next_token
 from depthattn.utils.checks import require_int
 
 
+def check_left_padded(attention_mask: torch.Tensor) -> None:
+    """All rows advance together, so a prompt's padding must come first: once a row has a
+    real token, every later token is real."""
+    mask = attention_mask.bool()
+    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError("attention_mask has padding after a real token (right padding); "
+                         "generate needs left-padded prompts (tokenizer.padding_side = 'left')")
+
+
 @torch.no_grad()
 def prefill(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             cache: KVCache, chunk_size: int | None = None) -> torch.Tensor:
@@ -49,6 +58,8 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
         require_int("prefill_chunk_size", prefill_chunk_size, 1, hint=" or None")
     if do_sample:
         check_sampling_options(temperature, top_k, top_p)
+    if attention_mask is not None:
+        check_left_padded(attention_mask)
     B, T = input_ids.shape
     limit = model.config.max_seq_len
     if T + max_new_tokens > limit:

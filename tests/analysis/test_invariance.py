@@ -30,8 +30,8 @@ def test_a_cache_that_drops_the_mixed_value_is_caught(monkeypatch):
     sequence, other = random_ids(1, 20, seed=3)[0], random_ids(1, 26, seed=4)[0]
     update = KVCache.update
 
-    def broken(self, layer_idx, k, v):  # keeps the value of layer 3 at zero
-        return update(self, layer_idx, k, v if layer_idx != 3 else torch.zeros_like(v))
+    def broken(self, k, v, layer_idx):  # keeps the value of layer 3 at zero
+        return update(self, k, v if layer_idx != 3 else torch.zeros_like(v), layer_idx)
 
     monkeypatch.setattr(KVCache, "update", broken)
     errors = invariance_errors(model, sequence, other)

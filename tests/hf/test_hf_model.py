@@ -126,7 +126,7 @@ def test_foreign_cache_is_refused(make_model, make_ids):
     from transformers import DynamicCache
 
     _, hf = hf_from_core(make_model)
-    with pytest.raises(ValueError, match="KVCache"):
+    with pytest.raises(ValueError, match="DepthAttnCache"):
         hf(make_ids(1, 3), past_key_values=DynamicCache())
 
 

@@ -45,7 +45,7 @@ def run_generate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model = load_pretrained_any(args.path, device=device).eval()
     check_tokenizer_fits(tokenizer, model)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # transformers' generate samples from the global generator
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k or 0,
                     top_p=args.top_p or 1.0) if args.temperature > 0 else dict(do_sample=False)
     for prompt in args.prompt:
@@ -55,4 +55,4 @@ def run_generate(args: argparse.Namespace) -> None:
         streamer = TextStreamer(tokenizer)
         model.generate(ids, max_new_tokens=args.max_new_tokens,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                       streamer=streamer, generator=generator, **sampling)
+                       streamer=streamer, **sampling)

@@ -27,10 +27,11 @@ Sublayer = Literal["attn", "mlp"]
 
 # --- what one forward call hands every layer and every hook, and drops when it ends ------------
 class LayerCache(Protocol):
-    """The part of a KV cache attention uses (``depthattn.model.cache.KVCache`` is one)."""
+    """The part of a KV cache attention uses (``depthattn.model.cache.DecoderCache``);
+    transformers' ``Cache.update`` argument order."""
 
-    def update(self, layer_idx: int, k: torch.Tensor,
-               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the new tokens' (k, v) of one layer; return the layer's keys and values so far."""
         ...
 

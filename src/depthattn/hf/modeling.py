@@ -2,31 +2,39 @@
 
 No second copy of the model (architecture decision 1): ``self.model`` is the core ``Decoder``
 and ``self.lm_head`` the same ``nn.Linear`` as in ``CausalLM``, so parameter names are Qwen3's
-(``model.embed_tokens.weight``, ..., ``lm_head.weight``). ``generate`` runs the core
-``depthattn.generation.generate`` with our ``KVCache`` (which stores Depth-Attention's mixed
-values) after mapping the ``GenerationConfig``; options it does not implement are refused by name.
+(``model.embed_tokens.weight``, ..., ``lm_head.weight``). ``forward`` takes
+``Qwen3ForCausalLM.forward``'s arguments with their meaning, and ``generate`` is transformers'
+own: its cache is a ``DepthAttnCache`` (a ``transformers.Cache`` holding Depth-Attention's mixed
+values), which generate creates, reorders for beam search and grows.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from torch.utils.checkpoint import checkpoint
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from depthattn.generation import generate as core_generate
+from depthattn.hf.cache import DepthAttnCache
 from depthattn.hf.configuration import DepthAttnConfig
 from depthattn.model.cache import KVCache
-from depthattn.model.transformer import CausalLM, Decoder, lm_logits
+from depthattn.model.transformer import CausalLM, Decoder
+from depthattn.utils.checks import require_int
 
-# GenerationConfig fields that core generation implements.
-SUPPORTED_GENERATION = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k",
-                        "top_p", "eos_token_id", "pad_token_id", "bos_token_id", "use_cache")
-_NOT_OPTIONS = {"transformers_version", "_from_model_config", "decoder_start_token_id",
-                "generation_mode", "cache_implementation", "compile_config"}
+# transformers 5.24 renamed `past_key_values` to `cache` (keeping the old name as an alias);
+# the output field and generate's keyword follow the installed version.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ \
+    else "past_key_values"
+# keywords transformers passes to forward that need nothing from us (loss options, and the
+# positions generate tracks, which the cache knows)
+LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
+IGNORED_KWARGS = ("cache_position",)
 
 
 class DepthAttnPreTrainedModel(PreTrainedModel):
@@ -36,7 +44,7 @@ class DepthAttnPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
     _supports_sdpa = True
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -87,112 +95,121 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
 
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize, then the core config follows (the new ids are accepted at once)."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.core_config = self.config.to_model_config()
+        self.model.config = self.core_config
+        return embeddings
+
     # --- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
-                past_key_values: KVCache | None = None,
+                past_key_values: DepthAttnCache | KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None,
                 use_cache: bool | None = None,
-                logits_to_keep: int = 0,
-                **kwargs: Any) -> CausalLMOutputWithPast:
-        """input_ids (B, T) → logits (B, T, V); ``loss`` (next-token cross-entropy, -100 ignored)
-        when ``labels`` are given. ``past_key_values`` may be a core ``KVCache`` (appended to);
-        other Hugging Face cache objects are refused."""
-        if input_ids is None or kwargs.get("inputs_embeds") is not None:
-            raise ValueError("pass input_ids (inputs_embeds is not supported)")
-        if past_key_values is not None and not isinstance(past_key_values, KVCache):
-            raise ValueError(f"past_key_values must be a depthattn KVCache (it stores "
-                             f"Depth-Attention's mixed values), not "
-                             f"{type(past_key_values).__name__}")
-        logits = lm_logits(self.model, self.lm_head, input_ids, attention_mask, past_key_values,
-                           position_ids, logits_to_keep)
+                output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None,
+                return_dict: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0,
+                cache: DepthAttnCache | KVCache | None = None,
+                **kwargs: Any) -> CausalLMOutputWithPast | tuple:
+        """``Qwen3ForCausalLM.forward``: input_ids (B, T) or inputs_embeds (B, T, D) → logits;
+        ``loss`` (shifted cross-entropy, -100 ignored) with ``labels``. attention_mask: (B, T),
+        or (B, past + T) with a cache, 0 at padding. ``past_key_values`` (``cache`` in
+        transformers >= 5.24): a ``DepthAttnCache`` (or a core ``KVCache``), appended to; with
+        ``use_cache`` (default: the config's, off while checkpointing activations in training)
+        and none given, a new one is returned. ``output_hidden_states``: Qwen3's L + 1 states."""
+        if output_attentions if output_attentions is not None else self.config.output_attentions:
+            raise ValueError("output_attentions=True is not supported: attention runs in "
+                             "PyTorch's scaled_dot_product_attention, which returns no weights")
+        unknown = sorted(set(kwargs) - set(LOSS_KWARGS) - set(IGNORED_KWARGS))
+        if unknown:
+            raise ValueError(f"forward got unexpected argument(s) {', '.join(unknown)}")
+        if cache is not None and past_key_values is not None:
+            raise ValueError("pass the cache as past_key_values or as cache, not both")
+        cache = past_key_values if cache is None else cache
+        if cache is not None and not isinstance(cache, (DepthAttnCache, KVCache)):
+            raise ValueError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
+                             f"it stores Depth-Attention's mixed values and the padding), not "
+                             f"{type(cache).__name__}")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
+                             f"shape {tuple(attention_mask.shape)}")
+        checkpointing = self.model.activation_checkpointing and self.training \
+            and torch.is_grad_enabled()
+        if use_cache is None:
+            use_cache = bool(self.config.use_cache) and not checkpointing
+        if cache is None and use_cache:
+            cache = DepthAttnCache(self.config)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        states: list[torch.Tensor] | None = [] if output_hidden_states else None
+
+        hidden = self.model(input_ids, attention_mask, cache, position_ids,
+                            inputs_embeds=inputs_embeds, hidden_states=states)  # (B, T, D)
+        if isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]  # positions to keep
+        else:
+            require_int("logits_to_keep", logits_to_keep, 0)
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
+            loss_kwargs = {k: v for k, v in kwargs.items() if k in LOSS_KWARGS}
             loss = self.loss_function(logits=logits, labels=labels,
-                                      vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+                                      vocab_size=self.config.vocab_size, **loss_kwargs)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits,
+                                        hidden_states=None if states is None else tuple(states),
+                                        **{CACHE_FIELD: cache})
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        return output if return_dict else output.to_tuple()
 
-    # --- generation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None,
-                 generation_config: GenerationConfig | None = None,
-                 attention_mask: torch.Tensor | None = None, streamer: Any = None,
-                 generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
-        """Hugging Face's ``generate`` signature on our cached decoding: greedy or sampling
-        (temperature, top_k, top_p), ``max_new_tokens``/``max_length``, EOS and pad ids,
-        left-padded batches (``attention_mask``), a streamer with ``put()``/``end()``.
-        Returns (B, T + generated) token ids; finished rows are filled with the pad id."""
-        if input_ids is None:
-            input_ids = kwargs.pop("inputs", None)
-        if input_ids is None:
-            raise ValueError("generate needs input_ids (B, T)")
-        config = copy.deepcopy(generation_config or self.generation_config)
-        unused = config.update(**kwargs)
-        if unused:
-            raise ValueError(f"generate got unsupported argument(s) {', '.join(sorted(unused))}; "
-                             f"supported: {', '.join(SUPPORTED_GENERATION)}, attention_mask, "
-                             f"streamer, generator")
-        options = _resolve_generation_options(config, input_ids.shape[1])
-        limit = self.core_config.max_seq_len
-        if input_ids.shape[1] + options["max_new_tokens"] > limit:  # before anything streams
-            raise ValueError(f"prompt length ({input_ids.shape[1]}) + max_new_tokens "
-                             f"({options['max_new_tokens']}) exceeds max_seq_len ({limit})")
-        if attention_mask is None and options["pad_token_id"] is not None:
-            # as Hugging Face: pad tokens in the prompt are padding unless pad is also EOS
-            eos = options["eos_token_id"]
-            eos = [eos] if isinstance(eos, int) else (eos or [])
-            pad = options["pad_token_id"]
-            if pad not in eos and bool((input_ids == pad).any()):
-                attention_mask = (input_ids != pad).long()
-        if attention_mask is not None:
-            _check_left_padded(attention_mask)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        try:
-            return core_generate(
-                self.core(), input_ids, attention_mask=attention_mask,
-                generator=generator,
-                streamer=None if streamer is None else (lambda token: streamer.put(token.cpu())),
-                **options)
-        finally:
-            if streamer is not None:
-                streamer.end()
+    # --- generation: transformers' own, with our cache ------------------------------------------
+    def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict,
+                                      *args: Any, **kwargs: Any) -> Any:
+        """transformers prepares a ``DynamicCache`` (unless the caller passed a cache); ours
+        takes its place. Other cache implementations (static, quantized, offloaded) would not
+        hold the padding record Depth-Attention's decoding needs, and are refused."""
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args,
+                                                       **kwargs)
+        for key in ("cache", "past_key_values"):
+            made = model_kwargs.get(key)
+            if made is None or isinstance(made, (DepthAttnCache, KVCache)) \
+                    or getattr(made, "_is_user_defined", False):
+                continue  # ours, or the caller's (forward checks its type)
+            if type(made) is DynamicCache and not made.offloading:
+                model_kwargs[key] = DepthAttnCache(self.config)
+            elif isinstance(made, Cache):
+                raise ValueError(f"cache_implementation="
+                                 f"{generation_config.cache_implementation!r} is not supported: "
+                                 f"depthattn models decode with their DepthAttnCache; leave "
+                                 f"cache_implementation unset")
+        return result
 
-
-def _resolve_generation_options(config: GenerationConfig, prompt_len: int) -> dict[str, Any]:
-    defaults = GenerationConfig._get_default_generation_params()
-    unsupported = []
-    for key, value in config.to_diff_dict().items():
-        if key in SUPPORTED_GENERATION or key in _NOT_OPTIONS:
-            continue
-        if key not in defaults and not value:
-            continue  # an off switch (output_attentions=False, ...) asks for nothing
-        if value is not None and value != defaults.get(key, None):
-            unsupported.append(f"{key}={value!r}")
-    if unsupported:
-        raise ValueError(f"generation option(s) {', '.join(sorted(unsupported))} are not "
-                         f"supported by depthattn generate; supported: "
-                         f"{', '.join(SUPPORTED_GENERATION)}")
-
-    def get(key: str) -> Any:
-        value = getattr(config, key, None)
-        return defaults.get(key) if value is None else value
-
-    max_new = config.max_new_tokens
-    if max_new is None:
-        max_new = max(0, get("max_length") - prompt_len)
-    top_k = get("top_k")
-    top_p = get("top_p")
-    return dict(max_new_tokens=int(max_new), do_sample=bool(get("do_sample")),
-                temperature=float(get("temperature")), top_k=top_k or None,
-                top_p=None if top_p is None or top_p >= 1 else float(top_p),
-                eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
-
-
-def _check_left_padded(attention_mask: torch.Tensor) -> None:
-    mask = attention_mask.bool()
-    # left padding: once a row has a real token, every later token is real
-    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
-        raise ValueError("attention_mask has padding after a real token (right padding); "
-                         "generate needs left-padded prompts (tokenizer.padding_side = 'left')")
+    # --- activation checkpointing: the core's -------------------------------------------------
+    def _set_gradient_checkpointing(self, enable: bool = True,
+                                    gradient_checkpointing_func: Callable = checkpoint,
+                                    every_n_layers: int = 1) -> None:
+        """``gradient_checkpointing_enable()`` / ``activation_checkpointing_enable()`` land here:
+        the core decoder recomputes every ``every_n_layers``-th block in backward, through the
+        function transformers built (its kwargs, CPU offload)."""
+        require_int("every_n_layers", every_n_layers, 1)
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        if enable and keywords.get("use_reentrant", False):
+            raise ValueError("use_reentrant=True is not supported: Depth-Attention's sources "
+                             "reach later layers outside the checkpointed arguments, so "
+                             "reentrant checkpointing would drop their gradients; use "
+                             "gradient_checkpointing_kwargs={'use_reentrant': False} (the "
+                             "default)")
+        if gradient_checkpointing_func is checkpoint:  # bare: torch asks for use_reentrant
+            gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+        self.model.activation_checkpointing = enable
+        self.model.checkpoint_every = every_n_layers
+        if enable:
+            self.model.checkpoint_function = gradient_checkpointing_func
+        else:
+            self.model.__dict__.pop("checkpoint_function", None)  # back to the class default

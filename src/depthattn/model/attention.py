@@ -53,7 +53,7 @@ class Attention(nn.Module):
         v = ctx.method.mix_values(self.layer_idx, q, k, v, ctx)
 
         if ctx.cache is not None:
-            k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, H_kv, T_kv, d): the cache keeps ṽ
+            k, v = ctx.cache.update(k, v, self.layer_idx)  # (B, H_kv, T_kv, d): the cache keeps ṽ
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
                                              is_causal=ctx.is_causal, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * d))

@@ -6,6 +6,8 @@ call included, so what it computes is what a quantised cache gives."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -15,6 +17,42 @@ from depthattn.ops.kv_quant import (
     quantize_int8,
     to_storage,
 )
+
+
+class DecoderCache(Protocol):
+    """What ``Decoder.forward`` needs of a cache: ``KVCache`` here, and the Hugging Face
+    ``depthattn.hf.cache.DepthAttnCache`` (a ``transformers.Cache``)."""
+
+    length: int  # tokens (slots) cached so far
+    batch_size: int
+
+    def past_valid(self) -> torch.Tensor:
+        """(B, length) bool: False at the cached padding."""
+        ...
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int,
+              batch_size: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+        """Before the layers run: (past length, key padding mask over past + new or None,
+        the new tokens' RoPE positions (B, num_new))."""
+        ...
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append one layer's new (k, ṽ); return its keys and values so far."""
+        ...
+
+    def end(self, num_new: int) -> None:
+        """After every layer has written the new tokens."""
+        ...
+
+
+def new_positions(next_position: torch.Tensor,
+                  new_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE positions of new tokens (B, T) given each row's next position (B,) and the new
+    tokens' padding mask (B, T) bool: a real token's position counts the real tokens before it
+    (padding gets its neighbour's, and is masked anyway). Also returns the real tokens per row."""
+    real = new_valid.long().cumsum(-1)  # (B, T) real tokens so far in this call
+    return (next_position[:, None] + real - 1).clamp(min=0), real[:, -1]
 
 
 class KVCache:
@@ -69,7 +107,12 @@ class KVCache:
         buffers = (*self.keys, *self.values, *self.key_scales, *self.value_scales)
         return sum(t.numel() * t.element_size() for t in buffers)
 
-    def begin(self, new_valid: torch.Tensor | None, num_new: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+    def past_valid(self) -> torch.Tensor:
+        """(B, length) bool: which cached slots hold real tokens (False at padding)."""
+        return self.key_valid[:, :self.length]
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int,
+              batch_size: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
         """Register ``num_new`` incoming tokens before the layers run.
 
         new_valid: (B, num_new) bool padding mask of the new tokens, or None (all real).
@@ -87,14 +130,15 @@ class KVCache:
             self._advance = torch.full_like(self.next_position, num_new)
         else:
             self.has_padding = self.has_padding or not bool(new_valid.all())
-            real = new_valid.long().cumsum(-1)  # (B, num_new) real tokens so far in this call
-            positions = (self.next_position[:, None] + real - 1).clamp(min=0)
+            positions, self._advance = new_positions(self.next_position, new_valid)
             self.key_valid[:, past:past + num_new] = new_valid
-            self._advance = real[:, -1]
         return past, self.key_valid[:, :past + num_new] if self.has_padding else None, positions
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new tokens' (k, ṽ) of one layer; return the layer's keys and values so far."""
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
+               layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new tokens' (k, ṽ) of one layer; return the layer's keys and values so far
+        (transformers' ``Cache.update`` argument order)."""
+        k, v = key_states, value_states
         start, end = self.length, self.length + k.shape[2]
         if self.kv_format is None:
             self.keys[layer_idx][:, :, start:end] = k

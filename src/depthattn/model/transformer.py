@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -10,7 +13,7 @@ from depthattn.config import ModelConfig
 from depthattn.crosslayer import build_method
 from depthattn.crosslayer.base import ForwardContext
 from depthattn.model.block import Block
-from depthattn.model.cache import KVCache
+from depthattn.model.cache import DecoderCache
 from depthattn.model.mask import attention_mask_for
 from depthattn.model.rope import RotaryEmbedding
 from depthattn.ops.chunked_cross_entropy import (
@@ -28,6 +31,10 @@ class Decoder(nn.Module):
     work and returns the (B, T, D) hidden states; see ``CausalLM`` for the arguments.
     """
 
+    # Non-reentrant: Depth-Attention's sources reach later blocks through the call's depth stash,
+    # not through the block's arguments, and reentrant checkpointing would drop their gradients.
+    checkpoint_function: Callable = staticmethod(functools.partial(checkpoint, use_reentrant=False))
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -40,58 +47,92 @@ class Decoder(nn.Module):
         # Recompute each block in backward (training only). The depth stash lives in the
         # per-call context, so a recomputed block reads the same sources as the first pass.
         self.activation_checkpointing = False
+        self.checkpoint_every = 1  # with it on, recompute blocks 0, n, 2n, ...
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) → hidden states (B, T, D)."""
-        new_valid = self.check_inputs(input_ids, attention_mask, cache, position_ids)
-        B, T = input_ids.shape
+    def forward(self, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
+                position_ids: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                hidden_states: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """input_ids (B, T), or inputs_embeds (B, T, D) instead → hidden states (B, T, D).
+
+        hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
+        each block but the last hands on (the method's readout of its residual stream), and the
+        returned, final-normed output.
+        """
+        new_valid = self.check_inputs(input_ids, attention_mask, cache, position_ids,
+                                      inputs_embeds)
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and cache is not None:
+            raise ValueError("activation checkpointing recomputes blocks in backward, which "
+                             "would write the cache twice: pass no cache when training with it")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
         if cache is not None:
-            past, key_valid, positions = cache.begin(new_valid, T)
+            past, key_valid, positions = cache.begin(new_valid, T, B)
         else:
             past = 0
             key_valid = new_valid if new_valid is not None and not bool(new_valid.all()) else None
             if key_valid is None:
-                positions = torch.arange(T, device=input_ids.device).expand(B, T)
+                positions = torch.arange(T, device=x.device).expand(B, T)
             else:
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
         if position_ids is not None:
             positions = position_ids
-        attn_mask, is_causal = attention_mask_for(T, past, key_valid, input_ids.device)
+        attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
 
-        x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(positions, x.dtype)
         ctx = ForwardContext(method=self.cross_layer, cos=cos, sin=sin, attn_mask=attn_mask,
                              is_causal=is_causal, cache=cache)
         stream = self.cross_layer.init_stream(x, ctx)
-        for block in self.layers:
-            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                stream = checkpoint(block, stream, ctx, use_reentrant=False)
+        if hidden_states is not None:
+            hidden_states.append(x)
+        for i, block in enumerate(self.layers):
+            if checkpointing and i % self.checkpoint_every == 0:
+                stream = self.checkpoint_function(block, stream, ctx)
             else:
                 stream = block(stream, ctx)
+            if hidden_states is not None and i < len(self.layers) - 1:
+                hidden_states.append(self.cross_layer.final_hidden(stream, ctx))
         if cache is not None:
             cache.end(T)
-        return self.norm(self.cross_layer.final_hidden(stream, ctx))
+        out = self.norm(self.cross_layer.final_hidden(stream, ctx))
+        if hidden_states is not None:
+            hidden_states.append(out)
+        return out
 
-    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     cache: KVCache | None,
-                     position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """transformers' name for it (``is_gradient_checkpointing`` reads it)."""
+        return self.activation_checkpointing
+
+    def check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                     cache: DecoderCache | None, position_ids: torch.Tensor | None,
+                     inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | None:
         """Validate before any work starts; return the new tokens' padding mask as bool."""
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (batch, seq) and inputs_embeds "
+                             "(batch, seq, hidden_size)")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"inputs_embeds must have shape (batch, seq, hidden_size="
+                                 f"{self.config.hidden_size}); got {tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+        elif input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq); got "
                              f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
-        B, T = input_ids.shape
+        else:
+            B, T = input_ids.shape
         if T == 0:
-            raise ValueError("input_ids has no tokens (seq length 0); pass at least one")
+            raise ValueError("the input has no tokens (seq length 0); pass at least one")
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
                              f"max_seq_len ({self.config.max_seq_len})")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"input_ids batch ({B}) differs from the cache's batch size "
+        if cache is not None and past and cache.batch_size != B:
+            raise ValueError(f"input batch ({B}) differs from the cache's batch size "
                              f"({cache.batch_size})")
-        if not torch.compiler.is_compiling():
+        if input_ids is not None and not torch.compiler.is_compiling():
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
@@ -105,11 +146,17 @@ class Decoder(nn.Module):
         if tuple(attention_mask.shape) not in allowed:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
                              f"{' or '.join(str(s) for s in sorted(allowed))}")
+        if past and attention_mask.shape[1] == past + T and not torch.compiler.is_compiling() \
+                and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
+            raise ValueError(f"attention_mask's first {past} columns (the cached tokens) "
+                             f"contradict the padding the cache recorded; pass the mask of the "
+                             f"earlier calls extended by the new tokens, or only the new "
+                             f"tokens' columns ({B}, {T})")
         return attention_mask[:, -T:].bool()
 
 
 def lm_logits(decoder: Decoder, lm_head: nn.Linear, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+              attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
               position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
     """decoder → LM head: (B, T, vocab) logits, or (B, k, vocab) for the last k positions.
     ``CausalLM.forward`` and the Hugging Face wrapper's forward both run this."""
@@ -125,7 +172,8 @@ class CausalLM(nn.Module):
         input_ids: (B, T) token ids in [0, vocab_size).
         attention_mask: 1 for real tokens, 0 for padding; (B, T), or (B, past + T) when a cache
             is passed (Hugging Face convention; only the last T columns are new).
-        cache: a ``KVCache``; the new tokens' keys and (mixed) values are appended to it.
+        cache: a ``KVCache`` (or any ``DecoderCache``, e.g. the Hugging Face
+            ``DepthAttnCache``); the new tokens' keys and (mixed) values are appended to it.
         position_ids: (B, T) RoPE positions; derived from the mask and the cache when omitted.
         logits_to_keep: 0 for every position's logits, k for the last k only (B, k, vocab), as
             transformers' argument of that name: a prefill needs only the last.
@@ -168,7 +216,7 @@ class CausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None,
+                cache: DecoderCache | None = None,
                 position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         return lm_logits(self.model, self.lm_head, input_ids, attention_mask, cache,
                          position_ids, logits_to_keep)
