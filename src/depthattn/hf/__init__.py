@@ -1,5 +1,6 @@
 """The Hugging Face layer: ``DepthAttnConfig`` (model_type ``depthattn``) and
-``DepthAttnForCausalLM`` wrapping the core modules, registered with ``AutoConfig`` /
+``DepthAttnForCausalLM`` wrapping the core modules (its cache: ``DepthAttnCache``, a
+``transformers.Cache``), registered with ``AutoConfig`` /
 ``AutoModelForCausalLM`` / ``AutoTokenizer`` so that ``from_pretrained(dir)`` works without
 ``trust_remote_code``; export of training runs (``depthattn.hf.export``).
 
@@ -17,6 +18,7 @@ from depthattn.hf.auto import register_auto_classes
 _install_auto_registration()
 
 _LAZY = {
+    "DepthAttnCache": "depthattn.hf.cache",
     "DepthAttnConfig": "depthattn.hf.configuration",
     "DepthAttnForCausalLM": "depthattn.hf.modeling",
     "DepthAttnPreTrainedModel": "depthattn.hf.modeling",
@@ -33,5 +35,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'depthattn.hf' has no attribute {name!r}")
 
 
-__all__ = ["DepthAttnConfig", "DepthAttnForCausalLM", "DepthAttnPreTrainedModel", "export_run",
+__all__ = ["DepthAttnCache", "DepthAttnConfig", "DepthAttnForCausalLM", "DepthAttnPreTrainedModel", "export_run",
            "load_pretrained_any", "register_auto_classes"]
