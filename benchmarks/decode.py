@@ -2,10 +2,13 @@
 
     python -m benchmarks.decode                              # tiny preset, CPU
     python -m benchmarks.decode --preset 360m --batch 1 32 --context 1024 --new 64 --dtype bfloat16
+    python -m benchmarks.decode --modes eager compiled       # also the compiled static-cache step
 
 For each batch size: prefill ``--context`` tokens, then time ``--new`` single-token steps
-(median over rounds, methods interleaved). Correctness first: the decoded logits of every method
-equal its full forward.
+(median over rounds, methods interleaved). ``eager``: the growing ``KVCache``; ``compiled``: the
+``StaticKVCache`` and the ``torch.compile``d step of ``generate(..., compile=True)`` (compiled
+before timing). The speed ratio is against the first method in the same mode. Correctness
+first: the decoded logits of every method equal its full forward.
 """
 
 from __future__ import annotations
@@ -18,18 +21,25 @@ import time
 import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
+from depthattn.generation import compiled_decode_step, decode_step
+from depthattn.model.static_cache import StaticKVCache
+
+MODES = ("eager", "compiled")
 
 
 @torch.no_grad()
-def decode_seconds(model: CausalLM, batch: int, context: int, new: int, device) -> float:
+def decode_seconds(model: CausalLM, batch: int, context: int, new: int, device,
+                   mode: str = "eager") -> float:
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
-    cache = KVCache.for_model(model, batch, context + new)
+    compiled = mode == "compiled"
+    cache = (StaticKVCache if compiled else KVCache).for_model(model, batch, context + new)
+    step = compiled_decode_step(device) if compiled else decode_step
     logits = model(ids, cache=cache, logits_to_keep=1)[:, -1]
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(new):
-        logits = model(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+        logits = step(model, logits.argmax(-1, keepdim=True), cache)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / new
@@ -56,6 +66,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -73,26 +84,31 @@ def main() -> None:
         check(models[method], device)
 
     rows = []
-    for batch in args.batch:
-        times: dict[str, list[float]] = {m: [] for m in args.methods}
-        for _ in range(args.rounds):
+    for mode in args.modes:
+        for batch in args.batch:
+            if mode == "compiled":  # compile (and warm up) outside the timing
+                for model in models.values():
+                    decode_seconds(model, batch, args.context, args.new, device, mode)
+            times: dict[str, list[float]] = {m: [] for m in args.methods}
+            for _ in range(args.rounds):
+                for method, model in models.items():
+                    times[method].append(decode_seconds(model, batch, args.context, args.new,
+                                                        device, mode))
+            base = statistics.median(times[args.methods[0]])
             for method, model in models.items():
-                times[method].append(decode_seconds(model, batch, args.context, args.new, device))
-        base = statistics.median(times[args.methods[0]])
-        for method, model in models.items():
-            step = statistics.median(times[method])
-            cache_bytes = KVCache.for_model(model, batch, args.context + args.new).nbytes
-            rows.append(dict(method=method, batch=batch, step_ms=step * 1e3,
-                             tokens_per_s=batch / step, speed_ratio=base / step,
-                             cache_bytes=cache_bytes))
+                step = statistics.median(times[method])
+                cache_bytes = KVCache.for_model(model, batch, args.context + args.new).nbytes
+                rows.append(dict(mode=mode, method=method, batch=batch, step_ms=step * 1e3,
+                                 tokens_per_s=batch / step, speed_ratio=base / step,
+                                 cache_bytes=cache_bytes))
     base_bytes = {r["batch"]: r["cache_bytes"] for r in rows if r["method"] == args.methods[0]}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"decoding, preset {args.preset}, {args.dtype}, {name}, {torch.get_num_threads()} "
           f"threads, context {args.context}, {args.new} new tokens, median of {args.rounds}")
-    print(f"{'method':<18}{'batch':>6}{'ms/step':>10}{'tokens/s':>11}{'speed ratio':>13}"
+    print(f"{'mode':<10}{'method':<18}{'batch':>6}{'ms/step':>10}{'tokens/s':>11}{'speed ratio':>13}"
           f"{'KV cache MiB':>14}{'bytes ratio':>13}")
     for r in rows:
-        print(f"{r['method']:<18}{r['batch']:>6}{r['step_ms']:>10.2f}{r['tokens_per_s']:>11,.0f}"
+        print(f"{r['mode']:<10}{r['method']:<18}{r['batch']:>6}{r['step_ms']:>10.2f}{r['tokens_per_s']:>11,.0f}"
               f"{r['speed_ratio']:>13.3f}{r['cache_bytes'] / 2**20:>14.1f}"
               f"{r['cache_bytes'] / base_bytes[r['batch']]:>13.3f}")
     if args.json:

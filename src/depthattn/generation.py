@@ -6,14 +6,29 @@ per-call depth stash, so the only state kept across steps is the (vanilla-sized)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
 from depthattn.model.cache import KVCache
+from depthattn.model.static_cache import StaticKVCache
 from depthattn.model.transformer import CausalLM
 from depthattn.sampling import check_sampling_options, next_token
 from depthattn.utils.checks import require_int
+
+
+def decode_step(model: CausalLM, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """One token per row (B, 1) through the model into the cache → next logits (B, V)."""
+    return model(token, cache=cache)[:, -1]
+
+
+@functools.cache
+def compiled_decode_step(device: torch.device) -> Callable:
+    """``decode_step`` compiled once per device type: a whole graph (no breaks), static shapes;
+    on CUDA replayed as a CUDA graph (``reduce-overhead``)."""
+    mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+    return torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
 
 
 def check_left_padded(attention_mask: torch.Tensor) -> None:
@@ -45,14 +60,18 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
              eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
              generator: torch.Generator | None = None, prefill_chunk_size: int | None = None,
              streamer: Callable[[torch.Tensor], None] | None = None,
-             kv_format: str | None = None) -> torch.Tensor:
+             kv_format: str | None = None, compile: bool = False) -> torch.Tensor:
     """Continue left-padded prompts (B, T); returns (B, T + generated) token ids.
 
     Rows that emitted an EOS are filled with ``pad_token_id`` (default: the first EOS id, else 0)
     until every row is done or ``max_new_tokens`` are generated. ``streamer`` is called with
     each new column of tokens (B,). ``kv_format``: how the cache stores keys and values
     (None: the model's dtype; "bfloat16", "float8_e4m3", "int8": see depthattn.ops.kv_quant).
+    ``compile``: decode with a ``StaticKVCache`` and a ``torch.compile``d step (one graph for
+    every position, CUDA graphs on GPU); the prefill runs eagerly. Same tokens as without.
     """
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile ({compile!r}) must be True or False")
     require_int("max_new_tokens", max_new_tokens, 0)
     if prefill_chunk_size is not None:
         require_int("prefill_chunk_size", prefill_chunk_size, 1, hint=" or None")
@@ -71,8 +90,10 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
                        device=input_ids.device, dtype=torch.long)
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
 
-    cache = KVCache.for_model(model, B, T + max_new_tokens, kv_format=kv_format)
+    cache_class = StaticKVCache if compile else KVCache
+    cache = cache_class.for_model(model, B, T + max_new_tokens, kv_format=kv_format)
     logits = prefill(model, input_ids, attention_mask, cache, prefill_chunk_size)
+    step_fn = compiled_decode_step(input_ids.device) if compile else decode_step
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     generated = []
     for step in range(max_new_tokens):
@@ -84,5 +105,5 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
         done |= torch.isin(token, eos)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        logits = model(token[:, None], cache=cache)[:, -1]
+        logits = step_fn(model, token[:, None], cache)
     return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)

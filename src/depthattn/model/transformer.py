@@ -16,6 +16,7 @@ from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.mask import attention_mask_for
 from depthattn.model.rope import RotaryEmbedding
+from depthattn.model.static_cache import StaticKVCache
 from depthattn.ops.chunked_cross_entropy import (
     DEFAULT_CHUNK_SIZE,
     chunked_cross_entropy,
@@ -79,7 +80,10 @@ class Decoder(nn.Module):
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
         if position_ids is not None:
             positions = position_ids
-        attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
+        if isinstance(cache, StaticKVCache):  # fixed shapes: every slot, masked
+            attn_mask, is_causal = cache.attention_mask(), False
+        else:
+            attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
 
         cos, sin = self.rotary_emb(positions, x.dtype)
         ctx = ForwardContext(method=self.cross_layer, cos=cos, sin=sin, attn_mask=attn_mask,
@@ -125,6 +129,9 @@ class Decoder(nn.Module):
             B, T = input_ids.shape
         if T == 0:
             raise ValueError("the input has no tokens (seq length 0); pass at least one")
+        if torch.compiler.is_compiling():
+            # a compiled step reads nothing back from the device: checked when called eagerly
+            return None if attention_mask is None else attention_mask[:, -T:].bool()
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
@@ -132,7 +139,7 @@ class Decoder(nn.Module):
         if cache is not None and past and cache.batch_size != B:
             raise ValueError(f"input batch ({B}) differs from the cache's batch size "
                              f"({cache.batch_size})")
-        if input_ids is not None and not torch.compiler.is_compiling():
+        if input_ids is not None:
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
@@ -146,7 +153,7 @@ class Decoder(nn.Module):
         if tuple(attention_mask.shape) not in allowed:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
                              f"{' or '.join(str(s) for s in sorted(allowed))}")
-        if past and attention_mask.shape[1] == past + T and not torch.compiler.is_compiling() \
+        if past and attention_mask.shape[1] == past + T \
                 and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
             raise ValueError(f"attention_mask's first {past} columns (the cached tokens) "
                              f"contradict the padding the cache recorded; pass the mask of the "

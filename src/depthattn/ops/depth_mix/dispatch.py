@@ -129,6 +129,11 @@ def automatic_choice(q: torch.Tensor) -> str:
 
 
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
+    if torch.compiler.is_compiling():
+        # Traced into the graph once: the unstacked mix, which Inductor fuses with its
+        # neighbours. Dynamo cannot read the context variable (nor should a compiled step
+        # re-read the environment at every call), so forcing applies to eager calls.
+        return get_depth_mix_impl("unstacked")
     name = _forced.get() or os.environ.get(_ENV_VAR) or automatic_choice(q)
     if name not in _LOCATIONS:
         raise ValueError(f"{_ENV_VAR} ({name!r}) names no depth-mix implementation; allowed: "
