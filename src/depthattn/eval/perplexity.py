@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +30,17 @@ class EvalResult:
 def evaluate_perplexity(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                         device: torch.device | str = "cpu",
                         autocast_dtype: torch.dtype | None = None,
-                        progress: bool = False) -> EvalResult:
-    """Sum of token NLLs (float64) over every target that is not IGNORE_INDEX."""
-    return _evaluate(model, batches, device, autocast_dtype, progress, "eval",
-                     lambda inputs: [model(inputs)])
+                        progress: bool = False,
+                        loss: Callable[..., torch.Tensor] | None = None) -> EvalResult:
+    """Sum of token NLLs (float64 across batches) over every target that is not IGNORE_INDEX,
+    through the chunked loss: the LM head runs inside the cross-entropy, so no (B, T, vocab)
+    logits exist. ``loss``: ``model.loss`` (default) or a compiled version of it."""
+    loss = model.loss if loss is None else loss
+
+    def nll_sum(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss(inputs, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    return _evaluate(model, batches, device, autocast_dtype, progress, "eval", nll_sum)
 
 
 @torch.no_grad()
@@ -51,21 +58,26 @@ def evaluate_perplexity_cached(model: torch.nn.Module,
 
     require_int("prefill_chunk", prefill_chunk, 1)
 
-    def chunks(inputs: torch.Tensor) -> Iterator[torch.Tensor]:
+    def nll_sum(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         B, T = inputs.shape
         cache = KVCache.for_model(model, B, T, kv_format=kv_format, dtype=autocast_dtype)
+        total = torch.zeros((), dtype=torch.float64, device=inputs.device)
         for start in range(0, T, prefill_chunk):
-            yield model(inputs[:, start:start + prefill_chunk], cache=cache)
+            chunk = slice(start, start + prefill_chunk)
+            logits = model(inputs[:, chunk], cache=cache)  # (B, chunk, vocab): one chunk's
+            total += F.cross_entropy(logits.float().flatten(0, 1), targets[:, chunk].flatten(),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").double()
+        return total
 
     return _evaluate(model, batches, device, autocast_dtype, progress,
-                     f"eval ({kv_format} cache)", chunks)
+                     f"eval ({kv_format} cache)", nll_sum)
 
 
 def _evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               device: torch.device | str, autocast_dtype: torch.dtype | None, progress: bool,
-              desc: str, logits_of: Callable[[torch.Tensor], Iterable[torch.Tensor]]) -> EvalResult:
-    """The NLL sum over every batch; ``logits_of(inputs)`` yields the logits of consecutive
-    position chunks (one chunk: the whole window)."""
+              desc: str,
+              nll_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> EvalResult:
+    """The NLL sum over every batch; ``nll_sum(inputs, targets)``: one batch's."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -76,15 +88,9 @@ def _evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     for inputs, targets in tqdm(batches, total=total_batches, desc=desc, disable=not progress,
                                 leave=False):
         inputs, targets = inputs.to(device), targets.to(device)
-        start = 0
         with autocast:
-            for logits in logits_of(inputs):
-                chunk = targets[:, start:start + logits.shape[1]]
-                start += logits.shape[1]
-                nll = F.cross_entropy(logits.float().flatten(0, 1), chunk.flatten(),
-                                      ignore_index=IGNORE_INDEX, reduction="sum")
-                total += float(nll.double())
-                count += int((chunk != IGNORE_INDEX).sum())
+            total += float(nll_sum(inputs, targets).double())
+        count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
     return _result(total, count)
 

@@ -230,8 +230,9 @@ class CausalLM(nn.Module):
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
              attention_mask: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-             ignore_index: int = -100) -> torch.Tensor:
-        """Mean next-token cross-entropy over the targets that are not ``ignore_index``.
+             ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+        """Mean (or, with reduction="sum", summed) next-token cross-entropy over the targets
+        that are not ``ignore_index``.
 
         Equals ``F.cross_entropy(self(input_ids).float().flatten(0, 1), targets.flatten())``, but
         the (B, T, vocab) logits are never materialised: the LM head runs inside the chunked
@@ -244,4 +245,4 @@ class CausalLM(nn.Module):
         hidden = self.model(input_ids, attention_mask)  # (B, T, D)
         # lm_head.weight is the embedding matrix when tied, so both uses get its gradient.
         return chunked_cross_entropy(hidden, self.lm_head.weight, targets, chunk_size,
-                                     ignore_index)
+                                     ignore_index, reduction)

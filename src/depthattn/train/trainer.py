@@ -157,8 +157,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
              device, f"{num_params:,}", config.steps, config.tokens_per_step)
 
     def evaluate(final: bool = False) -> EvalResult:
-        return evaluate_perplexity(forward, final_val_batches if final else val_batches, device,
-                                   amp_dtype)
+        return evaluate_perplexity(model, final_val_batches if final else val_batches, device,
+                                   amp_dtype, loss=train_loss)
 
     def checkpoint_at(done: int) -> Path:
         # Metrics up to this step reach the disk before a checkpoint says the step is done.
