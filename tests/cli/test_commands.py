@@ -12,8 +12,8 @@ import pytest
 import depthattn.cli
 from depthattn.cli import COMMANDS, build_parser
 
-EXPECTED = ["quickstart", "demo", "prepare", "train", "eval", "compare", "convert", "generate",
-            "flops", "analyze", "report"]
+EXPECTED = ["quickstart", "demo", "prepare", "train", "eval", "lm-eval", "compare", "convert",
+            "generate", "flops", "analyze", "report"]
 
 
 def test_the_commands_and_their_order():

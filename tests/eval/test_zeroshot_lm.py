@@ -92,3 +92,18 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer):
     small = tiny_model(seed=0, vocab_size=len(tokenizer) - 10)
     with pytest.raises(ValueError, match="vocab_size must be at least"):
         DepthAttnLM(small, tokenizer)
+
+
+def test_registering_ours_keeps_lm_evals_own_models():
+    """lm-eval fills its model registry only while it is empty: after importing our module,
+    "hf" must still resolve (a fresh interpreter, so nothing else has filled it first)."""
+    import subprocess
+    import sys
+
+    code = ("import depthattn.eval.zeroshot_lm\n"
+            "from lm_eval.api.registry import get_model\n"
+            "print(get_model('depthattn').__name__, get_model('hf').__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["DepthAttnLM", "HFLM"]

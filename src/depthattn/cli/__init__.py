@@ -19,6 +19,7 @@ from depthattn.cli import (
     evaluate,
     flops,
     generate,
+    harness,
     prepare,
     report,
     train,
@@ -34,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": (prepare.HELP, prepare.add_prepare_arguments, prepare.run_prepare),
     "train": (train.HELP, train.add_train_arguments, train.run_train),
     "eval": (evaluate.HELP, evaluate.add_eval_arguments, evaluate.run_eval),
+    "lm-eval": (harness.HELP, harness.add_lm_eval_arguments, harness.run_lm_eval),
     "compare": (compare.HELP, compare.add_compare_arguments, compare.run_compare),
     "convert": (convert.HELP, convert.add_convert_arguments, convert.run_convert),
     "generate": (generate.HELP, generate.add_generate_arguments, generate.run_generate),
@@ -54,9 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] == ["lm-eval"]:
+        # lm-eval's own command line follows, passed on unparsed (see depthattn.cli.harness)
+        return argparse.Namespace(command="lm-eval", run=harness.run_lm_eval,
+                                  lm_eval_args=argv[1:])
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         code = args.run(args)
     # OSError: a full disk, a folder without permission (FileNotFoundError is one)

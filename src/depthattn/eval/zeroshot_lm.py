@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+import lm_eval.models  # noqa: F401  before register_model below: see the note at the class
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
@@ -28,6 +29,9 @@ from depthattn.utils.devices import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
+
+# lm-eval fills its model registry from lm_eval.models (hf, vllm, ...) only while the registry is
+# empty; registering ours first would leave "hf" unknown in this process, hence the import above.
 @register_model("depthattn")
 class DepthAttnLM(TemplateLM):
     """Scores text with a depthattn CausalLM.
