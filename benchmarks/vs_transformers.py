@@ -14,7 +14,9 @@ round by round, medians:
   ``torch.compile(model.loss)``.
 * greedy decoding from a ``--context``-token random prompt, ``--new`` tokens: transformers
   ``generate`` with its default DynamicCache, ours ``depthattn.generate`` with its preallocated
-  KVCache. Timed from the first to the last new token (a streamer stamps each), so the prefill
+  KVCache; with ``--compile-decode``, also transformers with its static cache and compiled
+  forward (``cache_implementation="static"``) and ours with ``generate(..., compile=True)``
+  (StaticKVCache and a compiled step), both compiled before timing. Timed from the first to the last new token (a streamer stamps each), so the prefill
   is excluded; the median step over all runs gives tokens/s = batch / step.
 """
 
@@ -26,7 +28,7 @@ import statistics
 import time
 
 import torch
-from transformers import Qwen3ForCausalLM
+from transformers import CompileConfig, Qwen3ForCausalLM
 
 from depthattn import CausalLM, ModelConfig, generate
 
@@ -132,13 +134,19 @@ def decode_seconds(name: str, model, ids: torch.Tensor, new: int,
     """Seconds of each decoding step (batch tokens each) after the first; prefill excluded."""
     model.eval()
     mask = torch.ones_like(ids)
-    if name == "transformers":
+    if name.startswith("transformers"):
         stamps = Stamps(device, skip_first=True)
+        static = {}
+        if "static" in name:  # its compiled decoding; on CPU compilation must be asked for
+            config = CompileConfig()
+            config._compile_all_devices = True  # transformers' switch (not an init argument)
+            static = dict(cache_implementation="static", compile_config=config)
         out = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
-                             streamer=stamps)
+                             streamer=stamps, **static)
     else:
         stamps = Stamps(device, skip_first=False)
-        out = generate(model, ids, attention_mask=mask, max_new_tokens=new, streamer=stamps)
+        out = generate(model, ids, attention_mask=mask, max_new_tokens=new, streamer=stamps,
+                       compile="compiled" in name)
     assert out.shape[1] == ids.shape[1] + new and len(stamps.times) == new, name
     return [b - a for a, b in zip(stamps.times, stamps.times[1:])]
 
@@ -153,6 +161,8 @@ def main() -> None:
     parser.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
                         help="also time torch.compile(model.loss) (default: on CUDA only)")
     parser.add_argument("--decode-batch", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="also time both compiled static-cache decoders")
     parser.add_argument("--context", type=int, default=1000)
     parser.add_argument("--new", type=int, default=16, help="new tokens per decoding run (>= 2)")
     parser.add_argument("--rounds", type=int, default=5, help="training rounds (median)")
@@ -205,6 +215,10 @@ def main() -> None:
     for batch in args.decode_batch:
         ids = torch.randint(0, config.vocab_size, (batch, args.context), device=device)
         decoders = {"transformers": hf, "ours": ours}
+        if args.compile_decode:
+            decoders.update({"transformers (static, compiled)": hf, "ours (compiled)": ours})
+            for name in list(decoders)[2:]:  # compile before timing
+                decode_seconds(name, decoders[name], ids, args.new, device)
         seconds: dict[str, list[float]] = {name: [] for name in decoders}
         for _ in range(decode_rounds):
             for name, model in decoders.items():
@@ -220,11 +234,11 @@ def main() -> None:
           f"{device_name}, {torch.get_num_threads()} threads; train: batch {args.batch} x seq "
           f"{args.seq}, median of {args.rounds}; decode: context {args.context}, {args.new} new "
           f"tokens, median step of {decode_rounds} run(s)")
-    print(f"{'pass':<12}{'model':<22}{'batch':>6}{'ms':>10}{'tokens/s':>12}"
+    print(f"{'pass':<12}{'model':<32}{'batch':>6}{'ms':>10}{'tokens/s':>12}"
           f"{'ours/transformers':>19}{'peak MiB':>10}")
     for r in rows:
         peak_text = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
-        print(f"{r['kind']:<12}{r['name']:<22}{r['batch']:>6}{r['ms']:>10.2f}"
+        print(f"{r['kind']:<12}{r['name']:<32}{r['batch']:>6}{r['ms']:>10.2f}"
               f"{r['tokens_per_s']:>12,.0f}{r['ratio']:>19.3f}{peak_text:>10}")
     print("ms: per training step, or per decoding step (batch tokens); ratio: tokens/s ours over "
           "transformers' (1.000 on transformers' rows)")
