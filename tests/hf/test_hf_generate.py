@@ -110,8 +110,8 @@ def test_what_cannot_work_is_refused_by_name(make_model, make_ids):
     ids = make_ids(1, 4)
     with pytest.raises(ValueError, match="generator"):  # transformers' own check of kwargs
         model.generate(ids, max_new_tokens=2, generator=torch.Generator())
-    with pytest.raises(ValueError, match="cache_implementation='static'"):
-        model.generate(ids, max_new_tokens=2, cache_implementation="static")
+    with pytest.raises(ValueError, match="cache_implementation='offloaded'"):
+        model.generate(ids, max_new_tokens=2, cache_implementation="offloaded")
     with pytest.raises(ValueError, match="output_attentions"):
         model(ids, output_attentions=True)
     with pytest.raises(ValueError, match="use_reentrant"):

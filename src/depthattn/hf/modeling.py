@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from depthattn.hf.cache import DepthAttnCache
 from depthattn.hf.configuration import DepthAttnConfig
+from depthattn.hf.static_cache import DepthAttnStaticCache, static_padding_mask
 from depthattn.model.cache import KVCache
 from depthattn.model.transformer import CausalLM, Decoder
 from depthattn.utils.checks import require_int
@@ -35,6 +36,7 @@ CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ 
 # positions generate tracks, which the cache knows)
 LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
 IGNORED_KWARGS = ("cache_position",)
+OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache)
 
 
 class DepthAttnPreTrainedModel(PreTrainedModel):
@@ -131,13 +133,17 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         if cache is not None and past_key_values is not None:
             raise ValueError("pass the cache as past_key_values or as cache, not both")
         cache = past_key_values if cache is None else cache
-        if cache is not None and not isinstance(cache, (DepthAttnCache, KVCache)):
+        if cache is not None and not isinstance(cache, OUR_CACHES):
             raise ValueError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
                              f"it stores Depth-Attention's mixed values and the padding), not "
                              f"{type(cache).__name__}")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
                              f"shape {tuple(attention_mask.shape)}")
+        if isinstance(cache, DepthAttnStaticCache) and attention_mask is not None \
+                and attention_mask.shape[1] == cache.max_len:
+            attention_mask = self._static_mask_columns(cache, attention_mask, input_ids,
+                                                       inputs_embeds)
         checkpointing = self.model.activation_checkpointing and self.training \
             and torch.is_grad_enabled()
         if use_cache is None:
@@ -168,21 +174,51 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             return_dict = getattr(self.config, "return_dict", True)
         return output if return_dict else output.to_tuple()
 
+    @staticmethod
+    def _static_mask_columns(cache: DepthAttnStaticCache, attention_mask: torch.Tensor,
+                             input_ids: torch.Tensor | None,
+                             inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        """A (B, max_len) mask over every slot of a static cache (what generate passes, see
+        ``create_masks_for_generate``) → the new tokens' columns; eagerly, the past columns
+        are checked against the cache's record first."""
+        T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        past = 0 if torch.compiler.is_compiling() else cache.length
+        if past and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
+            raise ValueError(f"attention_mask's first {past} columns (the cached tokens) "
+                             f"contradict the padding the cache recorded")
+        return cache.new_columns(attention_mask, T)
+
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None,
+                                  cache: Any = None, past_key_values: Any = None,
+                                  **kwargs: Any) -> torch.Tensor | None:
+        """transformers asks for the mask of a compileable cache here: for our static cache,
+        the padding mask widened to every slot, so that each decoding step has the same shapes
+        (the model builds its attention mask from it and the cache)."""
+        cache = cache if cache is not None else past_key_values
+        if attention_mask is None or not isinstance(cache, DepthAttnStaticCache):
+            return attention_mask
+        return static_padding_mask(attention_mask, cache.max_len)
+
     # --- generation: transformers' own, with our cache ------------------------------------------
     def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict,
                                       *args: Any, **kwargs: Any) -> Any:
-        """transformers prepares a ``DynamicCache`` (unless the caller passed a cache); ours
-        takes its place. Other cache implementations (static, quantized, offloaded) would not
-        hold the padding record Depth-Attention's decoding needs, and are refused."""
+        """transformers prepares a ``DynamicCache`` or, with ``cache_implementation="static"``,
+        a ``StaticCache`` (unless the caller passed a cache); ours take their place
+        (``DepthAttnCache``, ``DepthAttnStaticCache``). The others (quantized, offloaded) would
+        not hold the padding record decoding needs, and are refused."""
         result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args,
                                                        **kwargs)
         for key in ("cache", "past_key_values"):
             made = model_kwargs.get(key)
-            if made is None or isinstance(made, (DepthAttnCache, KVCache)) \
+            if made is None or isinstance(made, OUR_CACHES) \
                     or getattr(made, "_is_user_defined", False):
                 continue  # ours, or the caller's (forward checks its type)
             if type(made) is DynamicCache and not made.offloading:
                 model_kwargs[key] = DepthAttnCache(self.config)
+            elif type(made) is StaticCache and not made.offloading:
+                # its length: the longest of this and earlier calls (no recompilation)
+                model_kwargs[key] = DepthAttnStaticCache(self.core_config, made.get_max_length(),
+                                                         self.dtype, self.device)
             elif isinstance(made, Cache):
                 raise ValueError(f"cache_implementation="
                                  f"{generation_config.cache_implementation!r} is not supported: "

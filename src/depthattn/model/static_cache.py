@@ -17,6 +17,8 @@ from depthattn.ops.kv_quant import quantize_int8, to_storage
 
 
 class StaticKVCache(KVCache):
+    fixed_shape = True  # Decoder.forward: attention over every slot, masked
+
     """``KVCache``'s constructor and ``for_model``; ``slot`` (a 0-d device tensor) counts the
     slots written. ``length`` reads it back (a synchronisation: for checks outside the compiled
     step, never inside it)."""

@@ -16,7 +16,6 @@ from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.mask import attention_mask_for
 from depthattn.model.rope import RotaryEmbedding
-from depthattn.model.static_cache import StaticKVCache
 from depthattn.ops.chunked_cross_entropy import (
     DEFAULT_CHUNK_SIZE,
     chunked_cross_entropy,
@@ -80,7 +79,7 @@ class Decoder(nn.Module):
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
         if position_ids is not None:
             positions = position_ids
-        if isinstance(cache, StaticKVCache):  # fixed shapes: every slot, masked
+        if getattr(cache, "fixed_shape", False):  # every slot, masked (StaticKVCache)
             attn_mask, is_causal = cache.attention_mask(), False
         else:
             attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
