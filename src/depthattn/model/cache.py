@@ -21,7 +21,9 @@ from depthattn.ops.kv_quant import (
 
 class DecoderCache(Protocol):
     """What ``Decoder.forward`` needs of a cache: ``KVCache`` here, and the Hugging Face
-    ``depthattn.hf.cache.DepthAttnCache`` (a ``transformers.Cache``)."""
+    ``depthattn.hf.cache.DepthAttnCache`` (a ``transformers.Cache``). A cache with a true
+    ``fixed_shape`` attribute (``StaticKVCache``, ``DepthAttnStaticCache``) also has
+    ``attention_mask()``: attention then reads every slot, under that mask."""
 
     length: int  # tokens (slots) cached so far
     batch_size: int
