@@ -10,6 +10,9 @@ and all tested against it, forward and backward:
                | one log-sum-exp per token (the Triton kernel's math in PyTorch)
     compiled   | ``torch.compile`` of ``unstacked`` (CPU and GPU; compiles on first use)
     triton     | one fused kernel forward, one backward (CUDA; CPU only under TRITON_INTERPRET=1)
+
+The automatic choice takes Triton on a (device, dtype) only once the kernel has passed a
+self-check there (``self_check.py``); a forced choice is taken as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import os
 from collections.abc import Callable, Iterator
 
 import torch
+
+from depthattn.ops.depth_mix import self_check
 
 DepthMixFn = Callable[..., torch.Tensor]
 
@@ -41,6 +46,10 @@ _ENV_VAR = "DEPTHATTN_DEPTH_MIX"
 # Up to this many tokens (batch × new tokens) per call, launching operations costs more than
 # stacking the sources: decoding takes the stacked path (benchmarks/depth_mix_kernel.py).
 _FEW_TOKENS = 8
+# Device types on which the automatic choice considers the Triton kernel (after its self-check).
+# A module constant so that the tests can add "cpu" and exercise the check through Triton's
+# interpreter or with a stand-in kernel.
+TRITON_AUTO_DEVICE_TYPES = frozenset({"cuda"})
 # The forced implementation lives in a context variable, not a module global: each thread (and
 # each asyncio task) has its own, so one thread forcing "reference" for a check never changes
 # what a model running in another thread computes with. (Autograd's CUDA worker threads do not
@@ -66,6 +75,18 @@ def triton_usable(device: torch.device | str) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def triton_verified(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernel passed its self-check on ``device`` in ``dtype`` (run on the
+    first call, once per process; a failure, missing triton included, warns once)."""
+    def load() -> DepthMixFn:
+        if not triton_usable(device):
+            raise RuntimeError("the triton package is not installed" if not _triton_installed()
+                               else f"Triton cannot run on {device} (TRITON_INTERPRET is not 1)")
+        return get_depth_mix_impl("triton")
+
+    return self_check.verified("triton", load, device, dtype)
+
+
 def available_depth_mix_impls(device: torch.device | str) -> list[str]:
     """The implementations that can run on ``device``, in the order of ``IMPLEMENTATIONS``."""
     return [name for name in IMPLEMENTATIONS if name != "triton" or triton_usable(device)]
@@ -89,7 +110,9 @@ def get_depth_mix_impl(name: str) -> DepthMixFn:
 def set_depth_mix_impl(name: str | None) -> None:
     """Force one implementation for every later call in this thread (None: automatic choice).
     ``use_depth_mix`` does it for a block only; the environment variable DEPTHATTN_DEPTH_MIX
-    forces one for the whole process."""
+    forces one for the whole process. A forced implementation runs without the automatic
+    choice's self-check (a forced 'triton' runs even where that check failed); it still needs a
+    device it can run on, and says so if it has none."""
     if name is not None:
         _check_known(name)
     _forced.set(name)
@@ -98,7 +121,8 @@ def set_depth_mix_impl(name: str | None) -> None:
 @contextlib.contextmanager
 def use_depth_mix(name: str | None) -> Iterator[None]:
     """``with use_depth_mix("reference"): model(ids)`` — force an implementation inside the
-    block, in this thread only, and restore the previous choice on leaving it."""
+    block, in this thread only, and restore the previous choice on leaving it. As with
+    ``set_depth_mix_impl``, the forced one runs without the self-check."""
     if name is not None:
         _check_known(name)
     token = _forced.set(name)
@@ -115,17 +139,31 @@ def forced_depth_mix() -> str | None:
 
 def automatic_choice(q: torch.Tensor) -> str:
     """Inside ``torch.compile``, the unstacked mix, which Inductor fuses with its neighbours.
-    Otherwise Triton on CUDA when it is installed. Else the unstacked mix, the fastest eager path
-    for training on CPU (1.01× vanilla's step on ``tiny``, against 1.04× for ``recompute``,
-    which keeps less for backward), except for calls of a few tokens without gradient
-    (decoding), where the stacked inference mix launches the fewest operations."""
+    Otherwise Triton on CUDA (not for float64: it computes in float32) once it has passed its
+    self-check on that device and dtype (``self_check.py``; run on the first call there, it
+    warns once if it fails). Else the unstacked mix, the fastest eager path for training on CPU
+    (1.01× vanilla's step on ``tiny``, against 1.04× for ``recompute``, which keeps less for
+    backward), except for calls of a few tokens without gradient (decoding), where the stacked
+    inference mix launches the fewest operations."""
     if torch.compiler.is_compiling():
         return "unstacked"
-    if q.device.type == "cuda" and q.dtype != torch.float64 and triton_usable(q.device):
+    if (q.device.type in TRITON_AUTO_DEVICE_TYPES and q.dtype != torch.float64
+            and _triton_checked(q)):
         return "triton"
     if torch.is_grad_enabled() and q.requires_grad:
         return "unstacked"
     return "inference" if q.shape[0] * q.shape[2] <= _FEW_TOKENS else "unstacked"
+
+
+def _triton_checked(q: torch.Tensor) -> bool:
+    known = self_check.known("triton", q.device, q.dtype)  # a dict look-up, on every call
+    if known is not None:
+        return known
+    # The check launches work and waits for it, which a CUDA graph being captured forbids: until
+    # it has run outside a capture, a captured graph records a PyTorch path (also correct).
+    if q.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    return triton_verified(q.device, q.dtype)
 
 
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:

@@ -4,8 +4,14 @@ One program owns a block of tokens of one (batch, kv head). Forward reads the G 
 the group once, then each key and value of the n+1 sources once, straight from the tensors
 where they live (a tuple of pointers, no stacked copy), and keeps an online softmax over depth
 in float32 registers. It writes ṽ_l and one log-sum-exp per token. Backward recomputes the
-weights from that log-sum-exp (the math is written out in ``recompute.py``); Σ_i α_i ∂L/∂α_i
-equals do · ṽ_l, so one pass over the sources gives every gradient.
+weights from that log-sum-exp (the math is written out in ``recompute.py``) in two passes over
+the sources: the first sums Σ_i α_i ∂L/∂α_i in float32, the second writes every gradient.
+
+Unlike FlashAttention's backward, that sum is not taken as do · ṽ_l: ṽ_l is stored in the value
+dtype, and in bfloat16 do · (rounding error of ṽ_l) is as large as ∂L/∂α_j − Σ_i α_i ∂L/∂α_i
+itself when the softmax is sharp. The key and query gradients came out up to 655× the tolerance
+(tolerances.py; with round-to-nearest, the GPU's rounding, still 46% of their largest value).
+The first pass costs one more read of the n+1 keys and values in backward.
 
 Sources must share one memory layout for keys and one for values; the model's do (every layer
 makes k and v the same way), and a source that differs is copied to the common layout.
@@ -50,7 +56,7 @@ def _forward_kernel(q_ptr, keys, values, out_ptr, lse_ptr,
                     T, H_KV, scale,
                     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, NUM_SOURCES: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    bg, t, mask, q_offset, q_bar, k_offset, v_offset = _tile(
+    bg, t, mask, _, q_bar, k_offset, v_offset = _tile(
         q_ptr, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, T, H_KV,
         HEAD_DIM, GROUP, BLOCK_T, BLOCK_D)
     q_bar = q_bar * scale
@@ -73,7 +79,7 @@ def _forward_kernel(q_ptr, keys, values, out_ptr, lse_ptr,
 
 
 @triton.jit
-def _backward_kernel(q_ptr, keys, values, out_ptr, grad_out_ptr, lse_ptr,
+def _backward_kernel(q_ptr, keys, values, grad_out_ptr, lse_ptr,
                      grad_q_ptr, grad_keys, grad_values,
                      sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                      T, H_KV, scale,
@@ -84,8 +90,12 @@ def _backward_kernel(q_ptr, keys, values, out_ptr, grad_out_ptr, lse_ptr,
         HEAD_DIM, GROUP, BLOCK_T, BLOCK_D)
     lse = tl.load(lse_ptr + bg * T + t, mask=t < T, other=0.0)
     grad_out = tl.load(grad_out_ptr + v_offset, mask=mask, other=0.0).to(tl.float32)
-    out = tl.load(out_ptr + v_offset, mask=mask, other=0.0).to(tl.float32)
-    weighted = tl.sum(grad_out * out, axis=1)  # Σ_i α_i ∂L/∂α_i = do · ṽ_l
+    weighted = tl.zeros([BLOCK_T], dtype=tl.float32)  # Σ_i α_i ∂L/∂α_i, in float32
+    for j in tl.static_range(NUM_SOURCES + 1):
+        k = tl.load(keys[j] + k_offset, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(values[j] + v_offset, mask=mask, other=0.0).to(tl.float32)
+        alpha = tl.exp(tl.sum(q_bar * k, axis=1) * scale - lse)
+        weighted += alpha * tl.sum(grad_out * v, axis=1)
     grad_q_bar = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     for j in tl.static_range(NUM_SOURCES + 1):
         k = tl.load(keys[j] + k_offset, mask=mask, other=0.0).to(tl.float32)
@@ -134,23 +144,23 @@ class _DepthMixTriton(torch.autograd.Function):
                               T, H_kv, scale, HEAD_DIM=d, GROUP=H // H_kv,
                               NUM_SOURCES=num_sources, BLOCK_T=block_t, BLOCK_D=block_d)
         ctx.num_sources, ctx.scale = num_sources, scale
-        ctx.save_for_backward(q, out, lse, *keys, *values)
+        ctx.save_for_backward(q, lse, *keys, *values)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, out, lse, *kv = ctx.saved_tensors
+        q, lse, *kv = ctx.saved_tensors
         n1 = ctx.num_sources + 1
         keys, values = tuple(kv[:n1]), tuple(kv[n1:])
-        if grad_out.stride() != out.stride():
-            grad_out = torch.empty_like(out).copy_(grad_out)
+        if grad_out.stride() != values[-1].stride():  # the kernel reads do at ṽ_l's offsets
+            grad_out = torch.empty_like(values[-1]).copy_(grad_out)
         B, H, T, d = q.shape
         H_kv = keys[-1].shape[1]
         grad_q = torch.empty_like(q)
         grad_keys = tuple(torch.empty_like(k) for k in keys)
         grad_values = tuple(torch.empty_like(v) for v in values)
         block_t, block_d, grid = _launch_shape(T, d, B, H_kv)
-        _backward_kernel[grid](q, keys, values, out, grad_out, lse, grad_q, grad_keys, grad_values,
+        _backward_kernel[grid](q, keys, values, grad_out, lse, grad_q, grad_keys, grad_values,
                                *q.stride()[:3], *keys[-1].stride()[:3], *values[-1].stride()[:3],
                                T, H_kv, ctx.scale, HEAD_DIM=d, GROUP=H // H_kv,
                                NUM_SOURCES=ctx.num_sources, BLOCK_T=block_t, BLOCK_D=block_d)
@@ -169,4 +179,13 @@ def depth_mix_triton(q: torch.Tensor, source_keys: list[torch.Tensor],
     if len({t.device for t in tensors}) != 1:
         raise ValueError(f"depth_mix_triton needs every tensor on one device; got "
                          f"{sorted({str(t.device) for t in tensors})}")
-    return _DepthMixTriton.apply(q, len(source_keys), *source_keys, key, *source_values, value)
+    # Each output and gradient is written at its input's offsets into an ``empty_like`` buffer,
+    # which has the input's strides only when the input is dense: a tensor with gaps (a slice of
+    # a wider one) would be written past the buffer's end, so it is copied first.
+    q, *kv = [t if _dense(t) else t.contiguous() for t in tensors]
+    return _DepthMixTriton.apply(q, len(source_keys), *kv)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Contiguous, or a transposed view of a contiguous (B, T, heads, d): what the model makes."""
+    return t.is_contiguous() or t.transpose(1, 2).is_contiguous()
