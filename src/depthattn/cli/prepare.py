@@ -6,9 +6,22 @@ import argparse
 import logging
 
 from depthattn.data.pipeline import DEFAULT_SOURCE, prepare
+from depthattn.data.shards import TokenStream
+from depthattn.data.token_import import (
+    DEFAULT_SHARD_TOKENS,
+    DEFAULT_TOKEN_COLUMN,
+    SPLIT_BY,
+    import_tokens,
+)
+from depthattn.data.token_sources import TOKEN_DTYPES
 from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
 
-HELP = "corpus -> tokenizer -> token shards"
+HELP = "corpus -> tokenizer -> token shards (or token files -> shards, with --tokens)"
+# Options of the text pipeline that mean nothing for token files, with their defaults.
+_TEXT_ONLY = {"vocab_size": DEFAULT_VOCAB_SIZE, "text_field": "text", "near_duplicates": None,
+              "shard_chars": 64 << 20, "num_workers": None}
+# Options of --tokens only (default None, so that a stray one is noticed).
+_TOKENS_ONLY = ("eos_id", "token_dtype", "split_by", "token_column", "shard_tokens")
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,12 +56,38 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="characters of text per shard (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
+    tokens = parser.add_argument_group(
+        "pre-tokenized inputs", "import token ids as they are, without re-tokenizing; "
+        "--tokenizer is then required (the ids are checked against it) and --val-fraction, "
+        "--seed, --out-dir, --model-vocab-size keep their meaning")
+    tokens.add_argument("--tokens", nargs="+", default=None, metavar="PATH",
+                        help=".npy / .bin files (flat ids, documents separated by EOS) or "
+                             "`datasets` folders (one document per row)")
+    tokens.add_argument("--token-dtype", choices=TOKEN_DTYPES, default=None,
+                        help="dtype of .bin files (default: uint16, nanoGPT's)")
+    tokens.add_argument("--eos-id", type=int, default=None,
+                        help="document separator in the files (default: the tokenizer's EOS "
+                             "id; must be it)")
+    tokens.add_argument("--split-by", choices=SPLIT_BY, default=None,
+                        help="hold out a fraction of the documents or of the files "
+                             "(default: documents)")
+    tokens.add_argument("--token-column", default=None,
+                        help=f"token-id column of `datasets` folders "
+                             f"(default: {DEFAULT_TOKEN_COLUMN})")
+    tokens.add_argument("--shard-tokens", type=int, default=None,
+                        help=f"tokens per shard (default: {DEFAULT_SHARD_TOKENS})")
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run `prepare` with parsed arguments; prints the manifest path (the command's result)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.tokens is not None:
+        print(_run_import(args))
+        return 0
+    stray = [f"--{k.replace('_', '-')}" for k in _TOKENS_ONLY if getattr(args, k) is not None]
+    if stray:
+        raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --tokens")
     manifest = prepare(
         source=args.source, out_dir=args.out_dir, tokenizer=args.tokenizer,
         vocab_size=args.vocab_size, num_workers=args.num_workers,
@@ -58,3 +97,26 @@ def run_prepare(args: argparse.Namespace) -> int:
     )
     print(manifest)
     return 0
+
+
+def _run_import(args: argparse.Namespace):
+    """`prepare --tokens`: separate flags, because neither a `datasets` folder (text or ids?) nor a
+    .bin file (which dtype?) says by its name what it holds, and the tokenizer is a check here,
+    not something to train."""
+    if args.source != DEFAULT_SOURCE:
+        raise SystemExit(f"depthattn prepare: give either a corpus ({args.source}) or --tokens, "
+                         f"not both")
+    if args.tokenizer is None:
+        raise SystemExit("depthattn prepare: --tokens needs --tokenizer (the tokenizer.json the "
+                         "ids come from)")
+    stray = [f"--{k.replace('_', '-')}" for k, v in _TEXT_ONLY.items() if getattr(args, k) != v]
+    if stray:
+        raise SystemExit(f"depthattn prepare: {', '.join(stray)} do not apply to --tokens")
+    manifest = import_tokens(
+        args.tokens, args.tokenizer, args.out_dir, eos_id=args.eos_id, dtype=args.token_dtype,
+        val_fraction=args.val_fraction, split_by=args.split_by or "documents", seed=args.seed,
+        column=args.token_column or DEFAULT_TOKEN_COLUMN,
+        shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, progress=args.progress)
+    if args.model_vocab_size is not None:
+        TokenStream(manifest, "train", model_vocab_size=args.model_vocab_size)
+    return manifest

@@ -17,6 +17,10 @@ Measured on the default corpus (containment = shared rare 3-grams / 3-grams of t
 document): editions of one play and contained collections 0.58–1.0, an annotated Comus vs
 Poetical Works 0.17, Love's Labour's Lost vs The Passionate Pilgrim (which reprints its sonnets)
 0.10–0.12, unrelated works at most 0.03. The default thresholds sit in the gaps.
+
+Pairs are not compared all against all: MinHash LSH (`depthattn.data.minhash`) proposes the pairs
+that may reach `group_threshold`, and only those are measured, exactly. Exact copies are found by
+hash first.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from depthattn.data.documents import Document
 from depthattn.data.files import sha256_text
+from depthattn.data.minhash import candidate_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ _DOUBLE = re.compile(r"(.)\1")
 _OLD_LETTERS = str.maketrans("vj", "ui")
 
 # 3-grams found in more documents than this are stock phrases ("i pray you"); they say nothing
-# about two documents being copies and would make pair counting quadratic, so they are ignored.
+# about two documents being copies and would make every pair look related, so they are ignored.
 _MAX_DOC_FREQUENCY = 8
 
 DUPLICATE_THRESHOLD = 0.4  # containment from which the smaller document is dropped
@@ -70,30 +75,36 @@ def word_trigrams(text: str, vocab: dict[str, int], keys: dict[str, str]) -> np.
     return np.unique(codes)
 
 
-def containment_matrix(texts: Sequence[str]) -> np.ndarray:
-    """C[a, b] = shared rare 3-grams of a and b / 3-grams of the smaller one (0 on the diagonal)."""
+def rare_trigrams(texts: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per document: its rare 3-grams (sorted codes) and its number of 3-grams of any kind."""
     vocab: dict[str, int] = {}
     keys: dict[str, str] = {}
     grams = [word_trigrams(t, vocab, keys) for t in texts]
-    n = len(grams)
-    sizes = np.array([len(g) for g in grams], dtype=np.float64)
-    shared = np.zeros((n, n), dtype=np.float64)
-    if n >= 2 and sizes.sum() > 0:
-        codes = np.concatenate(grams)
-        doc = np.repeat(np.arange(n), [len(g) for g in grams])
-        order = np.argsort(codes, kind="stable")
-        codes, doc = codes[order], doc[order]
-        # Run-length groups of equal codes; each group lists the documents holding that 3-gram.
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        freq = np.diff(np.r_[starts, len(codes)])
-        for f in range(2, _MAX_DOC_FREQUENCY + 1):
-            members = doc[starts[freq == f][:, None] + np.arange(f)]  # (groups, f)
-            for i in range(f):
-                for j in range(i + 1, f):
-                    np.add.at(shared, (members[:, i], members[:, j]), 1)
-        shared = shared + shared.T
-    smaller = np.maximum(np.minimum(sizes[:, None], sizes[None, :]), 1)
-    return shared / smaller
+    sizes = np.array([len(g) for g in grams], dtype=np.int64)
+    if not grams or not sizes.sum():
+        return grams, sizes
+    codes, freq = np.unique(np.concatenate(grams), return_counts=True)  # freq = documents
+    common = codes[freq > _MAX_DOC_FREQUENCY]
+    return [g[~np.isin(g, common, assume_unique=True)] for g in grams], sizes
+
+
+def related_pairs(texts: Sequence[str], threshold: float,
+                  progress: bool = False) -> dict[tuple[int, int], float]:
+    """{(a, b): containment} for a < b and containment >= `threshold`, where containment =
+    shared rare 3-grams / 3-grams of the smaller document.
+
+    MinHash LSH proposes the pairs (sub-quadratic); each is then measured exactly, so a value
+    here is the true containment. LSH runs on the rare 3-grams alone, whose containment is at
+    least the one above (same numerator, smaller denominator), so it is asked for `threshold`.
+    """
+    rare, sizes = rare_trigrams(texts)
+    found = {}
+    for a, b in sorted(candidate_pairs(rare, threshold, progress=progress)):
+        shared = len(np.intersect1d(rare[a], rare[b], assume_unique=True))
+        value = shared / max(min(sizes[a], sizes[b]), 1)
+        if value >= threshold:
+            found[(a, b)] = value
+    return found
 
 
 class _UnionFind:
@@ -130,6 +141,7 @@ def deduplicate_and_group(
     docs: Sequence[Document],
     duplicate_threshold: float = DUPLICATE_THRESHOLD,
     group_threshold: float = GROUP_THRESHOLD,
+    progress: bool = False,
 ) -> list[list[Document]]:
     """Drop exact and near copies, then return groups of related documents (see module doc).
 
@@ -140,28 +152,30 @@ def deduplicate_and_group(
             f"need 0 < group_threshold ({group_threshold}) <= duplicate_threshold "
             f"({duplicate_threshold}) <= 1")
     docs = drop_exact_duplicates(docs)
-    contain = containment_matrix([d.text for d in docs])
+    contain = related_pairs([d.text for d in docs], group_threshold, progress)
     n = len(docs)
+    neighbours: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    for (a, b), value in contain.items():  # sorted by (a, b), so neighbours are in index order
+        neighbours[a].append((b, value))
+        neighbours[b].append((a, value))
     length = [len(d.text) for d in docs]
     dropped = [False] * n
     # Largest first, so that a document is compared with the copies it may contain.
     for a in sorted(range(n), key=lambda i: (-length[i], i)):
         if dropped[a]:
             continue
-        for b in range(n):
-            if b != a and not dropped[b] and length[b] <= length[a] \
-                    and contain[a, b] >= duplicate_threshold:
+        for b, value in neighbours[a]:
+            if not dropped[b] and length[b] <= length[a] and value >= duplicate_threshold:
                 dropped[b] = True
                 logger.info("dropping %s: %.0f%% of it is in %s",
-                            docs[b].name, 100 * contain[a, b], docs[a].name)
+                            docs[b].name, 100 * value, docs[a].name)
     kept = [i for i in range(n) if not dropped[i]]
     groups = _UnionFind(n)
-    for i in kept:
-        for j in kept:
-            if i < j and contain[i, j] >= group_threshold:
-                groups.union(i, j)
-                logger.info("keeping %s and %s on one side of the split (%.0f%% shared)",
-                            docs[i].name, docs[j].name, 100 * contain[i, j])
+    for (i, j), value in contain.items():
+        if not dropped[i] and not dropped[j]:
+            groups.union(i, j)
+            logger.info("keeping %s and %s on one side of the split (%.0f%% shared)",
+                        docs[i].name, docs[j].name, 100 * value)
     by_root: dict[int, list[Document]] = {}
     for i in kept:
         by_root.setdefault(groups.find(i), []).append(docs[i])

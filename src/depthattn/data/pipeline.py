@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,12 @@ from depthattn.data.pack import (
     plan_shards,
     token_dtype,
 )
+from depthattn.data.prepared import (
+    TOKENIZER_DIR,
+    check_not_built_with_other,
+    remove_unlisted_shards,
+    store_given_tokenizer,
+)
 from depthattn.data.sources import read_local_source
 from depthattn.data.split import split_groups
 from depthattn.data.tokenizer import (
@@ -58,11 +63,9 @@ from depthattn.utils.atomic import atomic_dir, write_json_atomic
 logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "default"
-TOKENIZER_DIR = "tokenizer"
 # Beside a tokenizer trained here: what it was trained on, to tell whether it can be reused.
 TRAINING_RECORD = "depthattn_training.json"
 MAX_LISTED_DOCUMENTS = 10_000  # the manifest lists document names up to this many per split
-_SHARD_FILE = re.compile(r"^(train|validation)-\d{5}-[0-9a-f]{16}\.npy$")
 
 
 def available_cpus() -> int:
@@ -108,16 +111,6 @@ def _load_documents(source: str | Path, text_field: str) -> list[Document]:
     return docs
 
 
-def _check_not_built_with_other(out_dir: Path, sha256: str, what: str) -> None:
-    path = out_dir / MANIFEST_NAME
-    if path.exists():
-        built_with = read_manifest(path)["tokenizer"]["sha256"]
-        if built_with != sha256:
-            raise ValueError(
-                f"{out_dir} holds shards built with tokenizer sha256 {built_with[:16]}…, but "
-                f"{what} has sha256 {sha256[:16]}…; use another out_dir or delete {out_dir}")
-
-
 def _trained_tokenizer(out_dir: Path, train_docs: list[Document], vocab_size: int):
     """Train the BPE on the training split (never on validation), or reuse the one from before."""
     folder = out_dir / TOKENIZER_DIR
@@ -145,20 +138,6 @@ def _trained_tokenizer(out_dir: Path, train_docs: list[Document], vocab_size: in
 
     atomic_dir(folder, write)  # the folder appears complete or not at all
     return tokenizer
-
-
-def _given_tokenizer(out_dir: Path, tokenizer):
-    """Keep a copy of a user's tokenizer in out_dir, so the folder is self-contained."""
-    folder = out_dir / TOKENIZER_DIR
-    sha = tokenizer_sha256(tokenizer)
-    if folder.exists():
-        existing = tokenizer_sha256(load_tokenizer(folder))
-        if existing != sha:
-            raise ValueError(
-                f"{folder} holds a tokenizer with sha256 {existing[:16]}…, but the given one has "
-                f"{sha[:16]}…; use another out_dir or delete {out_dir}")
-        return
-    atomic_dir(folder, lambda staging: save_tokenizer(tokenizer, staging))
 
 
 def _check_arguments(source: str | Path, num_workers: int, val_fraction: float, seed: int,
@@ -204,13 +183,6 @@ def _split_entry(plans: list[ShardPlan], lengths: dict[str, int], out_dir: Path)
     }
 
 
-def _remove_unlisted_shards(out_dir: Path, listed: set[str]) -> None:
-    for path in out_dir.iterdir():
-        if _SHARD_FILE.match(path.name) and path.name not in listed:
-            logger.info("removing %s, left from an earlier preparation", path.name)
-            path.unlink()
-
-
 def prepare(
     source: str | Path = DEFAULT_SOURCE,
     out_dir: str | Path | None = None,
@@ -239,7 +211,7 @@ def prepare(
     val_fraction, seed: share of characters held out, by whole document, and the split's seed.
     near_duplicates: drop near-copies and group overlapping documents before splitting
         (default: on for the default corpus, off for local sources, which get exact-copy
-        removal only; it compares all pairs, so keep it to corpora of up to a few thousand files).
+        removal only; MinHash LSH finds the candidate pairs, see `depthattn.data.dedup`).
     model_vocab_size: if given, fail early unless the tokenizer's ids fit the model.
     shard_chars, chunk_chars: characters of text per shard and per parallel task.
     """
@@ -269,7 +241,7 @@ def prepare(
     if manifest_file.exists():
         previous = read_manifest(manifest_file)
         if given is not None:
-            _check_not_built_with_other(out_dir, request["tokenizer"]["sha256"],
+            check_not_built_with_other(out_dir, request["tokenizer"]["sha256"],
                                         "the given tokenizer")
         # (a manifest without shard checksums is rewritten: its finished shards are kept)
         if previous.get("request") == request and all(
@@ -280,7 +252,7 @@ def prepare(
 
     # --- documents and split (an empty or unsplittable corpus fails here, before out_dir) ---
     docs = _load_documents(source, text_field)
-    groups = (deduplicate_and_group(docs) if near_duplicates
+    groups = (deduplicate_and_group(docs, progress=progress) if near_duplicates
               else [[d] for d in drop_exact_duplicates(docs)])
     train_docs, val_docs = split_groups(groups, val_fraction, seed)
     logger.info("%d documents, %d after de-duplication: %d train, %d validation",
@@ -293,10 +265,10 @@ def prepare(
     if given is None:
         tok = _trained_tokenizer(out_dir, train_docs, vocab_size)
     else:
-        _given_tokenizer(out_dir, given)
+        store_given_tokenizer(out_dir, given)
         tok = given
     sha = tokenizer_sha256(tok)
-    _check_not_built_with_other(out_dir, sha, "this run's tokenizer")
+    check_not_built_with_other(out_dir, sha, "this run's tokenizer")
     vocab = max(tokenizer_vocab_size(tok), max(tok.get_vocab().values()) + 1)
     if model_vocab_size is not None:
         check_vocab_fits(vocab, model_vocab_size)
@@ -319,7 +291,7 @@ def prepare(
         "request": request,
         "seconds": round(time.perf_counter() - started, 1),
     })
-    _remove_unlisted_shards(out_dir, {p.file_name for ps in plans.values() for p in ps})
+    remove_unlisted_shards(out_dir, {p.file_name for ps in plans.values() for p in ps})
     logger.info("prepared %s: %s in %.1f s", out_dir,
                 json.dumps({k: v["num_tokens"] for k, v in splits.items()}),
                 time.perf_counter() - started)

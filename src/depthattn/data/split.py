@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
+
 from depthattn.data.documents import Document
 
 # A group may overshoot the validation target by this factor before it is skipped, so one large
@@ -54,3 +56,15 @@ def split_groups(
     train_docs = [d for i, g in enumerate(groups) if i not in val for d in g]
     val_docs = [d for i, g in enumerate(groups) if i in val for d in g]
     return train_docs, val_docs
+
+
+def held_out(count: int, val_fraction: float, seed: int, what: str) -> np.ndarray:
+    """Sorted indices of the `count` items (files or documents) that go to validation:
+    round(val_fraction * count) of them, at least one, and never all; drawn by `seed` alone."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if count < 2:
+        raise ValueError(f"the input has {count} {what}; a split by {what} needs at least 2 "
+                         f"(one for training, one for validation)")
+    n_val = min(max(1, round(val_fraction * count)), count - 1)
+    return np.sort(np.random.default_rng(seed).choice(count, n_val, replace=False))

@@ -1,0 +1,220 @@
+"""`import_tokens`: pre-tokenized corpora -> the prepared folder training reads, without
+re-tokenizing (`depthattn prepare --tokens ...`).
+
+The tokenizer the ids came from must be given: it is copied into the folder (training and
+evaluation decode with it), and the inputs are checked against it before anything is written:
+the EOS id the files separate documents with must be the tokenizer's EOS token, and every id must
+be below its vocabulary size. Validation holds out a fraction of the documents (EOS-delimited,
+or rows of a `datasets` folder) or of the input files, drawn by the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from depthattn.data.files import cache_dir, remove_stale_temp_files
+from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from depthattn.data.pack import token_dtype
+from depthattn.data.pipeline import MAX_LISTED_DOCUMENTS
+from depthattn.data.prepared import (
+    TOKENIZER_DIR,
+    check_not_built_with_other,
+    remove_unlisted_shards,
+    store_given_tokenizer,
+)
+from depthattn.data.split import held_out
+from depthattn.data.token_shards import Documents, plan, write_shards
+from depthattn.data.token_sources import (
+    TokenArray,
+    check_inputs,
+    dataset_documents,
+    flat_documents,
+    open_flat,
+    scan,
+)
+from depthattn.data.tokenizer import eos_token_id, load_tokenizer, tokenizer_sha256
+
+logger = logging.getLogger(__name__)
+
+SPLIT_BY = ("documents", "files")
+DEFAULT_TOKEN_COLUMN = "input_ids"
+DEFAULT_SHARD_TOKENS = 1 << 26  # 128 MiB of uint16 per shard
+IMPORT_VERSION = 1  # bump when the shards for the same inputs change
+
+
+def _check_arguments(val_fraction: float, split_by: str, seed: int, shard_tokens: int) -> None:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+
+
+def _check_eos(tokenizer, eos_id: int | None) -> int:
+    """The EOS id of the files, which must be the tokenizer's EOS token."""
+    tok_eos = eos_token_id(tokenizer)
+    if eos_id is not None and eos_id != tok_eos:
+        token = tokenizer.convert_ids_to_tokens(eos_id) if 0 <= eos_id < len(tokenizer) else None
+        raise ValueError(
+            f"the token files separate documents with id {eos_id} (--eos-id), but the "
+            f"tokenizer's EOS token {tokenizer.eos_token!r} has id {tok_eos} (id {eos_id} is "
+            f"{token!r} in it); give the tokenizer the files were made with")
+    return tok_eos
+
+
+def _fingerprint(path: Path) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}\n"
+                                  for p in files).encode()).hexdigest()
+
+
+def default_tokens_out_dir(inputs: list[Path], tokenizer_sha: str) -> Path:
+    """<cache>/prepared/tokens-<first input>-<hash of inputs and tokenizer>."""
+    key = "\n".join(str(p.resolve()) for p in inputs) + tokenizer_sha
+    return cache_dir() / "prepared" / (
+        f"tokens-{inputs[0].stem}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
+
+
+def _read(inputs: list[Path], dtype: str | None, column: str, eos_id: int, vocab: int,
+          progress: bool) -> tuple[list[TokenArray], list[int]]:
+    """All inputs as TokenArrays (and the input each came from), ids checked against `vocab`."""
+    arrays, owner = [], []
+    flats = {p: open_flat(p, dtype) for p in inputs if not p.is_dir()}
+    with tqdm(total=sum(len(a) for a in flats.values()) or None, unit="tok", unit_scale=True,
+              desc="checking ids", disable=not progress) as bar:
+        for i, path in enumerate(inputs):
+            if path in flats:
+                largest, eos = scan(flats[path], eos_id, bar)
+                found = [flat_documents(path.name, flats[path], eos)]
+            else:
+                largest, found = dataset_documents(path, column, eos_id, bar)
+            if largest >= vocab:
+                raise ValueError(f"{path} holds token id {largest}, but the tokenizer has "
+                                 f"{vocab} tokens (ids 0..{vocab - 1}); give the tokenizer "
+                                 f"the files were made with")
+            if not sum(len(a.starts) for a in found):
+                raise ValueError(f"{path} holds no documents (only EOS ids {eos_id} or empty "
+                                 f"rows)")
+            arrays += found
+            owner += [i] * len(found)
+    return arrays, owner
+
+
+def _names(arrays: list[TokenArray], docs: Documents, index: np.ndarray) -> list[str] | None:
+    if len(index) > MAX_LISTED_DOCUMENTS:
+        return None
+    first = np.cumsum([0] + [len(a.starts) for a in arrays])  # global index of each array's 1st
+    return [f"{arrays[a].name}:{int(i - first[a])}" for a, i in zip(docs.array[index], index)]
+
+
+def import_tokens(
+    inputs: list[str | Path],
+    tokenizer: str | Path,
+    out_dir: str | Path | None = None,
+    eos_id: int | None = None,
+    dtype: str | None = None,
+    val_fraction: float = 0.05,
+    split_by: str = "documents",
+    seed: int = 0,
+    column: str = DEFAULT_TOKEN_COLUMN,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    progress: bool = True,
+) -> Path:
+    """Write train/validation shards from token files; returns the path of manifest.json.
+
+    inputs: .npy / .bin files (flat ids, documents separated by `eos_id`) and `datasets`
+        folders (one document per row of `column`), read in the given order.
+    tokenizer: the tokenizer.json (or Hugging Face tokenizer folder) the ids come from.
+    eos_id: the separator in the files (default: the tokenizer's EOS id; must equal it).
+    dtype: of .bin files, uint16 (default, nanoGPT's) or uint32; for .npy, a check.
+    val_fraction, split_by, seed: hold out that fraction of the documents or of the files.
+    shard_tokens: tokens per output shard (a document is never cut).
+    """
+    started = time.perf_counter()
+    paths = [Path(p) for p in inputs]
+    _check_arguments(val_fraction, split_by, seed, shard_tokens)
+    check_inputs(paths, dtype)
+    tok = load_tokenizer(tokenizer)
+    eos = _check_eos(tok, eos_id)
+    sha = tokenizer_sha256(tok)
+    vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
+    out_dir = Path(out_dir) if out_dir is not None else default_tokens_out_dir(paths, sha)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {out_dir} exists and is not a folder")
+    if split_by == "files" and len(paths) < 2:
+        raise ValueError(f"a split by files needs at least 2 inputs, got {len(paths)}")
+    request: dict[str, Any] = {
+        "tokens": [[str(p.resolve()), _fingerprint(p)] for p in paths],
+        "tokenizer": {"sha256": sha}, "eos_id": eos, "dtype": dtype, "column": column,
+        "val_fraction": val_fraction, "split_by": split_by, "seed": seed,
+        "shard_tokens": shard_tokens, "import_version": IMPORT_VERSION,
+    }
+    manifest_file = out_dir / MANIFEST_NAME
+    if manifest_file.exists():
+        check_not_built_with_other(out_dir, sha, "the given tokenizer")
+        previous = read_manifest(manifest_file)
+        if previous.get("request") == request and all(
+                (out_dir / s["file"]).exists()
+                for split in previous["splits"].values() for s in split["shards"]):
+            logger.info("%s is already prepared", out_dir)
+            return manifest_file
+
+    # --- read and check everything before anything is written ---
+    arrays, owner = _read(paths, dtype, column, eos, vocab, progress)
+    docs = Documents.of(arrays)
+    if split_by == "files":
+        val_files = set(held_out(len(paths), val_fraction, seed, "files").tolist())
+        in_val = np.isin(docs.array, [a for a, o in enumerate(owner) if o in val_files])
+    else:
+        in_val = np.zeros(len(docs), bool)
+        in_val[held_out(len(docs), val_fraction, seed, "documents")] = True
+    out_dtype = token_dtype(vocab)
+    logger.info("%d documents in %d inputs: %d train, %d validation", len(docs), len(paths),
+                int((~in_val).sum()), int(in_val.sum()))
+
+    # --- tokenizer, shards, then the manifest ---
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temp_files(out_dir):
+        logger.info("removed %s, left by an interrupted run", path.name)
+    store_given_tokenizer(out_dir, tok)
+    tag = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    splits = {}
+    for split, index in (("train", np.flatnonzero(~in_val)), ("validation", np.flatnonzero(in_val))):
+        shards = plan(docs, index, shard_tokens)
+        names = [f"{split}-{k:05d}-{hashlib.sha256(f'{tag}:{split}:{k}'.encode()).hexdigest()[:16]}.npy"
+                 for k in range(len(shards))]
+        written = write_shards(out_dir, names, shards, arrays, docs, out_dtype, eos, progress)
+        splits[split] = {
+            "num_tokens": sum(n for n, _ in written),
+            "num_documents": len(index),
+            "documents": _names(arrays, docs, index),
+            "shards": [{"file": name, "num_tokens": n, "num_documents": len(s),
+                        "bytes": (out_dir / name).stat().st_size, "sha256": digest}
+                       for name, s, (n, digest) in zip(names, shards, written)],
+        }
+    write_manifest(manifest_file, {
+        "source": "tokens:" + ",".join(str(p.resolve()) for p in paths),
+        "tokenizer": {"path": TOKENIZER_DIR, "sha256": sha, "vocab_size": vocab,
+                      "eos_token_id": eos},
+        "dtype": out_dtype.name,
+        "num_tokens": sum(s["num_tokens"] for s in splits.values()),
+        "splits": splits,
+        "request": request,
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    remove_unlisted_shards(out_dir, {s["file"] for v in splits.values() for s in v["shards"]})
+    logger.info("prepared %s: %s in %.1f s", out_dir,
+                json.dumps({k: v["num_tokens"] for k, v in splits.items()}),
+                time.perf_counter() - started)
+    return manifest_file
