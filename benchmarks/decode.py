@@ -59,6 +59,9 @@ def check(model: CausalLM, device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--quickstart", action="store_true",
+                        help="the quickstart's model (its config's preset and overrides) "
+                             "instead of --preset")
     parser.add_argument("--methods", nargs="+", default=["vanilla", "depth_attention"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--context", type=int, default=1000)
@@ -74,9 +77,17 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     # RoPE has no table to outgrow: the model only needs max_seq_len to admit the whole run
-    preset = ModelConfig.from_preset(args.preset)
+    if args.quickstart:
+        from depthattn.train import load_train_config
+
+        train_config = load_train_config("quickstart", [], progress=False)
+        args.preset, overrides = train_config.model, dict(train_config.model_overrides)
+        overrides["vocab_size"] = train_config.vocab_size
+    else:
+        overrides = {}
+    preset = ModelConfig.from_preset(args.preset, **overrides)
     config = ModelConfig.from_preset(
-        args.preset, max_seq_len=max(preset.max_seq_len, args.context + args.new))
+        args.preset, **overrides, max_seq_len=max(preset.max_seq_len, args.context + args.new))
     models = {}
     for method in args.methods:
         torch.manual_seed(0)
@@ -103,7 +114,8 @@ def main() -> None:
                                  cache_bytes=cache_bytes))
     base_bytes = {r["batch"]: r["cache_bytes"] for r in rows if r["method"] == args.methods[0]}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"decoding, preset {args.preset}, {args.dtype}, {name}, {torch.get_num_threads()} "
+    model_name = "quickstart model" if args.quickstart else f"preset {args.preset}"
+    print(f"decoding, {model_name}, {args.dtype}, {name}, {torch.get_num_threads()} "
           f"threads, context {args.context}, {args.new} new tokens, median of {args.rounds}")
     print(f"{'mode':<10}{'method':<18}{'batch':>6}{'ms/step':>10}{'tokens/s':>11}{'speed ratio':>13}"
           f"{'KV cache MiB':>14}{'bytes ratio':>13}")
