@@ -151,3 +151,34 @@ def test_generate_past_max_seq_len(make_model):
     model = make_model(max_seq_len=16)
     with pytest.raises(ValueError, match="max_seq_len"):
         generate(model, torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
+
+
+# --- looped geometry (spec §7) ---------------------------------------------------------------
+
+
+LOOPED = {"num_layers": 4, "prelude_layers": 1, "loop_layers": 2}
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    ({"loop_iterations": 0}, ("loop_iterations", "0", ">= 1")),
+    ({"loop_layers": 0, "loop_iterations": 3}, ("loop_iterations", "3", "loop_layers")),
+    ({"prelude_layers": 3, "loop_layers": 2}, ("prelude_layers + loop_layers", "5", "4")),
+    ({"prelude_layers": -1}, ("prelude_layers", "-1", ">= 0")),
+    ({"loop_layers": -2}, ("loop_layers", "-2", ">= 0")),
+    ({"loop_injection": "concatenate"}, ("loop_injection", "'concatenate'", "none, add, concat")),
+])
+def test_bad_looped_geometry(make_config, overrides, fragments):
+    with pytest.raises(ValueError) as excinfo:
+        make_config(**{**LOOPED, **overrides})
+    assert_names(excinfo, *fragments)
+
+
+def test_unknown_depth_source_rule(make_config):
+    with pytest.raises(ValueError, match="sources") as excinfo:
+        make_config(**LOOPED, method="depth_attention", method_options={"sources": "iterations"})
+    assert_names(excinfo, "'iterations'", "applications, recurrent")
+
+
+def test_looped_config_has_no_qwen3_config(make_config):
+    with pytest.raises(ValueError, match="looped"):
+        make_config(**LOOPED).to_qwen3()

@@ -56,7 +56,7 @@ def test_preset_sizes_increase_with_their_names():
 @pytest.mark.parametrize("name", CONTRACT_PRESETS)
 def test_preset_depth_attention_default_stride_is_half_the_layers(name):
     cfg = ModelConfig.from_preset(name, method="depth_attention")
-    assert cfg.method_options == {"stride": max(1, cfg.num_layers // 2), "recent_window": 0}
+    assert cfg.method_options == {"stride": max(1, cfg.num_layers // 2), "recent_window": 0, "sources": "applications"}
 
 
 def test_paper_3b_preset():
@@ -71,7 +71,7 @@ def test_preset_overrides():
     cfg = ModelConfig.from_preset("tiny", num_layers=2, method="depth_attention",
                                   method_options={"stride": 2})
     assert cfg.num_layers == 2
-    assert cfg.method_options == {"stride": 2, "recent_window": 0}
+    assert cfg.method_options == {"stride": 2, "recent_window": 0, "sources": "applications"}
     assert cfg.hidden_size == PRESETS["tiny"]["hidden_size"]
     assert ModelConfig.from_preset("tiny").num_layers == PRESETS["tiny"]["num_layers"]
 
@@ -79,12 +79,13 @@ def test_preset_overrides():
 @pytest.mark.parametrize("num_layers, stride", [(1, 1), (2, 1), (3, 1), (7, 3), (8, 4), (48, 24)])
 def test_default_stride_is_max_one_half_layers(make_config, num_layers, stride):
     cfg = make_config(num_layers=num_layers, method="depth_attention")
-    assert cfg.method_options == {"stride": stride, "recent_window": 0}
+    assert cfg.method_options == {"stride": stride, "recent_window": 0, "sources": "applications"}
 
 
 def test_explicit_options_are_kept(make_config):
     cfg = make_config(method="depth_attention", method_options={"stride": 5, "recent_window": 2})
-    assert cfg.method_options == {"stride": 5, "recent_window": 2}
+    assert cfg.method_options == {"stride": 5, "recent_window": 2,
+                                  "sources": "applications"}
 
 
 def test_head_dim_defaults_to_hidden_over_heads(make_config):
@@ -105,7 +106,8 @@ def test_with_method_keeps_geometry(make_config):
     base = make_config()
     depth = base.with_method("depth_attention", stride=2, recent_window=1)
     assert depth.method == "depth_attention"
-    assert depth.method_options == {"stride": 2, "recent_window": 1}
+    assert depth.method_options == {"stride": 2, "recent_window": 1,
+                                    "sources": "applications"}
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                  "num_kv_heads", "head_dim", "max_seq_len", "rope_theta", "rms_norm_eps",
                  "k_norm_position", "tie_embeddings"):
@@ -133,3 +135,25 @@ def test_registry():
     assert get_method("depth_attention") is not None
     opts = DepthAttentionOptions(stride=3, recent_window=1)
     assert (opts.stride, opts.recent_window) == (3, 1)
+
+
+def test_looped_fields_flow_everywhere(tmp_path):
+    """The looped geometry (spec §7) goes where every ModelConfig field goes: the constructor,
+    preset and Qwen3 overrides, to_dict/save/load, and a run's model_overrides (TOML or the
+    CLI's key=value)."""
+    from depthattn.train.config import load_train_config
+
+    loop = {"prelude_layers": 1, "loop_layers": 2, "loop_iterations": 3,
+            "loop_injection": "concat"}
+    cfg = ModelConfig.from_preset("tiny", **loop)
+    assert cfg.num_applications == 8 + 2 * 2
+    cfg.save(tmp_path / "c.json")
+    assert ModelConfig.load(tmp_path / "c.json") == cfg
+    qwen = ModelConfig(num_layers=4).to_qwen3()
+    assert ModelConfig.from_qwen3(qwen, overrides=loop).num_applications == 4 + 2 * 2
+    (tmp_path / "run.toml").write_text(
+        'model = "tiny"\n[model_overrides]\nloop_layers = 2\nloop_iterations = 4\n')
+    run = load_train_config(tmp_path / "run.toml", overrides=[
+        'model_overrides={"loop_layers": 2, "loop_iterations": 5, "prelude_layers": 1}'])
+    assert run.model_config().num_applications == 8 + 2 * 4
+    assert load_train_config(tmp_path / "run.toml").model_config().num_applications == 8 + 2 * 3

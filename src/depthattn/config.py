@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from depthattn.qwen3_interop import fields_from_qwen3, qwen3_config_from_fields
-from depthattn.utils.checks import require_positive_int
+from depthattn.utils.checks import require_int, require_positive_int
 from depthattn.utils.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from transformers import Qwen3Config
 
 K_NORM_POSITIONS = ("before_rope", "after_rope")
+# How a looped block's iterations read the prelude's output (docs: spec §7, depthattn.looped).
+LOOP_INJECTIONS = ("none", "add", "concat")
 
 # (method name, options mapping, config) -> the method's validated options dataclass.
 MethodResolver = Callable[[str, Mapping[str, Any], "ModelConfig"], Any]
@@ -65,6 +67,13 @@ class ModelConfig:
     tie_embeddings: bool = False  # the paper's models are untied; small Qwen3 checkpoints are tied
     # Qwen3 normalises keys before RoPE; the authors' Hugging Face code does it after RoPE.
     k_norm_position: str = "before_rope"
+    # Looped (recurrent-depth) geometry, spec §7: a prelude of p layers, a block of k layers
+    # applied r times with shared weights, a coda of the other num_layers - p - k layers.
+    # num_layers counts distinct layers (the state dict's); num_applications = p + k·r + c.
+    prelude_layers: int = 0  # p
+    loop_layers: int = 0  # k; 0 = not looped
+    loop_iterations: int = 1  # r; may change after training (test-time depth)
+    loop_injection: str = "none"  # how each iteration reads the prelude's output: none/add/concat
     method: str = "vanilla"  # a name from depthattn.crosslayer.method_names(), or two joined by '+'
     method_options: dict[str, Any] = field(default_factory=dict)  # resolved in __post_init__
 
@@ -93,9 +102,37 @@ class ModelConfig:
         if self.k_norm_position not in K_NORM_POSITIONS:
             raise ValueError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                              f"{', '.join(K_NORM_POSITIONS)}")
+        self._check_loop()
         # unknown names, clashing combinations and bad options fail here
         options = _resolve_method(self.method, self.method_options or {}, self)
         self.method_options = dataclasses.asdict(options)
+
+    def _check_loop(self) -> None:
+        require_int("prelude_layers", self.prelude_layers, 0)
+        require_int("loop_layers", self.loop_layers, 0, hint=" (0 = not looped)")
+        require_int("loop_iterations", self.loop_iterations, 1)
+        if self.loop_layers == 0 and self.loop_iterations != 1:
+            raise ValueError(f"loop_iterations ({self.loop_iterations}) needs a looped block: "
+                             f"set loop_layers (k >= 1), or leave loop_iterations at 1")
+        if self.prelude_layers + self.loop_layers > self.num_layers:
+            raise ValueError(f"prelude_layers + loop_layers ({self.prelude_layers} + "
+                             f"{self.loop_layers} = {self.prelude_layers + self.loop_layers}) "
+                             f"exceeds num_layers ({self.num_layers})")
+        if self.loop_injection not in LOOP_INJECTIONS:
+            raise ValueError(f"loop_injection ({self.loop_injection!r}) must be one of "
+                             f"{', '.join(LOOP_INJECTIONS)}"
+                             f"{did_you_mean(self.loop_injection, LOOP_INJECTIONS)}")
+
+    @property
+    def looped(self) -> bool:
+        """Whether a block of layers is applied more than once (or could be: k >= 1)."""
+        return self.loop_layers > 0
+
+    @property
+    def num_applications(self) -> int:
+        """L_eff = p + k·r + c: how many layer applications a forward runs; the KV cache and the
+        depth stash hold one slot per application. num_layers when not looped."""
+        return self.num_layers + self.loop_layers * (self.loop_iterations - 1)
 
     def options(self):
         """The method's validated options dataclass."""
@@ -135,12 +172,21 @@ class ModelConfig:
     # --- Qwen3 interop -------------------------------------------------------------------
     @classmethod
     def from_qwen3(cls, hf_config: Qwen3Config, method: str = "vanilla",
+                   overrides: Mapping[str, Any] | None = None,
                    **method_options: Any) -> ModelConfig:
-        """The equivalent of a ``transformers.Qwen3Config``; refuses features we do not model."""
-        return cls(**fields_from_qwen3(hf_config), method=method, method_options=method_options)
+        """The equivalent of a ``transformers.Qwen3Config``; refuses features we do not model.
+        ``overrides``: ModelConfig fields to set beside the Qwen3 geometry, e.g. a looped
+        reading of the same weights: ``{"prelude_layers": 2, "loop_layers": 4}``."""
+        fields = {**fields_from_qwen3(hf_config), **(overrides or {})}
+        _reject_unknown_fields(fields)
+        return cls(**fields, method=method, method_options=method_options)
 
     def to_qwen3(self) -> Qwen3Config:
         """The ``transformers.Qwen3Config`` of the same geometry (the method is not represented)."""
+        if self.looped:
+            raise ValueError(f"a looped model (loop_layers={self.loop_layers}) has no Qwen3Config: "
+                             f"Qwen3 applies each layer once; its weights are a Qwen3 state dict "
+                             f"of num_layers ({self.num_layers}) layers all the same")
         return qwen3_config_from_fields(self.to_dict())
 
 

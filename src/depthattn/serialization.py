@@ -86,6 +86,12 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor],
         state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
     with torch.device("meta"):
         model = CausalLM(config)
+    adapter = "model.loop_injection.weight"
+    if adapter in model.state_dict() and adapter not in state:
+        raise ValueError(f"the checkpoint has no {adapter}: its config asks for "
+                         f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
+                         f"weights were not trained with one; load it with the loop_injection "
+                         f"it was trained with")
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

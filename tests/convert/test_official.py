@@ -143,7 +143,8 @@ def test_official_checkpoint_matches_float64_formula(tmp_path, changes, depth):
     assert model.core_config.k_norm_position == "after_rope"
     assert model.core_config.method == ("depth_attention" if depth else "vanilla")
     if depth:
-        assert model.core_config.method_options == {"stride": 2, "recent_window": 1}
+        assert model.core_config.method_options == {"stride": 2, "recent_window": 1,
+                                                     "sources": "applications"}
     assert "lm_head_layernorm.weight" not in model.state_dict()
     with torch.no_grad():
         ours = model(IDS).logits
@@ -182,7 +183,7 @@ def test_missing_stride_uses_their_code_default(tmp_path):
     del config["depth_attention_stride"], config["depth_attention_recent_window"]
     src = write_official(tmp_path / "official", config, official_weights())
     model = AutoModelForCausalLM.from_pretrained(from_official(src, tmp_path / "ours"))
-    assert model.core_config.method_options == {"stride": 1, "recent_window": 0}
+    assert model.core_config.method_options == {"stride": 1, "recent_window": 0, "sources": "applications"}
 
 
 def test_unsupported_options_are_named(tmp_path):

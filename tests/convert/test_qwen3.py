@@ -51,7 +51,8 @@ def test_from_qwen3_depth_attention_loads_unchanged_weights(tmp_path, qwen3_dir)
                      recent_window=1)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert model.core_config.method == "depth_attention"
-    assert model.core_config.method_options == {"stride": 2, "recent_window": 1}
+    assert model.core_config.method_options == {"stride": 2, "recent_window": 1,
+                                                 "sources": "applications"}
     ref_state = reference.state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, ref_state[name]), name

@@ -13,7 +13,7 @@ from tests.conftest import random_ids, tiny_config, tiny_model
 def test_parts_keep_their_hooks_and_options():
     config = tiny_config(method="depth_attention+denseformer",
                          method_options={"depth_attention": {"stride": 2}})
-    assert config.method_options["depth_attention"] == {"stride": 2, "recent_window": 0}
+    assert config.method_options["depth_attention"] == {"stride": 2, "recent_window": 0, "sources": "applications"}
     assert config.method_options["denseformer"] == {"dilation": 1, "period": 1}
     model = CausalLM(config)
     keys = [k for k in model.state_dict() if k.startswith("model.cross_layer.")]

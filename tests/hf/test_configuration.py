@@ -30,7 +30,7 @@ def test_method_defaults_follow_a_geometry_given_by_alias():
     """Depth-Attention's stride defaults to L // 2 of the L given as num_hidden_layers."""
     config = DepthAttnConfig(num_hidden_layers=4, method="depth_attention")
     assert config.num_layers == 4
-    assert config.method_options == {"stride": 2, "recent_window": 0}
+    assert config.method_options == {"stride": 2, "recent_window": 0, "sources": "applications"}
     assert config.to_model_config().method_options["stride"] == 2
 
 

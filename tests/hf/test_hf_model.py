@@ -29,7 +29,8 @@ def test_config_round_trips_model_config(make_config):
                        k_norm_position="after_rope")
     hf = DepthAttnConfig.from_model_config(core)
     assert hf.to_model_config() == core
-    assert hf.method_options == {"stride": 3, "recent_window": 1}  # resolved: L // 2
+    assert hf.method_options == {"stride": 3, "recent_window": 1,
+                                 "sources": "applications"}  # resolved: L // 2
     assert (hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads) == (6, 4, 2)
     assert hf.max_position_embeddings == core.max_seq_len
 

@@ -42,9 +42,10 @@ class BackboneCost:
     embedding_params: int  # the input embedding table
     matmul_params: int  # projections, MLPs and the LM head: the weights that cost FLOPs
     seq_len: int  # T, for the attention term
-    matmul_flops_per_token: float  # 2 × matmul_params
+    # L below is L_eff, the applications, for a looped model (spec §7); params count L layers
+    matmul_flops_per_token: float  # 2 × matmul_params (looped: each application's weights)
     attention_flops_per_token: float  # 4·L·H·d_h·(T+1)/2 (causal average)
-    kv_cache_per_token: int  # elements: 2·L·H_kv·d_h
+    kv_cache_per_token: int  # elements: 2·L·H_kv·d_h, one slot per application
     residual_per_token: int  # d: the vanilla decoder's in-flight state
 
     @property
@@ -95,21 +96,26 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
     T = config.max_seq_len if seq_len is None else seq_len
     require_positive_int("seq_len", T)
     L, D, V = config.num_layers, config.hidden_size, config.vocab_size
+    # A looped model (spec §7) stores L distinct layers but runs, and caches, L_eff applications.
+    L_eff = config.num_applications
     q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     attention = D * q_width + 2 * D * kv_width + q_width * D  # q, k, v, o projections
     mlp = 3 * D * config.intermediate_size  # gate, up, down
     norms = 2 * D + 2 * config.head_dim  # two pre-norms, q_norm, k_norm
     embedding = V * D
     lm_head = V * D
-    matmul = L * (attention + mlp) + lm_head
-    params = embedding + L * (attention + mlp + norms) + D + (0 if config.tie_embeddings
-                                                              else lm_head)
+    adapter = 2 * D * D if config.looped and config.loop_injection == "concat" else 0
+    matmul = L * (attention + mlp) + lm_head + adapter  # distinct weights
+    matmul_per_token = (L_eff * (attention + mlp) + lm_head
+                        + adapter * config.loop_iterations)  # applied ones
+    params = embedding + L * (attention + mlp + norms) + D + adapter + (
+        0 if config.tie_embeddings else lm_head)
     mean_keys = (T + 1) / 2  # causal: token t sees t keys
-    attn_flops = L * config.num_heads * 2 * (2 * config.head_dim) * mean_keys  # q·k and p·v
+    attn_flops = L_eff * config.num_heads * 2 * (2 * config.head_dim) * mean_keys  # q·k, p·v
     return BackboneCost(params=params, embedding_params=embedding, matmul_params=matmul,
-                        seq_len=T, matmul_flops_per_token=float(2 * matmul),
+                        seq_len=T, matmul_flops_per_token=float(2 * matmul_per_token),
                         attention_flops_per_token=float(attn_flops),
-                        kv_cache_per_token=2 * L * kv_width, residual_per_token=D)
+                        kv_cache_per_token=2 * L_eff * kv_width, residual_per_token=D)
 
 
 def method_cost(config: ModelConfig) -> MethodCost:

@@ -145,6 +145,8 @@ class AttnResStream:
 class AttnRes(CrossLayerMethod):
     """One aggregator before each sublayer (`attn.{l}`, `mlp.{l}`) and one before the final
     norm (`final`); attention itself is vanilla."""
+    looped_refusal = ("its depth aggregators are per layer and sized by the number of earlier "
+                      "layer outputs (num_layers), which a looped model has per application")
 
     # Weight decay as in the Depth-Attention authors' comparison (docs/baselines.md §1, §7A(e)):
     # their grouping decayed the pseudo-query q with 0.1 but not the bias (by its name) nor the

@@ -97,6 +97,8 @@ class BlockStream:
 class BlockAttnRes(CrossLayerMethod):
     """One aggregator (pseudo-query + key gain) before each sublayer (`attn.{l}`, `mlp.{l}`)
     and, by default, one before the final norm (`final`); attention itself is vanilla."""
+    looped_refusal = ("its blocks and aggregators are sized by num_layers; a looped model would "
+                      "need them per application, which changes with loop_iterations")
 
     # Weight decay follows the default rule: neither the key gains (RMSNorm gains) nor the
     # pseudo-queries (vectors; Kimi does not say) are decayed.

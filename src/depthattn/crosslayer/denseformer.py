@@ -114,6 +114,9 @@ class DenseStream:
 class DenseFormer(CrossLayerMethod):
     """Residual-stream method; attention is vanilla. State objects are never mutated (a block
     recomputed under activation checkpointing must see the same history as the first pass)."""
+    looped_refusal = ("its depth-weighted averages have one weight per earlier layer output, "
+                      "sized by num_layers; a looped model would need them per application, which "
+                      "changes with loop_iterations")
 
     # α is a vector, so the default rule keeps it out of weight decay: decaying it toward 0
     # would pull α_{i,i} = 1 away from the identity. (The Depth-Attention authors decayed it

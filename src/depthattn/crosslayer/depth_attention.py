@@ -1,7 +1,10 @@
 """Depth-Attention (Zeng et al., 2026, arXiv 2606.05014): before layer l attends over the
 sequence, its query attends over depth — the keys of selected earlier layers at the same
 token — and mixes their values into the value that self-attention reads and the cache stores.
-No parameters; the only state is the vanilla-sized KV cache (docs/method.md §2–§4)."""
+No parameters; the only state is the vanilla-sized KV cache (docs/method.md §2–§4).
+
+A looped model (spec §7) mixes over applications: layer indices below are application indices
+e = 0 .. L_eff − 1, each with its own key and mixed value in the depth stash and the cache."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from depthattn.crosslayer.base import (
     MethodOptions,
 )
 from depthattn.crosslayer.registry import register
+from depthattn.looped import applications
 from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
 from depthattn.utils.checks import require_int
 
@@ -26,21 +30,50 @@ from depthattn.utils.checks import require_int
 DepthWeightRecorder = Callable[[int, list[int], torch.Tensor], None]
 
 
+# How a looped model's applications choose their sources (spec §7).
+SOURCE_RULES = ("applications", "recurrent")
+
+
 def depth_sources(layer: int, stride: int, recent_window: int) -> list[int]:
     """S(l) = { j : 0 ≤ j < l and (j mod s == 0 or j ≥ l − w) }, ascending (docs/method.md §2)."""
     return [j for j in range(layer) if j % stride == 0 or j >= layer - recent_window]
 
 
+def application_sources(config: ModelConfig, stride: int, recent_window: int,
+                        rule: str = "applications") -> list[list[int]]:
+    """S(e) for every application e = 0 .. L_eff − 1 (spec §7), ascending.
+
+    ``applications``: §2's rule over application indices. ``recurrent``: the application of
+    looped layer i at iteration t ≥ 1 reads application 0 and layer i's applications at
+    iterations 0 .. t − 1 (the depth-recurrent view); every other one keeps ``applications``.
+    Not looped: S(l) of §2, since applications are then the layers."""
+    apps = applications(config)
+    sources = [depth_sources(app.index, stride, recent_window) for app in apps]
+    if rule == "recurrent":
+        for app in apps:
+            if app.iteration:  # t ≥ 1
+                earlier = [b.index for b in apps if b.layer == app.layer
+                           and b.iteration is not None and b.iteration < app.iteration]
+                sources[app.index] = sorted({0, *earlier})
+    return sources
+
+
 @dataclass(frozen=True)
 class DepthAttentionOptions(MethodOptions):
-    stride: int | None = None  # s: every s-th earlier layer is a source; None → max(1, L // 2)
-    recent_window: int = 0  # w: the w layers just below l are sources too
+    stride: int | None = None  # s: every s-th earlier application is a source; None → L_eff // 2
+    recent_window: int = 0  # w: the w applications just below e are sources too
+    sources: str = "applications"  # a looped model's source rule: applications or recurrent
 
     def resolved(self, config: ModelConfig) -> DepthAttentionOptions:
-        stride = max(1, config.num_layers // 2) if self.stride is None else self.stride
+        # L_eff = num_layers when not looped. Kept as resolved when r changes later (test-time
+        # depth), so that the trained model's stride stays.
+        stride = max(1, config.num_applications // 2) if self.stride is None else self.stride
         require_int("depth_attention option stride", stride, 1,
                     hint=" (1 = every earlier layer is a source)")
         require_int("depth_attention option recent_window", self.recent_window, 0)
+        if self.sources not in SOURCE_RULES:
+            raise ValueError(f"depth_attention option sources ({self.sources!r}) must be one "
+                             f"of {', '.join(SOURCE_RULES)}")
         return dataclasses.replace(self, stride=stride)
 
 
@@ -48,8 +81,8 @@ class DepthAttentionOptions(MethodOptions):
 class DepthAttention(CrossLayerMethod):
     def __init__(self, config: ModelConfig, options: DepthAttentionOptions) -> None:
         super().__init__(config, options)
-        self.sources = [depth_sources(layer, options.stride, options.recent_window)
-                        for layer in range(config.num_layers)]
+        self.sources = application_sources(config, options.stride, options.recent_window,
+                                           options.sources)  # S(e), e = 0 .. L_eff − 1
         # Only layers some later layer reads go into the stash: keeps its memory at |∪ S(l)|.
         self.read_later = frozenset(j for s in self.sources for j in s)
         # Set only while depthattn.analysis.capture_depth_weights is active: α is then computed
@@ -63,8 +96,9 @@ class DepthAttention(CrossLayerMethod):
         No parameters; the stash reuses the KV-cache tensors of the in-flight token."""
         H_kv_d = config.num_kv_heads * config.head_dim
         flops = 0
-        for layer in range(config.num_layers):
-            n = len(depth_sources(layer, options.stride, options.recent_window))
+        for sources in application_sources(config, options.stride, options.recent_window,
+                                           options.sources):
+            n = len(sources)
             if n:
                 flops += (n + 1) * (2 * H_kv_d + 2 * H_kv_d) + config.num_heads * config.head_dim
         return MethodCost(added_flops_per_token=float(flops),

@@ -104,6 +104,8 @@ class HyperConnection(nn.Module):
 @register("hyper_connections", options=HyperConnectionsOptions)
 class HyperConnections(StreamConnectors):
     """Two connectors per layer (attention, MLP), streams expanded once and summed once."""
+    looped_refusal = ("its connectors are per sublayer (2 · num_layers of them) and mix the "
+                      "streams of a fixed depth; they are not defined per application")
 
     def __init__(self, config: ModelConfig, options: HyperConnectionsOptions) -> None:
         n = options.num_streams

@@ -131,6 +131,9 @@ class ManifoldConnector(nn.Module):
 
 @register("mhc", options=MHCOptions)
 class MHC(StreamConnectors):
+    looped_refusal = ("its connectors are per sublayer (2 · num_layers of them) and mix the "
+                      "streams of a fixed depth; they are not defined per application")
+
     def __init__(self, config: ModelConfig, options: MHCOptions) -> None:
         n = options.num_streams
         super().__init__(config, options, n, lambda _: ManifoldConnector(

@@ -157,6 +157,8 @@ class DenseConnection(nn.Module):
 
 @register("muddformer", options=MUDDFormerOptions)
 class MUDDFormer(CrossLayerMethod):
+    looped_refusal = ("its dense connections have widths that grow with the number of earlier "
+                      "layers (num_layers); a looped model would need them per application")
     name = "muddformer"
 
     def __init__(self, config: ModelConfig, options: MUDDFormerOptions) -> None:

@@ -79,6 +79,9 @@ def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) 
         listed = ", ".join(allowed) if allowed else "none (this method takes no options)"
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
                          f"{name!r}; allowed: {listed}{did_you_mean(unknown[0], allowed)}")
+    if config.looped and spec.cls.looped_refusal:
+        raise ValueError(f"method {name!r} cannot run a looped model (loop_layers="
+                         f"{config.loop_layers}): {spec.cls.looped_refusal}")
     return spec.options(**options).resolved(config)
 
 

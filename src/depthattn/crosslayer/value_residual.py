@@ -14,6 +14,11 @@ So no mode is vanilla at initialisation: all three start as ResFormer's fixed 0.
 mix happens at the H_kv value heads, before GQA shares them (§12), and the cache stores ṽ_l, so it
 keeps its vanilla size and past tokens never need v_0 again (§9e). Not a baseline of the
 Depth-Attention paper; it is the closest static analogue of Depth-Attention (§9d).
+
+Looped models (spec §7): "layer 0" is application 0, and every later application e mixes v_0 in;
+a learned λ or a gate belongs to the distinct layer that application e runs, shared by its
+iterations. A looped layer 0 (no prelude) would need a λ of its own for its later iterations:
+``learned`` and ``gated`` refuse that geometry.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from depthattn.crosslayer.base import (
     Sublayer,
 )
 from depthattn.crosslayer.registry import register
+from depthattn.looped import applications
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
@@ -48,6 +54,11 @@ class ValueResidualOptions(MethodOptions):
         if self.mode not in MODES:
             raise ValueError(f"value_residual option mode ({self.mode!r}) must be one of "
                              f"{', '.join(MODES)}")
+        if self.mode != "fixed" and config.looped and config.prelude_layers == 0:
+            raise ValueError(f"value_residual mode {self.mode!r} cannot run a looped model "
+                             f"without a prelude: its λ_l (l >= 1) belong to distinct layers, and "
+                             f"the looped layer 0's later iterations would need one of their own; "
+                             f"set prelude_layers >= 1 or mode='fixed'")
         return self
 
 
@@ -63,6 +74,9 @@ class ValueResidual(CrossLayerMethod):
         super().__init__(config, options)
         self.mode = options.mode
         self.eps = config.rms_norm_eps
+        # application e → the distinct layer it runs (e itself when not looped); never 0 for
+        # e ≥ 1 in the learned and gated modes (see resolved)
+        self.layer_of = [app.layer for app in applications(config)]
         later = range(1, config.num_layers)  # layer 0 has nothing to mix in
         if self.mode == "learned":
             self.lambdas = nn.Parameter(torch.empty(len(later)))  # lambdas[l − 1] is λ_l
@@ -87,14 +101,15 @@ class ValueResidual(CrossLayerMethod):
     def cost(cls, config: ModelConfig, options: ValueResidualOptions) -> MethodCost:
         """§9b params: 0 / L−1 / (L−1)(D·H_kv + H_kv). FLOPs: the mix, 3 per value element
         (a + λ(b − a)), in L−1 layers; the gate adds its RMSNorm (≈ 3·D) and its projection
-        (2·D·H_kv). §9c state: v_0 of the in-flight token (H_kv·d) beside the residual."""
-        L, D = config.num_layers, config.hidden_size
+        (2·D·H_kv). §9c state: v_0 of the in-flight token (H_kv·d) beside the residual.
+        Looped: parameters per distinct layer, FLOPs per application (L_eff − 1 mixes)."""
+        L, D, A = config.num_layers, config.hidden_size, config.num_applications
         kv = config.num_kv_heads * config.head_dim
         params = {"fixed": 0, "learned": L - 1,
                   "gated": (L - 1) * (D * config.num_kv_heads + config.num_kv_heads)}[options.mode]
-        flops = (L - 1) * 3 * kv
+        flops = (A - 1) * 3 * kv
         if options.mode == "gated":
-            flops += (L - 1) * (3 * D + 2 * D * config.num_kv_heads)
+            flops += (A - 1) * (3 * D + 2 * D * config.num_kv_heads)
         return MethodCost(added_params=params, added_flops_per_token=float(flops),
                           inflight_state_per_token=D + kv)
 
@@ -106,7 +121,7 @@ class ValueResidual(CrossLayerMethod):
             # same function class, since W_l absorbs the gain (W·(g ⊙ n) = (W·diag g)·n).
             normed = F.rms_norm(stream.to(torch.promote_types(stream.dtype, torch.float32)),
                                 (stream.shape[-1],), eps=self.eps)
-            gate = self.gates[str(layer_idx)]
+            gate = self.gates[str(self.layer_of[layer_idx])]
             share = torch.sigmoid(F.linear(normed.to(stream.dtype), gate.weight, gate.bias))
             # Handed to this layer's mix_values through the per-call stash, under the layer's
             # own key: (λ_l, v_0), λ_l as (B, H_kv, T, 1). Never outlives the call.
@@ -123,5 +138,6 @@ class ValueResidual(CrossLayerMethod):
             share, v0 = ctx.depth_stash[layer_idx]  # (B, H_kv, T, 1), (B, H_kv, T, d)
         else:
             v0 = ctx.depth_stash[0][1]
-            share = 0.5 if self.mode == "fixed" else self.lambdas[layer_idx - 1].to(v.dtype)
+            share = (0.5 if self.mode == "fixed"
+                     else self.lambdas[self.layer_of[layer_idx] - 1].to(v.dtype))
         return torch.lerp(v, v0, share)  # (1 − λ)·v_l + λ·v_0

@@ -104,6 +104,29 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         self.model.config = self.core_config
         return embeddings
 
+    def set_loop_iterations(self, iterations: int) -> None:
+        """Test-time depth of a looped model (``Decoder.set_loop_iterations``); the Hugging Face
+        config follows, so that save_pretrained and new caches see the new L_eff."""
+        self.model.set_loop_iterations(iterations)
+        self.config.loop_iterations = iterations
+        self.core_config = self.model.config
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> DepthAttnForCausalLM:
+        """transformers' from_pretrained, except that a missing concat injection adapter is an
+        error: transformers would initialise it silently, and the model would then compute
+        something it was not trained for. (``loop_iterations=r`` among the keywords sets the
+        test-time depth, as any config field.)"""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        missing = sorted(k for k in info.get("missing_keys", ()) if "loop_injection" in k)
+        if missing:
+            raise ValueError(f"the checkpoint has no {', '.join(missing)}: its config asks for "
+                             f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
+                             f"weights were not trained with one; load it with the "
+                             f"loop_injection it was trained with")
+        return (model, info) if want_info else model
+
     # --- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,

@@ -45,7 +45,7 @@ class DepthAttnStaticCache(Cache):
     def begin(self, new_valid: torch.Tensor | None, num_new: int,
               batch_size: int) -> tuple[int | None, torch.Tensor, torch.Tensor]:
         if self.inner is None:  # the batch is known now
-            self.inner = StaticKVCache(self.config.num_layers, batch_size, self.max_len,
+            self.inner = StaticKVCache(self.config.num_applications, batch_size, self.max_len,
                                        self.config.num_kv_heads, self.config.head_dim,
                                        dtype=self._dtype, device=self._device)
         return self.inner.begin(new_valid, num_new, batch_size)
@@ -75,11 +75,11 @@ class DepthAttnStaticCache(Cache):
     # per layer, as transformers asks (it has no layer objects here): full attention everywhere
     @property
     def is_linear(self) -> list[bool]:
-        return [False] * self.config.num_layers
+        return [False] * self.config.num_applications
 
     @property
     def is_sliding(self) -> list[bool]:
-        return [False] * self.config.num_layers
+        return [False] * self.config.num_applications
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length

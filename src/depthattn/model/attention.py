@@ -32,9 +32,11 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, x_k: torch.Tensor | None = None,
-                x_v: torch.Tensor | None = None) -> torch.Tensor:
+                x_v: torch.Tensor | None = None, application: int | None = None) -> torch.Tensor:
         """x: (B, T, D) normed input of q_proj; x_k, x_v: of k_proj and v_proj (default x —
-        they differ only for methods with separate query/key/value streams, e.g. MUDDFormer)."""
+        they differ only for methods with separate query/key/value streams, e.g. MUDDFormer).
+        application: the index e of this application (looped models), default the layer's."""
+        e = self.layer_idx if application is None else application
         B, T, _ = x.shape
         d = self.head_dim
         x_k = x if x_k is None else x_k
@@ -50,10 +52,10 @@ class Attention(nn.Module):
             k = self.k_norm(k)  # the authors' Hugging Face code: rotate, then normalise
 
         # The cross-layer hook: Depth-Attention returns ṽ_l (docs/method.md §3); vanilla returns v.
-        v = ctx.method.mix_values(self.layer_idx, q, k, v, ctx)
+        v = ctx.method.mix_values(e, q, k, v, ctx)
 
         if ctx.cache is not None:
-            k, v = ctx.cache.update(k, v, self.layer_idx)  # (B, H_kv, T_kv, d): the cache keeps ṽ
+            k, v = ctx.cache.update(k, v, e)  # (B, H_kv, T_kv, d): the cache keeps ṽ, slot e
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
                                              is_causal=ctx.is_causal, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * d))

@@ -28,9 +28,13 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, stream: Any, ctx: ForwardContext) -> Any:
-        """``stream``: the residual stream as the method keeps it (vanilla: x, (B, T, D))."""
-        method, l = ctx.method, self.layer_idx
+    def forward(self, stream: Any, ctx: ForwardContext, application: int | None = None) -> Any:
+        """``stream``: the residual stream as the method keeps it (vanilla: x, (B, T, D)).
+        ``application``: the index e under which this call runs (a looped model applies a
+        block several times: the hooks, the depth stash and the KV cache see e); default the
+        block's own layer index, which e equals when the model is not looped."""
+        method = ctx.method
+        l = self.layer_idx if application is None else application
 
         # h = x + Attn(RMSNorm(x))
         x = method.sublayer_input(stream, l, "attn", ctx)
@@ -38,7 +42,7 @@ class Block(nn.Module):
         # Extension point: keys and values may read streams of their own (MUDDFormer);
         # every other method returns (normed, normed).
         x_k, x_v = method.attention_kv_inputs(stream, l, normed, ctx)
-        h = method.sublayer_output(stream, l, "attn", self.self_attn(normed, ctx, x_k, x_v), ctx)
+        h = method.sublayer_output(stream, l, "attn", self.self_attn(normed, ctx, x_k, x_v, l), ctx)
 
         # x' = h + MLP(RMSNorm(h))
         h_in = method.sublayer_input(h, l, "mlp", ctx)

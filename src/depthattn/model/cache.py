@@ -91,14 +91,15 @@ class KVCache:
                   dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                   kv_format: str | None = None) -> KVCache:
         """A cache sized for ``model`` (a ``CausalLM``: its ``config`` and ``lm_head``); dtype
-        and device default to the model's."""
+        and device default to the model's. One layer slot per application: L_eff =
+        ``config.num_applications`` (num_layers unless the model is looped)."""
         config = model.config
         max_len = config.max_seq_len if max_len is None else max_len
         if not 1 <= max_len <= config.max_seq_len:
             raise ValueError(f"cache max_len ({max_len}) must be between 1 and the model's "
                              f"max_seq_len ({config.max_seq_len})")
         weight = model.lm_head.weight
-        return cls(config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim,
+        return cls(config.num_applications, batch_size, max_len, config.num_kv_heads, config.head_dim,
                    dtype=dtype or weight.dtype, device=device or weight.device,
                    kv_format=kv_format)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from depthattn.config import ModelConfig
 from depthattn.crosslayer import build_method
 from depthattn.crosslayer.base import ForwardContext
+from depthattn.looped import LoopInjection, applications
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.mask import attention_mask_for
@@ -27,6 +29,9 @@ from depthattn.utils.checks import require_int
 class Decoder(nn.Module):
     """embed → N blocks → final RMSNorm. Parameter names are Qwen3's.
 
+    A looped config (spec §7, ``depthattn.looped``) applies its blocks in the order prelude,
+    looped block × r, coda; application e runs block ``applications[e].layer`` under index e.
+
     ``forward(input_ids, attention_mask, cache, position_ids)`` validates its inputs before any
     work and returns the (B, T, D) hidden states; see ``CausalLM`` for the arguments.
     """
@@ -40,6 +45,9 @@ class Decoder(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.applications = applications(config)  # the order the blocks run, e = 0 .. L_eff − 1
+        # Input injection of a looped model; `model.loop_injection.weight` for concat only.
+        self.loop_injection = LoopInjection(config) if config.looped else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         # Methods with parameters keep them here, under `model.cross_layer.*`.
@@ -47,7 +55,19 @@ class Decoder(nn.Module):
         # Recompute each block in backward (training only). The depth stash lives in the
         # per-call context, so a recomputed block reads the same sources as the first pass.
         self.activation_checkpointing = False
-        self.checkpoint_every = 1  # with it on, recompute blocks 0, n, 2n, ...
+        self.checkpoint_every = 1  # with it on, recompute applications 0, n, 2n, ...
+
+    def set_loop_iterations(self, iterations: int) -> None:
+        """Test-time depth: apply the looped block ``iterations`` times from now on. The weights
+        do not depend on r; the method is rebuilt for the new L_eff (its options as resolved,
+        e.g. Depth-Attention's stride, are kept) and takes over the old one's parameters."""
+        config = dataclasses.replace(self.config, loop_iterations=iterations)  # validates
+        weight = self.embed_tokens.weight
+        method = build_method(config).to(device=weight.device, dtype=weight.dtype)
+        method.load_state_dict(self.cross_layer.state_dict(), strict=True)
+        method.train(self.cross_layer.training)
+        self.config, self.cross_layer = config, method
+        self.applications = applications(config)
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
@@ -58,7 +78,7 @@ class Decoder(nn.Module):
 
         hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
         each block but the last hands on (the method's readout of its residual stream), and the
-        returned, final-normed output.
+        returned, final-normed output. A looped model gives L_eff + 1: one per application.
         """
         new_valid = self.check_inputs(input_ids, attention_mask, cache, position_ids,
                                       inputs_embeds)
@@ -90,12 +110,18 @@ class Decoder(nn.Module):
         stream = self.cross_layer.init_stream(x, ctx)
         if hidden_states is not None:
             hidden_states.append(x)
-        for i, block in enumerate(self.layers):
-            if checkpointing and i % self.checkpoint_every == 0:
-                stream = self.checkpoint_function(block, stream, ctx)
+        last = len(self.applications) - 1
+        for app in self.applications:  # prelude, looped block × r, coda (not looped: 0 .. L − 1)
+            if app.starts_iteration:
+                if app.iteration == 0:
+                    prelude_output = stream  # the embeddings when there is no prelude
+                stream = self.loop_injection(stream, prelude_output)
+            block = self.layers[app.layer]
+            if checkpointing and app.index % self.checkpoint_every == 0:
+                stream = self.checkpoint_function(block, stream, ctx, app.index)
             else:
-                stream = block(stream, ctx)
-            if hidden_states is not None and i < len(self.layers) - 1:
+                stream = block(stream, ctx, app.index)
+            if hidden_states is not None and app.index < last:
                 hidden_states.append(self.cross_layer.final_hidden(stream, ctx))
         if cache is not None:
             cache.end(T)
@@ -220,6 +246,11 @@ class CausalLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def set_loop_iterations(self, iterations: int) -> None:
+        """Test-time depth of a looped model: see ``Decoder.set_loop_iterations``."""
+        self.model.set_loop_iterations(iterations)
+        self.config = self.model.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: DecoderCache | None = None,

@@ -53,7 +53,8 @@ class MemoryEstimate:
 def estimate_memory(model_config: ModelConfig, config: TrainConfig,
                     activation_bytes_per_value: int, parameters: int) -> MemoryEstimate:
     tokens = config.micro_batch_size * config.seq_len
-    activations = (tokens * model_config.hidden_size * model_config.num_layers
+    # one residual per layer application: L_eff of them in a looped model
+    activations = (tokens * model_config.hidden_size * model_config.num_applications
                    * activation_bytes_per_value)
     return MemoryEstimate(parameters, parameters * STATE_BYTES_PER_PARAMETER, activations)
 
