@@ -69,3 +69,12 @@ def test_every_implementation_is_listed_and_importable():
                                "triton")
     for name in available_depth_mix_impls("cpu"):
         assert callable(get_depth_mix_impl(name))
+
+
+def test_compiled_graphs_take_the_inference_mix_only_without_gradients():
+    from depthattn.ops.depth_mix.dispatch import compiled_choice
+
+    q = torch.randn(32, 4, 1, 8)
+    with torch.no_grad():
+        assert compiled_choice(q) == "inference"  # compiled decoding
+    assert compiled_choice(q.requires_grad_()) == "unstacked"  # compiled training

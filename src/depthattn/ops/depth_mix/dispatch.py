@@ -138,7 +138,7 @@ def forced_depth_mix() -> str | None:
 
 
 def automatic_choice(q: torch.Tensor) -> str:
-    """Inside ``torch.compile``, the unstacked mix, which Inductor fuses with its neighbours.
+    """Inside ``torch.compile``, ``compiled_choice``.
     Otherwise Triton on CUDA (not for float64: it computes in float32) once it has passed its
     self-check on that device and dtype (``self_check.py``; run on the first call there, it
     warns once if it fails). Else the unstacked mix, the fastest eager path for training on CPU
@@ -146,13 +146,22 @@ def automatic_choice(q: torch.Tensor) -> str:
     backward), except for calls of a few tokens without gradient (decoding), where the stacked
     inference mix launches the fewest operations."""
     if torch.compiler.is_compiling():
-        return "unstacked"
+        return compiled_choice(q)
     if (q.device.type in TRITON_AUTO_DEVICE_TYPES and q.dtype != torch.float64
             and _triton_checked(q)):
         return "triton"
     if torch.is_grad_enabled() and q.requires_grad:
         return "unstacked"
     return "inference" if q.shape[0] * q.shape[2] <= _FEW_TOKENS else "unstacked"
+
+
+def compiled_choice(q: torch.Tensor) -> str:
+    """Inside ``torch.compile``: with gradients, the unstacked mix, which Inductor fuses with
+    its neighbours; without (compiled decoding), the stacked inference mix, whose two matrix
+    products Inductor leaves to the BLAS: 1.03x vanilla's compiled decode step at batch 1 and
+    32 on the quickstart model (CPU), against 0.87x for the unstacked mix at batch 32
+    (benchmarks/decode.py --modes compiled)."""
+    return "unstacked" if torch.is_grad_enabled() and q.requires_grad else "inference"
 
 
 def _triton_checked(q: torch.Tensor) -> bool:
@@ -168,10 +177,10 @@ def _triton_checked(q: torch.Tensor) -> bool:
 
 def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
     if torch.compiler.is_compiling():
-        # Traced into the graph once: the unstacked mix, which Inductor fuses with its
-        # neighbours. Dynamo cannot read the context variable (nor should a compiled step
-        # re-read the environment at every call), so forcing applies to eager calls.
-        return get_depth_mix_impl("unstacked")
+        # Traced into the graph once (see compiled_choice). Dynamo cannot read the context
+        # variable (nor should a compiled step re-read the environment at every call), so
+        # forcing applies to eager calls.
+        return get_depth_mix_impl(compiled_choice(q))
     name = _forced.get() or os.environ.get(_ENV_VAR) or automatic_choice(q)
     if name not in _LOCATIONS:
         raise ValueError(f"{_ENV_VAR} ({name!r}) names no depth-mix implementation; allowed: "
