@@ -8,7 +8,6 @@ written last, so a folder without one was never finished.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -30,7 +29,7 @@ from depthattn.data.files import (
     remove_stale_temp_files,
     sha256_file,
 )
-from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from depthattn.data.manifest import MANIFEST_NAME, read_manifest
 from depthattn.data.pack import (
     PACK_VERSION,
     ShardPlan,
@@ -41,7 +40,7 @@ from depthattn.data.pack import (
 from depthattn.data.prepared import (
     TOKENIZER_DIR,
     check_not_built_with_other,
-    remove_unlisted_shards,
+    finish_prepared,
     store_given_tokenizer,
 )
 from depthattn.data.sources import read_local_source
@@ -281,18 +280,7 @@ def prepare(
     lengths = pack_shards([p for ps in plans.values() for p in ps], out_dir, backend_json(tok),
                           eos, dtype, num_workers, chunk_chars, progress)
     splits = {split: _split_entry(ps, lengths, out_dir) for split, ps in plans.items()}
-    write_manifest(manifest_file, {
-        "source": request["source"],
-        "tokenizer": {"path": TOKENIZER_DIR, "sha256": sha, "vocab_size": vocab,
-                      "eos_token_id": eos},
-        "dtype": dtype.name,
-        "num_tokens": sum(s["num_tokens"] for s in splits.values()),
-        "splits": splits,
-        "request": request,
-        "seconds": round(time.perf_counter() - started, 1),
-    })
-    remove_unlisted_shards(out_dir, {p.file_name for ps in plans.values() for p in ps})
-    logger.info("prepared %s: %s in %.1f s", out_dir,
-                json.dumps({k: v["num_tokens"] for k, v in splits.items()}),
-                time.perf_counter() - started)
-    return manifest_file
+    return finish_prepared(out_dir, manifest_file, request["source"],
+                           {"sha256": sha, "vocab_size": vocab, "eos_token_id": eos}, dtype.name,
+                           splits, request, started,
+                           {p.file_name for ps in plans.values() for p in ps})

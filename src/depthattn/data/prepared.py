@@ -5,11 +5,14 @@ Shared by `prepare` (text) and `import_tokens` (pre-tokenized inputs).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from pathlib import Path
+from typing import Any
 
-from depthattn.data.manifest import MANIFEST_NAME, read_manifest
+from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_sha256
 from depthattn.utils.atomic import atomic_dir
 
@@ -48,3 +51,25 @@ def remove_unlisted_shards(out_dir: Path, listed: set[str]) -> None:
         if SHARD_FILE.match(path.name) and path.name not in listed:
             logger.info("removing %s, left from an earlier preparation", path.name)
             path.unlink()
+
+
+def finish_prepared(out_dir: Path, manifest_file: Path, source: str, tokenizer: dict[str, Any],
+                    dtype_name: str, splits: dict[str, dict[str, Any]], request: dict[str, Any],
+                    started: float, listed_shards: set[str]) -> Path:
+    """The last step of both preparations: the manifest (written atomically, after every shard
+    it lists), then the removal of shards it does not list, then one log line.
+    ``tokenizer``: sha256, vocab_size and eos_token_id of the folder's tokenizer."""
+    write_manifest(manifest_file, {
+        "source": source,
+        "tokenizer": {"path": TOKENIZER_DIR, **tokenizer},
+        "dtype": dtype_name,
+        "num_tokens": sum(s["num_tokens"] for s in splits.values()),
+        "splits": splits,
+        "request": request,
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    remove_unlisted_shards(out_dir, listed_shards)
+    logger.info("prepared %s: %s in %.1f s", out_dir,
+                json.dumps({k: v["num_tokens"] for k, v in splits.items()}),
+                time.perf_counter() - started)
+    return manifest_file

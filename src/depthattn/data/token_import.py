@@ -21,13 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from depthattn.data.files import cache_dir, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from depthattn.data.manifest import MANIFEST_NAME, read_manifest
 from depthattn.data.pack import token_dtype
 from depthattn.data.pipeline import MAX_LISTED_DOCUMENTS
 from depthattn.data.prepared import (
-    TOKENIZER_DIR,
     check_not_built_with_other,
-    remove_unlisted_shards,
+    finish_prepared,
     store_given_tokenizer,
 )
 from depthattn.data.split import held_out
@@ -203,18 +202,8 @@ def import_tokens(
                         "bytes": (out_dir / name).stat().st_size, "sha256": digest}
                        for name, s, (n, digest) in zip(names, shards, written)],
         }
-    write_manifest(manifest_file, {
-        "source": "tokens:" + ",".join(str(p.resolve()) for p in paths),
-        "tokenizer": {"path": TOKENIZER_DIR, "sha256": sha, "vocab_size": vocab,
-                      "eos_token_id": eos},
-        "dtype": out_dtype.name,
-        "num_tokens": sum(s["num_tokens"] for s in splits.values()),
-        "splits": splits,
-        "request": request,
-        "seconds": round(time.perf_counter() - started, 1),
-    })
-    remove_unlisted_shards(out_dir, {s["file"] for v in splits.values() for s in v["shards"]})
-    logger.info("prepared %s: %s in %.1f s", out_dir,
-                json.dumps({k: v["num_tokens"] for k, v in splits.items()}),
-                time.perf_counter() - started)
-    return manifest_file
+    return finish_prepared(out_dir, manifest_file,
+                           "tokens:" + ",".join(str(p.resolve()) for p in paths),
+                           {"sha256": sha, "vocab_size": vocab, "eos_token_id": eos},
+                           out_dtype.name, splits, request, started,
+                           {s["file"] for v in splits.values() for s in v["shards"]})
