@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from depthattn.data.pipeline import DEFAULT_SOURCE, prepare
-from depthattn.data.shards import TokenStream
-from depthattn.data.token_import import (
+from depthattn.data.defaults import (
     DEFAULT_SHARD_TOKENS,
+    DEFAULT_SOURCE,
     DEFAULT_TOKEN_COLUMN,
+    DEFAULT_VOCAB_SIZE,
     SPLIT_BY,
-    import_tokens,
+    TOKEN_DTYPES,
 )
-from depthattn.data.token_sources import TOKEN_DTYPES
-from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
 
 HELP = "corpus -> tokenizer -> token shards (or token files -> shards, with --tokens)"
 # Options of the text pipeline that mean nothing for token files, with their defaults.
@@ -88,6 +86,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     stray = [f"--{k.replace('_', '-')}" for k in _TOKENS_ONLY if getattr(args, k) is not None]
     if stray:
         raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --tokens")
+    from depthattn.data.pipeline import prepare
+
     manifest = prepare(
         source=args.source, out_dir=args.out_dir, tokenizer=args.tokenizer,
         vocab_size=args.vocab_size, num_workers=args.num_workers,
@@ -112,6 +112,9 @@ def _run_import(args: argparse.Namespace):
     stray = [f"--{k.replace('_', '-')}" for k, v in _TEXT_ONLY.items() if getattr(args, k) != v]
     if stray:
         raise SystemExit(f"depthattn prepare: {', '.join(stray)} do not apply to --tokens")
+    from depthattn.data.shards import TokenStream
+    from depthattn.data.token_import import import_tokens
+
     manifest = import_tokens(
         args.tokens, args.tokenizer, args.out_dir, eos_id=args.eos_id, dtype=args.token_dtype,
         val_fraction=args.val_fraction, split_by=args.split_by or "documents", seed=args.seed,

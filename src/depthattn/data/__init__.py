@@ -4,29 +4,33 @@
     manifest = prepare("default")                       # or a local file / folder
     train = TrainBatches(TokenStream(manifest, "train"), seq_len=256, batch_size=32, seed=0)
     inputs, targets = train.batch(step)                 # (B, T) int64 each
+
+The names load on first use: the tokenizer module imports transformers (seconds), which
+neither ``import depthattn.data.defaults`` nor ``depthattn --help`` should pay.
 """
 
-from depthattn.data.files import cache_dir
-from depthattn.data.loader import (
-    IGNORE_INDEX,
-    TrainBatches,
-    ValidationBatches,
-    check_seq_len,
-)
-from depthattn.data.manifest import check_tokenizer_hash, read_manifest
-from depthattn.data.pipeline import default_out_dir, prepare
-from depthattn.data.resolve import find_prepared, resolve_data
-from depthattn.data.shards import TokenStream
-from depthattn.data.tokenizer import (
-    EOS_TOKEN,
-    check_vocab_fits,
-    load_tokenizer,
-    tokenizer_sha256,
-    train_bpe,
-)
+from __future__ import annotations
 
-__all__ = ["EOS_TOKEN", "IGNORE_INDEX", "TokenStream", "TrainBatches", "ValidationBatches",
-           "cache_dir", "check_seq_len", "check_tokenizer_hash", "check_vocab_fits",
-           "default_out_dir", "find_prepared", "load_tokenizer", "prepare", "read_manifest",
-           "resolve_data", "tokenizer_sha256",
-           "train_bpe"]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "cache_dir": "files",
+    "IGNORE_INDEX": "loader", "TrainBatches": "loader", "ValidationBatches": "loader",
+    "check_seq_len": "loader",
+    "check_tokenizer_hash": "manifest", "read_manifest": "manifest",
+    "default_out_dir": "pipeline", "prepare": "pipeline",
+    "find_prepared": "resolve", "resolve_data": "resolve",
+    "TokenStream": "shards",
+    "EOS_TOKEN": "tokenizer", "check_vocab_fits": "tokenizer", "load_tokenizer": "tokenizer",
+    "tokenizer_sha256": "tokenizer", "train_bpe": "tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"depthattn.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'depthattn.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

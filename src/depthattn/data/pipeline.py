@@ -22,6 +22,7 @@ from depthattn.data.dedup import (
     deduplicate_and_group,
     drop_exact_duplicates,
 )
+from depthattn.data.defaults import DEFAULT_SOURCE
 from depthattn.data.documents import Document
 from depthattn.data.files import (
     cache_dir,
@@ -61,7 +62,6 @@ from depthattn.utils.atomic import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SOURCE = "default"
 # Beside a tokenizer trained here: what it was trained on, to tell whether it can be reused.
 TRAINING_RECORD = "depthattn_training.json"
 MAX_LISTED_DOCUMENTS = 10_000  # the manifest lists document names up to this many per split

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from depthattn.data.defaults import DEFAULT_SHARD_TOKENS, DEFAULT_TOKEN_COLUMN, SPLIT_BY
 from depthattn.data.files import cache_dir, remove_stale_temp_files
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest
 from depthattn.data.pack import token_dtype
@@ -43,9 +44,6 @@ from depthattn.data.tokenizer import eos_token_id, load_tokenizer, tokenizer_sha
 
 logger = logging.getLogger(__name__)
 
-SPLIT_BY = ("documents", "files")
-DEFAULT_TOKEN_COLUMN = "input_ids"
-DEFAULT_SHARD_TOKENS = 1 << 26  # 128 MiB of uint16 per shard
 IMPORT_VERSION = 1  # bump when the shards for the same inputs change
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from depthattn.data.defaults import TOKEN_DTYPES
 from depthattn.data.sources import is_datasets_folder
 
 logger = logging.getLogger(__name__)
 
-TOKEN_DTYPES = ("uint16", "uint32")
 DEFAULT_BIN_DTYPE = "uint16"  # nanoGPT's train.bin / val.bin
 _CHUNK = 1 << 24  # tokens scanned at a time
 # llm.c / modded-nanogpt .bin files start with a 256 x int32 header whose first value is one of

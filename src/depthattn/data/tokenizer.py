@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from depthattn.data.defaults import DEFAULT_VOCAB_SIZE
+
 logger = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"  # separates documents in the packed token stream (GPT-2's name)
@@ -25,7 +27,6 @@ SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
 # Byte-level BPE starts from all 256 byte symbols, plus the special tokens; merges come on top.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most
-DEFAULT_VOCAB_SIZE = 8192  # small models: a 50k vocabulary would dominate their parameters
 
 
 def check_vocab_size(vocab_size: int) -> None:
