@@ -14,8 +14,13 @@ HELP = ("validation perplexity of a run or a model folder, or zero-shot accuracy
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a run directory, a depthattn model folder or a Qwen3 "
-                                     "Hugging Face folder")
+    parser.add_argument("path", nargs="+",
+                        help="a run directory, a depthattn model folder or a Qwen3 Hugging Face "
+                             "folder (several with --loops)")
+    parser.add_argument("--loops", default=None, metavar="R1,R2,...",
+                        help="looped models: the perplexity at each of these numbers of loop "
+                             "iterations (e.g. 1,2,4,8,16), a table and loops.json/.md/.png in "
+                             "--out-dir (default: the first PATH's folder)")
     parser.add_argument("--data", default=None, help="prepared data (default: the run's)")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the run's")
     parser.add_argument("--windows", type=int, default=0,
@@ -32,8 +37,24 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    paths = args.path if isinstance(args.path, list) else [args.path]
     if args.prefill_chunk is not None and args.kv_cache is None:
         raise ValueError("--prefill-chunk applies with --kv-cache: give a cache format too")
+    if args.loops is not None:
+        from depthattn.eval.loops import evaluate_loops, parse_loops
+
+        loops = parse_loops(args.loops)  # before any work
+        if args.tasks:
+            raise ValueError("--loops applies to the perplexity evaluation, not to --tasks")
+        evaluate_loops(paths, loops, out_dir=args.out_dir, data=args.data,
+                       seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size,
+                       device=args.device, kv_cache=args.kv_cache,
+                       prefill_chunk=32 if args.prefill_chunk is None else args.prefill_chunk)
+        return
+    if len(paths) > 1:
+        raise ValueError(f"one PATH at a time ({len(paths)} given): several paths apply "
+                         f"with --loops")
+    args.path = paths[0]
     if args.tasks:  # zero-shot accuracy through lm-eval
         if args.kv_cache is not None or args.prefill_chunk is not None:
             raise ValueError("--kv-cache and --prefill-chunk apply to the perplexity "
@@ -59,7 +80,9 @@ def add_zeroshot_arguments(parser: argparse.ArgumentParser, shared: bool = True)
                         help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--tokenizer", default=None, help="default: the run's or the folder's")
     parser.add_argument("--out-dir", default=None, help="where zeroshot.json / zeroshot.md go "
-                        "(default: PATH/zeroshot for a run directory)")
+                        "(default: PATH/zeroshot for a run directory), or loops.json / .md / "
+                        ".png with --loops (default: the first PATH's folder, else the working "
+                        "directory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus tasks")
     if shared:
         parser.add_argument("--batch-size", type=int, default=8)

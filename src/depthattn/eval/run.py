@@ -19,18 +19,15 @@ from depthattn.utils.checks import require_int
 from depthattn.utils.devices import autocast_dtype, resolve_device
 
 
-def evaluate_path(path: str | Path, data: str | None = None, seq_len: int | None = None,
-                  windows: int = 0, batch_size: int = 8, device: str = "auto",
-                  kv_cache: str | None = None, prefill_chunk: int = 32) -> EvalResult:
-    """Validation loss of ``path``; ``kv_cache`` (a storage format) evaluates through a KV cache
-    in that format, ``prefill_chunk`` tokens per forward call."""
+def load_for_eval(path: str | Path, data: str | None = None, seq_len: int | None = None,
+                  windows: int = 0, batch_size: int = 8, device: str = "auto"):
+    """The model at ``path`` and its validation batches: ``(model, batches, device, amp,
+    seq_len)``, as `depthattn eval` uses them."""
     path = Path(path)
     run = RunDir(path)
     run_config = run.read_config() if run.is_run() else {}
     require_int("windows", windows, 0)
     require_int("batch_size", batch_size, 1)
-    check_kv_format(kv_cache)
-    require_int("prefill_chunk", prefill_chunk, 1)
     if data is None:
         manifest = run.data_manifest(prepare=True)
         if manifest is None:
@@ -43,14 +40,30 @@ def evaluate_path(path: str | Path, data: str | None = None, seq_len: int | None
     check_vocab_fits(stream.vocab_size, model.config.vocab_size)
     batches = ValidationBatches(stream, seq_len, batch_size, max_windows=windows or None,
                                 max_seq_len=model.config.max_seq_len)
-    amp = autocast_dtype("auto", device)
+    return model, batches, device, autocast_dtype("auto", device), seq_len
+
+
+def evaluate_loaded(model, batches, device, amp, kv_cache: str | None = None,
+                    prefill_chunk: int = 32) -> EvalResult:
+    """Validation loss of a loaded model, directly or through a ``kv_cache`` format."""
     if kv_cache is None:
-        result = evaluate_perplexity(model, batches, device, amp, progress=True)
-        how = ""
-    else:
-        result = evaluate_perplexity_cached(model, batches, kv_cache, prefill_chunk, device, amp,
-                                            progress=True)
-        how = f", through a {kv_cache} KV cache in chunks of {prefill_chunk}"
+        return evaluate_perplexity(model, batches, device, amp, progress=True)
+    return evaluate_perplexity_cached(model, batches, kv_cache, prefill_chunk, device, amp,
+                                      progress=True)
+
+
+def evaluate_path(path: str | Path, data: str | None = None, seq_len: int | None = None,
+                  windows: int = 0, batch_size: int = 8, device: str = "auto",
+                  kv_cache: str | None = None, prefill_chunk: int = 32) -> EvalResult:
+    """Validation loss of ``path``; ``kv_cache`` (a storage format) evaluates through a KV cache
+    in that format, ``prefill_chunk`` tokens per forward call."""
+    check_kv_format(kv_cache)
+    require_int("prefill_chunk", prefill_chunk, 1)
+    model, batches, device, amp, seq_len = load_for_eval(path, data, seq_len, windows,
+                                                         batch_size, device)
+    result = evaluate_loaded(model, batches, device, amp, kv_cache, prefill_chunk)
+    how = "" if kv_cache is None else (f", through a {kv_cache} KV cache in chunks of "
+                                       f"{prefill_chunk}")
     print(f"{path}: validation loss {result.loss:.4f}, perplexity {result.perplexity:.3f} over "
           f"{result.tokens:,} tokens (seq_len {seq_len}, method {model.config.method}{how})")
     return result
