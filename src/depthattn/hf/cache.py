@@ -17,12 +17,6 @@ from transformers.cache_utils import Cache, DynamicLayer
 from depthattn.model.cache import new_positions
 
 
-def cache_layers(config: Any) -> int:
-    """L_eff = p + k·r + c of a ``DepthAttnConfig`` (num_hidden_layers when not looped)."""
-    loop_layers, iterations = getattr(config, "loop_layers", 0), getattr(config, "loop_iterations", 1)
-    return config.num_hidden_layers + loop_layers * (iterations - 1)
-
-
 class DepthAttnCache(Cache):
     """A growing cache for ``DepthAttnForCausalLM``: one ``DynamicLayer`` per layer
     application, L_eff of them for a looped model (spec §7), num_layers otherwise.
@@ -35,7 +29,7 @@ class DepthAttnCache(Cache):
         if num_layers is None:
             if config is None:
                 raise ValueError("DepthAttnCache needs the model's config or num_layers")
-            num_layers = cache_layers(config)
+            num_layers = config.num_applications
         super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
         self._valid: torch.Tensor | None = None  # (B, length) bool, False at padding
         self.has_padding = False

@@ -51,6 +51,9 @@ class _DepthAttnConfigBase(PretrainedConfig):
         self.tie_word_embeddings = self.tie_embeddings
         super().__post_init__(**kwargs)
 
+    # L_eff, the cache's layer count: ModelConfig's own definition, read from the same fields
+    num_applications = ModelConfig.num_applications
+
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(**{f.name: getattr(self, f.name)
                               for f in dataclasses.fields(ModelConfig)})

@@ -163,10 +163,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
                              f"shape {tuple(attention_mask.shape)}")
-        if isinstance(cache, DepthAttnStaticCache) and attention_mask is not None \
-                and attention_mask.shape[1] == cache.max_len:
-            attention_mask = self._static_mask_columns(cache, attention_mask, input_ids,
-                                                       inputs_embeds)
         checkpointing = self.model.activation_checkpointing and self.training \
             and torch.is_grad_enabled()
         if use_cache is None:
@@ -196,20 +192,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         return output if return_dict else output.to_tuple()
-
-    @staticmethod
-    def _static_mask_columns(cache: DepthAttnStaticCache, attention_mask: torch.Tensor,
-                             input_ids: torch.Tensor | None,
-                             inputs_embeds: torch.Tensor | None) -> torch.Tensor:
-        """A (B, max_len) mask over every slot of a static cache (what generate passes, see
-        ``create_masks_for_generate``) → the new tokens' columns; eagerly, the past columns
-        are checked against the cache's record first."""
-        T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        past = 0 if torch.compiler.is_compiling() else cache.length
-        if past and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
-            raise ValueError(f"attention_mask's first {past} columns (the cached tokens) "
-                             f"contradict the padding the cache recorded")
-        return cache.new_columns(attention_mask, T)
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None,
                                   cache: Any = None, past_key_values: Any = None,

@@ -61,11 +61,9 @@ class DepthAttnStaticCache(Cache):
         self.inner.end(num_new)
 
     def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
-        """The (B, num_new) columns of a (B, max_len) mask that belong to the incoming tokens."""
-        start = torch.zeros((), dtype=torch.long, device=padding_mask.device) \
-            if self.inner is None else self.inner.slot
-        return padding_mask.index_select(1, start + torch.arange(num_new,
-                                                                device=padding_mask.device))
+        if self.inner is None:  # nothing written yet: the first columns
+            return padding_mask[:, :num_new]
+        return self.inner.new_columns(padding_mask, num_new)
 
     # --- transformers' Cache API ----------------------------------------------------------------
     @property
@@ -91,13 +89,8 @@ class DepthAttnStaticCache(Cache):
         return self.max_len, 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """In place, so that the buffers keep their addresses (CUDA graphs replay them)."""
-        if self.inner is None:
-            return
-        c = self.inner
-        for t in (*c.keys, *c.values, *c.key_scales, *c.value_scales, c.key_valid,
-                  c.next_position):
-            t.copy_(t.index_select(0, beam_idx.to(t.device)))
+        if self.inner is not None:
+            self.inner.reorder_rows(beam_idx)
 
     def reset(self) -> None:
         self.inner = None

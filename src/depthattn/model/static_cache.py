@@ -17,11 +17,11 @@ from depthattn.ops.kv_quant import quantize_int8, to_storage
 
 
 class StaticKVCache(KVCache):
-    fixed_shape = True  # Decoder.forward: attention over every slot, masked
-
     """``KVCache``'s constructor and ``for_model``; ``slot`` (a 0-d device tensor) counts the
     slots written. ``length`` reads it back (a synchronisation: for checks outside the compiled
     step, never inside it)."""
+
+    fixed_shape = True  # Decoder.forward: attention over every slot, masked
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
@@ -61,6 +61,19 @@ class StaticKVCache(KVCache):
         self.key_valid.index_copy_(1, self._new_slots, new_valid)
         self.next_position.add_(advance)
         return None, self.key_valid, positions
+
+    def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        """The (B, num_new) columns of a (B, max_len) padding mask over every slot that belong
+        to the incoming tokens (read at the device-side slot index: no synchronisation)."""
+        return padding_mask.index_select(1, self.slot + torch.arange(num_new,
+                                                                    device=self.slot.device))
+
+    def reorder_rows(self, index: torch.Tensor) -> None:
+        """Rows ``index`` (beam search), in place: the buffers keep their addresses, which
+        CUDA graphs replay."""
+        for t in (*self.keys, *self.values, *self.key_scales, *self.value_scales,
+                  self.key_valid, self.next_position):
+            t.copy_(t.index_select(0, index.to(t.device)))
 
     def attention_mask(self) -> torch.Tensor:
         """(B, 1, T, max_len) bool for the tokens of ``begin``: causal over slots, padding and

@@ -156,7 +156,7 @@ class Decoder(nn.Module):
             raise ValueError("the input has no tokens (seq length 0); pass at least one")
         if torch.compiler.is_compiling():
             # a compiled step reads nothing back from the device: checked when called eagerly
-            return None if attention_mask is None else attention_mask[:, -T:].bool()
+            return None if attention_mask is None else _new_columns(attention_mask, cache, T)
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
@@ -175,16 +175,27 @@ class Decoder(nn.Module):
         if attention_mask is None:
             return None
         allowed = {(B, T), (B, past + T)}
+        if getattr(cache, "fixed_shape", False):
+            allowed.add((B, cache.max_len))  # over every slot, as generate passes it
         if tuple(attention_mask.shape) not in allowed:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
                              f"{' or '.join(str(s) for s in sorted(allowed))}")
-        if past and attention_mask.shape[1] == past + T \
+        if past and attention_mask.shape[1] > T \
                 and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
             raise ValueError(f"attention_mask's first {past} columns (the cached tokens) "
                              f"contradict the padding the cache recorded; pass the mask of the "
                              f"earlier calls extended by the new tokens, or only the new "
                              f"tokens' columns ({B}, {T})")
-        return attention_mask[:, -T:].bool()
+        return _new_columns(attention_mask, cache, T)
+
+
+def _new_columns(attention_mask: torch.Tensor, cache: DecoderCache | None,
+                 num_new: int) -> torch.Tensor:
+    """The new tokens' (B, T) bool columns of a mask over the new, past + new, or (a
+    fixed-shape cache) every slot."""
+    if getattr(cache, "fixed_shape", False) and attention_mask.shape[1] == cache.max_len:
+        attention_mask = cache.new_columns(attention_mask, num_new)
+    return attention_mask[:, -num_new:].bool()
 
 
 def lm_logits(decoder: Decoder, lm_head: nn.Linear, input_ids: torch.Tensor,
