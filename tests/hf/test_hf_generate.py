@@ -116,3 +116,13 @@ def test_what_cannot_work_is_refused_by_name(make_model, make_ids):
         model(ids, output_attentions=True)
     with pytest.raises(ValueError, match="use_reentrant"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+
+
+def test_a_cache_position_that_contradicts_the_cache_is_refused(make_model, make_ids):
+    model = hf_model(make_model, method="depth_attention")
+    ids = make_ids(1, 4)
+    with torch.no_grad():
+        out = model(ids, cache_position=torch.arange(4), use_cache=True)  # as the cache says
+        cache = out.past_key_values if getattr(out, "cache", None) is None else out.cache
+        with pytest.raises(ValueError, match="cache_position"):
+            model(ids[:, :1], past_key_values=cache, cache_position=torch.tensor([0]))

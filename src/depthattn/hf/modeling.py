@@ -33,7 +33,7 @@ from depthattn.utils.checks import require_int
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ \
     else "past_key_values"
 # keywords transformers passes to forward that need nothing from us (loss options, and the
-# positions generate tracks, which the cache knows)
+# slots generate tracks, which the cache knows: checked, not used)
 LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
 IGNORED_KWARGS = ("cache_position",)
 OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache)
@@ -169,6 +169,8 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             use_cache = bool(self.config.use_cache) and not checkpointing
         if cache is None and use_cache:
             cache = DepthAttnCache(self.config)
+        _check_cache_position(kwargs.get("cache_position"), cache,
+                              (input_ids if input_ids is not None else inputs_embeds).shape[1])
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         states: list[torch.Tensor] | None = [] if output_hidden_states else None
@@ -254,3 +256,15 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             self.model.checkpoint_function = gradient_checkpointing_func
         else:
             self.model.__dict__.pop("checkpoint_function", None)  # back to the class default
+
+
+def _check_cache_position(cache_position: torch.Tensor | None, cache: Any, num_new: int) -> None:
+    """transformers < 5.24 passes the slots of the new tokens; the cache knows them, so a
+    ``cache_position`` that says otherwise is an error rather than ignored (eager calls)."""
+    if cache_position is None or torch.compiler.is_compiling():
+        return
+    past = cache.length if cache is not None else 0
+    expected = torch.arange(past, past + num_new, device=cache_position.device)
+    if cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
+        raise ValueError(f"cache_position {cache_position.tolist()} contradicts the cache, which "
+                         f"holds {past} tokens: the new tokens' slots are {expected.tolist()}")
