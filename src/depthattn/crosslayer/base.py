@@ -14,7 +14,7 @@ receives the ``ForwardContext`` of the call (RoPE tables, masks, cache, depth st
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -36,17 +36,22 @@ class LayerCache(Protocol):
         ...
 
 
-@dataclass
 class ForwardContext:
-    method: CrossLayerMethod  # the hooks of this model
-    cos: torch.Tensor  # (B, T, d) RoPE tables at the new positions
-    sin: torch.Tensor
-    attn_mask: torch.Tensor | None  # (B, 1, T, T_kv) bool, True = may attend; None: see is_causal
-    is_causal: bool  # with attn_mask None: causal over the new tokens (True) or attend to all
-    cache: LayerCache | None = None
-    # The depth stash (docs/method.md §4): layer j → (k_j, ṽ_j) at the new positions, for the
-    # later layers of this call only. Never persists across calls.
-    depth_stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """One call's shared state. A plain class, not a dataclass, on purpose: FSDP2 (and other
+    module hooks) rebuild the dataclasses they find in a module's arguments, and each block must
+    write its depth-stash entries into the one dict that later blocks read."""
+
+    def __init__(self, method: CrossLayerMethod, cos: torch.Tensor, sin: torch.Tensor,
+                 attn_mask: torch.Tensor | None, is_causal: bool,
+                 cache: LayerCache | None = None) -> None:
+        self.method = method  # the hooks of this model
+        self.cos, self.sin = cos, sin  # (B, T, d) RoPE tables at the new positions
+        self.attn_mask = attn_mask  # (B, 1, T, T_kv) bool, True = may attend; None: is_causal
+        self.is_causal = is_causal  # with attn_mask None: causal over the new tokens, or all
+        self.cache = cache
+        # The depth stash (docs/method.md §4): layer j → (k_j, ṽ_j) at the new positions, for
+        # the later layers of this call only. Never persists across calls.
+        self.depth_stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 # --- what a method declares about itself -------------------------------------------------------

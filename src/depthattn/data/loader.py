@@ -6,8 +6,12 @@ consecutive tokens; inputs are its first T, targets its last T.
 Training batches are a pure function of (seed, step, rank): the window starts of step `s` come
 from a generator seeded with (seed, s) alone, so a run resumed at step k sees exactly the batches
 it would have seen, without replaying steps 0..k-1. All ranks draw the same global batch of
-B * world_size windows and each keeps its own slice, so the data of a step depends on the global
-batch size, not on how it is spread over ranks.
+B * world_size windows and each reads only its own slice, so the data of a step depends on the
+global batch size, not on how it is spread over ranks. With gradient accumulation over `a`
+micro batches of b = B / a rows, the global batch is laid out (a, world_size, b): micro batch j
+of rank r holds the r-th slice of what micro batch j of a single process (micro batch
+world_size * b) holds, so N processes x b x a see, micro batch by micro batch, the sequences
+that one process with micro batch N * b sees.
 """
 
 from __future__ import annotations
@@ -48,11 +52,16 @@ class TrainBatches:
     """Reproducible random windows for data-parallel training (see module doc)."""
 
     def __init__(self, stream: TokenStream, seq_len: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, max_seq_len: int | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, max_seq_len: int | None = None,
+                 accumulation: int = 1) -> None:
         check_seq_len(seq_len, stream.num_tokens, stream.split, max_seq_len)
         _check_rank(rank, world_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if accumulation < 1 or batch_size % accumulation:
+            raise ValueError(f"accumulation ({accumulation}) must be at least 1 and divide "
+                             f"batch_size ({batch_size}): the rows of one rank's step")
+        self.accumulation = accumulation
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size
@@ -65,7 +74,8 @@ class TrainBatches:
         rng = np.random.default_rng([self.seed, step])
         last_start = self.stream.num_tokens - (self.seq_len + 1)
         starts = rng.integers(0, last_start + 1, size=self.batch_size * self.world_size)
-        return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        layout = starts.reshape(self.accumulation, self.world_size, -1)  # (a, N, b)
+        return layout[:, self.rank].reshape(-1)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (B, T) int64, for training step `step`."""

@@ -31,16 +31,20 @@ def evaluate_perplexity(model: torch.nn.Module, batches: Iterable[tuple[torch.Te
                         device: torch.device | str = "cpu",
                         autocast_dtype: torch.dtype | None = None,
                         progress: bool = False,
-                        loss: Callable[..., torch.Tensor] | None = None) -> EvalResult:
+                        loss: Callable[..., torch.Tensor] | None = None,
+                        allow_empty: bool = False) -> EvalResult:
     """Sum of token NLLs (float64 across batches) over every target that is not IGNORE_INDEX,
     through the chunked loss: the LM head runs inside the cross-entropy, so no (B, T, vocab)
-    logits exist. ``loss``: ``model.loss`` (default) or a compiled version of it."""
+    logits exist. ``loss``: ``model.loss`` (default) or a compiled version of it.
+    ``allow_empty``: batches without a target give loss 0 over 0 tokens instead of an error
+    (one rank's share of a validation split smaller than the world)."""
     loss = model.loss if loss is None else loss
 
     def nll_sum(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return loss(inputs, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
-    return _evaluate(model, batches, device, autocast_dtype, progress, "eval", nll_sum)
+    return _evaluate(model, batches, device, autocast_dtype, progress, "eval", nll_sum,
+                     allow_empty)
 
 
 @torch.no_grad()
@@ -75,8 +79,8 @@ def evaluate_perplexity_cached(model: torch.nn.Module,
 
 def _evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               device: torch.device | str, autocast_dtype: torch.dtype | None, progress: bool,
-              desc: str,
-              nll_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> EvalResult:
+              desc: str, nll_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+              allow_empty: bool = False) -> EvalResult:
     """The NLL sum over every batch; ``nll_sum(inputs, targets)``: one batch's."""
     was_training = model.training
     model.eval()
@@ -92,10 +96,13 @@ def _evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
             total += float(nll_sum(inputs, targets).double())
         count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
-    return _result(total, count)
+    if allow_empty and count == 0:
+        return EvalResult(loss=0.0, perplexity=1.0, tokens=0)
+    return nll_result(total, count)
 
 
-def _result(total: float, count: int) -> EvalResult:
+def nll_result(total: float, count: int) -> EvalResult:
+    """The result of ``count`` predicted tokens whose NLLs sum to ``total``."""
     if count == 0:
         raise ValueError("the validation batches hold no target tokens")
     loss = total / count

@@ -87,11 +87,11 @@ def save_checkpoint(checkpoints: Path, step: int, model: CausalLM,
     # replace: the same step saved again (e.g. the last step of a resumed run)
     final = atomic_dir(checkpoints / name, write, replace=True)
     write_text_atomic(checkpoints / LATEST, name + "\n")
-    _prune(checkpoints, keep, protect=name)
+    prune_checkpoints(checkpoints, keep, protect=name)
     return final
 
 
-def _prune(checkpoints: Path, keep: int, protect: str) -> None:
+def prune_checkpoints(checkpoints: Path, keep: int, protect: str) -> None:
     """Keep the newest ``keep`` checkpoints, and remove what killed writers left behind."""
     finished = sorted((p for p in checkpoints.glob("step_*") if p.is_dir()),
                       key=lambda p: p.name)
@@ -105,7 +105,7 @@ def _prune(checkpoints: Path, keep: int, protect: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _model_differences(path: Path, model: CausalLM) -> list[str]:
+def model_differences(path: Path, model: CausalLM) -> list[str]:
     """The ModelConfig fields in which checkpoint ``path`` differs from ``model``."""
     saved = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
     saved.pop("format", None)
@@ -132,7 +132,7 @@ def load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimize
                     scheduler: Any) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG in place; return state.json. A checkpoint
     of another model (method, size, vocabulary, ...) is refused with the differences named."""
-    differences = _model_differences(path, model)
+    differences = model_differences(path, model)
     if differences:
         raise ValueError(f"checkpoint {path} holds another model than this run trains: "
                          f"{'; '.join(differences)}")
@@ -147,4 +147,5 @@ def load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimize
     return state
 
 
-__all__ = ["checkpoint_name", "load_checkpoint", "load_training_state", "save_checkpoint"]
+__all__ = ["checkpoint_name", "load_checkpoint", "load_training_state", "model_differences",
+           "prune_checkpoints", "save_checkpoint"]

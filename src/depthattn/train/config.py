@@ -55,6 +55,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block in backward
     seed: int = 0  # model initialisation and data order
+    init_from: str = ""  # start from these weights: a run, a depthattn / Hugging Face / Qwen3 folder
+    # --- distributed, under torchrun (docs/distributed.md) ---
+    dp_replicate: int = 1  # HSDP: replicate over this many groups of ranks, shard within each
+    fsdp_cpu_offload: bool = False  # sharded weights, gradients and AdamW state in CPU memory
+    async_checkpoint: bool = False  # write distributed checkpoints in a background thread
+    dist_timeout_s: int = 600  # a collective that waits longer (a dead or hung rank) fails
     # --- outputs ---
     log_every: int = 10
     eval_every: int = 50  # 0: only at the end
@@ -75,6 +81,8 @@ class TrainConfig:
                      "checkpoint_every", "seed"):
             require_int(name, getattr(self, name), 0)
         require_int("keep_checkpoints", self.keep_checkpoints, 1)
+        require_int("dp_replicate", self.dp_replicate, 1)
+        require_int("dist_timeout_s", self.dist_timeout_s, 1)
         require_int("max_bad_steps", self.max_bad_steps, 1)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr ({self.lr!r}) must be > 0 and finite")
@@ -97,12 +105,27 @@ class TrainConfig:
 
     @property
     def grad_accumulation(self) -> int:
-        micro_tokens = self.micro_batch_size * self.seq_len
-        return max(1, self.global_batch_tokens // micro_tokens)
+        return self.grad_accumulation_for(1)
 
     @property
     def tokens_per_step(self) -> int:
-        return self.grad_accumulation * self.micro_batch_size * self.seq_len
+        return self.tokens_per_step_for(1)
+
+    def grad_accumulation_for(self, world_size: int) -> int:
+        """Micro batches per optimizer step on each of ``world_size`` ranks."""
+        rank_tokens = world_size * self.micro_batch_size * self.seq_len
+        if self.global_batch_tokens and self.global_batch_tokens % rank_tokens:
+            raise ValueError(
+                f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
+                f"world size x micro_batch_size x seq_len ({world_size} x "
+                f"{self.micro_batch_size} x {self.seq_len} = {rank_tokens}) to split over "
+                f"{world_size} process(es)")
+        return max(1, self.global_batch_tokens // rank_tokens)
+
+    def tokens_per_step_for(self, world_size: int) -> int:
+        """Tokens per optimizer step over all ranks (global_batch_tokens when it is set)."""
+        return (self.grad_accumulation_for(world_size) * world_size * self.micro_batch_size
+                * self.seq_len)
 
     def model_config(self, vocab_size: int | None = None):
         """The ModelConfig this run trains (vocab from the tokenizer unless overridden)."""

@@ -75,6 +75,19 @@ class MetricsLog:
             self._tb.close()
 
 
+class NullMetrics:
+    """What the ranks other than 0 log: nothing (rank 0 writes the run's metrics)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = RunDir(run_dir).metrics_file
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()

@@ -74,12 +74,31 @@ def atomic_dir(final: str | Path, write: Callable[[Path], None], replace: bool =
     rename it to ``final``, so the folder appears complete or not at all. ``replace``: an
     existing ``final`` is removed first (else renaming onto a non-empty folder fails)."""
     final = Path(final)
-    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(final)
     try:
         write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return commit_dir(staging, final, replace)
+
+
+def staging_dir(final: str | Path, owner: int | None = None) -> Path:
+    """A new, empty hidden sibling of ``final`` to fill before ``commit_dir``; ``owner``: the
+    pid in its name (default this process; a distributed checkpoint uses rank 0's, so that every
+    rank writes into the same folder)."""
+    final = Path(final)
+    staging = final.with_name(f".{final.name}.tmp-{owner or os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def commit_dir(staging: str | Path, final: str | Path, replace: bool = False) -> Path:
+    """fsync everything in ``staging``, then rename it to ``final`` (see ``atomic_dir``)."""
+    staging, final = Path(staging), Path(final)
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+    try:
         fsync_tree(staging)
         # The old folder is moved aside, not deleted, before the new one takes its name: an
         # interruption between the two renames leaves both copies on disk, and a failed

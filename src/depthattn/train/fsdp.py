@@ -1,0 +1,115 @@
+"""FSDP2 (``fully_shard``) for a depthattn model, in torchtitan's order: activation checkpointing,
+then ``torch.compile`` per block, then ``fully_shard`` per block, root last.
+
+Groups (each one all-gather before it runs, one reduce-scatter of its gradients after):
+
+- every decoder layer ``model.layers[i]``;
+- ``model.embed_tokens`` when the embeddings are not tied to the head;
+- the root (``CausalLM``): the final norm and the LM head, plus what lives outside the blocks:
+  the cross-layer parameters of mHC, hyper-connections, DenseFormer, attention residuals
+  (``model.cross_layer.*``) and a looped model's injection adapter. The head joins the root
+  because the training loss reads ``lm_head.weight`` inside the chunked cross-entropy rather than
+  calling the head; ``CausalLM.loss`` is registered as a forward method, so calling it gathers
+  the root like ``forward`` does. Tied embeddings stay in the root for the same reason.
+
+Zero-dimensional parameters (the scalar gates of mHC, hyper-connections and attention residuals)
+cannot be sharded: they stay whole on every rank, and ``average_replicated_grads`` averages their
+gradients over the ranks after backward, as DDP would.
+
+A looped block runs r times per forward. Its layers keep their gathered weights from the first
+application to the end of backward (``reshard_after_forward=False``): one all-gather per step
+instead of 2r, at the price of k unsharded layers held through the step. Their gradients are
+reduce-scattered after each application's backward (r times) and accumulate in the shards.
+
+Activation checkpointing is the decoder's own (``Decoder.activation_checkpointing``: each
+application is recomputed in backward, non-reentrant), so it wraps the compiled block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from depthattn.model.transformer import CausalLM
+
+
+def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters FSDP2 cannot shard (0-dim), in ``named_parameters`` order: the same order
+    on every rank, which the gradient all-reduces need."""
+    return [p for p in model.parameters() if p.dim() == 0]
+
+
+def shard_model(model: CausalLM, mesh, param_dtype: torch.dtype | None = None,
+                reduce_dtype: torch.dtype | None = torch.float32, cpu_offload: bool = False,
+                compile_blocks: bool = False) -> list[nn.Parameter]:
+    """Shard ``model`` in place over ``mesh`` (1-D: FSDP; 2-D: HSDP); returns the parameters left
+    whole (see ``average_replicated_grads``). ``param_dtype``: the dtype blocks compute in
+    (bfloat16 on GPU: bf16 weights, fp32 reductions); None keeps fp32."""
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+
+    common = {"mesh": mesh,
+              "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                reduce_dtype=reduce_dtype),
+              "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    decoder = model.model
+    looped = {app.layer for app in decoder.applications if app.iteration is not None}
+    whole = replicated_parameters(model)
+    for i, block in enumerate(decoder.layers):
+        if compile_blocks:
+            block.compile()
+        fully_shard(block, reshard_after_forward=i not in looped, **common)
+    if not model.config.tie_embeddings:
+        fully_shard(decoder.embed_tokens, **common)
+    fully_shard(model, ignored_params=set(whole), **common)
+    register_fsdp_forward_method(model, "loss")
+    return whole
+
+
+def average_replicated_grads(parameters: list[nn.Parameter]) -> None:
+    """Average the gradients of the whole (unsharded) parameters over all ranks, in one
+    all-reduce."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if len(grads) != len(parameters):
+        # every rank must take part with the same tensors, or the all-reduce mismatches
+        raise RuntimeError("a replicated parameter received no gradient on this rank")
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for grad, value in zip(grads, flat):
+        grad.copy_(value)
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over sharded (DTensor) and whole parameters together:
+    the norm of the full gradient, the same number on every rank."""
+    from torch.distributed.tensor import DTensor
+
+    with_grad = [p for p in parameters if p.grad is not None]
+    sharded = [p for p in with_grad if isinstance(p, DTensor)]
+    whole = [p for p in with_grad if not isinstance(p, DTensor)]
+    squares = torch.zeros((), dtype=torch.float32)
+    if sharded:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in sharded])
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        squares = squares.to(norm.device) + norm.float() ** 2
+    if whole:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in whole])
+        squares = squares.to(norm.device) + norm.float() ** 2
+    total = squares.sqrt()
+    for group in (sharded, whole):
+        if group and max_norm != float("inf"):
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return float(total)
+
+
+__all__ = ["average_replicated_grads", "clip_grad_norm", "replicated_parameters",
+           "shard_model"]
