@@ -103,8 +103,13 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor],
 
 def load_model(directory: str | Path, device: torch.device | str | None = None,
                dtype: torch.dtype | None = None) -> CausalLM:
-    """Load a directory written by ``save_model`` (strict: every key must match)."""
+    """Load a directory written by ``save_model`` (strict: every key must match), or a
+    distributed training checkpoint (``depthattn.train.sharded_checkpoint``)."""
     directory = Path(directory)
+    if (directory / "dcp" / ".metadata").is_file():
+        from depthattn.train.sharded_checkpoint import load_sharded_model
+
+        return load_sharded_model(directory, device, dtype)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} does not exist; a depthattn model "

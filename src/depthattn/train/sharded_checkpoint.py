@@ -163,7 +163,8 @@ def load_sharded(path: Path, model: CausalLM, optimizer: torch.optim.Optimizer,
                          f"{'; '.join(differences)}")
     model_state, optim_state = get_state_dict(model, optimizer)
     shards = {"model": model_state, "optimizer": optim_state}
-    dcp.load(shards, checkpoint_id=str(path / SHARDS_DIR))
+    dcp.load(shards, checkpoint_id=str(path / SHARDS_DIR),
+             no_dist=not torch.distributed.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=shards["model"],
                    optim_state_dict=shards["optimizer"])
     extra = torch.load(path / TRAINER_FILE, map_location="cpu", weights_only=True)
@@ -193,10 +194,10 @@ def full_model_state(model: CausalLM, dist: Distributed) -> dict[str, torch.Tens
     return state if dist.is_main else None
 
 
-def export_sharded(path: str | Path, out: str | Path) -> Path:
-    """The model of a DCP checkpoint as a depthattn model folder (config.json +
-    model.safetensors) that ``load_model``, ``convert`` and the Hugging Face class read. Runs in
-    one plain process."""
+def load_sharded_model(path: str | Path, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> CausalLM:
+    """The model of a DCP checkpoint, whole, in one plain process (``load_model`` comes here
+    for such a folder, so every command that reads a checkpoint or a run reads these too)."""
     path = Path(path)
     if not is_sharded(path):
         raise ValueError(f"{path} is not a distributed checkpoint (no {SHARDS_DIR}/.metadata)")
@@ -204,12 +205,18 @@ def export_sharded(path: str | Path, out: str | Path) -> Path:
     with torch.device("meta"):
         skeleton = CausalLM(config)
     state = {k: torch.empty_like(v, device="cpu") for k, v in skeleton.state_dict().items()}
-    dcp.load({"model": state}, checkpoint_id=str(path / SHARDS_DIR))
+    dcp.load({"model": state}, checkpoint_id=str(path / SHARDS_DIR), no_dist=True)
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
-    model = model_from_state(config, state)
-    return save_model(model, out)
+    model = model_from_state(config, state, device=device)
+    return model.to(device=device, dtype=dtype) if (device or dtype) else model
+
+
+def export_sharded(path: str | Path, out: str | Path) -> Path:
+    """The model of a DCP checkpoint as a depthattn model folder (config.json +
+    model.safetensors) that ``load_model``, ``convert`` and the Hugging Face class read."""
+    return save_model(load_sharded_model(path), out)
 
 
 __all__ = ["ShardedCheckpointer", "export_sharded", "full_model_state", "is_sharded",
-           "load_full_state", "load_sharded"]
+           "load_full_state", "load_sharded", "load_sharded_model"]
