@@ -32,7 +32,7 @@ def build(method: str, extra: dict) -> CausalLM:
 
 def main() -> int:
     replicate = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    ctx, device = setup(torch.device("cpu"), dp_replicate=replicate)
+    ctx, _ = setup(torch.device("cpu"), dp_replicate=replicate)
     failures = []
     for method, extra in CASES:
         reference, sharded = build(method, extra), build(method, extra)

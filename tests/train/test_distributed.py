@@ -50,7 +50,7 @@ def torchrun(nproc: int, args: list[str], timeout: float = 300,
              env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
