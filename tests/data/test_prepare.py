@@ -185,6 +185,7 @@ def test_out_dir_built_with_another_tokenizer(prepared, corpus_dir, tmp_path):
     ({"num_workers": 0}, "num_workers must be at least 1, got 0"),
     ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
     ({"shard_chars": 0}, r"shard_chars \(0\) and chunk_chars"),
+    ({"tokenizer_sample_chars": 0}, "tokenizer_sample_chars must be positive, got 0"),
 ])
 def test_bad_arguments(corpus_dir, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

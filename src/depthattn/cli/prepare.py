@@ -9,6 +9,7 @@ from depthattn.data.defaults import (
     DEFAULT_SHARD_TOKENS,
     DEFAULT_SOURCE,
     DEFAULT_TOKEN_COLUMN,
+    DEFAULT_TOKENIZER_SAMPLE_CHARS,
     DEFAULT_VOCAB_SIZE,
     SPLIT_BY,
     TOKEN_DTYPES,
@@ -17,7 +18,8 @@ from depthattn.data.defaults import (
 HELP = "corpus -> tokenizer -> token shards (or token files -> shards, with --tokens)"
 # Options of the text pipeline that mean nothing for token files, with their defaults.
 _TEXT_ONLY = {"vocab_size": DEFAULT_VOCAB_SIZE, "text_field": "text", "near_duplicates": None,
-              "shard_chars": 64 << 20, "num_workers": None}
+              "shard_chars": 64 << 20, "num_workers": None,
+              "tokenizer_sample_chars": DEFAULT_TOKENIZER_SAMPLE_CHARS}
 # Options of --tokens only (default None, so that a stray one is noticed).
 _TOKENS_ONLY = ("eos_id", "token_dtype", "split_by", "token_column", "shard_tokens")
 
@@ -35,6 +37,11 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: train a byte-level BPE on the training split)")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
                         help="size of the BPE to train (default: %(default)s)")
+    parser.add_argument("--tokenizer-sample-chars", type=int,
+                        default=DEFAULT_TOKENIZER_SAMPLE_CHARS,
+                        help="train the BPE on at most this many characters of the training "
+                             "split, drawn across it (default: %(default)s; the default corpus "
+                             "is used whole)")
     parser.add_argument("--model-vocab-size", type=int, default=None,
                         help="fail early unless the tokenizer's ids fit a model of this vocab size")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -94,6 +101,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
         near_duplicates=args.near_duplicates, model_vocab_size=args.model_vocab_size,
         shard_chars=args.shard_chars, progress=args.progress,
+        tokenizer_sample_chars=args.tokenizer_sample_chars,
     )
     print(manifest)
     return 0

@@ -1,5 +1,22 @@
 """`prepare`: corpus -> cleaned documents -> train/validation split -> tokenizer -> token shards.
 
+Streaming, in bounded memory: the corpus is read several times, one document at a time, and
+between the passes only a fixed record per document is kept, never its text:
+
+1. read: exact copies dropped by hash (`scan`, ≈ 150 bytes per distinct document);
+2. near copies (when asked): three more passes (`dedup`, + 2 KiB of MinHash signature per
+   document and a 24 MiB frequency sketch);
+3. split: from character counts and hashed names alone (`split.validation_groups`);
+4. tokenizer: trained on a sample of at most `tokenizer_sample_chars` characters of the training
+   split, drawn by text hash across the whole split (tokenizers' `train_from_iterator`; its
+   memory follows the distinct pre-tokens of the sample, not the corpus);
+5. shards: tokenized and written one after another (`pack`).
+
+So peak memory is a base (Python, tokenizers, transformers; ≈ 0.5 GB with the pool's workers) +
+the per-document records (≈ 170 bytes per distinct document; + 2 KiB with near-duplicates) + the
+largest document + the tokenizer's training state (its distinct pre-tokens), whatever the corpus
+size; the tokens go to disk as they come (see `pack`).
+
 Idempotent: a rerun with the same arguments on the same input returns the existing manifest at
 once; after an interruption, finished shards are kept and only the rest is done. The manifest is
 written last, so a folder without one was never finished.
@@ -11,18 +28,16 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from depthattn.data import corpus
+import numpy as np
+
+from depthattn.data import corpus, dedup
 from depthattn.data.clean import clean_text
-from depthattn.data.dedup import (
-    DUPLICATE_THRESHOLD,
-    GROUP_THRESHOLD,
-    deduplicate_and_group,
-    drop_exact_duplicates,
-)
-from depthattn.data.defaults import DEFAULT_SOURCE
+from depthattn.data.dedup import DUPLICATE_THRESHOLD, GROUP_THRESHOLD
+from depthattn.data.defaults import DEFAULT_SOURCE, DEFAULT_TOKENIZER_SAMPLE_CHARS
 from depthattn.data.documents import Document
 from depthattn.data.files import (
     cache_dir,
@@ -44,8 +59,9 @@ from depthattn.data.prepared import (
     finish_prepared,
     store_given_tokenizer,
 )
-from depthattn.data.sources import read_local_source
-from depthattn.data.split import split_groups
+from depthattn.data.scan import Documents, DocumentTable, scan, unique_documents
+from depthattn.data.sources import iter_local_source
+from depthattn.data.split import validation_groups
 from depthattn.data.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     backend_json,
@@ -98,25 +114,103 @@ def _input_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_documents(source: str | Path, text_field: str) -> list[Document]:
+def _documents(source: str | Path, text_field: str) -> Documents:
+    """A function that opens a fresh pass over the cleaned documents (empty ones included)."""
     if str(source) == DEFAULT_SOURCE:
-        raw = corpus.load_default_corpus()
+        raw = corpus.load_default_corpus()  # 12.7 MB, fixed: held as it is
+
+        def read() -> Iterator[Document]:
+            return iter(raw)
     else:
-        raw = read_local_source(Path(source), text_field)
-    docs = [Document(d.name, clean_text(d.text)) for d in raw]
-    docs = [d for d in docs if d.text]
-    if not docs:
-        raise ValueError(f"the corpus {source!s} is empty: {len(raw)} document(s), none with text")
-    return docs
+        def read() -> Iterator[Document]:
+            return iter_local_source(Path(source), text_field)
+
+    def cleaned() -> Iterator[Document]:
+        for doc in read():
+            yield Document(doc.name, clean_text(doc.text))
+
+    return cleaned
 
 
-def _trained_tokenizer(out_dir: Path, train_docs: list[Document], vocab_size: int):
-    """Train the BPE on the training split (never on validation), or reuse the one from before."""
-    folder = out_dir / TOKENIZER_DIR
+def _load_documents(source: str | Path, text_field: str) -> list[Document]:
+    """The cleaned, non-empty documents as a list (small corpora, tests)."""
+    return [d for d in _documents(source, text_field)() if d.text]
+
+
+def _input_bytes(source: str | Path) -> int | None:
+    if str(source) == DEFAULT_SOURCE:
+        return None
+    path = Path(source)
+    files = (p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files)
+
+
+def _split(documents: Documents, table: DocumentTable, near_duplicates: bool,
+           val_fraction: float, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): indices of the unique documents of each split, group by group
+    (groups in the order of their first document), as `split_groups` orders them."""
+    n = len(table)
+    if near_duplicates:
+        dropped, group = dedup.near_duplicates(
+            lambda: (d.text for _, d in unique_documents(documents, table)), table.chars,
+            table.name, progress=progress)
+    else:
+        dropped, group = np.zeros(n, dtype=bool), np.arange(n, dtype=np.int64)
+    kept = np.flatnonzero(~dropped)
+    roots, group_of = np.unique(group[kept], return_inverse=True)  # groups by first member
+    sizes = np.bincount(group_of, weights=table.chars[kept], minlength=len(roots))
+    val = validation_groups(sizes.astype(np.int64).tolist(), list(table.rank[roots]),
+                            val_fraction)
+    in_val = np.isin(group_of, sorted(val))
+    by_group = np.lexsort((kept, group_of))  # a group's documents together, in input order
+    return kept[by_group][~in_val[by_group]], kept[by_group][in_val[by_group]]
+
+
+def _train_documents_sha256(table: DocumentTable, train: np.ndarray) -> str:
     h = hashlib.sha256()
-    for doc in train_docs:
-        h.update(hashlib.sha256(doc.text.encode()).digest())
-    record = {"vocab_size": vocab_size, "train_documents_sha256": h.hexdigest()}
+    for i in train:
+        h.update(bytes(table.sha256[i]))
+    return h.hexdigest()
+
+
+def tokenizer_sample(documents: Documents, table: DocumentTable, train: np.ndarray,
+                     sample_chars: int) -> tuple[Iterator[str], int]:
+    """(texts, characters) of the tokenizer's training sample: the whole training split if it
+    has at most `sample_chars` characters; else documents drawn by their text hash (so spread
+    over the split, the same on every run) with probability sample_chars / split size, the
+    last one cut so that the sample has at most `sample_chars` characters."""
+    total = int(table.chars[train].sum())
+    if total <= sample_chars:
+        chosen = np.zeros(len(table), dtype=bool)
+        chosen[train] = True
+        budget = total
+    else:
+        draw = table.sha256[:, :8].copy().view("<u8")[:, 0] / 2.0**64  # uniform in [0, 1)
+        chosen = np.zeros(len(table), dtype=bool)
+        chosen[train] = draw[train] < sample_chars / total
+        budget = sample_chars
+
+    def texts() -> Iterator[str]:
+        left = budget
+        for i, doc in unique_documents(documents, table):
+            if left <= 0:
+                return
+            if chosen[i]:
+                yield doc.text[:left]
+                left -= min(len(doc.text), left)
+
+    return texts(), budget
+
+
+def _trained_tokenizer(out_dir: Path, documents: Documents, table: DocumentTable,
+                       train: np.ndarray, vocab_size: int, sample_chars: int):
+    """Train the BPE on (a sample of) the training split (never on validation), or reuse the
+    one from before."""
+    folder = out_dir / TOKENIZER_DIR
+    record: dict[str, Any] = {"vocab_size": vocab_size,
+                              "train_documents_sha256": _train_documents_sha256(table, train)}
+    if int(table.chars[train].sum()) > sample_chars:  # (absent when the sample is everything)
+        record["sample_chars"] = sample_chars
     if folder.exists():
         record_path = folder / TRAINING_RECORD
         stored = read_json(record_path) if record_path.exists() else None
@@ -126,11 +220,13 @@ def _trained_tokenizer(out_dir: Path, train_docs: list[Document], vocab_size: in
                 f"({stored or 'not trained here'}); "
                 f"this run would train one with {record}; use another out_dir or delete {out_dir}")
         return load_tokenizer(folder)
-    logger.info("training a byte-level BPE (vocab_size %d) on %d training documents",
-                vocab_size, len(train_docs))
+    texts, chars = tokenizer_sample(documents, table, train, sample_chars)
+    logger.info("training a byte-level BPE (vocab_size %d) on %d characters of %d training "
+                "documents", vocab_size, chars, len(train))
     started = time.perf_counter()
-    tokenizer = train_bpe((d.text for d in train_docs), vocab_size)
+    tokenizer = train_bpe(texts, vocab_size)
     logger.info("trained the tokenizer in %.1f s", time.perf_counter() - started)
+
     def write(staging: Path) -> None:
         save_tokenizer(tokenizer, staging)
         write_json_atomic(staging / TRAINING_RECORD, record)
@@ -140,7 +236,7 @@ def _trained_tokenizer(out_dir: Path, train_docs: list[Document], vocab_size: in
 
 
 def _check_arguments(source: str | Path, num_workers: int, val_fraction: float, seed: int,
-                     shard_chars: int, chunk_chars: int) -> None:
+                     shard_chars: int, chunk_chars: int, tokenizer_sample_chars: int) -> None:
     if str(source) != DEFAULT_SOURCE and not Path(source).exists():
         raise FileNotFoundError(
             f"corpus not found: {source} (give 'default', a text file, a folder of .txt files, "
@@ -154,6 +250,8 @@ def _check_arguments(source: str | Path, num_workers: int, val_fraction: float, 
             f"shard_chars ({shard_chars}) and chunk_chars ({chunk_chars}) must be positive")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if tokenizer_sample_chars < 1:
+        raise ValueError(f"tokenizer_sample_chars must be positive, got {tokenizer_sample_chars}")
 
 
 def _check_tokenizer_choice(given, vocab_size: int, model_vocab_size: int | None) -> None:
@@ -167,19 +265,41 @@ def _check_tokenizer_choice(given, vocab_size: int, model_vocab_size: int | None
         check_vocab_fits(vocab_size, model_vocab_size)
 
 
-def _split_entry(plans: list[ShardPlan], lengths: dict[str, int], out_dir: Path) -> dict[str, Any]:
-    names = [d.name for p in plans for d in p.docs]
+def _split_entry(plans: list[ShardPlan], lengths: dict[str, int], names: list[str] | None,
+                 out_dir: Path) -> dict[str, Any]:
+    num_documents = sum(len(p.documents) for p in plans)
     return {
         "num_tokens": sum(lengths[p.file_name] for p in plans),
-        "num_documents": len(names),
+        "num_documents": num_documents,
         "num_characters": sum(p.num_chars for p in plans),
-        "documents": names if len(names) <= MAX_LISTED_DOCUMENTS else None,
+        "documents": names if num_documents <= MAX_LISTED_DOCUMENTS else None,
         # size and sha256 of each file: training checks them before it starts
         "shards": [{"file": p.file_name, "num_tokens": lengths[p.file_name],
-                    "num_documents": len(p.docs),
+                    "num_documents": len(p.documents),
                     "bytes": (out_dir / p.file_name).stat().st_size,
                     "sha256": sha256_file(out_dir / p.file_name)} for p in plans],
     }
+
+
+def _shard_stream(documents: Documents, table: DocumentTable, splits: dict[str, np.ndarray],
+                  names: dict[str, list[str] | None]) -> Iterator[tuple[int, str]]:
+    """(index, text) of the kept documents for `pack_shards`; collects the names of each split
+    (those listed in the manifest) into `names` in the split's order."""
+    where = {}  # document index -> (split, position in it), for splits whose names are listed
+    for split, members in splits.items():
+        if names[split] is not None:
+            names[split] = [""] * len(members)
+            where.update((int(i), (split, k)) for k, i in enumerate(members))
+    kept = np.zeros(len(table), dtype=bool)
+    for members in splits.values():
+        kept[members] = True
+    for i, doc in unique_documents(documents, table):
+        if not kept[i]:
+            continue
+        if i in where:
+            split, k = where[i]
+            names[split][k] = doc.name  # type: ignore[index]
+        yield i, doc.text
 
 
 def prepare(
@@ -196,6 +316,7 @@ def prepare(
     shard_chars: int = 64 << 20,
     chunk_chars: int = 1 << 18,
     progress: bool = True,
+    tokenizer_sample_chars: int = DEFAULT_TOKENIZER_SAMPLE_CHARS,
 ) -> Path:
     """Build train/validation token shards; returns the path of manifest.json.
 
@@ -213,11 +334,14 @@ def prepare(
         removal only; MinHash LSH finds the candidate pairs, see `depthattn.data.dedup`).
     model_vocab_size: if given, fail early unless the tokenizer's ids fit the model.
     shard_chars, chunk_chars: characters of text per shard and per parallel task.
+    tokenizer_sample_chars: the trained BPE sees at most this many characters of the training
+        split, drawn across it (default 100 M; the default corpus, 12 M, is used whole).
     """
     started = time.perf_counter()
     default = str(source) == DEFAULT_SOURCE
     num_workers = num_workers if num_workers is not None else available_cpus()
-    _check_arguments(source, num_workers, val_fraction, seed, shard_chars, chunk_chars)
+    _check_arguments(source, num_workers, val_fraction, seed, shard_chars, chunk_chars,
+                     tokenizer_sample_chars)
     given = load_tokenizer(tokenizer) if tokenizer is not None else None
     _check_tokenizer_choice(given, vocab_size, model_vocab_size)
     if out_dir is None:
@@ -229,8 +353,8 @@ def prepare(
     request: dict[str, Any] = {
         "source": corpus.DEFAULT_SOURCE_ID if default else str(Path(source).resolve()),
         "input": corpus.ARCHIVE_SHA256 if default else _input_fingerprint(Path(source)),
-        "tokenizer": ({"train_vocab_size": vocab_size} if given is None
-                      else {"sha256": tokenizer_sha256(given)}),
+        "tokenizer": ({"train_vocab_size": vocab_size, "sample_chars": tokenizer_sample_chars}
+                      if given is None else {"sha256": tokenizer_sha256(given)}),
         "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
         "near_duplicates": [DUPLICATE_THRESHOLD, GROUP_THRESHOLD] if near_duplicates else None,
         "shard_chars": shard_chars,
@@ -250,19 +374,22 @@ def prepare(
             return manifest_file
 
     # --- documents and split (an empty or unsplittable corpus fails here, before out_dir) ---
-    docs = _load_documents(source, text_field)
-    groups = (deduplicate_and_group(docs, progress=progress) if near_duplicates
-              else [[d] for d in drop_exact_duplicates(docs)])
-    train_docs, val_docs = split_groups(groups, val_fraction, seed)
+    documents = _documents(source, text_field)
+    table = scan(documents(), seed, _input_bytes(source), progress)
+    if not len(table):
+        raise ValueError(f"the corpus {source!s} is empty: {table.num_raw} document(s), none "
+                         f"with text")
+    train, val = _split(documents, table, near_duplicates, val_fraction, progress)
     logger.info("%d documents, %d after de-duplication: %d train, %d validation",
-                len(docs), len(train_docs) + len(val_docs), len(train_docs), len(val_docs))
+                table.num_raw, len(train) + len(val), len(train), len(val))
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temp_files(out_dir):
         logger.info("removed %s, left by an interrupted run", path.name)
 
     # --- tokenizer ---
     if given is None:
-        tok = _trained_tokenizer(out_dir, train_docs, vocab_size)
+        tok = _trained_tokenizer(out_dir, documents, table, train, vocab_size,
+                                 tokenizer_sample_chars)
     else:
         store_given_tokenizer(out_dir, given)
         tok = given
@@ -275,11 +402,20 @@ def prepare(
     dtype = token_dtype(vocab)
 
     # --- shards, then the manifest ---
-    plans = {split: plan_shards(split, split_docs, shard_chars, sha, dtype, eos)
-             for split, split_docs in (("train", train_docs), ("validation", val_docs))}
-    lengths = pack_shards([p for ps in plans.values() for p in ps], out_dir, backend_json(tok),
-                          eos, dtype, num_workers, chunk_chars, progress)
-    splits = {split: _split_entry(ps, lengths, out_dir) for split, ps in plans.items()}
+    plans = {split: plan_shards(split, members, table.chars, table.sha256, shard_chars, sha,
+                                dtype, eos)
+             for split, members in (("train", train), ("validation", val))}
+    names: dict[str, list[str] | None] = {
+        split: [] if len(members) <= MAX_LISTED_DOCUMENTS else None
+        for split, members in (("train", train), ("validation", val))}
+    members = {"train": train, "validation": val}
+    stream = _shard_stream(documents, table, members, names)
+    lengths = pack_shards([p for ps in plans.values() for p in ps], stream, out_dir,
+                          backend_json(tok), eos, dtype, num_workers, chunk_chars, progress)
+    for _ in stream:  # when every shard was finished before, the names are still read
+        pass
+    splits = {split: _split_entry(ps, lengths, names[split], out_dir)
+              for split, ps in plans.items()}
     return finish_prepared(out_dir, manifest_file, request["source"],
                            {"sha256": sha, "vocab_size": vocab, "eos_token_id": eos}, dtype.name,
                            splits, request, started,

@@ -7,18 +7,21 @@ Document boundaries matter because the split is by document:
   `dataset_dict.json`): one document per row of column "text"; for a DatasetDict all splits
   are read in order, since the split here is ours;
 - any other file is read as plain text, with documents separated by blank lines.
+
+Every kind is read as a stream (`iter_local_source`): one document in memory at a time, so
+`prepare` can pass over a corpus larger than memory as often as it needs to.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from depthattn.data.documents import Document
 from depthattn.utils.text_files import read_utf8
 
-_BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
+_DATASETS_BATCH = 1000  # rows per read of a `datasets` folder
 
 
 def _read_text(path: Path) -> str:
@@ -26,22 +29,60 @@ def _read_text(path: Path) -> str:
     return read_utf8(path, "corpus file")
 
 
-def read_text_file(path: Path) -> list[Document]:
-    text = _read_text(path).replace("\r\n", "\n")
-    parts = [p for p in _BLANK_LINES.split(text) if p.strip()]
-    return [Document(name=f"{path.name}:{i}", text=p) for i, p in enumerate(parts)]
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its "\\n") of a UTF-8 file, split on "\\n" only, as reading the
+    whole file and splitting would: JSON strings may hold U+2028 and other characters that
+    str.splitlines() treats as line ends. Refuses non-UTF-8 bytes like `read_utf8`."""
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):  # binary files split on b"\n" alone
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"corpus file {path} is not UTF-8 text: byte 0x{raw[error.start]:02x} at "
+                    f"offset {offset + error.start} ({error.reason}); convert it to UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8`") from None
+            offset += len(raw)
 
 
-def read_text_folder(path: Path) -> list[Document]:
+def _is_blank(line: str) -> bool:
+    return line.endswith("\n") and not line[:-1].strip(" \t")
+
+
+def iter_text_file(path: Path) -> Iterator[Document]:
+    """Paragraphs separated by blank lines (lines of spaces and tabs only), line by line.
+
+    Same documents as splitting the whole text on the pattern ``\\n[ \\t]*\\n(?:[ \\t]*\\n)*``:
+    a blank line separates only when a line precedes it, and a paragraph ends without the
+    newline before the blank line (the last one keeps its final newline).
+    """
+    parts: list[str] = []
+    first, index = True, 0
+    for _, line in _utf8_lines(path):
+        line = line.replace("\r\n", "\n")
+        if _is_blank(line) and not first:
+            text = "".join(parts)[:-1]  # drop the newline that ends the previous line
+            parts = []
+            if text.strip():
+                yield Document(name=f"{path.name}:{index}", text=text)
+                index += 1
+            continue
+        first = False
+        parts.append(line)
+    text = "".join(parts)
+    if text.strip():
+        yield Document(name=f"{path.name}:{index}", text=text)
+
+
+def iter_text_folder(path: Path) -> Iterator[Document]:
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-    return [Document(name=str(p.relative_to(path)), text=_read_text(p)) for p in files]
+    for p in files:
+        yield Document(name=str(p.relative_to(path)), text=_read_text(p))
 
 
-def read_jsonl(path: Path, field: str = "text") -> list[Document]:
-    docs = []
-    # split on "\n" only, as reading the file line by line would: JSON strings may hold
-    # U+2028 and other characters str.splitlines() treats as line ends
-    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
+def iter_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
+    for line_no, line in _utf8_lines(path):
         if not line.strip():
             continue
         try:
@@ -52,8 +93,7 @@ def read_jsonl(path: Path, field: str = "text") -> list[Document]:
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(
                 f"{path}:{line_no} has no string field {field!r} (found keys: {found})")
-        docs.append(Document(name=f"{path.name}:{line_no}", text=record[field]))
-    return docs
+        yield Document(name=f"{path.name}:{line_no}", text=record[field])
 
 
 def is_datasets_folder(path: Path) -> bool:
@@ -61,35 +101,43 @@ def is_datasets_folder(path: Path) -> bool:
                               or (path / "dataset_dict.json").exists())
 
 
-def read_datasets_folder(path: Path, field: str = "text") -> list[Document]:
+def iter_datasets_folder(path: Path, field: str = "text") -> Iterator[Document]:
     try:
         import datasets  # optional dependency, only for this input kind
     except ImportError as e:
         raise ImportError(
             f"{path} is a Hugging Face `datasets` folder; reading it needs the `datasets` "
             f"package (pip install datasets)") from e
-    loaded = datasets.load_from_disk(str(path))
+    loaded = datasets.load_from_disk(str(path))  # memory-mapped Arrow files
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
-    docs = []
     for split, dataset in parts:
         if field not in dataset.column_names:
             raise ValueError(
                 f"{path} has no column {field!r} (columns: {dataset.column_names})")
+    for split, dataset in parts:
         prefix = f"{path.name}/{split}" if split else path.name
-        for i, text in enumerate(dataset[field]):
-            docs.append(Document(name=f"{prefix}:{i}", text=text or ""))
-    return docs
+        i = 0
+        for batch in dataset.select_columns([field]).iter(batch_size=_DATASETS_BATCH):
+            for text in batch[field]:
+                yield Document(name=f"{prefix}:{i}", text=text or "")
+                i += 1
 
 
-def read_local_source(path: Path, text_field: str = "text") -> list[Document]:
-    """Documents of a local corpus (see module doc for how each kind is split into documents)."""
+def iter_local_source(path: Path, text_field: str = "text") -> Iterator[Document]:
+    """Documents of a local corpus, one at a time (see module doc for how each kind is split
+    into documents)."""
     if not path.exists():
         raise FileNotFoundError(f"corpus not found: {path} (give a text file, a folder of .txt "
                                 f"files, a .jsonl file or a `datasets` folder, or 'default')")
     if is_datasets_folder(path):
-        return read_datasets_folder(path, text_field)
+        return iter_datasets_folder(path, text_field)
     if path.is_dir():
-        return read_text_folder(path)
+        return iter_text_folder(path)
     if path.suffix == ".jsonl":
-        return read_jsonl(path, text_field)
-    return read_text_file(path)
+        return iter_jsonl(path, text_field)
+    return iter_text_file(path)
+
+
+def read_local_source(path: Path, text_field: str = "text") -> list[Document]:
+    """All documents of a local corpus as a list (small corpora, tests)."""
+    return list(iter_local_source(path, text_field))

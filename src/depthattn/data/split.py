@@ -20,39 +20,48 @@ from depthattn.data.documents import Document
 _OVERSHOOT = 1.5
 
 
-def _rank(seed: int, group: Sequence[Document]) -> str:
-    return hashlib.sha256(f"{seed}:{group[0].name}".encode()).hexdigest()
+def group_rank(seed: int, first_name: str) -> bytes:
+    """The key that orders groups for validation: a hash of (seed, name of its first document)."""
+    return hashlib.sha256(f"{seed}:{first_name}".encode()).digest()
 
 
-def split_groups(
-    groups: Sequence[Sequence[Document]], val_fraction: float, seed: int = 0,
-) -> tuple[list[Document], list[Document]]:
-    """Return (train, validation) documents, each in input order.
+def validation_groups(sizes: Sequence[int], ranks: Sequence[bytes],
+                      val_fraction: float) -> set[int]:
+    """Indices of the groups that go to validation, from their sizes (characters) and ranks
+    alone, so a streaming preparation decides without holding any text.
 
     Validation gets about `val_fraction` of the characters, and at least one group; training
     keeps at least one group.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if len(groups) < 2:
+    if len(sizes) < 2:
         raise ValueError(
-            f"the corpus has {len(groups)} independent document group(s) after de-duplication; "
+            f"the corpus has {len(sizes)} independent document group(s) after de-duplication; "
             f"a split by document needs at least 2 (one for training, one for validation)")
-    size = [sum(len(d.text) for d in g) for g in groups]
-    target = val_fraction * sum(size)
-    order = sorted(range(len(groups)), key=lambda i: _rank(seed, groups[i]))
+    target = val_fraction * sum(sizes)
+    order = sorted(range(len(sizes)), key=lambda i: ranks[i])
     val: set[int] = set()
     val_chars = 0
     for i in order:
         if val_chars >= target:
             break
-        if val_chars + size[i] <= _OVERSHOOT * target:
+        if val_chars + sizes[i] <= _OVERSHOOT * target:
             val.add(i)
-            val_chars += size[i]
+            val_chars += sizes[i]
     if not val:  # every group is larger than the target: take the smallest, in hashed order
-        val.add(min(order, key=lambda i: size[i]))
-    if len(val) == len(groups):
-        val.remove(max(val, key=lambda i: size[i]))
+        val.add(min(order, key=lambda i: sizes[i]))
+    if len(val) == len(sizes):
+        val.remove(max(val, key=lambda i: sizes[i]))
+    return val
+
+
+def split_groups(
+    groups: Sequence[Sequence[Document]], val_fraction: float, seed: int = 0,
+) -> tuple[list[Document], list[Document]]:
+    """Return (train, validation) documents, each in input order (see `validation_groups`)."""
+    val = validation_groups([sum(len(d.text) for d in g) for g in groups],
+                            [group_rank(seed, g[0].name) for g in groups], val_fraction)
     train_docs = [d for i, g in enumerate(groups) if i not in val for d in g]
     val_docs = [d for i, g in enumerate(groups) if i in val for d in g]
     return train_docs, val_docs
