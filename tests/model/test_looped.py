@@ -8,6 +8,7 @@ applied r = 3 times, coda c = 1 (layer 3): applications e = 0 .. 7 run layers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -42,10 +43,12 @@ def looped_model(seed: int = 0, dtype=torch.float64, **overrides) -> CausalLM:
 
 # --- an independent unrolled forward, written from the issue's text ------------------------------
 def unrolled_logits(model: CausalLM, ids: torch.Tensor, order: list[int],
-                    sources: list[list[int]] | None, injection: str) -> torch.Tensor:
+                    sources: list[list[int]] | None, injection: str,
+                    no_grad: frozenset[int] = frozenset()) -> torch.Tensor:
     """Apply model.model.layers[order[e]] for e = 0, 1, ...; at each e in ITERATION_STARTS
     inject the prelude's output (the state before the first iteration); with ``sources``, mix
-    application e's value with depth_mix_reference over the listed earlier applications."""
+    application e's value with depth_mix_reference over the listed earlier applications.
+    Applications e in ``no_grad`` (their injection included) run under torch.no_grad()."""
     dec, cfg = model.model, model.config
     B, T = ids.shape
     x = dec.embed_tokens(ids)
@@ -53,27 +56,28 @@ def unrolled_logits(model: CausalLM, ids: torch.Tensor, order: list[int],
     stash: list[tuple[torch.Tensor, torch.Tensor]] = []
     prelude_output = None
     for e, i in enumerate(order):
-        if e in ITERATION_STARTS:
-            if prelude_output is None:
-                prelude_output = x
-            if injection == "add":
-                x = x + prelude_output
-            elif injection == "concat":
-                x = torch.cat([x, prelude_output], -1) @ dec.loop_injection.weight.T
-        layer = dec.layers[i]
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_norm(attn.q_proj(h).view(B, T, cfg.num_heads, -1)).transpose(1, 2)
-        k = attn.k_norm(attn.k_proj(h).view(B, T, cfg.num_kv_heads, -1)).transpose(1, 2)
-        v = attn.v_proj(h).view(B, T, cfg.num_kv_heads, -1).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if sources is not None and sources[e]:
-            v = depth_mix_reference(q, [stash[j][0] for j in sources[e]],
-                                    [stash[j][1] for j in sources[e]], k, v)
-        stash.append((k, v))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        with torch.no_grad() if e in no_grad else contextlib.nullcontext():
+            if e in ITERATION_STARTS:
+                if prelude_output is None:
+                    prelude_output = x
+                if injection == "add":
+                    x = x + prelude_output
+                elif injection == "concat":
+                    x = torch.cat([x, prelude_output], -1) @ dec.loop_injection.weight.T
+            layer = dec.layers[i]
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_norm(attn.q_proj(h).view(B, T, cfg.num_heads, -1)).transpose(1, 2)
+            k = attn.k_norm(attn.k_proj(h).view(B, T, cfg.num_kv_heads, -1)).transpose(1, 2)
+            v = attn.v_proj(h).view(B, T, cfg.num_kv_heads, -1).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if sources is not None and sources[e]:
+                v = depth_mix_reference(q, [stash[j][0] for j in sources[e]],
+                                        [stash[j][1] for j in sources[e]], k, v)
+            stash.append((k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
     return model.lm_head(dec.norm(x))
 
 

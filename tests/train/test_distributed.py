@@ -198,3 +198,16 @@ def test_a_run_with_only_dcp_checkpoints_converts_to_hugging_face(two_process_ru
     plain = load_model(RunDir(run_dir).latest_checkpoint())
     ids = torch.randint(0, plain.config.vocab_size, (1, 8))
     torch.testing.assert_close(hf(ids).logits, plain(ids), rtol=0, atol=1e-6)
+
+
+def test_looped_model_at_sampled_depth_under_fsdp_equals_one_process(prepared_corpus, tmp_path):
+    """Depth sampled per step, truncated backprop and activation checkpointing, on 2 ranks."""
+    looped = {**fields(prepared_corpus, tmp_path)["model_overrides"], "prelude_layers": 1,
+              "loop_layers": 2, "loop_iterations": 3, "loop_injection": "add"}
+    extra = {"model_overrides": looped, "loop_sampling": "poisson_lognormal",
+             "loop_max_iterations": 5, "backprop_iterations": 2,
+             "activation_checkpointing": True}
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(TrainConfig(**fields(prepared_corpus, one, micro_batch_size=8, **extra)))
+    run_ok(torchrun(2, train_args(prepared_corpus, two, **extra)))
+    assert_same_losses(one, two)

@@ -123,9 +123,9 @@ def test_first_step_loss_equals_cross_entropy_of_the_full_logits(tiny_train_conf
     import torch.nn.functional as F
 
     from depthattn import CausalLM
+    from depthattn.data import resolve_data
     from depthattn.data.loader import IGNORE_INDEX
     from depthattn.data.shards import TokenStream
-    from depthattn.data import resolve_data
 
     config = tiny_train_config(steps=1, eval_every=0, checkpoint_every=0)
     stream = TokenStream(resolve_data(config.data, config.vocab_size), "train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -12,8 +13,8 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.config import ModelConfig
 from depthattn.crosslayer import build_method
-from depthattn.crosslayer.base import ForwardContext
-from depthattn.looped import LoopInjection, applications
+from depthattn.crosslayer.base import CrossLayerMethod, ForwardContext
+from depthattn.looped import Application, LoopInjection, applications
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.mask import attention_mask_for
@@ -34,6 +35,10 @@ class Decoder(nn.Module):
 
     ``forward(input_ids, attention_mask, cache, position_ids)`` validates its inputs before any
     work and returns the (B, T, D) hidden states; see ``CausalLM`` for the arguments.
+
+    Training at random depth (issue 15, Huginn): ``forward(..., loop_iterations=r,
+    backprop_iterations=b)`` runs one call at r iterations, without changing the configured r,
+    and with gradients through the last b iterations only; see ``forward``.
     """
 
     # Non-reentrant: Depth-Attention's sources reach later blocks through the call's depth stash,
@@ -56,6 +61,9 @@ class Decoder(nn.Module):
         # per-call context, so a recomputed block reads the same sources as the first pass.
         self.activation_checkpointing = False
         self.checkpoint_every = 1  # with it on, recompute applications 0, n, 2n, ...
+        # r → (applications, method) of a call at r iterations other than the configured one;
+        # a plain dict, so the methods in it are not registered (no parameters of their own).
+        self._loop_plans: dict[int, tuple[list[Application], CrossLayerMethod]] = {}
 
     def set_loop_iterations(self, iterations: int) -> None:
         """Test-time depth: apply the looped block ``iterations`` times from now on. The weights
@@ -68,20 +76,84 @@ class Decoder(nn.Module):
         method.train(self.cross_layer.training)
         self.config, self.cross_layer = config, method
         self.applications = applications(config)
+        self._loop_plans.clear()  # they share the old method's parameters
+
+    def loop_plan(self, loop_iterations: int | None = None
+                  ) -> tuple[list[Application], CrossLayerMethod]:
+        """The applications and the cross-layer method of a call at ``loop_iterations``
+        iterations (None: the configured r), built once per r and kept; the config, and so the
+        configured r, is left as it is.
+
+        The method of another r is built for that r's L_eff (its tables: Depth-Attention's S(e),
+        value residual's layer of each e), its options as resolved for the configured r (the
+        trained stride stays, as in ``set_loop_iterations``), and it holds the configured
+        method's parameters and buffers themselves: each of its modules shares the dicts
+        ``_parameters`` and ``_buffers`` of its twin, so gradients, optimizer steps, ``.to()``,
+        ``load_state_dict`` and FSDP's parameter swaps reach both.
+
+        Under ``torch.compile`` call it eagerly for a new r before the compiled call: each
+        distinct (r, b) is then one graph (Dynamo specialises on both ints), while a plan built
+        inside the compiled call costs a graph break and one recompile more. Past
+        ``torch._dynamo.config.recompile_limit`` (8) distinct depths the call runs eagerly.
+        """
+        if loop_iterations is None or loop_iterations == self.config.loop_iterations:
+            return self.applications, self.cross_layer
+        plan = self._loop_plans.get(loop_iterations)
+        if plan is None:
+            plan = self._loop_plans[loop_iterations] = self._build_loop_plan(loop_iterations)
+        if plan[1].training != self.cross_layer.training:
+            plan[1].train(self.cross_layer.training)
+        return plan
+
+    # Built eagerly even inside torch.compile (a graph break, once per r): Dynamo cannot trace
+    # the construction of a module. The cached plan is then read by the compiled code.
+    @torch.compiler.disable
+    def _build_loop_plan(self, loop_iterations: int
+                         ) -> tuple[list[Application], CrossLayerMethod]:
+        config = dataclasses.replace(self.config, loop_iterations=loop_iterations)  # validates
+        method = build_method(config)
+        twins = dict(self.cross_layer.named_modules())
+        for name, module in method.named_modules():
+            twin = twins.get(name)
+            if twin is None or set(twin._parameters) != set(module._parameters) \
+                    or set(twin._buffers) != set(module._buffers):
+                raise ValueError(f"method {config.method!r} at loop_iterations="
+                                 f"{loop_iterations} has other parameters than at "
+                                 f"{self.config.loop_iterations} (module {name!r}): it cannot "
+                                 f"run at another depth with the same weights")
+            module._parameters, module._buffers = twin._parameters, twin._buffers
+        return applications(config), method
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
                 position_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None,
-                hidden_states: list[torch.Tensor] | None = None) -> torch.Tensor:
+                hidden_states: list[torch.Tensor] | None = None,
+                loop_iterations: int | None = None,
+                backprop_iterations: int | None = None) -> torch.Tensor:
         """input_ids (B, T), or inputs_embeds (B, T, D) instead → hidden states (B, T, D).
 
         hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
         each block but the last hands on (the method's readout of its residual stream), and the
         returned, final-normed output. A looped model gives L_eff + 1: one per application.
+        loop_iterations: r for this call only (a looped model; None: the configured r). No
+            cache then, unless r is the configured one: caches hold the configured L_eff.
+        backprop_iterations: b >= 1: iterations 0 .. r − b − 1 of the looped block run under
+            ``torch.no_grad()``, so the gradient flows through the last b only (Huginn's
+            truncated backpropagation); None (or b >= r): through all. The prelude and coda
+            always take gradients; the prelude's output reaches the gradient iterations through
+            the injection (add, concat) and the depth sources, while the state and the depth
+            stash entries of the no_grad iterations are constants to the rest of the call.
         """
         new_valid = self.check_inputs(input_ids, attention_mask, cache, position_ids,
                                       inputs_embeds)
+        if cache is not None and loop_iterations not in (None, self.config.loop_iterations):
+            raise ValueError(f"loop_iterations ({loop_iterations}) differs from the configured "
+                             f"{self.config.loop_iterations}, and the cache holds the configured "
+                             f"depth's applications: call set_loop_iterations({loop_iterations}) "
+                             f"and start a new cache to decode at another depth")
+        apps, method = self.loop_plan(loop_iterations)
+        first_grad_iteration = self._first_grad_iteration(apps, backprop_iterations)
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         if checkpointing and cache is not None:
             raise ValueError("activation checkpointing recomputes blocks in backward, which "
@@ -105,30 +177,44 @@ class Decoder(nn.Module):
             attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
 
         cos, sin = self.rotary_emb(positions, x.dtype)
-        ctx = ForwardContext(method=self.cross_layer, cos=cos, sin=sin, attn_mask=attn_mask,
+        ctx = ForwardContext(method=method, cos=cos, sin=sin, attn_mask=attn_mask,
                              is_causal=is_causal, cache=cache)
-        stream = self.cross_layer.init_stream(x, ctx)
+        stream = method.init_stream(x, ctx)
         if hidden_states is not None:
             hidden_states.append(x)
-        last = len(self.applications) - 1
-        for app in self.applications:  # prelude, looped block × r, coda (not looped: 0 .. L − 1)
-            if app.starts_iteration:
-                if app.iteration == 0:
-                    prelude_output = stream  # the embeddings when there is no prelude
-                stream = self.loop_injection(stream, prelude_output)
-            block = self.layers[app.layer]
-            if checkpointing and app.index % self.checkpoint_every == 0:
-                stream = self.checkpoint_function(block, stream, ctx, app.index)
-            else:
-                stream = block(stream, ctx, app.index)
-            if hidden_states is not None and app.index < last:
-                hidden_states.append(self.cross_layer.final_hidden(stream, ctx))
+        last = len(apps) - 1
+        for app in apps:  # prelude, looped block × r, coda (not looped: 0 .. L − 1)
+            frozen = app.iteration is not None and app.iteration < first_grad_iteration
+            with torch.no_grad() if frozen else contextlib.nullcontext():
+                if app.starts_iteration:
+                    if app.iteration == 0:
+                        prelude_output = stream  # the embeddings when there is no prelude
+                    stream = self.loop_injection(stream, prelude_output)
+                block = self.layers[app.layer]
+                if checkpointing and not frozen and app.index % self.checkpoint_every == 0:
+                    stream = self.checkpoint_function(block, stream, ctx, app.index)
+                else:
+                    stream = block(stream, ctx, app.index)
+                if hidden_states is not None and app.index < last:
+                    hidden_states.append(method.final_hidden(stream, ctx))
         if cache is not None:
             cache.end(T)
-        out = self.norm(self.cross_layer.final_hidden(stream, ctx))
+        out = self.norm(method.final_hidden(stream, ctx))
         if hidden_states is not None:
             hidden_states.append(out)
         return out
+
+    def _first_grad_iteration(self, apps: list[Application],
+                              backprop_iterations: int | None) -> int:
+        """The first iteration t that takes gradients: r − b, or 0 (all) for None or b >= r."""
+        if backprop_iterations is None:
+            return 0
+        if not self.config.looped:
+            raise ValueError(f"backprop_iterations ({backprop_iterations}) counts iterations of "
+                             f"a looped block, and this model is not looped (loop_layers = 0)")
+        require_int("backprop_iterations", backprop_iterations, 1, hint=" (None = all)")
+        r = 1 + max(app.iteration for app in apps if app.iteration is not None)
+        return max(0, r - backprop_iterations)
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -200,11 +286,15 @@ def _new_columns(attention_mask: torch.Tensor, cache: DecoderCache | None,
 
 def lm_logits(decoder: Decoder, lm_head: nn.Linear, input_ids: torch.Tensor,
               attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
-              position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+              position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
+              loop_iterations: int | None = None,
+              backprop_iterations: int | None = None) -> torch.Tensor:
     """decoder → LM head: (B, T, vocab) logits, or (B, k, vocab) for the last k positions.
     ``CausalLM.forward`` and the Hugging Face wrapper's forward both run this."""
     require_int("logits_to_keep", logits_to_keep, 0)
-    hidden = decoder(input_ids, attention_mask, cache, position_ids)  # (B, T, D)
+    hidden = decoder(input_ids, attention_mask, cache, position_ids,
+                     loop_iterations=loop_iterations,
+                     backprop_iterations=backprop_iterations)  # (B, T, D)
     return lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
 
 
@@ -220,6 +310,9 @@ class CausalLM(nn.Module):
         position_ids: (B, T) RoPE positions; derived from the mask and the cache when omitted.
         logits_to_keep: 0 for every position's logits, k for the last k only (B, k, vocab), as
             transformers' argument of that name: a prefill needs only the last.
+        loop_iterations, backprop_iterations: a looped model's depth for this call and the
+            iterations the gradient flows through (training at random depth); see
+            ``Decoder.forward``. ``loss`` takes them too.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -265,25 +358,31 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: DecoderCache | None = None,
-                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
+                loop_iterations: int | None = None,
+                backprop_iterations: int | None = None) -> torch.Tensor:
         return lm_logits(self.model, self.lm_head, input_ids, attention_mask, cache,
-                         position_ids, logits_to_keep)
+                         position_ids, logits_to_keep, loop_iterations, backprop_iterations)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
              attention_mask: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-             ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+             ignore_index: int = -100, reduction: str = "mean",
+             loop_iterations: int | None = None,
+             backprop_iterations: int | None = None) -> torch.Tensor:
         """Mean (or, with reduction="sum", summed) next-token cross-entropy over the targets
         that are not ``ignore_index``.
 
         Equals ``F.cross_entropy(self(input_ids).float().flatten(0, 1), targets.flatten())``, but
         the (B, T, vocab) logits are never materialised: the LM head runs inside the chunked
         cross-entropy, ``chunk_size`` tokens at a time. targets: (B, T), already shifted (the
-        target of position t is the token at t + 1).
+        target of position t is the token at t + 1). loop_iterations, backprop_iterations: see
+        ``Decoder.forward`` (a looped model trained at random depth).
         """
         if tuple(targets.shape) != tuple(input_ids.shape):
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape "
                              f"{tuple(input_ids.shape)}")
-        hidden = self.model(input_ids, attention_mask)  # (B, T, D)
+        hidden = self.model(input_ids, attention_mask, loop_iterations=loop_iterations,
+                            backprop_iterations=backprop_iterations)  # (B, T, D)
         # lm_head.weight is the embedding matrix when tied, so both uses get its gradient.
         return chunked_cross_entropy(hidden, self.lm_head.weight, targets, chunk_size,
                                      ignore_index, reduction)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depthattn.train.loop_depth import LOOP_SAMPLINGS
 from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.checks import (
     is_int,
@@ -54,8 +55,15 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bfloat16 autocast on GPU, float32 on CPU
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block in backward
-    seed: int = 0  # model initialisation and data order
+    seed: int = 0  # model initialisation, data order and sampled depth
     init_from: str = ""  # start from these weights: a run, a depthattn / Hugging Face / Qwen3 folder
+    # --- looped models: the depth r of each step (train/loop_depth.py, Huginn's rule) ---
+    loop_sampling: str = "fixed"  # fixed: the model's loop_iterations; or poisson_lognormal
+    # r ~ Poisson(λ) + 1, λ ~ LogNormal(ln r̄ − σ²/2, σ): r̄ = E[λ], E[r] = r̄ + 1 (uncapped)
+    loop_mean_rate: float = 0.0  # r̄; 0 = loop_iterations − 1, so that E[r] = loop_iterations
+    loop_sigma: float = 0.5  # σ (Huginn's 0.5)
+    loop_max_iterations: int = 0  # cap on the sampled r; 0 = no cap
+    backprop_iterations: int = 0  # gradients through the last b iterations only; 0 = all
     # --- distributed, under torchrun (docs/distributed.md) ---
     dp_replicate: int = 1  # HSDP: replicate over this many groups of ranks, shard within each
     fsdp_cpu_offload: bool = False  # sharded weights, gradients and AdamW state in CPU memory
@@ -94,6 +102,7 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             require_number(name, getattr(self, name), 0.0)
         require_number("eps", self.eps, 0.0, strict=True)
+        self._check_loop_fields()
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype ({self.dtype!r}) must be one of {', '.join(DTYPES)}")
         micro_tokens = self.micro_batch_size * self.seq_len
@@ -102,6 +111,51 @@ class TrainConfig:
                 f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
                 f"micro_batch_size x seq_len ({self.micro_batch_size} x {self.seq_len} = "
                 f"{micro_tokens})")
+
+    def _check_loop_fields(self) -> None:
+        """The loop fields alone; ``check_loop_training`` checks them against the model."""
+        if self.loop_sampling not in LOOP_SAMPLINGS:
+            raise ValueError(f"loop_sampling ({self.loop_sampling!r}) must be one of "
+                             f"{', '.join(LOOP_SAMPLINGS)}"
+                             f"{did_you_mean(self.loop_sampling, LOOP_SAMPLINGS)}")
+        require_number("loop_mean_rate", self.loop_mean_rate, 0.0)
+        require_number("loop_sigma", self.loop_sigma, 0.0, strict=True)
+        require_int("loop_max_iterations", self.loop_max_iterations, 0, hint=" (0 = no cap)")
+        require_int("backprop_iterations", self.backprop_iterations, 0, hint=" (0 = all)")
+        if self.loop_sampling == "fixed":
+            for name in ("loop_mean_rate", "loop_max_iterations"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} ({getattr(self, name)!r}) is read only by "
+                                     f"loop_sampling 'poisson_lognormal', not 'fixed': set "
+                                     f"loop_sampling or leave {name} at 0")
+
+    def check_loop_training(self, model_config) -> None:
+        """The loop fields against the model they train; ``model_config()`` runs it."""
+        sampled = self.loop_sampling != "fixed"
+        if (sampled or self.backprop_iterations) and not model_config.looped:
+            used = (f"loop_sampling {self.loop_sampling!r}" if sampled
+                    else f"backprop_iterations ({self.backprop_iterations})")
+            raise ValueError(f"{used} needs a looped model, and this one is not (loop_layers "
+                             f"= 0): set loop_layers (and prelude_layers) in model_overrides, "
+                             f"or leave loop_sampling 'fixed' and backprop_iterations 0")
+        if sampled and self.loop_rate(model_config) <= 0:
+            raise ValueError(f"loop_mean_rate 0 takes the rate from the model's loop_iterations "
+                             f"- 1 = {model_config.loop_iterations - 1}, and the rate must be "
+                             f"> 0: set loop_mean_rate > 0 or loop_iterations >= 2")
+        b = self.backprop_iterations
+        truncated = b and (sampled or b < model_config.loop_iterations)
+        if truncated and model_config.loop_injection == "none":
+            # The first iteration that takes gradients then starts from a state computed under
+            # no_grad: nothing before the loop (prelude, embeddings) would learn through it.
+            raise ValueError(f"backprop_iterations ({b}) cuts the gradient before the looped "
+                             f"block, and loop_injection 'none' gives the prelude and the "
+                             f"embeddings no other way to the loss: use loop_injection 'add' or "
+                             f"'concat' (Huginn's), or backprop_iterations 0 (all)")
+
+    def loop_rate(self, model_config) -> float:
+        """r̄ of ``poisson_lognormal``: loop_mean_rate, or loop_iterations − 1 when 0 (the
+        model's configured r is then the mean training depth, and its evaluation depth)."""
+        return self.loop_mean_rate or float(model_config.loop_iterations - 1)
 
     @property
     def grad_accumulation(self) -> int:
@@ -134,8 +188,10 @@ class TrainConfig:
         overrides = dict(self.model_overrides)
         if vocab_size is not None:
             overrides.setdefault("vocab_size", vocab_size)
-        return ModelConfig.from_preset(self.model, method=self.method,
-                                       method_options=self.method_options, **overrides)
+        config = ModelConfig.from_preset(self.model, method=self.method,
+                                         method_options=self.method_options, **overrides)
+        self.check_loop_training(config)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,6 +46,7 @@ from depthattn.train.distributed import Distributed
 from depthattn.train.fsdp import average_replicated_grads, clip_grad_norm, shard_model
 from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
 from depthattn.train.init_from import load_initial_weights
+from depthattn.train.loop_depth import loop_depth_at
 from depthattn.train.metrics import MetricsLog, NullMetrics
 from depthattn.train.optim import build_optimizer, build_scheduler
 from depthattn.train.preflight import check_disk, check_memory, count_parameters
@@ -252,12 +253,17 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
         with StopOnSignal() as stop:
             for step in range(start_step, config.steps):
                 inputs, targets = batches.batch(step)
+                # a looped model's depth this step: a function of (seed, step), as the data
+                depth = loop_depth_at(config, model_config, step)
+                if whole_compile and depth.loop_iterations is not None:
+                    model.model.loop_plan(depth.loop_iterations)  # built outside the graph
                 local_loss = 0.0
                 for micro_inputs, micro_targets in zip(inputs.chunk(accumulation),
                                                        targets.chunk(accumulation)):
                     with autocast:
                         loss = train_loss(micro_inputs.to(device), micro_targets.to(device),
-                                          ignore_index=IGNORE_INDEX) / accumulation
+                                          ignore_index=IGNORE_INDEX,
+                                          **depth.kwargs()) / accumulation
                     loss.backward()
                     local_loss += loss.item()
                 if replicated:
