@@ -106,9 +106,7 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
     """Load a directory written by ``save_model`` (strict: every key must match), or a
     distributed training checkpoint (``depthattn.train.sharded_checkpoint``)."""
     directory = Path(directory)
-    if (directory / "dcp" / ".metadata").is_file():
-        from depthattn.train.sharded_checkpoint import load_sharded_model
-
+    if is_sharded(directory):
         return load_sharded_model(directory, device, dtype)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
@@ -118,6 +116,36 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
     fields.pop("format", None)
     config = ModelConfig.from_dict(fields)
     return model_from_state(config, read_safetensors(directory, device), device, dtype)
+
+
+SHARDS_DIR = "dcp"  # a distributed training checkpoint's DCP folder (train.sharded_checkpoint)
+
+
+def is_sharded(path: str | Path) -> bool:
+    """A checkpoint written through torch.distributed.checkpoint (a distributed run's)."""
+    return (Path(path) / SHARDS_DIR / ".metadata").is_file()
+
+
+def load_sharded_model(path: str | Path, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> CausalLM:
+    """The model of a distributed (DCP) checkpoint, whole, in one plain process; ``load_model``
+    comes here for such a folder, so every command that reads a run reads these too."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    if not is_sharded(path):
+        raise ValueError(f"{path} is not a distributed checkpoint (no {SHARDS_DIR}/.metadata)")
+    fields = read_config_json(path)
+    fields.pop("format", None)
+    config = ModelConfig.from_dict(fields)
+    with torch.device("meta"):
+        skeleton = CausalLM(config)
+    state = {k: torch.empty_like(v, device="cpu") for k, v in skeleton.state_dict().items()}
+    dcp.load({"model": state}, checkpoint_id=str(path / SHARDS_DIR), no_dist=True)
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    model = model_from_state(config, state)
+    return model.to(device=device, dtype=dtype) if (device or dtype) else model
 
 
 def load_qwen3_folder(directory: str | Path, method: str = "vanilla", device=None,

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthattn.train.loop_depth import LOOP_SAMPLINGS
 from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.checks import (
     is_int,
@@ -23,6 +22,7 @@ from depthattn.utils.suggest import did_you_mean
 from depthattn.utils.text_files import read_utf8
 
 DTYPES = ("auto", "float32", "bfloat16")
+LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")  # how a looped model's depth is drawn per step
 
 
 @dataclass

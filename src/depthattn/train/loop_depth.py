@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from depthattn.train.config import TrainConfig
 from depthattn.utils.checks import require_int, require_number
 
 if TYPE_CHECKING:
     from depthattn.config import ModelConfig
-    from depthattn.train.config import TrainConfig
 
 # The third entropy word of the sampler's seed: keeps its stream apart from the data order's.
 LOOP_DEPTH_STREAM = 0x4C4F4F50  # "LOOP"
-LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
 
 
 def sample_loop_iterations(seed: int, step: int, mean_rate: float, sigma: float = 0.5,

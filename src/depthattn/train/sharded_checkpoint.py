@@ -39,9 +39,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from depthattn.config import ModelConfig
 from depthattn.model.transformer import CausalLM
-from depthattn.serialization import CONFIG_NAME, model_from_state, save_model
+from depthattn.serialization import (
+    CONFIG_NAME,
+    SHARDS_DIR,
+    is_sharded,
+    load_sharded_model,
+    save_model,
+)
 from depthattn.train import faults
 from depthattn.train.checkpoint import (
     LATEST,
@@ -63,13 +68,7 @@ from depthattn.utils.file_manifest import write_file_manifest
 
 log = logging.getLogger(__name__)
 
-SHARDS_DIR = "dcp"
 TRAINER_FILE = "trainer.pt"
-
-
-def is_sharded(path: Path) -> bool:
-    """A checkpoint written by ``ShardedCheckpointer`` (else the single-process layout)."""
-    return (Path(path) / SHARDS_DIR / ".metadata").is_file()
 
 
 @dataclass
@@ -146,12 +145,6 @@ class ShardedCheckpointer:
         self.dist.barrier()  # nobody reads the checkpoint before it is in place
 
 
-def _read_config(path: Path) -> ModelConfig:
-    fields = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    fields.pop("format", None)
-    return ModelConfig.from_dict(fields)
-
-
 def load_sharded(path: Path, model: CausalLM, optimizer: torch.optim.Optimizer,
                  scheduler: Any) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG from a DCP checkpoint, at any world size
@@ -192,24 +185,6 @@ def full_model_state(model: CausalLM, dist: Distributed) -> dict[str, torch.Tens
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)
     return state if dist.is_main else None
-
-
-def load_sharded_model(path: str | Path, device: torch.device | str | None = None,
-                       dtype: torch.dtype | None = None) -> CausalLM:
-    """The model of a DCP checkpoint, whole, in one plain process (``load_model`` comes here
-    for such a folder, so every command that reads a checkpoint or a run reads these too)."""
-    path = Path(path)
-    if not is_sharded(path):
-        raise ValueError(f"{path} is not a distributed checkpoint (no {SHARDS_DIR}/.metadata)")
-    config = _read_config(path)
-    with torch.device("meta"):
-        skeleton = CausalLM(config)
-    state = {k: torch.empty_like(v, device="cpu") for k, v in skeleton.state_dict().items()}
-    dcp.load({"model": state}, checkpoint_id=str(path / SHARDS_DIR), no_dist=True)
-    if config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    model = model_from_state(config, state, device=device)
-    return model.to(device=device, dtype=dtype) if (device or dtype) else model
 
 
 def export_sharded(path: str | Path, out: str | Path) -> Path:
