@@ -126,3 +126,8 @@ def test_resume_with_other_tokens_per_step_is_refused(tiny_train_config):
     train(config)
     with pytest.raises(ValueError, match="trained at 128 tokens per step"):
         train(tiny_train_config(steps=10, micro_batch_size=8), resume=True)
+
+
+def test_async_checkpoint_needs_torchrun(tiny_train_config):
+    with pytest.raises(ValueError, match="async_checkpoint writes the sharded checkpoints"):
+        train(tiny_train_config(async_checkpoint=True))

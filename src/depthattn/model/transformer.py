@@ -36,7 +36,7 @@ class Decoder(nn.Module):
     ``forward(input_ids, attention_mask, cache, position_ids)`` validates its inputs before any
     work and returns the (B, T, D) hidden states; see ``CausalLM`` for the arguments.
 
-    Training at random depth (issue 15, Huginn): ``forward(..., loop_iterations=r,
+    Training at random depth (Huginn): ``forward(..., loop_iterations=r,
     backprop_iterations=b)`` runs one call at r iterations, without changing the configured r,
     and with gradients through the last b iterations only; see ``forward``.
     """

@@ -1,4 +1,4 @@
-"""Training a looped model at random depth (issue 15; Huginn, Geiping et al., 2025, arXiv
+"""Training a looped model at random depth (Huginn, Geiping et al., 2025, arXiv
 2502.05171 §3.3): how many iterations r the looped block runs at each optimizer step, and
 through how many of them the gradient flows.
 

@@ -179,9 +179,7 @@ def load_full_state(model: CausalLM, optimizer: torch.optim.Optimizer,
 
 
 def full_model_state(model: CausalLM, dist: Distributed) -> dict[str, torch.Tensor] | None:
-    """The whole model state on rank 0's CPU (None elsewhere); collective."""
-    if not dist.enabled:
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """The whole state of a sharded model on rank 0's CPU (None elsewhere); collective."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)
     return state if dist.is_main else None

@@ -38,7 +38,6 @@ from depthattn.train import distributed, faults
 from depthattn.train.checkpoint import (
     STATE_FILE,
     load_checkpoint,
-    load_training_state,
     save_checkpoint,
 )
 from depthattn.train.config import TrainConfig
@@ -160,6 +159,10 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
     if config.fsdp_cpu_offload and not (dist.enabled and device.type == "cuda"):
         raise ValueError("fsdp_cpu_offload keeps a sharded GPU run's state in CPU memory: it "
                          "needs torchrun and device cuda")
+    if config.async_checkpoint and not dist.enabled:
+        raise ValueError("async_checkpoint writes the sharded checkpoints of a torchrun job; a "
+                         "single process writes its checkpoints whole: launch with torchrun, or "
+                         "leave async_checkpoint false")
     _check_run_dir(run, config, resume)
     dist.barrier()  # every rank has looked at run_dir before rank 0 writes into it
     manifest = _prepared_data(config, dist)
@@ -223,9 +226,8 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
     checkpointer = (ShardedCheckpointer(run.checkpoints_dir, dist, config.keep_checkpoints,
                                         async_save=config.async_checkpoint)
                     if dist.enabled else None)
-    num_params = parameters
     log.info("%s: %s on %s x %d, %s parameters, %d steps x %d tokens", run_dir,
-             model_config.method, device, world, f"{num_params:,}", config.steps,
+             model_config.method, device, world, f"{parameters:,}", config.steps,
              tokens_per_step)
 
     def evaluate(final: bool = False) -> EvalResult:
@@ -327,7 +329,7 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
     if val is None:  # resumed a run that had already finished
         val = evaluate(final=True)
     _export_final(model, run, dist)
-    result = RunResult(run_dir, config.steps, val, num_params, throughput)
+    result = RunResult(run_dir, config.steps, val, parameters, throughput)
     if dist.is_main:
         write_json_atomic(run.summary_file, _summary(result, config, model_config,
                                                     guard.skipped_steps, tokens_per_step,
@@ -366,7 +368,7 @@ def _load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimiz
 
     model_state, optim_state = get_state_dict(plain, plain_optimizer)
     load_full_state(model, optimizer, model_state, optim_state)
-    scheduler.load_state_dict(load_training_state(path)["scheduler"])
+    scheduler.load_state_dict(plain_scheduler.state_dict())
     return state
 
 
@@ -383,9 +385,9 @@ def _export_final(model: CausalLM, run: RunDir, dist: Distributed) -> None:
     if not dist.enabled:
         save_model(model, run.model_dir)
         return
-    state = full_model_state(model, dist)
+    state = full_model_state(model, dist)  # collective: every rank takes part
     if dist.is_main:
-        plain = model_from_state(model.config, dict(state))
+        plain = model_from_state(model.config, state)
         save_model(plain, run.model_dir)
 
 
