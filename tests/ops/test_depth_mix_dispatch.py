@@ -78,3 +78,22 @@ def test_compiled_graphs_take_the_inference_mix_only_without_gradients():
     with torch.no_grad():
         assert compiled_choice(q) == "inference"  # compiled decoding
     assert compiled_choice(q.requires_grad_()) == "unstacked"  # compiled training
+
+
+def test_compiled_graph_traces_the_mix_without_a_break(monkeypatch):
+    # An import inside the traced code is a graph break in every layer (a looped model's many
+    # applications then exhaust dynamo's recompile limit): nothing may be imported there, even
+    # in a process that has not yet called any implementation eagerly.
+    from depthattn.ops.depth_mix import dispatch
+
+    monkeypatch.setattr(dispatch, "_loaded", {})
+    torch._dynamo.reset()
+    q, k, v = (torch.randn(1, 2, 3, 4, requires_grad=True) for _ in range(3))
+    sources = [torch.randn(1, 2, 3, 4) for _ in range(2)]
+
+    def mix(q, k, v):
+        return depth_mix(q, sources, sources, k, v)
+
+    compiled = torch.compile(mix, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), get_depth_mix_impl("reference")(
+        q, sources, sources, k, v), rtol=1e-6, atol=1e-6)

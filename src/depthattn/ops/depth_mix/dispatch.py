@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from depthattn.ops.depth_mix import self_check
+from depthattn.ops.depth_mix.inference import depth_mix_inference
+from depthattn.ops.depth_mix.unstacked import depth_mix_unstacked
 
 DepthMixFn = Callable[..., torch.Tensor]
 
@@ -58,6 +60,11 @@ TRITON_AUTO_DEVICE_TYPES = frozenset({"cuda"})
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("depth_mix_impl",
                                                                       default=None)
 _loaded: dict[str, DepthMixFn] = {}
+# What a compiled graph traces, imported here: an import inside the traced code would be a graph
+# break in every layer, and a looped model's many applications would then exhaust dynamo's
+# recompile limit.
+_COMPILED_IMPLS: dict[str, DepthMixFn] = {"unstacked": depth_mix_unstacked,
+                                         "inference": depth_mix_inference}
 
 
 @functools.cache
@@ -180,7 +187,7 @@ def select_depth_mix(q: torch.Tensor) -> DepthMixFn:
         # Traced into the graph once (see compiled_choice). Dynamo cannot read the context
         # variable (nor should a compiled step re-read the environment at every call), so
         # forcing applies to eager calls.
-        return get_depth_mix_impl(compiled_choice(q))
+        return _COMPILED_IMPLS[compiled_choice(q)]
     name = _forced.get() or os.environ.get(_ENV_VAR) or automatic_choice(q)
     if name not in _LOCATIONS:
         raise ValueError(f"{_ENV_VAR} ({name!r}) names no depth-mix implementation; allowed: "
