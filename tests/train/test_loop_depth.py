@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from depthattn.train import train
 from depthattn.train.config import TrainConfig, load_train_config, shipped_configs
-from depthattn.train.loop_depth import LoopDepth, loop_depth_at, sample_loop_iterations
+from depthattn.train.loop_depth import (
+    LoopDepth,
+    loop_depth_at,
+    sample_loop_iterations,
+    training_depths,
+)
 from tests.conftest import tiny_config
 
 LOOPED = {"num_layers": 4, "prelude_layers": 1, "loop_layers": 2, "loop_iterations": 3,
@@ -176,3 +182,48 @@ def test_the_looped_quickstart_loads_and_validates_for_every_arm():
     r = [loop_depth_at(config, model, step).loop_iterations for step in range(config.steps)]
     assert max(r) <= config.loop_max_iterations
     assert abs(np.mean(r) - model.loop_iterations) < 0.5
+
+
+# --- compiled training at sampled depth ------------------------------------------------------------
+def test_training_depths_are_every_r_a_run_will_see():
+    fixed = looped_train_config()
+    assert training_depths(fixed, fixed.model_config()) == {3}
+    capped = looped_train_config(loop_sampling="poisson_lognormal", loop_max_iterations=5)
+    assert training_depths(capped, capped.model_config()) == {1, 2, 3, 4, 5}
+    uncapped = looped_train_config(loop_sampling="poisson_lognormal", loop_mean_rate=6.0,
+                                   steps=40, seed=1)
+    model = uncapped.model_config()
+    drawn = {loop_depth_at(uncapped, model, s).loop_iterations for s in range(40)}
+    assert training_depths(uncapped, model) == drawn | {3}
+    assert len(drawn) > 8  # more than Dynamo's default recompile limit
+
+
+def test_compiled_training_at_more_than_eight_depths_stays_compiled(tiny_train_config,
+                                                                    monkeypatch, caplog):
+    """Dynamo makes one graph per r; past its recompile limit (8) a run used to go eager for
+    every new r. The trainer raises the limit to the run's depths. (The eager backend: Dynamo's
+    guards and limit are the same, without Inductor's minutes of code generation.)"""
+    from depthattn.train import trainer
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(trainer.torch, "compile",
+                        lambda fn, **kw: real_compile(fn, backend=counting_backend, **kw))
+    torch._dynamo.reset()
+    looped = {**tiny_train_config().model_overrides, **LOOPED}
+    config = tiny_train_config(model_overrides=looped, method="depth_attention", compile=True,
+                               loop_sampling="poisson_lognormal", loop_mean_rate=6.0, seed=1,
+                               steps=14, eval_every=0, checkpoint_every=0)
+    depths = {loop_depth_at(config, config.model_config(), s).loop_iterations
+              for s in range(config.steps)}
+    assert len(depths) > 8
+    with caplog.at_level("WARNING", logger="torch._dynamo"):
+        train(config)
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+    assert len(graphs) >= len(depths)  # a graph for every depth, none left to eager
+    torch._dynamo.reset()

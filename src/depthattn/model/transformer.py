@@ -94,7 +94,8 @@ class Decoder(nn.Module):
         Under ``torch.compile`` call it eagerly for a new r before the compiled call: each
         distinct (r, b) is then one graph (Dynamo specialises on both ints), while a plan built
         inside the compiled call costs a graph break and one recompile more. Past
-        ``torch._dynamo.config.recompile_limit`` (8) distinct depths the call runs eagerly.
+        ``torch._dynamo.config.recompile_limit`` (8) distinct depths the call runs eagerly:
+        the trainer raises that limit to the number of depths its run will see.
         """
         if loop_iterations is None or loop_iterations == self.config.loop_iterations:
             return self.applications, self.cross_layer

@@ -78,3 +78,15 @@ def loop_depth_at(config: TrainConfig, model_config: ModelConfig, step: int) -> 
         r = sample_loop_iterations(config.seed, step, config.loop_rate(model_config),
                                    config.loop_sigma, config.loop_max_iterations)
     return LoopDepth(r, config.backprop_iterations or None)
+
+
+def training_depths(config: TrainConfig, model_config: ModelConfig) -> set[int]:
+    """Every r a run's steps will run at (with the configured one, which evaluation uses): what a
+    compiled run needs one graph for. Capped sampling gives at most 1 .. r_max without drawing."""
+    depths = {model_config.loop_iterations}
+    if config.loop_sampling != "poisson_lognormal":
+        return depths
+    if config.loop_max_iterations:
+        return depths | set(range(1, config.loop_max_iterations + 1))
+    return depths | {loop_depth_at(config, model_config, step).loop_iterations  # type: ignore[misc]
+                     for step in range(config.steps)}

@@ -45,7 +45,7 @@ from depthattn.train.distributed import Distributed
 from depthattn.train.fsdp import average_replicated_grads, clip_grad_norm, shard_model
 from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
 from depthattn.train.init_from import load_initial_weights
-from depthattn.train.loop_depth import loop_depth_at
+from depthattn.train.loop_depth import loop_depth_at, training_depths
 from depthattn.train.metrics import MetricsLog, NullMetrics
 from depthattn.train.optim import build_optimizer, build_scheduler
 from depthattn.train.preflight import check_disk, check_memory, count_parameters
@@ -123,6 +123,21 @@ def _resume_point(run: RunDir) -> Path | None:
                          f"{'; '.join(skipped)}. Move the checkpoints away to train it again "
                          f"from the start")
     return checkpoint
+
+
+def _with_recompile_limit(compiled, graphs: int):
+    """``compiled`` allowed at least ``graphs`` graphs: past Dynamo's recompile limit (8) a
+    sampled-depth run would fall back to eager for every further r. The limit is a global
+    setting, so it is raised only during the calls."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    limit = max(graphs, getattr(config, name))
+
+    def call(*args, **kwargs):
+        with config.patch(**{name: limit}):
+            return compiled(*args, **kwargs)
+
+    return call
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunResult:
@@ -216,7 +231,11 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
     # through forward. Compiling the bound method compiles the whole loss, decoder included;
     # a sharded model compiles block by block instead (shard_model).
     whole_compile = config.compile and not dist.enabled
-    train_loss = torch.compile(model.loss) if whole_compile else model.loss
+    train_loss = model.loss
+    if whole_compile:
+        # one graph per depth r (Dynamo specialises on it), + evaluation's, + a shorter batch's
+        graphs = len(training_depths(config, model_config)) + 2
+        train_loss = _with_recompile_limit(torch.compile(model.loss), graphs)
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     # Records after the resumed step were written by the interrupted process and are written
