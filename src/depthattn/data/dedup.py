@@ -69,6 +69,12 @@ def _spelling_key(word: str) -> str:
     return _DOUBLE.sub(r"\1", word.rstrip("e"))
 
 
+def spelling_words(text: str) -> list[str]:
+    """The words 3-grams are made of, each by its spelling key ("Heauen" -> "heauen" -> "heaun",
+    "heaven" -> "heaven" -> "heavn"... close enough for copies to share most 3-grams)."""
+    return [_spelling_key(w) for w in _WORD.findall(text.lower().translate(_OLD_LETTERS))]
+
+
 class WordCodes:
     """word -> 64-bit code of its spelling key (a hash, the same on every run and machine)."""
 

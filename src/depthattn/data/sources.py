@@ -1,7 +1,8 @@
 """Reading a user's corpus: a text file, a folder of .txt files, JSONL, or a `datasets` folder.
 
 Document boundaries matter because the split is by document:
-- a folder of `.txt` files (searched recursively): one document per file;
+- a folder (searched recursively): each `.txt` file one document, each `.jsonl` file one
+  document per line, files in path order; other files are not read;
 - a `.jsonl` file: one document per line, from the field "text" (configurable);
 - a folder written by `datasets.Dataset.save_to_disk` (it has `dataset_info.json` or
   `dataset_dict.json`): one document per row of column "text"; for a DatasetDict all splits
@@ -75,10 +76,25 @@ def iter_text_file(path: Path) -> Iterator[Document]:
         yield Document(name=f"{path.name}:{index}", text=text)
 
 
-def iter_text_folder(path: Path) -> Iterator[Document]:
-    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-    for p in files:
-        yield Document(name=str(p.relative_to(path)), text=_read_text(p))
+FOLDER_SUFFIXES = (".txt", ".jsonl")  # the files of a folder corpus that hold documents
+
+
+def folder_files(path: Path) -> list[Path]:
+    """A folder corpus's files, sorted by path."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FOLDER_SUFFIXES)
+
+
+def iter_folder(path: Path, text_field: str = "text",
+                files: list[Path] | None = None) -> Iterator[Document]:
+    """The documents of `files` (default: all of `folder_files(path)`), named by their path
+    under `path` (and `:line` for JSONL)."""
+    for p in folder_files(path) if files is None else files:
+        name = str(p.relative_to(path))
+        if p.suffix == ".jsonl":
+            for doc in iter_jsonl(p, text_field):
+                yield Document(name=f"{name}:{doc.name.rpartition(':')[2]}", text=doc.text)
+        else:
+            yield Document(name=name, text=_read_text(p))
 
 
 def iter_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
@@ -101,7 +117,10 @@ def is_datasets_folder(path: Path) -> bool:
                               or (path / "dataset_dict.json").exists())
 
 
-def iter_datasets_folder(path: Path, field: str = "text") -> Iterator[Document]:
+def iter_datasets_folder(path: Path, field: str = "text",
+                         shard: tuple[int, int] | None = None) -> Iterator[Document]:
+    """One document per row; ``shard=(index, count)``: only that contiguous share of each
+    split's rows (`Dataset.shard`), rows keeping their numbers."""
     try:
         import datasets  # optional dependency, only for this input kind
     except ImportError as e:
@@ -117,6 +136,12 @@ def iter_datasets_folder(path: Path, field: str = "text") -> Iterator[Document]:
     for split, dataset in parts:
         prefix = f"{path.name}/{split}" if split else path.name
         i = 0
+        if shard is not None:
+            index, count = shard
+            # contiguous shards of Dataset.shard: the first n % count take one row more
+            size, extra = divmod(len(dataset), count)
+            i = index * size + min(index, extra)
+            dataset = dataset.shard(num_shards=count, index=index, contiguous=True)
         for batch in dataset.select_columns([field]).iter(batch_size=_DATASETS_BATCH):
             for text in batch[field]:
                 yield Document(name=f"{prefix}:{i}", text=text or "")
@@ -132,7 +157,7 @@ def iter_local_source(path: Path, text_field: str = "text") -> Iterator[Document
     if is_datasets_folder(path):
         return iter_datasets_folder(path, text_field)
     if path.is_dir():
-        return iter_text_folder(path)
+        return iter_folder(path, text_field)
     if path.suffix == ".jsonl":
         return iter_jsonl(path, text_field)
     return iter_text_file(path)
