@@ -19,9 +19,15 @@ HELP = "corpus -> tokenizer -> token shards (or token files -> shards, with --to
 # Options of the text pipeline that mean nothing for token files, with their defaults.
 _TEXT_ONLY = {"vocab_size": DEFAULT_VOCAB_SIZE, "text_field": "text", "near_duplicates": None,
               "shard_chars": 64 << 20, "num_workers": None,
-              "tokenizer_sample_chars": DEFAULT_TOKENIZER_SAMPLE_CHARS}
+              "tokenizer_sample_chars": DEFAULT_TOKENIZER_SAMPLE_CHARS, "engine": "local"}
 # Options of --tokens only (default None, so that a stray one is noticed).
 _TOKENS_ONLY = ("eos_id", "token_dtype", "split_by", "token_column", "shard_tokens")
+# Options of --engine datatrove only (default None, so that a stray one is noticed).
+_DATATROVE_ONLY = ("executor", "tasks", "work_dir", "minhash_buckets",
+                   "minhash_hashes_per_bucket", "slurm_partition", "slurm_time",
+                   "slurm_cpus_per_task", "slurm_mem_per_cpu_gb", "slurm_env_command",
+                   "slurm_sbatch")
+ENGINES = ("local", "datatrove")
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +67,36 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="characters of text per shard (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: this process and a pool of tokenizer workers; datatrove: "
+                             "datatrove pipelines over --tasks parts of the corpus, on this "
+                             "machine or on Slurm (needs depthattn[scale]) (default: local)")
+    scale = parser.add_argument_group(
+        "datatrove engine", "the same shards and manifest from datatrove pipelines (see "
+        "depthattn.data.scale); --num-workers is then the tasks run at once on this machine")
+    scale.add_argument("--executor", choices=("local", "slurm"), default=None,
+                       help="run the stages here, or submit them to Slurm as dependent array "
+                            "jobs (default: local)")
+    scale.add_argument("--tasks", type=int, default=None,
+                       help="parts the corpus is read in: at most its number of files "
+                            "(default: 1)")
+    scale.add_argument("--work-dir", default=None,
+                       help="signatures, samples, task shards and logs (default: "
+                            "<out-dir>/.datatrove; on Slurm a folder every node sees)")
+    scale.add_argument("--minhash-buckets", type=int, default=None,
+                       help="LSH bands of datatrove's MinHash (default: 14)")
+    scale.add_argument("--minhash-hashes-per-bucket", type=int, default=None,
+                       help="hashes per band (default: 8; 14 x 8 finds pairs of Jaccard "
+                            ">= about 0.75)")
+    scale.add_argument("--slurm-partition", default=None, help="Slurm partition (required "
+                                                                "with --executor slurm)")
+    scale.add_argument("--slurm-time", default=None, help="time limit per task (default: 24:00:00)")
+    scale.add_argument("--slurm-cpus-per-task", type=int, default=None, help="(default: 4)")
+    scale.add_argument("--slurm-mem-per-cpu-gb", type=int, default=None, help="(default: 2)")
+    scale.add_argument("--slurm-env-command", default=None,
+                       help="run before each task (default: activate this virtual environment)")
+    scale.add_argument("--slurm-sbatch", nargs="+", default=None, metavar="key=value",
+                       help="more #SBATCH options, e.g. account=lm qos=high")
     tokens = parser.add_argument_group(
         "pre-tokenized inputs", "import token ids as they are, without re-tokenizing; "
         "--tokenizer is then required (the ids are checked against it) and --val-fraction, "
@@ -93,6 +129,13 @@ def run_prepare(args: argparse.Namespace) -> int:
     stray = [f"--{k.replace('_', '-')}" for k in _TOKENS_ONLY if getattr(args, k) is not None]
     if stray:
         raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --tokens")
+    if args.engine == "datatrove":
+        print(_run_datatrove(args))
+        return 0
+    stray = [f"--{k.replace('_', '-')}" for k in _DATATROVE_ONLY if getattr(args, k) is not None]
+    if stray:
+        raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --engine "
+                         f"datatrove")
     from depthattn.data.pipeline import prepare
 
     manifest = prepare(
@@ -105,6 +148,53 @@ def run_prepare(args: argparse.Namespace) -> int:
     )
     print(manifest)
     return 0
+
+
+def _run_datatrove(args: argparse.Namespace):
+    from depthattn.data.scale.engine import (
+        MINHASH_BUCKETS,
+        MINHASH_HASHES_PER_BUCKET,
+        SlurmOptions,
+        prepare_with_datatrove,
+    )
+    from depthattn.utils.parsing import parse_key_values
+
+    if not args.progress:
+        raise SystemExit("depthattn prepare: --no-progress does not apply to --engine datatrove "
+                         "(datatrove logs each task instead of a progress bar)")
+    executor = args.executor or "local"
+    slurm_fields = {"time": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
+                    "mem_per_cpu_gb": args.slurm_mem_per_cpu_gb,
+                    "env_command": args.slurm_env_command,
+                    "sbatch_args": parse_key_values(args.slurm_sbatch, "--slurm-sbatch option")
+                    if args.slurm_sbatch else None}
+    slurm = None
+    if executor == "slurm":
+        if args.slurm_partition is None:
+            raise SystemExit("depthattn prepare: --executor slurm needs --slurm-partition")
+        slurm = SlurmOptions(args.slurm_partition,
+                             **{k: v for k, v in slurm_fields.items() if v is not None})
+    else:
+        stray = [f"--slurm-{k.replace('_', '-')}" for k, v in
+                 {"partition": args.slurm_partition, **slurm_fields}.items()
+                 if v is not None and k != "sbatch_args"] + \
+                (["--slurm-sbatch"] if args.slurm_sbatch else [])
+        if stray:
+            raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with "
+                             f"--executor slurm")
+    return prepare_with_datatrove(
+        source=args.source, out_dir=args.out_dir, work_dir=args.work_dir,
+        tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+        tasks=1 if args.tasks is None else args.tasks,
+        workers=args.num_workers, executor=executor, slurm=slurm,
+        val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
+        near_duplicates=args.near_duplicates, model_vocab_size=args.model_vocab_size,
+        shard_chars=args.shard_chars, tokenizer_sample_chars=args.tokenizer_sample_chars,
+        minhash_buckets=(MINHASH_BUCKETS if args.minhash_buckets is None
+                         else args.minhash_buckets),
+        minhash_hashes_per_bucket=(MINHASH_HASHES_PER_BUCKET
+                                   if args.minhash_hashes_per_bucket is None
+                                   else args.minhash_hashes_per_bucket))
 
 
 def _run_import(args: argparse.Namespace):

@@ -1,0 +1,299 @@
+"""`prepare` on datatrove (`depthattn.data.scale`): the manifest and shards training reads, near
+copies found by datatrove's MinHash stages, the same documents and tokens as `prepare`, resume,
+and every bad input refused before work starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("datatrove")
+
+from depthattn.cli import main  # noqa: E402
+from depthattn.data import TokenStream  # noqa: E402
+from depthattn.data.clean import clean_text  # noqa: E402
+from depthattn.data.pipeline import prepare  # noqa: E402
+from depthattn.data.scale.engine import SlurmOptions, prepare_with_datatrove  # noqa: E402
+from depthattn.data.scale.shard_writer import WriteTokenShards  # noqa: E402
+from depthattn.data.scale.split import is_validation, sample_draw  # noqa: E402
+from depthattn.data.scale.tokenizer_steps import TokenizerSample, sample_file  # noqa: E402
+from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
+from depthattn.data.verify import verify_prepared  # noqa: E402
+from tests.conftest import make_text  # noqa: E402
+
+VOCAB = 300
+
+
+def write_jsonl_folder(folder: Path, texts: list[str], files: int) -> dict[str, str]:
+    """texts dealt over `files` JSONL files; returns {document name: text}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for f in range(files):
+        with open(folder / f"part{f}.jsonl", "w") as out:
+            for line, text in enumerate(texts[f::files], start=1):
+                out.write(json.dumps({"text": text}) + "\n")
+                names[f"part{f}.jsonl:{line}"] = text
+    return names
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, str], list[str]]:
+    """40 documents in 4 files, plus an exact copy of text 3 and a near copy of text 7 (two
+    words more): (folder, {name: text}, the 42 texts)."""
+    texts = [make_text(i, 300) for i in range(40)]
+    texts += [texts[3], texts[7] + " and so"]
+    folder = tmp_path_factory.mktemp("scale") / "corpus"
+    return folder, write_jsonl_folder(folder, texts, 4), texts
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory) -> Path:
+    """The corpus prepared on 2 tasks, near copies on, a BPE trained on the tasks' samples."""
+    folder, _, _ = corpus
+    out = tmp_path_factory.mktemp("built") / "prepared"
+    return prepare_with_datatrove(folder, out_dir=out, tasks=2, workers=2, vocab_size=VOCAB,
+                                  near_duplicates=True)
+
+
+def split_documents(manifest: Path, split: str) -> list[str]:
+    """The texts of a split's documents, decoded from its shards in order."""
+    tok = load_tokenizer(manifest.parent / "tokenizer")
+    stream = TokenStream(manifest, split)
+    tokens = stream.read(0, len(stream))
+    ends = np.flatnonzero(tokens == tok.eos_token_id)
+    starts = np.r_[0, ends[:-1] + 1]
+    return [tok.decode(tokens[s:e].tolist()) for s, e in zip(starts, ends)]
+
+
+def test_the_manifest_and_shards_are_what_training_reads(built, corpus):
+    _, names, _ = corpus
+    verify_prepared(built)  # every shard of the size and sha256 listed, the tokenizer's hash
+    manifest = json.loads(built.read_text())
+    assert manifest["request"]["engine"] == "datatrove" and manifest["request"]["tasks"] == 2
+    for split in ("train", "validation"):
+        listed = manifest["splits"][split]["documents"]
+        # token for token, every document is its cleaned text, in the listed order
+        assert split_documents(built, split) == [clean_text(names[n]) for n in listed]
+        for name in listed:  # held out by a hash of (seed, name), written out independently
+            draw = int.from_bytes(hashlib.sha256(f"0:{name}".encode()).digest()[:8], "little")
+            assert (draw / 2**64 < 0.05) == (split == "validation")
+        assert manifest["splits"][split]["num_documents"] == len(listed)
+    assert not set(manifest["splits"]["train"]["documents"]) & \
+        set(manifest["splits"]["validation"]["documents"])
+
+
+def test_minhash_drops_the_planted_copies_and_nothing_else(built, corpus):
+    _, names, texts = corpus
+    manifest = json.loads(built.read_text())
+    kept = manifest["splits"]["train"]["documents"] + manifest["splits"]["validation"]["documents"]
+    kept_texts = [names[n] for n in kept]
+    # of the 42: one of the two copies of text 3, one of text 7 and its near copy
+    assert len(kept) == 40 and kept_texts.count(texts[3]) == 1
+    assert (texts[7] in kept_texts) != (texts[41] in kept_texts)
+    assert set(texts[:40]) - {texts[7]} <= set(kept_texts)
+
+
+def test_a_rerun_returns_at_once_and_another_request_is_refused(built, corpus):
+    folder, _, _ = corpus
+    before = built.stat().st_mtime_ns
+    again = prepare_with_datatrove(folder, out_dir=built.parent, tasks=2, workers=2,
+                                   vocab_size=VOCAB, near_duplicates=True)
+    assert again == built and built.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match=r"holds the work of another preparation \(it differs "
+                                         r"in seed\)"):
+        prepare_with_datatrove(folder, out_dir=built.parent, tasks=2, workers=2,
+                               vocab_size=VOCAB, near_duplicates=True, seed=1)
+
+
+def test_same_documents_and_tokens_as_prepare_with_a_given_tokenizer(corpus, tmp_path):
+    """No near copies, a given tokenizer: the local engine and datatrove's see the same
+    documents (the exact copy excepted: only `prepare` drops it) and make the same tokens."""
+    folder, names, _ = corpus
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    local = prepare(folder, out_dir=tmp_path / "local", tokenizer=tok_path, num_workers=1,
+                    progress=False)
+    trove = prepare_with_datatrove(folder, out_dir=tmp_path / "trove", tokenizer=tok_path,
+                                   tasks=4, workers=1)
+    assert not (tmp_path / "trove" / ".datatrove" / "signatures").exists()  # no dedup stages
+
+    def by_name(manifest: Path) -> dict[str, str]:
+        m = json.loads(manifest.read_text())
+        return {n: t for split in ("train", "validation")
+                for n, t in zip(m["splits"][split]["documents"], split_documents(manifest, split))}
+
+    ours, theirs = by_name(trove), by_name(local)
+    assert len(ours) == len(names) and len(theirs) == len(names) - 1  # the exact copy
+    assert {n: ours[n] for n in theirs} == theirs
+
+
+def test_an_interrupted_shards_stage_resumes(corpus, tmp_path, monkeypatch):
+    folder, _, _ = corpus
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    original = WriteTokenShards.run
+
+    def fail_on_task_1(self, data, rank=0, world_size=1):
+        if rank == 1:
+            raise RuntimeError("killed")
+        yield from original(self, data, rank, world_size)
+
+    monkeypatch.setattr(WriteTokenShards, "run", fail_on_task_1)
+    kwargs = dict(out_dir=tmp_path / "out", tokenizer=tok_path, tasks=2, workers=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        prepare_with_datatrove(folder, **kwargs)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    done = tmp_path / "out" / ".datatrove" / "tasks" / "00000" / "summary.json"
+    first = done.stat().st_mtime_ns
+    monkeypatch.setattr(WriteTokenShards, "run", original)
+    manifest = prepare_with_datatrove(folder, **kwargs)
+    verify_prepared(manifest)
+    assert done.stat().st_mtime_ns == first  # task 0 was not run again
+    assert json.loads(manifest.read_text())["splits"]["train"]["num_documents"] > 0
+
+
+def test_the_tokenizer_sample_is_each_tasks_smallest_draws_of_training_documents(tmp_path):
+    from datatrove.data import Document
+
+    docs = [Document(text=make_text(i, 50), id=f"d{i}") for i in range(30)]
+    step = TokenizerSample(str(tmp_path), sample_chars=2000, seed=0, val_fraction=0.2)
+    assert [d.id for d in step.run(iter(docs), rank=1, world_size=2)] == [d.id for d in docs]
+    sample = [json.loads(x)["text"] for x in sample_file(tmp_path, 1).read_text().splitlines()]
+    quota = math.ceil(2000 / 2)
+    assert sum(map(len, sample)) == quota
+    train = sorted((d for d in docs if not is_validation(0, d.id, 0.2)),
+                   key=lambda d: sample_draw(0, d.id))
+    expected, left = [], quota
+    for d in train:
+        if left <= 0:
+            break
+        expected.append(d.text[:left])
+        left -= min(left, len(d.text))
+    assert sample == expected
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tasks": 5}, r"tasks \(5\) is more than the corpus can be shared by: .* has 4 file\(s\)"),
+    ({"tasks": 0}, r"tasks must be a positive integer, got 0"),
+    ({"executor": "ray"}, r"executor 'ray' is unknown; allowed: local, slurm"),
+    ({"executor": "slurm"}, r"the slurm executor needs SlurmOptions"),
+    ({"slurm": SlurmOptions("cpu")}, r"the slurm executor needs SlurmOptions"),
+    ({"workers": 0}, r"num_workers must be at least 1, got 0"),
+    ({"minhash_buckets": 0, "near_duplicates": True}, r"minhash buckets and hashes per bucket"),
+    ({"val_fraction": 1.5}, r"val_fraction must be in \(0, 1\), got 1.5"),
+])
+def test_bad_input_is_refused_before_work_starts(corpus, tmp_path, kwargs, message):
+    folder, _, _ = corpus
+    with pytest.raises(ValueError, match=message):
+        prepare_with_datatrove(folder, out_dir=tmp_path / "out", vocab_size=VOCAB, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_single_file_is_one_task(tmp_path):
+    (tmp_path / "c.txt").write_text("one\n\ntwo\n")
+    with pytest.raises(ValueError, match=r"tasks \(2\) is more .* has 1 file\(s\) to read "
+                                         r"\(one file\)"):
+        prepare_with_datatrove(tmp_path / "c.txt", out_dir=tmp_path / "out", tasks=2)
+
+
+def test_an_empty_validation_split_is_named(tmp_path):
+    folder = tmp_path / "c"
+    write_jsonl_folder(folder, [make_text(i, 100) for i in range(3)], 1)
+    with pytest.raises(ValueError, match=r"the validation split is empty \(3 train, 0 "
+                                         r"validation documents\)"):
+        prepare_with_datatrove(folder, out_dir=tmp_path / "out", vocab_size=VOCAB,
+                               val_fraction=0.01, workers=1)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_command_line(corpus, tmp_path, capsys):
+    folder, _, _ = corpus
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    out = tmp_path / "out"
+    assert main(["prepare", str(folder), "--engine", "datatrove", "--tasks", "2",
+                 "--num-workers", "1", "--tokenizer", str(tok_path), "--out-dir", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(out / "manifest.json"))
+    verify_prepared(out)
+    for args, message in [
+        (["--tasks", "2"], "--tasks only apply with --engine datatrove"),
+        (["--engine", "datatrove", "--slurm-partition", "cpu"],
+         "--slurm-partition only apply with --executor slurm"),
+        (["--engine", "datatrove", "--executor", "slurm"],
+         "--executor slurm needs --slurm-partition"),
+        (["--engine", "datatrove", "--no-progress"], "--no-progress does not apply"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(["prepare", str(folder), *args])
+
+
+# --- Slurm ------------------------------------------------------------------------------------------
+FAKE_SBATCH = """#!{python}
+# sbatch that runs an array job at once, task by task: jobs are submitted first stage first,
+# so running each on submission honours the dependencies.
+import os, re, subprocess, sys
+args, script = sys.argv[1:-1], sys.argv[-1]
+text = open(script).read()
+log = os.environ["FAKE_SLURM_LOG"]
+with open(log, "a") as f:
+    f.write(" ".join(args) + " | " + re.search(r"--job-name=(\\S+)", text).group(1) + "\\n")
+env = dict(os.environ, SLURM_NODELIST="localhost", SLURM_JOB_ID="1")
+for arg in args:
+    if arg.startswith("--export=ALL,"):
+        env.update(kv.split("=", 1) for kv in arg[len("--export=ALL,"):].split(","))
+array = re.search(r"--array=0-(\\d+)", text)
+for task in range(int(array.group(1)) + 1 if array else 1):
+    subprocess.run(["bash", script], env=dict(env, SLURM_ARRAY_TASK_ID=str(task)), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print("Submitted batch job 1")
+"""
+FAKE_SRUN = """#!/bin/bash
+while [[ "$1" == -* ]]; do [[ "$1" == -n ]] && shift; shift; done
+exec "$@"
+"""
+FAKE_SCONTROL = """#!/bin/bash
+echo localhost
+"""
+
+
+def test_the_slurm_executor_submits_a_chain_that_prepares(corpus, tmp_path, monkeypatch):
+    """With sbatch, srun and scontrol stand-ins on PATH that run each array job as it is
+    submitted: the sbatch scripts datatrove writes, with our options, build the same folder."""
+    import sys
+
+    folder, _, _ = corpus
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH.format(python=sys.executable)),
+                       ("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:{Path.cwd()}:"
+                               f"{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_LOG", str(tmp_path / "submitted.txt"))
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    out = tmp_path / "out"
+    slurm = SlurmOptions("cpu", time="1:00:00", cpus_per_task=1, sbatch_args={"account": "lm"},
+                         env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
+    manifest = prepare_with_datatrove(folder, out_dir=out, tokenizer=tok_path, tasks=2,
+                                      executor="slurm", slurm=slurm)
+    verify_prepared(manifest)
+    submitted = (tmp_path / "submitted.txt").read_text().splitlines()
+    jobs = [line.split(" | ")[1] for line in submitted]
+    assert jobs[0] == "depthattn-prepare-shards" and "depthattn-prepare-manifest" in jobs
+    manifest_job = submitted[jobs.index("depthattn-prepare-manifest")]
+    assert "--dependency=afterok:1" in manifest_job  # after the shards job
+    script = (out / ".datatrove" / "logs" / "shards" / "launch_script.slurm").read_text()
+    for line in ("#SBATCH --partition=cpu", "#SBATCH --time=1:00:00", "#SBATCH --account=lm",
+                 "#SBATCH --array=0-1", "#SBATCH --cpus-per-task=1"):
+        assert line in script
+    local = prepare_with_datatrove(folder, out_dir=tmp_path / "here", tokenizer=tok_path,
+                                   tasks=2, workers=1)
+    assert [s["sha256"] for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]] \
+        == [s["sha256"] for s in json.loads(local.read_text())["splits"]["train"]["shards"]]
