@@ -3,6 +3,7 @@
     python -m benchmarks.prepare_memory                          # 10 MB and 100 MB, this checkout
     python -m benchmarks.prepare_memory --sizes 10M 100M 1G --before /tmp/before/src
     python -m benchmarks.prepare_memory --sizes 1G --skip-before 1G --json prepare.json
+    python -m benchmarks.prepare_memory --sizes 100M --engines local datatrove --tasks 4
 
 The corpora are pseudo-English: 50k made-up words drawn from a Zipf law, documents of 200-5000
 words, written once into --work (default /tmp/prepare_bench) and reused. Each run is a fresh
@@ -16,6 +17,11 @@ training included.
 older commit), first on the smaller sizes; where both ran, the two manifests' splits must be
 identical (same documents, split, shard files and checksums), or the script fails; above
 100 M characters the tokenizer now trains on a sample, so the tokens differ and are not compared.
+
+--engines local datatrove runs each corpus through both engines (`prepare` and
+`prepare --engine datatrove` on the local executor, --tasks parts, --num-workers at once; the
+corpus then dealt line by line into a folder of --tasks JSONL files); the table gives each
+engine's tokens/s against the local engine's of the same corpus in the same run.
 """
 
 from __future__ import annotations
@@ -40,8 +46,16 @@ sys.path.insert(0, sys.argv[1])
 from depthattn.data.pipeline import prepare
 from depthattn.data.manifest import read_manifest
 started = time.perf_counter()
-manifest = prepare(sys.argv[2], out_dir=sys.argv[3], num_workers=int(sys.argv[4]),
-                   progress=False)
+if sys.argv[5] == "local":
+    manifest = prepare(sys.argv[2], out_dir=sys.argv[3], num_workers=int(sys.argv[4]),
+                       progress=False)
+else:
+    import logging
+    from datatrove.utils.logging import logger
+    logger.remove()  # the per-task logs, not the measurement
+    from depthattn.data.scale.engine import prepare_with_datatrove
+    manifest = prepare_with_datatrove(sys.argv[2], out_dir=sys.argv[3],
+                                      workers=int(sys.argv[4]), tasks=int(sys.argv[6]))
 seconds = time.perf_counter() - started
 kib = lambda who: resource.getrusage(who).ru_maxrss
 print(json.dumps({"seconds": seconds, "num_tokens": read_manifest(manifest)["num_tokens"],
@@ -79,11 +93,30 @@ def synthesize(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
-def run_one(src: Path, corpus: Path, num_workers: int) -> dict:
+def deal_into_parts(corpus: Path, parts: int) -> Path:
+    """The corpus's lines dealt round-robin into a folder of `parts` JSONL files (once)."""
+    folder = corpus.with_name(f"{corpus.stem}-parts{parts}")
+    if folder.exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    outs = [open(tmp / f"part{k:03d}.jsonl", "w", encoding="utf-8") for k in range(parts)]
+    with open(corpus, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            outs[i % parts].write(line)
+    for out in outs:
+        out.close()
+    os.replace(tmp, folder)
+    return folder
+
+
+def run_one(src: Path, corpus: Path, num_workers: int, engine: str = "local",
+            tasks: int = 1) -> dict:
     with tempfile.TemporaryDirectory(prefix="prepare-bench-") as out:
         env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "true"}
         done = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(corpus),
-                               str(Path(out) / "prepared"), str(num_workers)],
+                               str(Path(out) / "prepared"), str(num_workers), engine,
+                               str(tasks)],
                               capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"prepare with {src} on {corpus} failed:\n{done.stderr[-3000:]}")
@@ -103,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-before", nargs="*", default=[],
                         help="sizes not to run with --before (too large for its memory)")
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", default=["local"],
+                        choices=["local", "datatrove"])
+    parser.add_argument("--tasks", type=int, default=4, help="datatrove engine: corpus parts")
     parser.add_argument("--work", type=Path, default=Path("/tmp/prepare_bench"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -112,26 +148,37 @@ def main(argv: list[str] | None = None) -> int:
     for size_text in args.sizes:
         size = parse_size(size_text)
         corpus = synthesize(args.work / f"corpus-{size_text}.jsonl", size)
-        runs = {"after": run_one(here, corpus, args.num_workers)}
+        runs = {}
+        if "local" in args.engines:
+            runs["after"] = run_one(here, corpus, args.num_workers)
+        if "datatrove" in args.engines:
+            runs[f"datatrove x{args.tasks}"] = run_one(
+                here, deal_into_parts(corpus, args.tasks), args.num_workers, "datatrove",
+                args.tasks)
         if args.before is not None and size_text not in args.skip_before:
             runs["before"] = run_one(args.before, corpus, args.num_workers)
             # a tokenizer sample that is not the whole training split makes other tokens
             same_tokenizer = size <= DEFAULT_TOKENIZER_SAMPLE_CHARS
             if same_tokenizer and runs["before"]["splits"] != runs["after"]["splits"]:
                 raise SystemExit(f"{size_text}: before and after wrote different shards")
+        local = runs.get("after")
         for name, r in runs.items():
+            ratio = (r["num_tokens"] / r["seconds"]) / (local["num_tokens"] / local["seconds"]) \
+                if local else None
             rows.append({"size": size_text, "code": name, "tokens": r["num_tokens"],
+                         "vs_local": None if ratio is None else round(ratio, 2),
                          "seconds": round(r["seconds"], 1),
                          "tokens_per_s": round(r["num_tokens"] / r["seconds"]),
                          "peak_rss_gib": round(r["peak_gib"], 3),
                          "main_rss_gib": round(r["self_kib"] / 2**20, 3),
                          "worker_rss_gib": round(r["workers_kib"] / 2**20, 3)})
         print(f"{size_text}: {json.dumps(rows[-len(runs):])}", file=sys.stderr, flush=True)
-    print("| corpus | code | tokens | s | tokens/s | peak RSS GiB (main / worker) |\n"
-          "|---|---|---:|---:|---:|---:|")
+    print("| corpus | code | tokens | s | tokens/s | tokens/s vs local | peak RSS GiB "
+          "(main / worker) |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
+        vs = "" if r["vs_local"] is None else f"{r['vs_local']:.2f}"
         print(f"| {r['size']} | {r['code']} | {r['tokens']:,} | {r['seconds']} | "
-              f"{r['tokens_per_s']:,} | {r['peak_rss_gib']} ({r['main_rss_gib']} / "
+              f"{r['tokens_per_s']:,} | {vs} | {r['peak_rss_gib']} ({r['main_rss_gib']} / "
               f"{r['worker_rss_gib']}) |")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

@@ -12,19 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("datatrove")
-
-from depthattn.cli import main  # noqa: E402
-from depthattn.data import TokenStream  # noqa: E402
-from depthattn.data.clean import clean_text  # noqa: E402
-from depthattn.data.pipeline import prepare  # noqa: E402
-from depthattn.data.scale.engine import SlurmOptions, prepare_with_datatrove  # noqa: E402
-from depthattn.data.scale.shard_writer import WriteTokenShards  # noqa: E402
-from depthattn.data.scale.split import is_validation, sample_draw  # noqa: E402
-from depthattn.data.scale.tokenizer_steps import TokenizerSample, sample_file  # noqa: E402
-from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
-from depthattn.data.verify import verify_prepared  # noqa: E402
-from tests.conftest import make_text  # noqa: E402
+from depthattn.cli import main
+from depthattn.data import TokenStream
+from depthattn.data.clean import clean_text
+from depthattn.data.pipeline import prepare
+from depthattn.data.scale.engine import SlurmOptions, prepare_with_datatrove
+from depthattn.data.scale.shard_writer import WriteTokenShards
+from depthattn.data.scale.split import is_validation, sample_draw
+from depthattn.data.scale.tokenizer_steps import TokenizerSample, sample_file
+from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from depthattn.data.verify import verify_prepared
+from tests.conftest import make_text
 
 VOCAB = 300
 
@@ -144,7 +142,7 @@ def test_an_interrupted_shards_stage_resumes(corpus, tmp_path, monkeypatch):
         yield from original(self, data, rank, world_size)
 
     monkeypatch.setattr(WriteTokenShards, "run", fail_on_task_1)
-    kwargs = dict(out_dir=tmp_path / "out", tokenizer=tok_path, tasks=2, workers=1)
+    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "workers": 1}
     with pytest.raises(RuntimeError, match="killed"):
         prepare_with_datatrove(folder, **kwargs)
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -297,3 +295,18 @@ def test_the_slurm_executor_submits_a_chain_that_prepares(corpus, tmp_path, monk
                                    tasks=2, workers=1)
     assert [s["sha256"] for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]] \
         == [s["sha256"] for s in json.loads(local.read_text())["splits"]["train"]["shards"]]
+
+
+def test_a_datasets_folder_is_shared_by_rows(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [make_text(i, 120) for i in range(25)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    manifest = prepare_with_datatrove(tmp_path / "ds", out_dir=tmp_path / "out",
+                                      tokenizer=tok_path, tasks=3, workers=1, val_fraction=0.2)
+    m = json.loads(manifest.read_text())
+    listed = m["splits"]["train"]["documents"] + m["splits"]["validation"]["documents"]
+    assert sorted(listed) == sorted(f"ds:{i}" for i in range(25))
+    assert split_documents(manifest, "train") == \
+        [clean_text(texts[int(n.split(":")[1])]) for n in m["splits"]["train"]["documents"]]

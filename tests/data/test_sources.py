@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from depthattn.data.sources import read_local_source
+from depthattn.data.sources import iter_datasets_folder, read_local_source
 
 
 def test_folder_gives_one_document_per_txt_file(corpus_dir):
@@ -55,6 +55,29 @@ def test_datasets_folder(tmp_path):
     assert [d.text for d in read_local_source(tmp_path / "dsd", "content")] == ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"no column 'text' \(columns: \['content'\]\)"):
         read_local_source(tmp_path / "dsd")
+
+
+def test_a_folder_reads_its_jsonl_files_line_by_line(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a.txt").write_text("a text file", encoding="utf-8")
+    (tmp_path / "b" / "c.jsonl").write_text('{"text": "one"}\n\n{"text": "two"}\n')
+    docs = read_local_source(tmp_path)
+    assert [(d.name, d.text) for d in docs] == [("a.txt", "a text file"), ("b/c.jsonl:1", "one"),
+                                                ("b/c.jsonl:3", "two")]
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_datasets_folder_shards_keep_their_row_numbers(tmp_path, count):
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(10)]}),
+        "test": datasets.Dataset.from_dict({"text": ["x0", "x1"]}),
+    }).save_to_disk(str(tmp_path / "dsd"))
+    whole = [(d.name, d.text) for d in iter_datasets_folder(tmp_path / "dsd")]
+    shared = [(d.name, d.text) for index in range(count)
+              for d in iter_datasets_folder(tmp_path / "dsd", shard=(index, count))]
+    assert sorted(shared) == sorted(whole) and len(shared) == 12
+    assert ("dsd/train:7", "t7") in shared
 
 
 def test_missing_source(tmp_path):

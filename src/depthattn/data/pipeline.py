@@ -103,7 +103,7 @@ def default_out_dir(source: str | Path, tokenizer: str | Path | None, vocab_size
     return cache_dir() / "prepared" / name
 
 
-def _input_fingerprint(path: Path) -> str:
+def input_fingerprint(path: Path) -> str:
     """Cheap change detector for a local input: names, sizes and mtimes of its files."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
@@ -235,7 +235,7 @@ def _trained_tokenizer(out_dir: Path, documents: Documents, table: DocumentTable
     return tokenizer
 
 
-def _check_arguments(source: str | Path, num_workers: int, val_fraction: float, seed: int,
+def check_arguments(source: str | Path, num_workers: int, val_fraction: float, seed: int,
                      shard_chars: int, chunk_chars: int, tokenizer_sample_chars: int) -> None:
     if str(source) != DEFAULT_SOURCE and not Path(source).exists():
         raise FileNotFoundError(
@@ -254,7 +254,7 @@ def _check_arguments(source: str | Path, num_workers: int, val_fraction: float, 
         raise ValueError(f"tokenizer_sample_chars must be positive, got {tokenizer_sample_chars}")
 
 
-def _check_tokenizer_choice(given, vocab_size: int, model_vocab_size: int | None) -> None:
+def check_tokenizer_choice(given, vocab_size: int, model_vocab_size: int | None) -> None:
     if given is not None:
         eos_token_id(given)  # raises if it has none
         if model_vocab_size is not None:
@@ -340,10 +340,10 @@ def prepare(
     started = time.perf_counter()
     default = str(source) == DEFAULT_SOURCE
     num_workers = num_workers if num_workers is not None else available_cpus()
-    _check_arguments(source, num_workers, val_fraction, seed, shard_chars, chunk_chars,
+    check_arguments(source, num_workers, val_fraction, seed, shard_chars, chunk_chars,
                      tokenizer_sample_chars)
     given = load_tokenizer(tokenizer) if tokenizer is not None else None
-    _check_tokenizer_choice(given, vocab_size, model_vocab_size)
+    check_tokenizer_choice(given, vocab_size, model_vocab_size)
     if out_dir is None:
         out_dir = default_out_dir(source, tokenizer, vocab_size)
     out_dir = Path(out_dir)
@@ -352,7 +352,7 @@ def prepare(
     near_duplicates = default if near_duplicates is None else near_duplicates
     request: dict[str, Any] = {
         "source": corpus.DEFAULT_SOURCE_ID if default else str(Path(source).resolve()),
-        "input": corpus.ARCHIVE_SHA256 if default else _input_fingerprint(Path(source)),
+        "input": corpus.ARCHIVE_SHA256 if default else input_fingerprint(Path(source)),
         "tokenizer": ({"train_vocab_size": vocab_size, "sample_chars": tokenizer_sample_chars}
                       if given is None else {"sha256": tokenizer_sha256(given)}),
         "val_fraction": val_fraction, "seed": seed, "text_field": text_field,

@@ -120,7 +120,7 @@ def is_datasets_folder(path: Path) -> bool:
 def iter_datasets_folder(path: Path, field: str = "text",
                          shard: tuple[int, int] | None = None) -> Iterator[Document]:
     """One document per row; ``shard=(index, count)``: only that contiguous share of each
-    split's rows (`Dataset.shard`), rows keeping their numbers."""
+    split's rows (as `Dataset.shard` cuts them), rows keeping their numbers."""
     try:
         import datasets  # optional dependency, only for this input kind
     except ImportError as e:
@@ -138,10 +138,14 @@ def iter_datasets_folder(path: Path, field: str = "text",
         i = 0
         if shard is not None:
             index, count = shard
-            # contiguous shards of Dataset.shard: the first n % count take one row more
+            # the rows of Dataset.shard(count, index, contiguous=True) (the first n % count
+            # shares take one row more), also when there are fewer rows than shares
             size, extra = divmod(len(dataset), count)
             i = index * size + min(index, extra)
-            dataset = dataset.shard(num_shards=count, index=index, contiguous=True)
+            rows = size + (index < extra)
+            if not rows:
+                continue  # (select refuses an empty range that starts at the end)
+            dataset = dataset.select(range(i, i + rows))
         for batch in dataset.select_columns([field]).iter(batch_size=_DATASETS_BATCH):
             for text in batch[field]:
                 yield Document(name=f"{prefix}:{i}", text=text or "")

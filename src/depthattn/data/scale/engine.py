@@ -9,6 +9,7 @@ to one request (`request.json`); another one is refused rather than mixed in.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 import time
@@ -26,10 +27,10 @@ from depthattn.data.files import read_json
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest
 from depthattn.data.pack import PACK_VERSION
 from depthattn.data.pipeline import (
-    _check_arguments,
-    _check_tokenizer_choice,
-    _input_fingerprint,
+    check_arguments,
+    check_tokenizer_choice,
     default_out_dir,
+    input_fingerprint,
 )
 from depthattn.data.prepared import TOKENIZER_DIR, store_given_tokenizer
 from depthattn.data.tokenizer import load_tokenizer, tokenizer_sha256
@@ -60,12 +61,10 @@ class SlurmOptions:
     sbatch_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"account": "lm"}
 
 
-def _datatrove():
-    try:
-        import datatrove  # noqa: F401
-    except ImportError as e:
+def _require_datatrove() -> None:
+    if importlib.util.find_spec("datatrove") is None:
         raise ImportError("the datatrove engine needs datatrove: pip install "
-                          "'depthattn[scale]'") from e
+                          "'depthattn[scale]'")
 
 
 def _check_engine_arguments(source: str, tasks: int, workers: int, executor: str,
@@ -143,16 +142,16 @@ def prepare_with_datatrove(
     """
     from depthattn.data.pipeline import available_cpus
 
-    _datatrove()
+    _require_datatrove()
     started = time.time()
     source = str(source)
     default = source == DEFAULT_SOURCE
     workers = available_cpus() if workers is None else workers
-    _check_arguments(source, workers, val_fraction, seed, shard_chars, 1, tokenizer_sample_chars)
+    check_arguments(source, workers, val_fraction, seed, shard_chars, 1, tokenizer_sample_chars)
     _check_engine_arguments(source, tasks, workers, executor, slurm,
                             (minhash_buckets, minhash_hashes_per_bucket))
     given = load_tokenizer(tokenizer) if tokenizer is not None else None
-    _check_tokenizer_choice(given, vocab_size, model_vocab_size)
+    check_tokenizer_choice(given, vocab_size, model_vocab_size)
     if out_dir is None:
         base = default_out_dir(source, tokenizer, vocab_size)
         out_dir = base.with_name(f"{base.name}-datatrove{tasks}")
@@ -166,7 +165,7 @@ def prepare_with_datatrove(
     request: dict[str, Any] = {
         "engine": "datatrove", "tasks": tasks,
         "source": corpus.DEFAULT_SOURCE_ID if default else str(Path(source).resolve()),
-        "input": corpus.ARCHIVE_SHA256 if default else _input_fingerprint(Path(source)),
+        "input": corpus.ARCHIVE_SHA256 if default else input_fingerprint(Path(source)),
         "tokenizer": ({"train_vocab_size": vocab_size, "sample_chars": tokenizer_sample_chars}
                       if given is None else {"sha256": tokenizer_sha256(given)}),
         "val_fraction": val_fraction, "seed": seed, "text_field": text_field,

@@ -16,8 +16,17 @@ from datatrove.pipeline.base import PipelineStep
 
 from depthattn.data.manifest import MANIFEST_NAME
 from depthattn.data.prepared import TOKENIZER_DIR, finish_prepared
-from depthattn.data.scale.shard_writer import MAX_LISTED_DOCUMENTS, SPLITS, SUMMARY, task_dir
-from depthattn.data.tokenizer import load_tokenizer, tokenizer_sha256, tokenizer_vocab_size
+from depthattn.data.scale.shard_writer import (
+    MAX_LISTED_DOCUMENTS,
+    SPLITS,
+    SUMMARY,
+    task_dir,
+)
+from depthattn.data.tokenizer import (
+    load_tokenizer,
+    tokenizer_sha256,
+    tokenizer_vocab_size,
+)
 from depthattn.utils.atomic import fsync_dir
 
 

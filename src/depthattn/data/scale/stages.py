@@ -15,7 +15,6 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupFilter,
     MinhashDedupSignature,
 )
-
 from datatrove.utils.hashing import HashConfig
 
 from depthattn.data.prepared import TOKENIZER_DIR
