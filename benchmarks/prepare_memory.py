@@ -27,6 +27,7 @@ engine's tokens/s against the local engine's of the same corpus in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -100,12 +101,12 @@ def deal_into_parts(corpus: Path, parts: int) -> Path:
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    outs = [open(tmp / f"part{k:03d}.jsonl", "w", encoding="utf-8") for k in range(parts)]
-    with open(corpus, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            outs[i % parts].write(line)
-    for out in outs:
-        out.close()
+    with contextlib.ExitStack() as files:
+        outs = [files.enter_context(open(tmp / f"part{k:03d}.jsonl", "w", encoding="utf-8"))
+                for k in range(parts)]
+        with open(corpus, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                outs[i % parts].write(line)
     os.replace(tmp, folder)
     return folder
 

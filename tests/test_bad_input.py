@@ -179,6 +179,12 @@ def test_unknown_depth_source_rule(make_config):
     assert_names(excinfo, "'iterations'", "applications, recurrent")
 
 
+def test_the_recurrent_source_rule_needs_a_looped_model(make_config):
+    with pytest.raises(ValueError) as excinfo:
+        make_config(method="depth_attention", method_options={"sources": "recurrent"})
+    assert_names(excinfo, "'recurrent' needs a looped model", "loop_layers > 0")
+
+
 def test_looped_config_has_no_qwen3_config(make_config):
     with pytest.raises(ValueError, match="looped"):
         make_config(**LOOPED).to_qwen3()

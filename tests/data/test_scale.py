@@ -5,6 +5,7 @@ and every bad input refused before work starts."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -109,8 +110,8 @@ def test_a_rerun_returns_at_once_and_another_request_is_refused(built, corpus):
 
 
 def test_same_documents_and_tokens_as_prepare_with_a_given_tokenizer(corpus, tmp_path):
-    """No near copies, a given tokenizer: the local engine and datatrove's see the same
-    documents (the exact copy excepted: only `prepare` drops it) and make the same tokens."""
+    """No near copies, a given tokenizer: the local engine and datatrove's keep the same
+    documents (both drop the exact copy, by hash) and make the same tokens."""
     folder, names, _ = corpus
     tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
                               tmp_path / "tok")
@@ -118,7 +119,7 @@ def test_same_documents_and_tokens_as_prepare_with_a_given_tokenizer(corpus, tmp
                     progress=False)
     trove = prepare_with_datatrove(folder, out_dir=tmp_path / "trove", tokenizer=tok_path,
                                    tasks=4, workers=1)
-    assert not (tmp_path / "trove" / ".datatrove" / "signatures").exists()  # no dedup stages
+    assert not (tmp_path / "trove" / ".datatrove" / "buckets").exists()  # no MinHash stages
 
     def by_name(manifest: Path) -> dict[str, str]:
         m = json.loads(manifest.read_text())
@@ -126,8 +127,15 @@ def test_same_documents_and_tokens_as_prepare_with_a_given_tokenizer(corpus, tmp
                 for n, t in zip(m["splits"][split]["documents"], split_documents(manifest, split))}
 
     ours, theirs = by_name(trove), by_name(local)
-    assert len(ours) == len(names) and len(theirs) == len(names) - 1  # the exact copy
-    assert {n: ours[n] for n in theirs} == theirs
+    assert len(ours) == len(theirs) == len(names) - 1  # one of the two copies of text 3 is dropped
+    # text 3 is part3.jsonl:1 and its copy part0.jsonl:11: the local engine keeps the first in
+    # corpus order, datatrove's exact dedup the one earliest in its task; either way one of them
+    copies = {"part3.jsonl:1", "part0.jsonl:11"}
+    assert len(copies & ours.keys()) == len(copies & theirs.keys()) == 1
+    assert [ours[n] for n in copies & ours.keys()] == [theirs[n] for n in copies & theirs.keys()]
+    # every other document: the same name, the same tokens
+    assert {n: t for n, t in ours.items() if n not in copies} == \
+        {n: t for n, t in theirs.items() if n not in copies}
 
 
 def test_an_interrupted_shards_stage_resumes(corpus, tmp_path, monkeypatch):
@@ -175,6 +183,59 @@ def test_the_tokenizer_sample_is_each_tasks_smallest_draws_of_training_documents
     assert sample == expected
 
 
+def test_an_interrupted_manifest_stage_finds_its_moved_shards(corpus, tmp_path, monkeypatch):
+    from depthattn.data.scale import manifest_step
+
+    folder, _, _ = corpus
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    original = manifest_step.finish_prepared
+
+    def fail_after_the_moves(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(manifest_step, "finish_prepared", fail_after_the_moves)
+    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "workers": 1}
+    with pytest.raises(OSError, match="disk full"):
+        prepare_with_datatrove(folder, **kwargs)
+    assert list((tmp_path / "out").glob("train-*.npy"))  # moved, not yet listed
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    monkeypatch.setattr(manifest_step, "finish_prepared", original)
+    verify_prepared(prepare_with_datatrove(folder, **kwargs))
+
+
+def test_outputs_removed_after_a_run_are_named(corpus, tmp_path):
+    folder, _, _ = corpus
+    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
+                              tmp_path / "tok")
+    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "workers": 1}
+    manifest = prepare_with_datatrove(folder, **kwargs)
+    manifest.unlink()
+    with pytest.raises(FileNotFoundError, match=r"says every task is done, but .*manifest.json "
+                                                r"is missing"):
+        prepare_with_datatrove(folder, **kwargs)
+    with pytest.raises(ValueError, match=r"holds the work of another preparation \(it differs "
+                                         r"in out_dir\)"):
+        prepare_with_datatrove(folder, **{**kwargs, "out_dir": tmp_path / "elsewhere",
+                                          "work_dir": tmp_path / "out" / ".datatrove"})
+
+
+def test_the_ledger_refuses_a_corpus_that_changed_between_stages(tmp_path):
+    from datatrove.data import Document
+
+    from depthattn.data.scale.ledger import DocumentLedger
+
+    docs = [Document(text="x", id=f"d{i}") for i in range(5)]
+    list(DocumentLedger(str(tmp_path), check=False).run(iter(docs), rank=3))
+    assert len(list(DocumentLedger(str(tmp_path), check=True).run(iter(docs), rank=3))) == 5
+    with pytest.raises(RuntimeError, match=r"task 3 read other documents than in the first "
+                                           r"stage \(6 now, 5 then"):
+        list(DocumentLedger(str(tmp_path), check=True).run(
+            iter([*docs, Document(text="y", id="new")]), rank=3))
+    with pytest.raises(RuntimeError, match="names differ: True"):
+        list(DocumentLedger(str(tmp_path), check=True).run(iter(docs[::-1]), rank=3))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"tasks": 5}, r"tasks \(5\) is more than the corpus can be shared by: .* has 4 file\(s\)"),
     ({"tasks": 0}, r"tasks must be a positive integer, got 0"),
@@ -183,12 +244,33 @@ def test_the_tokenizer_sample_is_each_tasks_smallest_draws_of_training_documents
     ({"slurm": SlurmOptions("cpu")}, r"the slurm executor needs SlurmOptions"),
     ({"workers": 0}, r"num_workers must be at least 1, got 0"),
     ({"minhash_buckets": 0, "near_duplicates": True}, r"minhash buckets and hashes per bucket"),
+    ({"minhash_buckets": 20}, (r"minhash_buckets and minhash_hashes_per_bucket set the "
+                               r"near-duplicate search: they need near_duplicates")),
+    ({"executor": "slurm", "slurm": SlurmOptions("cpu"), "workers": 2},
+     r"workers \(2\) are the tasks run at once by the local executor"),
     ({"val_fraction": 1.5}, r"val_fraction must be in \(0, 1\), got 1.5"),
 ])
 def test_bad_input_is_refused_before_work_starts(corpus, tmp_path, kwargs, message):
     folder, _, _ = corpus
     with pytest.raises(ValueError, match=message):
         prepare_with_datatrove(folder, out_dir=tmp_path / "out", vocab_size=VOCAB, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_folders_inside_the_corpus_and_empty_folders_are_refused(corpus, tmp_path):
+    folder, _, _ = corpus
+    with pytest.raises(ValueError, match=r"out_dir .* is inside the corpus folder"):
+        prepare_with_datatrove(folder, out_dir=folder / "prepared")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"has no .txt or .jsonl files"):
+        prepare_with_datatrove(tmp_path / "empty", out_dir=tmp_path / "out")
+
+
+def test_a_missing_field_fails_before_any_stage(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(ValueError, match=r"a.jsonl:1 has no string field 'text'"):
+        prepare_with_datatrove(tmp_path / "c", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -238,8 +320,11 @@ import os, re, subprocess, sys
 args, script = sys.argv[1:-1], sys.argv[-1]
 text = open(script).read()
 log = os.environ["FAKE_SLURM_LOG"]
+job = sum(1 for _ in open(log)) + 100 if os.path.exists(log) else 100  # ids 100, 101, ...
 with open(log, "a") as f:
-    f.write(" ".join(args) + " | " + re.search(r"--job-name=(\\S+)", text).group(1) + "\\n")
+    f.write(f"{job} | " + " ".join(args) + " | "
+            + re.search(r"--job-name=(\\S+)", text).group(1)
+            + ("_merge_stats" if "merge_stats " in text else "") + "\\n")
 env = dict(os.environ, SLURM_NODELIST="localhost", SLURM_JOB_ID="1")
 for arg in args:
     if arg.startswith("--export=ALL,"):
@@ -248,7 +333,7 @@ array = re.search(r"--array=0-(\\d+)", text)
 for task in range(int(array.group(1)) + 1 if array else 1):
     subprocess.run(["bash", script], env=dict(env, SLURM_ARRAY_TASK_ID=str(task)), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print("Submitted batch job 1")
+print(f"Submitted batch job {job}")
 """
 FAKE_SRUN = """#!/bin/bash
 while [[ "$1" == -* ]]; do [[ "$1" == -n ]] && shift; shift; done
@@ -267,7 +352,7 @@ def test_the_slurm_executor_submits_a_chain_that_prepares(corpus, tmp_path, monk
     folder, _, _ = corpus
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH.format(python=sys.executable)),
+    for name, text in (("sbatch", FAKE_SBATCH.replace("{python}", sys.executable)),
                        ("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -277,20 +362,32 @@ def test_the_slurm_executor_submits_a_chain_that_prepares(corpus, tmp_path, monk
     tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
                               tmp_path / "tok")
     out = tmp_path / "out"
-    slurm = SlurmOptions("cpu", time="1:00:00", cpus_per_task=1, sbatch_args={"account": "lm"},
+    slurm = SlurmOptions("cpu", time="1:00:00", cpus_per_task=1,
+                         sbatch_args={"account": "lm", "qos": "high"},
                          env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
     manifest = prepare_with_datatrove(folder, out_dir=out, tokenizer=tok_path, tasks=2,
                                       executor="slurm", slurm=slurm)
     verify_prepared(manifest)
-    submitted = (tmp_path / "submitted.txt").read_text().splitlines()
-    jobs = [line.split(" | ")[1] for line in submitted]
-    assert jobs[0] == "depthattn-prepare-shards" and "depthattn-prepare-manifest" in jobs
-    manifest_job = submitted[jobs.index("depthattn-prepare-manifest")]
-    assert "--dependency=afterok:1" in manifest_job  # after the shards job
+    # every stage's array job, each with datatrove's stats job after it, in stage order, each
+    # stage depending on the one before
+    submitted = [line.split(" | ") for line in
+                 (tmp_path / "submitted.txt").read_text().splitlines()]
+    stages = [(int(job), args, name) for job, args, name in submitted
+              if not name.endswith("_merge_stats")]
+    assert len(submitted) == 2 * len(stages)  # datatrove's stats job after each stage
+    names = [name for _, _, name in stages]
+    assert names == ["depthattn-prepare-signatures", "depthattn-prepare-duplicates",
+                     "depthattn-prepare-shards", "depthattn-prepare-manifest"]
+    assert "--dependency" not in stages[0][1]
+    for (before, _, _), (_, args, _) in itertools.pairwise(stages):
+        assert f"--dependency=afterok:{before}" in args
+    assert json.loads((out / ".datatrove" / "slurm_jobs.json").read_text()) == \
+        [str(job) for job, _, _ in stages]
     script = (out / ".datatrove" / "logs" / "shards" / "launch_script.slurm").read_text()
     for line in ("#SBATCH --partition=cpu", "#SBATCH --time=1:00:00", "#SBATCH --account=lm",
-                 "#SBATCH --array=0-1", "#SBATCH --cpus-per-task=1"):
+                 "#SBATCH --array=0-1", "#SBATCH --cpus-per-task=1", "#SBATCH --qos=high"):
         assert line in script
+    assert "--qos=normal" not in script
     local = prepare_with_datatrove(folder, out_dir=tmp_path / "here", tokenizer=tok_path,
                                    tasks=2, workers=1)
     assert [s["sha256"] for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]] \

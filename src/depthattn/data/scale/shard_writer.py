@@ -17,6 +17,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from tokenizers import Tokenizer
 
+from depthattn.data.files import remove_stale_temp_files
 from depthattn.data.pack import token_dtype
 from depthattn.data.scale.split import is_validation
 from depthattn.data.tokenizer import (
@@ -79,6 +80,7 @@ class WriteTokenShards(PipelineStep):
         dtype = token_dtype(max(tokenizer_vocab_size(tok), max(tok.get_vocab().values()) + 1))
         out = task_dir(self.work_dir, rank)
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out)  # an earlier attempt's, cut off mid-write
         splits = {name: _Split(name) for name in SPLITS}
         batch: list[tuple[_Split, str]] = []
         batch_chars = 0

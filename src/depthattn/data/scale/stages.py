@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datatrove.data import Document as TroveDocument
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.exact_dedup import (
+    ExactDedupConfig,
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+)
 from datatrove.pipeline.dedup.minhash import (
     MinhashConfig,
     MinhashDedupBuckets,
@@ -18,11 +25,20 @@ from datatrove.pipeline.dedup.minhash import (
 from datatrove.utils.hashing import HashConfig
 
 from depthattn.data.prepared import TOKENIZER_DIR
+from depthattn.data.scale.ledger import DocumentLedger
 from depthattn.data.scale.manifest_step import WriteManifest
 from depthattn.data.scale.reader import ReadCorpus
 from depthattn.data.scale.shard_writer import WriteTokenShards
 from depthattn.data.scale.tokenizer_steps import TokenizerSample, TrainTokenizer
 from depthattn.data.scale.words import SpellingWords
+
+# sha1, not datatrove's default xxhash: xxhash >= 4 refuses the str datatrove 0.10 passes it
+HASHES = HashConfig(precision=64, hash_fc="sha1")
+
+
+def document_text(doc: TroveDocument) -> str:
+    """What exact copies share (module level: datatrove pickles its steps)."""
+    return doc.text
 
 
 @dataclass
@@ -37,31 +53,36 @@ def build_stages(*, source: str, text_field: str, out_dir: Path, work_dir: Path,
                  sample_chars: int, seed: int, val_fraction: float, shard_chars: int,
                  minhash: dict[str, int] | None, request: dict[str, Any],
                  launched_at: float) -> list[Stage]:
+    """Near copies (``minhash``): datatrove's four MinHash stages, which drop exact copies too
+    (identical texts, identical signatures). Without: its three exact-dedup stages, so that
+    exact copies are dropped either way, as `prepare` drops them, and cannot straddle the
+    split."""
     work, out = str(work_dir), str(out_dir)
-    # sha1, not datatrove's default xxhash: xxhash >= 4 refuses the str datatrove 0.10 passes
-    config = (MinhashConfig(**minhash, hash_config=HashConfig(precision=64, hash_fc="sha1"))
-              if minhash else None)
-    signatures, buckets, removals = (str(work_dir / name)
-                                     for name in ("signatures", "buckets", "remove"))
-    stages = []
-    first: list[PipelineStep] = [ReadCorpus(source, text_field)]
+    signatures, pairs, removals = (str(work_dir / name)
+                                   for name in ("signatures", "buckets", "remove"))
+    first: list[PipelineStep] = [ReadCorpus(source, text_field), DocumentLedger(work, False)]
     if train_tokenizer:
         first.append(TokenizerSample(work, sample_chars, seed, val_fraction))
-    if config is not None:
+    shards: list[PipelineStep] = [ReadCorpus(source, text_field), DocumentLedger(work, True)]
+    stages = []
+    if minhash is not None:
+        config = MinhashConfig(**minhash, hash_config=HASHES)
         first.append(MinhashDedupSignature(signatures, config, language=SpellingWords()))
-    if len(first) > 1:
-        stages.append(Stage("signatures" if config else "tokenizer_sample", first, tasks))
-    if config is not None:
-        stages.append(Stage("buckets", [MinhashDedupBuckets(signatures, buckets, config=config)],
-                            config.num_buckets))
-        stages.append(Stage("clusters", [MinhashDedupCluster(buckets, removals, config=config)],
-                            1))
+        stages += [
+            Stage("signatures", first, tasks),
+            Stage("buckets", [MinhashDedupBuckets(signatures, pairs, config=config)],
+                  config.num_buckets),
+            Stage("clusters", [MinhashDedupCluster(pairs, removals, config=config)], 1)]
+        shards.append(MinhashDedupFilter(removals))
+    else:
+        exact = ExactDedupConfig(content_getter=document_text, hash_config=HASHES)
+        first.append(ExactDedupSignature(signatures, exact))
+        stages += [Stage("signatures", first, tasks),
+                   Stage("duplicates", [ExactFindDedups(signatures, removals, exact)], 1)]
+        shards.append(ExactDedupFilter(removals, exact))
     if train_tokenizer:
         stages.append(Stage("tokenizer", [TrainTokenizer(work, out, tasks, vocab_size,
                                                          tokenizer_record)], 1))
-    shards: list[PipelineStep] = [ReadCorpus(source, text_field)]
-    if config is not None:
-        shards.append(MinhashDedupFilter(removals))
     shards.append(WriteTokenShards(work, str(out_dir / TOKENIZER_DIR), seed, val_fraction,
                                    shard_chars))
     stages.append(Stage("shards", shards, tasks))

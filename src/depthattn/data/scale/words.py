@@ -1,6 +1,8 @@
 """The words datatrove's MinHash makes its n-grams of: those of `depthattn.data.dedup` (lower
 case, letters only, early-modern u/v and i/j merged, spelling keys), so that both engines see
-the same 3-grams. datatrove's own English word tokenizers need spaCy or NLTK and their data."""
+the same 3-grams (on ASCII text: datatrove strips diacritics first, "café" -> "cafe", where the
+local engine's words stop at the "é"). datatrove's own English word tokenizers need spaCy or
+NLTK and their data."""
 
 from __future__ import annotations
 
