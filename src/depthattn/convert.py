@@ -99,8 +99,10 @@ def _token_ids(raw: dict[str, Any]) -> dict[str, Any]:
 
 # --- Qwen3 → depthattn ----------------------------------------------------------------------
 def from_qwen3(src: str | Path, out: str | Path, method: str = "depth_attention",
-               **method_options: Any) -> Path:
-    """A local Qwen3 folder → a depthattn Hugging Face folder; weights unchanged."""
+               overrides: dict[str, Any] | None = None, **method_options: Any) -> Path:
+    """A local Qwen3 folder → a depthattn Hugging Face folder; weights unchanged.
+    ``overrides``: model fields beside the Qwen3 geometry, e.g. a looped reading of the same
+    layers, ``{"prelude_layers": 1, "loop_layers": 2, "loop_iterations": 3}``."""
     from transformers import Qwen3Config
 
     src, out = Path(src), Path(out)
@@ -110,7 +112,15 @@ def from_qwen3(src: str | Path, out: str | Path, method: str = "depth_attention"
                          f"model_type 'qwen3' (use --from-official for the authors' Llama-format "
                          f"checkpoints)")
     hf_config = Qwen3Config.from_pretrained(src)
-    config = ModelConfig.from_qwen3(hf_config, method=method, **method_options)
+    taken = sorted({"method", "method_options"} & set(overrides or {}))
+    if taken:
+        raise ValueError(f"{', '.join(taken)} cannot be a model override here: the method and "
+                         f"its options are from_qwen3's own arguments (--method, --stride, ...)")
+    config = ModelConfig.from_qwen3(hf_config, method=method, overrides=overrides,
+                                    **method_options)
+    if config.loop_injection == "concat":  # its adapter is not in the Qwen3 weights
+        raise ValueError("loop_injection 'concat' adds an adapter that a Qwen3 checkpoint does "
+                         "not hold; convert with 'none' or 'add'")
     if method != "vanilla":
         logger.warning("retrofitted %s onto pretrained Qwen3 weights: the model needs continued "
                        "training before use (the weights never saw the depth mix)", method)

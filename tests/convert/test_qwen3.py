@@ -130,3 +130,38 @@ def test_convert_cli(tmp_path, qwen3_dir, capsys):
         run_convert(_parse(add_convert_arguments, ["--to-qwen3", str(tmp_path / "out"),
                                                    "--stride", "2", "--out",
                                                    str(tmp_path / "o2")]))
+
+
+def test_a_looped_reading_of_qwen3_weights(tmp_path, qwen3_dir, capsys):
+    """prelude 1, block of 2, coda 1: at r = 1 the Qwen3 model itself; deeper, the same weights
+    applied more often; the loop geometry travels in the folder's config."""
+    src, reference = qwen3_dir
+    ids = ids_for()
+    looped = {"prelude_layers": 1, "loop_layers": 2}
+    out = from_qwen3(src, tmp_path / "r1", method="vanilla", overrides=looped)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+    run_convert(_parse(add_convert_arguments, [
+        "--from-qwen3", str(src), "--sources", "recurrent", "prelude_layers=1", "loop_layers=2",
+        "loop_iterations=3", "loop_injection=add", "--out", str(tmp_path / "r3")]))
+    deep = AutoModelForCausalLM.from_pretrained(tmp_path / "r3").eval()
+    core = deep.core_config
+    assert (core.prelude_layers, core.loop_layers, core.loop_iterations, core.num_applications) \
+        == (1, 2, 3, 8)
+    assert core.method_options["sources"] == "recurrent"
+    ref_state = reference.state_dict()
+    for name, tensor in deep.state_dict().items():
+        assert torch.equal(tensor, ref_state[name]), name
+    with pytest.raises(ValueError, match=r"loop_injection 'concat' adds an adapter"):
+        from_qwen3(src, tmp_path / "c", overrides={**looped, "loop_injection": "concat"})
+    with pytest.raises(ValueError, match=r"method cannot be a model override"):
+        from_qwen3(src, tmp_path / "m", overrides={"method": "vanilla"})
+    with pytest.raises(ValueError, match=r"model overrides \(loop_layers=2\) only apply to "
+                                         r"--from-qwen3"):
+        run_convert(_parse(add_convert_arguments, ["--to-qwen3", str(out), "loop_layers=2",
+                                                   "--out", str(tmp_path / "q")]))
+    with pytest.raises(ValueError, match=r"a looped model \(loop_layers=2\) has no Qwen3Config"):
+        to_qwen3(out, tmp_path / "back")
+    assert not any((tmp_path / name).exists() for name in ("c", "m", "q", "back"))

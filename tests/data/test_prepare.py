@@ -12,6 +12,7 @@ from depthattn.data.tokenizer import save_tokenizer, tokenizer_sha256, train_bpe
 from tests.conftest import make_text, write_corpus
 
 FAST = dict(vocab_size=400, num_workers=1, val_fraction=0.2, shard_chars=8000, progress=False)
+GIVEN = {k: v for k, v in FAST.items() if k != "vocab_size"}  # with a tokenizer: nothing to train
 
 
 def shard_files(out):
@@ -106,7 +107,7 @@ def test_a_given_tokenizer_folder_is_used_and_copied(corpus_dir, tmp_path):
     tok = train_bpe([make_text(7, 300)], vocab_size=350)
     save_tokenizer(tok, tmp_path / "hf_tok")
     manifest = read_manifest(prepare(corpus_dir, out_dir=tmp_path / "out",
-                                     tokenizer=tmp_path / "hf_tok", **FAST))
+                                     tokenizer=tmp_path / "hf_tok", **GIVEN))
     assert manifest["tokenizer"]["sha256"] == tokenizer_sha256(tok)
     assert tokenizer_sha256(load_tokenizer(tmp_path / "out" / "tokenizer")) == tokenizer_sha256(tok)
 
@@ -166,7 +167,7 @@ def test_tokenizer_larger_than_the_model_vocabulary(corpus_dir, tmp_path):
     save_tokenizer(tok, tmp_path / "tok")
     with pytest.raises(ValueError, match=r"350 tokens .* vocab_size is 320"):
         prepare(corpus_dir, out_dir=tmp_path / "out", tokenizer=tmp_path / "tok",
-                model_vocab_size=320, **FAST)
+                model_vocab_size=320, **GIVEN)
 
 
 def test_out_dir_built_with_another_tokenizer(prepared, corpus_dir, tmp_path):
@@ -175,7 +176,7 @@ def test_out_dir_built_with_another_tokenizer(prepared, corpus_dir, tmp_path):
     out = tmp_path / "out"
     prepare(corpus_dir, out_dir=out, **FAST)
     with pytest.raises(ValueError, match="holds shards built with tokenizer sha256"):
-        prepare(corpus_dir, out_dir=out, tokenizer=tmp_path / "tok", **FAST)
+        prepare(corpus_dir, out_dir=out, tokenizer=tmp_path / "tok", **GIVEN)
     with pytest.raises(ValueError, match="holds a tokenizer made for other inputs"):
         prepare(corpus_dir, out_dir=out, **{**FAST, "vocab_size": 380})
 

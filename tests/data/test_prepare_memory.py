@@ -98,7 +98,9 @@ def run_limited(work: Path, corpus_chars: int, margin: int, tokenizer: dict,
     n_docs = write_jsonl(work / "corpus.jsonl", corpus_chars, seed=0)
     args = {"work": str(work), "margin": margin, "shard_chars": 4 << 20,
             "near_duplicates": near_duplicates, "hold_everything": hold_everything,
-            "sample_chars": sample_chars, "tokenizer": tokenizer}
+            # a sample only for a BPE to train: beside a given tokenizer it is refused
+            "sample_chars": None if "tokenizer" in tokenizer else sample_chars,
+            "tokenizer": tokenizer}
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True,
                           text=True, timeout=timeout, env=env, check=False)

@@ -161,3 +161,35 @@ def test_only_eos_ids_is_no_document(tokenizer, tmp_path):
     np.save(tmp_path / "x.npy", np.full(5, eos, np.uint16))
     with pytest.raises(ValueError, match=rf"holds no documents \(only EOS ids {eos}"):
         import_tokens([tmp_path / "x.npy"], path, tmp_path / "out", progress=False)
+
+
+def test_files_without_the_tokenizers_eos_are_refused_with_the_likely_separator(tokenizer,
+                                                                                 tmp_path):
+    """Ids made by another tokenizer fit the vocabulary here, but its separator (5) is not ours:
+    without the check every file would quietly become one document."""
+    path, eos = tokenizer
+    other_eos = 5 if eos != 5 else 6
+    docs = [d[d != other_eos] for d in documents(eos)]
+    for i in range(3):
+        np.save(tmp_path / f"p{i}.npy", flat(docs[i::3], other_eos))
+    files = [tmp_path / f"p{i}.npy" for i in range(3)]
+    total = sum(len(np.load(f)) for f in files)
+    with pytest.raises(ValueError, match=rf"none of the {total} ids in the token files is the "
+                                         rf"tokenizer's EOS id {eos}.* the most frequent id in "
+                                         rf"p0.npy is {other_eos} "):
+        import_tokens(files, path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    # one file that ends its single document with our EOS is fine
+    np.save(tmp_path / "one.npy", np.r_[docs[0], eos].astype(np.uint16))
+    import_tokens([*files, tmp_path / "one.npy"], path, tmp_path / "ok", split_by="files",
+                  val_fraction=0.3, progress=False)
+
+
+def test_a_model_too_small_for_the_tokenizer_is_refused_before_reading(tokenizer, tmp_path):
+    path, eos = tokenizer
+    np.save(tmp_path / "ids.npy", flat(documents(eos), eos))
+    with pytest.raises(ValueError, match=r"the tokenizer has 300 tokens .* the model's "
+                                         r"vocab_size is 256"):
+        import_tokens([tmp_path / "ids.npy"], path, tmp_path / "out", model_vocab_size=256,
+                      progress=False)
+    assert not (tmp_path / "out").exists()

@@ -227,3 +227,75 @@ def test_compiled_training_at_more_than_eight_depths_stays_compiled(tiny_train_c
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
     assert len(graphs) >= len(depths)  # a graph for every depth, none left to eager
     torch._dynamo.reset()
+
+
+# --- resuming a sampled-depth run ------------------------------------------------------------------
+def test_a_resumed_sampled_depth_run_equals_the_uninterrupted_one(tiny_train_config, tmp_path,
+                                                                  monkeypatch):
+    """r is a function of (seed, step), so a run stopped after its step-10 checkpoint and resumed
+    with `depthattn train --resume` must run steps 11 .. 20 at the depths of the uninterrupted
+    run, with the gradient cut after b = 2 iterations where r > 2. Everything runs in this
+    process on one intra-op thread (tests/conftest.py), so equal means bit for bit: the logged
+    records (timings aside) and every final weight are compared exactly, with no tolerance."""
+    from safetensors.torch import load_file
+
+    from depthattn import CausalLM
+    from depthattn.cli import main
+    from depthattn.data.loader import TrainBatches
+    from depthattn.train.metrics import read_metrics
+
+    depths: list[tuple[int | None, int | None]] = []  # (r, b) of every training loss call
+    real_loss = CausalLM.loss
+
+    def recording_loss(self, *args, **kwargs):
+        if self.training:  # not evaluation, which runs at the configured depth
+            depths.append((kwargs.get("loop_iterations"), kwargs.get("backprop_iterations")))
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(CausalLM, "loss", recording_loss)
+    looped = {**tiny_train_config().model_overrides, **LOOPED}
+
+    def config(name: str) -> TrainConfig:
+        return tiny_train_config(run_dir=str(tmp_path / name), model_overrides=looped,
+                                 method_options={"sources": "recurrent"},
+                                 loop_sampling="poisson_lognormal", loop_max_iterations=6,
+                                 backprop_iterations=2, steps=20, checkpoint_every=10)
+
+    straight_config = config("straight")
+    straight = train(straight_config)
+    sampled = [r for r, _ in depths]
+    assert len(sampled) == 20 and {b for _, b in depths} == {2}
+    model_config = straight_config.model_config()
+    assert sampled == [loop_depth_at(straight_config, model_config, s).loop_iterations
+                       for s in range(20)]
+    assert len(set(sampled[10:])) >= 3  # r varies over the resumed steps ...
+    assert max(sampled[10:]) > 2 >= min(sampled[10:])  # ... cut (r > b) on some, not on others
+
+    original = TrainBatches.batch
+
+    def crash_at_step_13(self, step):
+        if step == 13:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    depths.clear()
+    monkeypatch.setattr(TrainBatches, "batch", crash_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        train(config("resumed"))
+    monkeypatch.setattr(TrainBatches, "batch", original)
+    assert [r for r, _ in depths] == sampled[:13]
+    depths.clear()
+    assert main(["train", "--resume", f"run_dir={tmp_path / 'resumed'}"]) == 0
+    assert [r for r, _ in depths] == sampled[10:]  # from the step-10 checkpoint, at the same r
+
+    def records(name: str) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")}
+                for r in read_metrics(tmp_path / name)]
+
+    assert [r["step"] for r in records("resumed") if "loss" in r] == list(range(1, 21))
+    assert records("resumed") == records("straight")  # losses, grad norms, val losses
+    weights = load_file(straight.run_dir / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert weights.keys() == resumed.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(resumed[name], tensor), name

@@ -30,23 +30,36 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --from-qwen3: the method to run (default depth_attention; "
                              "parameter-free methods only)")
     add_depth_attention_options(parser)  # with --from-qwen3
+    parser.add_argument("--sources", default=None, choices=["applications", "recurrent"],
+                        help="with --from-qwen3 and a looped reading: Depth-Attention's source "
+                             "rule (default applications)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="with --from-qwen3: model fields beside the Qwen3 geometry, e.g. a "
+                             "looped reading of its layers: prelude_layers=1 loop_layers=2 "
+                             "loop_iterations=3")
     parser.add_argument("--out", required=True, help="output folder")
 
 
 def run_convert(args: argparse.Namespace) -> None:
     from depthattn.convert import from_official, from_qwen3, to_qwen3
     from depthattn.hf.export import export_run
+    from depthattn.utils.parsing import parse_key_values
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
-    options = {k: v for k, v in (("stride", args.stride),
-                                 ("recent_window", args.recent_window)) if v is not None}
+    options = {k: v for k, v in (("stride", args.stride), ("recent_window", args.recent_window),
+                                 ("sources", args.sources)) if v is not None}
+    overrides = parse_key_values(args.overrides, what="model override")
     if args.from_qwen3:
         if options and args.method != "depth_attention":
-            raise ValueError("--stride/--recent-window apply to --method depth_attention only")
-        path = from_qwen3(args.from_qwen3, out, args.method, **options)
+            raise ValueError("--stride/--recent-window/--sources apply to --method "
+                             "depth_attention only")
+        path = from_qwen3(args.from_qwen3, out, args.method, overrides=overrides, **options)
     else:
+        if overrides:
+            raise ValueError(f"model overrides ({', '.join(args.overrides)}) only apply to "
+                             f"--from-qwen3")
         if options or args.method != "depth_attention":
             given = [f"--{k.replace('_', '-')}" for k in options]
             raise ValueError(f"{', '.join(given) or '--method'} only applies to --from-qwen3"

@@ -17,9 +17,9 @@ from depthattn.data.defaults import (
 
 HELP = "corpus -> tokenizer -> token shards (or token files -> shards, with --tokens)"
 # Options of the text pipeline that mean nothing for token files, with their defaults.
-_TEXT_ONLY = {"vocab_size": DEFAULT_VOCAB_SIZE, "text_field": "text", "near_duplicates": None,
+_TEXT_ONLY = {"vocab_size": None, "text_field": "text", "near_duplicates": None,
               "shard_chars": 64 << 20, "num_workers": None,
-              "tokenizer_sample_chars": DEFAULT_TOKENIZER_SAMPLE_CHARS, "engine": "local"}
+              "tokenizer_sample_chars": None, "engine": "local"}
 # Options of --tokens only (default None, so that a stray one is noticed).
 _TOKENS_ONLY = ("eos_id", "token_dtype", "split_by", "token_column", "shard_tokens")
 # Options of --engine datatrove only (default None, so that a stray one is noticed).
@@ -42,13 +42,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None,
                         help="a tokenizer.json or local Hugging Face tokenizer folder "
                              "(default: train a byte-level BPE on the training split)")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
-                        help="size of the BPE to train (default: %(default)s)")
-    parser.add_argument("--tokenizer-sample-chars", type=int,
-                        default=DEFAULT_TOKENIZER_SAMPLE_CHARS,
-                        help="train the BPE on at most this many characters of the training "
-                             "split, drawn across it (default: %(default)s; the default corpus "
-                             "is used whole)")
+    # default None: with --tokenizer nothing is trained, and a given size is refused
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help=f"size of the BPE to train (default: {DEFAULT_VOCAB_SIZE}; not "
+                             f"with --tokenizer)")
+    parser.add_argument("--tokenizer-sample-chars", type=int, default=None,
+                        help=f"train the BPE on at most this many characters of the training "
+                             f"split, drawn across it (default: {DEFAULT_TOKENIZER_SAMPLE_CHARS}; "
+                             f"the default corpus is used whole; not with --tokenizer)")
     parser.add_argument("--model-vocab-size", type=int, default=None,
                         help="fail early unless the tokenizer's ids fit a model of this vocab size")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -203,14 +204,12 @@ def _run_import(args: argparse.Namespace):
     stray = [f"--{k.replace('_', '-')}" for k, v in _TEXT_ONLY.items() if getattr(args, k) != v]
     if stray:
         raise SystemExit(f"depthattn prepare: {', '.join(stray)} do not apply to --tokens")
-    from depthattn.data.shards import TokenStream
     from depthattn.data.token_import import import_tokens
 
     manifest = import_tokens(
         args.tokens, args.tokenizer, args.out_dir, eos_id=args.eos_id, dtype=args.token_dtype,
         val_fraction=args.val_fraction, split_by=args.split_by or "documents", seed=args.seed,
         column=args.token_column or DEFAULT_TOKEN_COLUMN,
-        shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, progress=args.progress)
-    if args.model_vocab_size is not None:
-        TokenStream(manifest, "train", model_vocab_size=args.model_vocab_size)
+        shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, progress=args.progress,
+        model_vocab_size=args.model_vocab_size)
     return manifest

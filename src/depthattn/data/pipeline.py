@@ -207,7 +207,8 @@ def tokenizer_sample(documents: Documents, table: DocumentTable, train: np.ndarr
 
 
 def _trained_tokenizer(out_dir: Path, documents: Documents, table: DocumentTable,
-                       train: np.ndarray, vocab_size: int, sample_chars: int):
+                       train: np.ndarray, vocab_size: int, sample_chars: int,
+                       progress: bool = False):
     """Train the BPE on (a sample of) the training split (never on validation), or reuse the
     one from before."""
     folder = out_dir / TOKENIZER_DIR
@@ -228,7 +229,7 @@ def _trained_tokenizer(out_dir: Path, documents: Documents, table: DocumentTable
     logger.info("training a byte-level BPE (vocab_size %d) on %d characters of %d training "
                 "documents", vocab_size, chars, len(train))
     started = time.perf_counter()
-    tokenizer = train_bpe(texts, vocab_size)
+    tokenizer = train_bpe(texts, vocab_size, progress=progress)
     logger.info("trained the tokenizer in %.1f s", time.perf_counter() - started)
 
     def write(staging: Path) -> None:
@@ -256,6 +257,22 @@ def check_arguments(source: str | Path, num_workers: int, val_fraction: float, s
         raise ValueError(f"seed must be non-negative, got {seed}")
     if tokenizer_sample_chars < 1:
         raise ValueError(f"tokenizer_sample_chars must be positive, got {tokenizer_sample_chars}")
+
+
+def bpe_options(tokenizer, vocab_size: int | None,
+                tokenizer_sample_chars: int | None) -> tuple[int, int]:
+    """(vocab size, sample characters) of the BPE prepare trains, defaults filled in. With a
+    tokenizer given none is trained, so either option is refused rather than ignored."""
+    if tokenizer is not None:
+        stray = [name for name, value in (("vocab_size", vocab_size),
+                                          ("tokenizer_sample_chars", tokenizer_sample_chars))
+                 if value is not None]
+        if stray:
+            raise ValueError(f"{' and '.join(stray)} set the BPE that prepare trains; with a "
+                             f"tokenizer given ({tokenizer}) none is trained")
+    return (DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size,
+            DEFAULT_TOKENIZER_SAMPLE_CHARS if tokenizer_sample_chars is None
+            else tokenizer_sample_chars)
 
 
 def check_tokenizer_choice(given, vocab_size: int, model_vocab_size: int | None) -> None:
@@ -310,7 +327,7 @@ def prepare(
     source: str | Path = DEFAULT_SOURCE,
     out_dir: str | Path | None = None,
     tokenizer: str | Path | None = None,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    vocab_size: int | None = None,
     num_workers: int | None = None,
     val_fraction: float = 0.05,
     seed: int = 0,
@@ -320,7 +337,7 @@ def prepare(
     shard_chars: int = 64 << 20,
     chunk_chars: int = 1 << 18,
     progress: bool = True,
-    tokenizer_sample_chars: int = DEFAULT_TOKENIZER_SAMPLE_CHARS,
+    tokenizer_sample_chars: int | None = None,
 ) -> Path:
     """Build train/validation token shards; returns the path of manifest.json.
 
@@ -329,8 +346,9 @@ def prepare(
         folder (see `depthattn.data.sources`).
     out_dir: where shards go; default `<cache>/prepared/<source>-<tokenizer>` (the cache is
         $DEPTHATTN_CACHE or the user cache dir).
-    tokenizer: None trains a byte-level BPE of `vocab_size` on the training split; or a
-        tokenizer.json / local Hugging Face tokenizer folder.
+    tokenizer: None trains a byte-level BPE of `vocab_size` (default 8192) on the training
+        split; or a tokenizer.json / local Hugging Face tokenizer folder (then `vocab_size` and
+        `tokenizer_sample_chars` are refused: nothing is trained).
     num_workers: tokenizer processes (default: CPUs available).
     val_fraction, seed: share of characters held out, by whole document, and the split's seed.
     near_duplicates: drop near-copies and group overlapping documents before splitting
@@ -343,6 +361,8 @@ def prepare(
     """
     started = time.perf_counter()
     default = str(source) == DEFAULT_SOURCE
+    vocab_size, tokenizer_sample_chars = bpe_options(tokenizer, vocab_size,
+                                                     tokenizer_sample_chars)
     num_workers = num_workers if num_workers is not None else available_cpus()
     check_arguments(source, num_workers, val_fraction, seed, shard_chars, chunk_chars,
                      tokenizer_sample_chars)
@@ -397,7 +417,7 @@ def prepare(
     # --- tokenizer ---
     if given is None:
         tok = _trained_tokenizer(out_dir, documents, table, train, vocab_size,
-                                 tokenizer_sample_chars)
+                                 tokenizer_sample_chars, progress)
     else:
         store_given_tokenizer(out_dir, given)
         tok = given

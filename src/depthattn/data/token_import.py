@@ -3,8 +3,9 @@ re-tokenizing (`depthattn prepare --tokens ...`).
 
 The tokenizer the ids came from must be given: it is copied into the folder (training and
 evaluation decode with it), and the inputs are checked against it before anything is written:
-the EOS id the files separate documents with must be the tokenizer's EOS token, and every id must
-be below its vocabulary size. Validation holds out a fraction of the documents (EOS-delimited,
+the EOS id the files separate documents with must be the tokenizer's EOS token, token files
+must hold it somewhere (files made with another tokenizer rarely do), and every id must be below
+its vocabulary size. Validation holds out a fraction of the documents (EOS-delimited,
 or rows of a `datasets` folder) or of the input files, drawn by the seed.
 """
 
@@ -40,7 +41,12 @@ from depthattn.data.token_sources import (
     open_flat,
     scan,
 )
-from depthattn.data.tokenizer import eos_token_id, load_tokenizer, tokenizer_sha256
+from depthattn.data.tokenizer import (
+    check_vocab_fits,
+    eos_token_id,
+    load_tokenizer,
+    tokenizer_sha256,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +92,14 @@ def default_tokens_out_dir(inputs: list[Path], tokenizer_sha: str) -> Path:
 def _read(inputs: list[Path], dtype: str | None, column: str, eos_id: int, vocab: int,
           progress: bool) -> tuple[list[TokenArray], list[int]]:
     """All inputs as TokenArrays (and the input each came from), ids checked against `vocab`."""
-    arrays, owner = [], []
+    arrays, owner, separators = [], [], 0
     flats = {p: open_flat(p, dtype) for p in inputs if not p.is_dir()}
     with tqdm(total=sum(len(a) for a in flats.values()) or None, unit="tok", unit_scale=True,
               desc="checking ids", disable=not progress) as bar:
         for i, path in enumerate(inputs):
             if path in flats:
                 largest, eos = scan(flats[path], eos_id, bar)
+                separators += len(eos)
                 found = [flat_documents(path.name, flats[path], eos)]
             else:
                 largest, found = dataset_documents(path, column, eos_id, bar)
@@ -105,7 +112,23 @@ def _read(inputs: list[Path], dtype: str | None, column: str, eos_id: int, vocab
                                  f"rows)")
             arrays += found
             owner += [i] * len(found)
+    if flats and not separators:
+        _refuse_no_separator(flats, eos_id)
     return arrays, owner
+
+
+def _refuse_no_separator(flats: dict[Path, np.ndarray], eos_id: int) -> None:
+    """Token files that never hold the tokenizer's EOS were made with another tokenizer (or
+    another separator): imported, each file would silently be one document."""
+    path, tokens = next(iter(flats.items()))
+    counts = np.bincount(np.asarray(tokens[:1 << 24], dtype=np.int64))
+    common = int(counts.argmax())
+    raise ValueError(
+        f"none of the {sum(len(t) for t in flats.values())} ids in the token files is the "
+        f"tokenizer's EOS id {eos_id}, which separates documents; the most frequent id in "
+        f"{path.name} is {common} ({counts[common] / counts.sum():.1%} of its first "
+        f"{counts.sum()}): give the tokenizer the files were made with (and --eos-id if they "
+        f"separate documents with another id), or end each document with id {eos_id}")
 
 
 def _names(arrays: list[TokenArray], docs: Documents, index: np.ndarray) -> list[str] | None:
@@ -127,6 +150,7 @@ def import_tokens(
     column: str = DEFAULT_TOKEN_COLUMN,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
+    model_vocab_size: int | None = None,
 ) -> Path:
     """Write train/validation shards from token files; returns the path of manifest.json.
 
@@ -137,6 +161,7 @@ def import_tokens(
     dtype: of .bin files, uint16 (default, nanoGPT's) or uint32; for .npy, a check.
     val_fraction, split_by, seed: hold out that fraction of the documents or of the files.
     shard_tokens: tokens per output shard (a document is never cut).
+    model_vocab_size: if given, refuse before reading unless the tokenizer's ids fit the model.
     """
     started = time.perf_counter()
     paths = [Path(p) for p in inputs]
@@ -146,6 +171,8 @@ def import_tokens(
     eos = _check_eos(tok, eos_id)
     sha = tokenizer_sha256(tok)
     vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
+    if model_vocab_size is not None:
+        check_vocab_fits(vocab, model_vocab_size)
     out_dir = Path(out_dir) if out_dir is not None else default_tokens_out_dir(paths, sha)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {out_dir} exists and is not a folder")

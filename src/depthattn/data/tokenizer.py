@@ -38,8 +38,9 @@ def check_vocab_size(vocab_size: int) -> None:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE,
-              min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (GPT-2 style: no normaliser, no prefix space) on `texts`."""
+              min_frequency: int = 2, progress: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (GPT-2 style: no normaliser, no prefix space) on `texts`;
+    `progress` shows the tokenizers library's own bars (pre-processing, pair counts, merges)."""
     check_vocab_size(vocab_size)
     backend = Tokenizer(models.BPE())
     # No prefix space, so decode(encode(text)) == text exactly, which shard tests rely on.
@@ -51,7 +52,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE,
         special_tokens=list(SPECIAL_TOKENS),
         # Every byte gets a token even if the corpus lacks it, so no text is ever unencodable.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress,
     )
     backend.train_from_iterator(texts, trainer=trainer)
     if backend.get_vocab_size() < vocab_size:

@@ -20,15 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from depthattn.data import corpus
-from depthattn.data.defaults import (
-    DEFAULT_SOURCE,
-    DEFAULT_TOKENIZER_SAMPLE_CHARS,
-    DEFAULT_VOCAB_SIZE,
-)
+from depthattn.data.defaults import DEFAULT_SOURCE
 from depthattn.data.files import read_json, remove_stale_temp_files
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest
 from depthattn.data.pack import PACK_VERSION
 from depthattn.data.pipeline import (
+    bpe_options,
     check_arguments,
     check_tokenizer_choice,
     default_out_dir,
@@ -152,7 +149,7 @@ def prepare_with_datatrove(
     out_dir: str | Path | None = None,
     work_dir: str | Path | None = None,
     tokenizer: str | Path | None = None,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    vocab_size: int | None = None,
     tasks: int = 1,
     workers: int | None = None,
     executor: str = "local",
@@ -163,7 +160,7 @@ def prepare_with_datatrove(
     near_duplicates: bool | None = None,
     model_vocab_size: int | None = None,
     shard_chars: int = 64 << 20,
-    tokenizer_sample_chars: int = DEFAULT_TOKENIZER_SAMPLE_CHARS,
+    tokenizer_sample_chars: int | None = None,
     minhash_buckets: int | None = None,
     minhash_hashes_per_bucket: int | None = None,
 ) -> Path:
@@ -188,6 +185,8 @@ def prepare_with_datatrove(
     _require_datatrove()
     started = time.time()
     default = str(source) == DEFAULT_SOURCE
+    vocab_size, tokenizer_sample_chars = bpe_options(tokenizer, vocab_size,
+                                                     tokenizer_sample_chars)
     # resolved: tasks may run in another working directory (a Slurm job's)
     source = DEFAULT_SOURCE if default else str(Path(source).resolve())
     check_arguments(source, 1 if workers is None else workers, val_fraction, seed, shard_chars,
