@@ -45,7 +45,7 @@ from depthattn.data.files import (
     remove_stale_temp_files,
     sha256_file,
 )
-from depthattn.data.manifest import MANIFEST_NAME, read_manifest
+from depthattn.data.manifest import MANIFEST_NAME
 from depthattn.data.pack import (
     PACK_VERSION,
     ShardPlan,
@@ -57,6 +57,7 @@ from depthattn.data.prepared import (
     TOKENIZER_DIR,
     check_not_built_with_other,
     finish_prepared,
+    is_prepared,
     store_given_tokenizer,
 )
 from depthattn.data.scan import Documents, DocumentTable, scan, unique_documents
@@ -389,17 +390,10 @@ def prepare(
         # only .txt files were read is prepared again
         request["folder_files"] = list(FOLDER_SUFFIXES)
     manifest_file = out_dir / MANIFEST_NAME
-    if manifest_file.exists():
-        previous = read_manifest(manifest_file)
-        if given is not None:
-            check_not_built_with_other(out_dir, request["tokenizer"]["sha256"],
-                                        "the given tokenizer")
-        # (a manifest without shard checksums is rewritten: its finished shards are kept)
-        if previous.get("request") == request and all(
-                (out_dir / s["file"]).exists() and "sha256" in s
-                for split in previous["splits"].values() for s in split["shards"]):
-            logger.info("%s is already prepared", out_dir)
-            return manifest_file
+    if manifest_file.exists() and given is not None:
+        check_not_built_with_other(out_dir, request["tokenizer"]["sha256"], "the given tokenizer")
+    if is_prepared(out_dir, request):
+        return manifest_file
 
     # --- documents and split (an empty or unsplittable corpus fails here, before out_dir) ---
     documents = _documents(source, text_field)

@@ -22,6 +22,22 @@ TOKENIZER_DIR = "tokenizer"  # a copy of the tokenizer the shards were built wit
 SHARD_FILE = re.compile(r"^(train|validation)-\d{5}-[0-9a-f]{16}\.npy$")
 
 
+def is_prepared(out_dir: Path, request: dict[str, Any]) -> bool:
+    """Whether out_dir holds a finished preparation of `request`: its manifest, made for the
+    same request, with every shard present and checksummed (a manifest without shard
+    checksums is rewritten; its finished shards are kept)."""
+    manifest_file = out_dir / MANIFEST_NAME
+    if not manifest_file.exists():
+        return False
+    previous = read_manifest(manifest_file)
+    done = previous.get("request") == request and all(
+        (out_dir / s["file"]).exists() and "sha256" in s
+        for split in previous["splits"].values() for s in split["shards"])
+    if done:
+        logger.info("%s is already prepared", out_dir)
+    return done
+
+
 def check_not_built_with_other(out_dir: Path, sha256: str, what: str) -> None:
     path = out_dir / MANIFEST_NAME
     if path.exists():

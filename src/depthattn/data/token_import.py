@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from depthattn.data.defaults import DEFAULT_SHARD_TOKENS, DEFAULT_TOKEN_COLUMN, SPLIT_BY
 from depthattn.data.files import cache_dir, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME, read_manifest
+from depthattn.data.manifest import MANIFEST_NAME
 from depthattn.data.pack import token_dtype
 from depthattn.data.pipeline import MAX_LISTED_DOCUMENTS
 from depthattn.data.prepared import (
     check_not_built_with_other,
     finish_prepared,
+    is_prepared,
     store_given_tokenizer,
 )
 from depthattn.data.split import held_out
@@ -187,12 +188,8 @@ def import_tokens(
     manifest_file = out_dir / MANIFEST_NAME
     if manifest_file.exists():
         check_not_built_with_other(out_dir, sha, "the given tokenizer")
-        previous = read_manifest(manifest_file)
-        if previous.get("request") == request and all(
-                (out_dir / s["file"]).exists()
-                for split in previous["splits"].values() for s in split["shards"]):
-            logger.info("%s is already prepared", out_dir)
-            return manifest_file
+    if is_prepared(out_dir, request):
+        return manifest_file
 
     # --- read and check everything before anything is written ---
     arrays, owner = _read(paths, dtype, column, eos, vocab, progress)

@@ -22,7 +22,7 @@ from typing import Any
 from depthattn.data import corpus
 from depthattn.data.defaults import DEFAULT_SOURCE
 from depthattn.data.files import read_json, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME, read_manifest
+from depthattn.data.manifest import MANIFEST_NAME
 from depthattn.data.pack import PACK_VERSION
 from depthattn.data.pipeline import (
     bpe_options,
@@ -31,7 +31,7 @@ from depthattn.data.pipeline import (
     default_out_dir,
     input_fingerprint,
 )
-from depthattn.data.prepared import TOKENIZER_DIR, store_given_tokenizer
+from depthattn.data.prepared import TOKENIZER_DIR, is_prepared, store_given_tokenizer
 from depthattn.data.tokenizer import load_tokenizer, tokenizer_sha256
 from depthattn.utils.atomic import write_json_atomic
 
@@ -219,13 +219,8 @@ def prepare_with_datatrove(
         "near_duplicates": minhash, "shard_chars": shard_chars, "pack_version": PACK_VERSION,
     }
     manifest_file = out_dir / MANIFEST_NAME
-    if manifest_file.exists():
-        previous = read_manifest(manifest_file)
-        if previous.get("request") == request and all(
-                (out_dir / s["file"]).exists()
-                for split in previous["splits"].values() for s in split["shards"]):
-            logger.info("%s is already prepared", out_dir)
-            return manifest_file
+    if is_prepared(out_dir, request):
+        return manifest_file
     if default:
         corpus.load_default_corpus()  # downloaded once here, not by every task at once
     _check_first_document(source, text_field, tasks)
