@@ -21,8 +21,8 @@ import time
 import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
-from depthattn.generation import compiled_decode_step, decode_step
-from depthattn.model.static_cache import StaticKVCache
+from depthattn.model.cache import StaticKVCache
+from depthattn.model.generate import compiled_decode_step, decode_step
 
 MODES = ("eager", "compiled")
 

@@ -19,7 +19,7 @@ import time
 import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
-from depthattn.crosslayer import method_names
+from depthattn.methods import method_names
 
 
 def saved_activation_bytes(model: CausalLM, ids: torch.Tensor) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from depthattn.cli import main
-from depthattn.demo import run_demo
+from depthattn.experiments.demo import run_demo
 
 
 def test_the_demo_labels_a_plain_model_by_layer(capsys):

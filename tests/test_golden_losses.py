@@ -131,6 +131,6 @@ def test_losses_equal_the_pinned_ones(case: str, token_folder: Path, tmp_path: P
 
 
 def test_every_registered_method_is_pinned() -> None:
-    from depthattn.crosslayer import method_names
+    from depthattn.methods import method_names
 
     assert set(method_names()) <= set(CASES)

@@ -15,7 +15,9 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The intended layering (docs/design.md §1): a module may import only from its own layer or
 # from the layers listed for it. Keys and values are top-level names under depthattn.
-LEAVES = {"utils", "qwen3_interop", "config", "ops", "data"}
+LEAVES = {"utils", "ops", "data"}
+# Leaves inside the model package: the config and its name table import no other part of it.
+MODEL_LEAVES = ("depthattn.model.config", "depthattn.model.qwen3_names")
 
 
 def module_files() -> dict[str, tuple[Path, bool]]:
@@ -80,9 +82,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_is_read():
     graph = import_graph()
-    assert "depthattn.model.transformer" in graph
-    assert "depthattn.crosslayer.registry" in graph["depthattn.model.transformer"] or \
-        "depthattn.crosslayer" in graph["depthattn.model.transformer"]
+    assert "depthattn.model.decoder" in graph
+    assert "depthattn.methods.registry" in graph["depthattn.model.decoder"] or \
+        "depthattn.methods" in graph["depthattn.model.decoder"]
 
 
 def test_no_import_cycles():
@@ -98,8 +100,7 @@ def test_the_detector_finds_a_cycle():
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
 def test_leaves_import_only_leaves(leaf):
-    """config, ops, data, utils and the Qwen3 name table never import model, crosslayer, train,
-    eval, analysis, hf or the CLI."""
+    """ops, data and utils never import model, methods, train, eval, analysis, hf or the CLI."""
     graph = import_graph()
     for name, edges in graph.items():
         if name == f"depthattn.{leaf}" or name.startswith(f"depthattn.{leaf}."):
@@ -107,7 +108,20 @@ def test_leaves_import_only_leaves(leaf):
             assert not above, f"{name} imports {above}"
 
 
-def test_crosslayer_does_not_import_the_model():
+def test_model_config_is_a_leaf():
+    """The config and the Qwen3 name table import only leaves and each other."""
     for name, edges in import_graph().items():
-        if name.startswith("depthattn.crosslayer"):
-            assert not [e for e in edges if e.startswith("depthattn.model")], name
+        if name in MODEL_LEAVES:
+            above = sorted(e for e in edges if e not in MODEL_LEAVES
+                           and (e.count(".") == 0 or e.split(".")[1] not in LEAVES))
+            assert not above, f"{name} imports {above}"
+
+
+def test_methods_read_only_the_config_and_schedule_of_the_model():
+    """Methods plug into the model: they see its config, its looped schedule and its norm, never its
+    modules."""
+    allowed = {*MODEL_LEAVES, "depthattn.model.looped", "depthattn.model.norm"}
+    for name, edges in import_graph().items():
+        if name.startswith("depthattn.methods"):
+            model = {e for e in edges if e.startswith("depthattn.model")}
+            assert model <= allowed, (name, sorted(model - allowed))

@@ -2,10 +2,10 @@
 for decoder-only language models, with its baselines, training and evaluation."""
 
 from depthattn.analysis.depth_weights import DepthWeights, capture_depth_weights
-from depthattn.config import PRESETS, ModelConfig
-from depthattn.generation import generate
+from depthattn.io import load_model, save_model
 from depthattn.model import CausalLM, KVCache
-from depthattn.serialization import load_model, save_model
+from depthattn.model.config import PRESETS, ModelConfig
+from depthattn.model.generate import generate
 
 __version__ = "0.1.0"
 

@@ -11,11 +11,18 @@ import torch
 from torch import nn
 
 from depthattn import CausalLM, KVCache, ModelConfig
-from depthattn.analysis.cost import (BYTES_PER_ELEMENT, CostReport, backbone_cost, cost_report,
-                                     format_cost_report, format_cost_table, method_cost)
-from depthattn.cli.flops import add_flops_arguments, parse_options, run_flops
+from depthattn.analysis.cost import (
+    BYTES_PER_ELEMENT,
+    CostReport,
+    backbone_cost,
+    cost_report,
+    format_cost_report,
+    format_cost_table,
+    method_cost,
+)
 from depthattn.cli import main
-from depthattn.crosslayer import MethodCost, method_names
+from depthattn.cli.flops import add_flops_arguments, parse_options, run_flops
+from depthattn.methods import MethodCost, method_names
 from tests.conftest import tiny_config
 
 GEOMETRIES = [

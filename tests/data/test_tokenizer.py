@@ -4,8 +4,14 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from depthattn.data.tokenizer import (
-    EOS_TOKEN, MIN_VOCAB_SIZE, check_vocab_fits, load_tokenizer, save_tokenizer, tokenizer_sha256,
-    tokenizer_vocab_size, train_bpe,
+    EOS_TOKEN,
+    MIN_VOCAB_SIZE,
+    check_vocab_fits,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_sha256,
+    tokenizer_vocab_size,
+    train_bpe,
 )
 from tests.conftest import make_text
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from depthattn.cli import main
-from depthattn.serialization import save_model
+from depthattn.io import save_model
 from tests.conftest import tiny_model
 
 LOOP = {"num_layers": 4, "prelude_layers": 1, "loop_layers": 2, "loop_iterations": 2}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from depthattn.data.loader import IGNORE_INDEX
 from depthattn.eval.perplexity import evaluate_perplexity
-from depthattn.model.transformer import CausalLM
+from depthattn.model.decoder import CausalLM
 from tests.conftest import tiny_model
 from tests.model.test_quantized_cache import batches
 

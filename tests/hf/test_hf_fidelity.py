@@ -24,10 +24,10 @@ from transformers import (
 )
 
 from depthattn import CausalLM
-from depthattn.generation import generate as core_generate
 from depthattn.hf import DepthAttnForCausalLM
 from depthattn.hf.cache import DepthAttnCache
 from depthattn.model.cache import KVCache
+from depthattn.model.generate import generate as core_generate
 from tests.conftest import randomize_, tiny_config
 from tests.model.test_qwen3_parity import hf_model, ours_from
 

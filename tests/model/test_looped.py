@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from depthattn import CausalLM, KVCache
+from depthattn.io import load_model, model_from_state, save_model
+from depthattn.model.cache import StaticKVCache
 from depthattn.model.rope import apply_rope
-from depthattn.model.static_cache import StaticKVCache
 from depthattn.ops.depth_mix import depth_mix_reference
-from depthattn.serialization import load_model, model_from_state, save_model
 from tests.conftest import random_ids, randomize_, tiny_config
 
 LOOP = {"num_layers": 4, "prelude_layers": 1, "loop_layers": 2, "loop_iterations": 3}

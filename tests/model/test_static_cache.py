@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from depthattn import KVCache, generate
-from depthattn.model.static_cache import StaticKVCache
+from depthattn.model.cache import StaticKVCache
 
 ATOL = 1e-5
 METHODS = ["vanilla", "depth_attention", "value_residual", "hyper_connections",

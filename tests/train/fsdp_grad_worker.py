@@ -10,8 +10,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from depthattn.config import ModelConfig
-from depthattn.model.transformer import CausalLM
+from depthattn.model.config import ModelConfig
+from depthattn.model.decoder import CausalLM
 from depthattn.train.distributed import setup, teardown
 from depthattn.train.fsdp import average_replicated_grads, clip_grad_norm, shard_model
 

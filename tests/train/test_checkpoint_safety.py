@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthattn.run_dir import RunDir
 from depthattn.train import train
 from depthattn.train.checkpoint import checkpoint_name, load_training_state
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
 from depthattn.utils.file_manifest import write_file_manifest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "depthattn"

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthattn.run_dir import RunDir
-from depthattn.serialization import load_model
+from depthattn.io import load_model
 from depthattn.train import TrainConfig, train
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
 from depthattn.train.sharded_checkpoint import export_sharded, is_sharded
 
 STEPS, CHECKPOINT_EVERY = 6, 3

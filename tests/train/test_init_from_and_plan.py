@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from depthattn.cli import main
-from depthattn.config import ModelConfig
-from depthattn.model.transformer import CausalLM
-from depthattn.serialization import load_model, save_model
+from depthattn.io import load_model, save_model
+from depthattn.model.config import ModelConfig
+from depthattn.model.decoder import CausalLM
 from depthattn.train import TrainConfig, train
 from depthattn.train.init_from import load_initial_weights
 from depthattn.train.plan import plan_training

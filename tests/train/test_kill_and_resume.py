@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from depthattn.cli import main
-from depthattn.run_dir import RunDir
 from depthattn.train import TrainConfig, train
 from depthattn.train.checkpoint import checkpoint_name
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
 from depthattn.train.signals import TrainingStopped
 from depthattn.utils.file_manifest import verify_folder
 

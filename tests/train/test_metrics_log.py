@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from depthattn.run_dir import RunDir
 from depthattn.train.metrics import MetricsLog, read_metrics
+from depthattn.train.run_dir import RunDir
 
 
 class FakeWriter:

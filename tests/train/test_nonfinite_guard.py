@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from depthattn.model.transformer import CausalLM
-from depthattn.run_dir import RunDir
+from depthattn.model.decoder import CausalLM
 from depthattn.train import train
 from depthattn.train.guard import NonFiniteTraining
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
 
 
 def poison_calls(monkeypatch, bad_calls: set[int], value: float = math.nan) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from depthattn.config import ModelConfig
+from depthattn.model.config import ModelConfig
 from depthattn.train import TrainConfig, preflight, train
 from depthattn.train.preflight import count_parameters, estimate_memory
 

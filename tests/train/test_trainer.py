@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthattn.data.loader import TrainBatches
-from depthattn.serialization import load_any
+from depthattn.io import load_any
 from depthattn.train import train
 from depthattn.train.metrics import read_metrics
 

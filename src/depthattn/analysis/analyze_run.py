@@ -17,8 +17,8 @@ from depthattn.analysis.depth_map_plots import plot_depth_map, plot_depth_map_ev
 from depthattn.analysis.depth_maps import DepthMap, depth_map
 from depthattn.data.loader import ValidationBatches
 from depthattn.data.shards import TokenStream
-from depthattn.run_dir import RunDir
-from depthattn.serialization import load_model
+from depthattn.io import load_model
+from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.checks import require_int
 from depthattn.utils.devices import resolve_device

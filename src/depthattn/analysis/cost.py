@@ -26,8 +26,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from depthattn.config import ModelConfig
-from depthattn.crosslayer import MethodCost, get_method
+from depthattn.methods import MethodCost, get_method
+from depthattn.model.config import ModelConfig
 from depthattn.utils.checks import require_positive_int
 
 BYTES_PER_ELEMENT = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from depthattn.crosslayer import CrossLayerMethod
-from depthattn.crosslayer.depth_attention import DepthAttention
+from depthattn.methods import CrossLayerMethod
+from depthattn.methods.depth_attention import DepthAttention
 
 
 class DepthWeights:

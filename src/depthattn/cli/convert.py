@@ -1,5 +1,5 @@
 """`depthattn convert`: Qwen3 <-> depthattn, the authors' checkpoints, training runs -> Hugging
-Face folders (the conversions themselves are in depthattn.convert)."""
+Face folders (the conversions themselves are in depthattn.hf.convert)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from depthattn.convert import from_official, from_qwen3, to_qwen3
+    from depthattn.hf.convert import from_official, from_qwen3, to_qwen3
     from depthattn.hf.export import export_run
     from depthattn.utils.parsing import parse_key_values
 

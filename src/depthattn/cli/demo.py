@@ -25,7 +25,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from depthattn.demo import run_demo as demo
+    from depthattn.experiments.demo import run_demo as demo
 
     demo(preset=args.preset, seq_len=args.seq_len, new_tokens=args.new_tokens, seed=args.seed,
          stride=args.stride, recent_window=args.recent_window, sources=args.sources,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from depthattn.ops.kv_quant import KV_FORMATS
-from depthattn.run_dir import RunDir
+from depthattn.train.run_dir import RunDir
 
 HELP = ("validation perplexity of a run or a model folder, or zero-shot accuracy with --tasks")
 

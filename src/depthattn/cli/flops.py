@@ -11,8 +11,8 @@ from depthattn.analysis.cost import (
     format_cost_report,
     print_cost_table,
 )
-from depthattn.config import PRESETS, ModelConfig
-from depthattn.crosslayer import method_names
+from depthattn.methods import method_names
+from depthattn.model.config import PRESETS, ModelConfig
 from depthattn.utils.parsing import parse_key_values
 
 HELP = "parameters, FLOPs and state per token of a method"

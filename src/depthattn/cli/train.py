@@ -30,8 +30,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from depthattn.run_dir import RunDir
     from depthattn.train import load_train_config, train
+    from depthattn.train.run_dir import RunDir
 
     config = load_train_config(args.config, args.overrides)
     if not args.dry_run and (args.world_size is not None or args.device_type is not None):

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from depthattn.io import load_any
 from depthattn.ops.kv_quant import check_kv_format
-from depthattn.serialization import load_any
 from depthattn.utils.atomic import (
     write_bytes_atomic,
     write_json_atomic,

@@ -12,9 +12,9 @@ from depthattn.eval.perplexity import (
     evaluate_perplexity,
     evaluate_perplexity_cached,
 )
+from depthattn.io import load_any
 from depthattn.ops.kv_quant import check_kv_format
-from depthattn.run_dir import RunDir
-from depthattn.serialization import load_any
+from depthattn.train.run_dir import RunDir
 from depthattn.utils.checks import require_int
 from depthattn.utils.devices import autocast_dtype, resolve_device
 

@@ -33,9 +33,9 @@ from depthattn.eval.tasks import (
     lm_eval_name,
     resolve_task_names,
 )
-from depthattn.model.transformer import CausalLM
-from depthattn.run_dir import RunDir, find_tokenizer
-from depthattn.serialization import load_any
+from depthattn.io import load_any
+from depthattn.model.decoder import CausalLM
+from depthattn.train.run_dir import RunDir, find_tokenizer
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.checks import require_int
 

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from depthattn.data.tokenizer import check_vocab_fits
-from depthattn.generation import generate
-from depthattn.model.transformer import CausalLM
+from depthattn.model.decoder import CausalLM
+from depthattn.model.generate import generate
 from depthattn.utils.devices import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from depthattn.analysis.plots import plot_final_bars, plot_val_curves
-from depthattn.crosslayer.registry import get_method
 from depthattn.data.resolve import resolve_data
 from depthattn.experiments.tables import Results, method_rows, pairwise, render_markdown
-from depthattn.run_dir import RunDir
+from depthattn.methods.registry import get_method
 from depthattn.train.config import TrainConfig
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
 from depthattn.train.trainer import changed_fields, train
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.parsing import parse_key_values

@@ -30,9 +30,9 @@ from depthattn.data.shards import TokenStream
 from depthattn.eval.perplexity import evaluate_perplexity_cached
 from depthattn.experiments.sweep import render_sweep
 from depthattn.experiments.tables import render_markdown
+from depthattn.io import load_any
 from depthattn.ops.kv_quant import KV_FORMATS
-from depthattn.run_dir import RunDir
-from depthattn.serialization import load_any
+from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.checks import require_int
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from depthattn.analysis.plots import plot_sweep
 from depthattn.analysis.stats import fmt
-from depthattn.config import ModelConfig
 from depthattn.experiments.compare import check_tasks, plan_comparison, run_compare
+from depthattn.model.config import ModelConfig
 from depthattn.train.config import TrainConfig, field_names
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.parsing import parse_value

@@ -2,7 +2,7 @@
 ``depthattn``). Its fields are ModelConfig's, taken from the dataclass itself so that there is
 one definition of them; Hugging Face's standard names (``num_hidden_layers``,
 ``max_position_embeddings``, ...) are aliases via ``attribute_map``, from the one name table in
-``depthattn.qwen3_interop``."""
+``depthattn.model.qwen3_names``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from depthattn.config import ModelConfig
-from depthattn.qwen3_interop import HF_NAMES
+from depthattn.model.config import ModelConfig
+from depthattn.model.qwen3_names import HF_NAMES
 
 # tie_embeddings keeps a field of its own under Hugging Face's name: both exist in config.json
 ALIASES = {theirs: ours for ours, theirs in HF_NAMES.items()

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from depthattn.hf.modeling import DepthAttnForCausalLM
-from depthattn.run_dir import find_tokenizer
-from depthattn.serialization import folder_kind, load_any
+from depthattn.io import folder_kind, load_any
+from depthattn.train.run_dir import find_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def load_pretrained_any(path: str | Path, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> DepthAttnForCausalLM:
-    """Any folder ``depthattn.serialization.load_any`` reads, as a ``DepthAttnForCausalLM``; a
+    """Any folder ``depthattn.io.load_any`` reads, as a ``DepthAttnForCausalLM``; a
     Hugging Face folder of ours through ``from_pretrained`` (keeping its generation config)."""
     if folder_kind(path) == "hf":
         model = DepthAttnForCausalLM.from_pretrained(path, dtype=dtype)

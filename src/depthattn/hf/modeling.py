@@ -25,7 +25,7 @@ from depthattn.hf.cache import DepthAttnCache
 from depthattn.hf.configuration import DepthAttnConfig
 from depthattn.hf.static_cache import DepthAttnStaticCache, static_padding_mask
 from depthattn.model.cache import KVCache
-from depthattn.model.transformer import CausalLM, Decoder
+from depthattn.model.decoder import CausalLM, Decoder
 from depthattn.utils.checks import require_int
 
 # transformers 5.24 renamed `past_key_values` to `cache` (keeping the old name as an alias);

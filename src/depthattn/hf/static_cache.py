@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
-from depthattn.model.static_cache import StaticKVCache
+from depthattn.model.cache import StaticKVCache
 
 
 class DepthAttnStaticCache(Cache):

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthattn.config import ModelConfig
-from depthattn.crosslayer.base import ForwardContext
+from depthattn.methods.base import ForwardContext
+from depthattn.model.config import ModelConfig
+from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import apply_rope
-from depthattn.ops.norm import RMSNorm
 
 
 class Attention(nn.Module):

@@ -12,11 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from depthattn.config import ModelConfig
-from depthattn.crosslayer.base import ForwardContext
+from depthattn.methods.base import ForwardContext
 from depthattn.model.attention import Attention
+from depthattn.model.config import ModelConfig
 from depthattn.model.mlp import MLP
-from depthattn.ops.norm import RMSNorm
+from depthattn.model.norm import RMSNorm
 
 
 class Block(nn.Module):

@@ -11,7 +11,7 @@ plain data (optimizer and scheduler state dicts, RNG states as tensors and integ
 it loads with ``torch.load(weights_only=True)``, which refuses any other object a crafted file
 may hold. ``state.json`` holds the step, the token count and the non-finite step counters.
 
-(``depthattn.run_dir.RunDir`` reads this layout and verifies the manifests.)
+(``depthattn.train.run_dir.RunDir`` reads this layout and verifies the manifests.)
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from depthattn.model.transformer import CausalLM
-from depthattn.serialization import CONFIG_NAME, load_model, save_model
+from depthattn.io import CONFIG_NAME, load_model, save_model
+from depthattn.model.decoder import CausalLM
 from depthattn.train import faults
 from depthattn.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from depthattn.utils.file_manifest import write_file_manifest

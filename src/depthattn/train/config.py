@@ -183,7 +183,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int | None = None):
         """The ModelConfig this run trains (vocab from the tokenizer unless overridden)."""
-        from depthattn.config import ModelConfig
+        from depthattn.model.config import ModelConfig
 
         overrides = dict(self.model_overrides)
         if vocab_size is not None:

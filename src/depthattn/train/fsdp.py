@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from depthattn.model.transformer import CausalLM
+from depthattn.model.decoder import CausalLM
 
 
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:

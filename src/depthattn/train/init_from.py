@@ -2,7 +2,7 @@
 (continued pretraining, and the retrofit path: a Qwen3 checkpoint, or the authors' one
 converted, continued as Depth-Attention).
 
-The source is anything ``depthattn.serialization.load_any`` reads: a training run (its final
+The source is anything ``depthattn.io.load_any`` reads: a training run (its final
 model), a depthattn model folder, a Hugging Face folder of our model (``depthattn convert``
 writes them, also from the authors' format) or a Qwen3 Hugging Face folder. Its geometry must be
 the configured one; the method may differ, since Depth-Attention and value residual add no
@@ -17,8 +17,8 @@ import logging
 
 import torch
 
-from depthattn.model.transformer import CausalLM
-from depthattn.serialization import load_any
+from depthattn.io import load_any
+from depthattn.model.decoder import CausalLM
 
 log = logging.getLogger(__name__)
 

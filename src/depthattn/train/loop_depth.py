@@ -27,7 +27,7 @@ from depthattn.train.config import TrainConfig
 from depthattn.utils.checks import require_int, require_number
 
 if TYPE_CHECKING:
-    from depthattn.config import ModelConfig
+    from depthattn.model.config import ModelConfig
 
 # The third entropy word of the sampler's seed: keeps its stream apart from the data order's.
 LOOP_DEPTH_STREAM = 0x4C4F4F50  # "LOOP"

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from depthattn.run_dir import RunDir
+from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from depthattn.crosslayer.base import CrossLayerMethod
+from depthattn.methods.base import CrossLayerMethod
 from depthattn.train.config import TrainConfig
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from depthattn.config import ModelConfig
-from depthattn.model.transformer import CausalLM
+from depthattn.model.config import ModelConfig
+from depthattn.model.decoder import CausalLM
 from depthattn.ops.chunked_cross_entropy import DEFAULT_CHUNK_SIZE
 from depthattn.train.config import TrainConfig
 from depthattn.train.distributed import check_layout

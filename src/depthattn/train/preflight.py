@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from depthattn.config import ModelConfig
-from depthattn.model.transformer import CausalLM
+from depthattn.model.config import ModelConfig
+from depthattn.model.decoder import CausalLM
 from depthattn.train.config import TrainConfig
 from depthattn.utils.devices import available_memory
 

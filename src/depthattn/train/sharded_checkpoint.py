@@ -39,14 +39,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from depthattn.model.transformer import CausalLM
-from depthattn.serialization import (
+from depthattn.io import (
     CONFIG_NAME,
     SHARDS_DIR,
     is_sharded,
     load_sharded_model,
     save_model,
 )
+from depthattn.model.decoder import CausalLM
 from depthattn.train import faults
 from depthattn.train.checkpoint import (
     LATEST,

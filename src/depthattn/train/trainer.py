@@ -31,9 +31,8 @@ from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.data.verify import verify_prepared
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity, nll_result
-from depthattn.model.transformer import CausalLM
-from depthattn.run_dir import RunDir
-from depthattn.serialization import model_from_state, save_model
+from depthattn.io import model_from_state, save_model
+from depthattn.model.decoder import CausalLM
 from depthattn.train import distributed, faults
 from depthattn.train.checkpoint import (
     STATE_FILE,
@@ -49,6 +48,7 @@ from depthattn.train.loop_depth import loop_depth_at, training_depths
 from depthattn.train.metrics import MetricsLog, NullMetrics
 from depthattn.train.optim import build_optimizer, build_scheduler
 from depthattn.train.preflight import check_disk, check_memory, count_parameters
+from depthattn.train.run_dir import RunDir
 from depthattn.train.sharded_checkpoint import (
     ShardedCheckpointer,
     full_model_state,

@@ -1,0 +1,142 @@
+"""Two methods at once, e.g. ``depth_attention+mhc``: one that works inside attention and one
+that works on the residual stream, each keeping its own hooks. Pairs whose hooks overlap (both
+change the values, or both the stream) are refused, naming the hooks they share.
+
+Options are given per part: ``method_options={"depth_attention": {"stride": 2}, "mhc": {}}``;
+parameters live under ``model.cross_layer.<part>.*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from depthattn.methods.base import (
+    CrossLayerMethod,
+    ForwardContext,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
+from depthattn.model.config import ModelConfig
+
+# (part name, options mapping, config) -> that part's validated options (the registry's)
+ResolveOptions = Callable[[str, Mapping[str, Any], ModelConfig], MethodOptions]
+
+SEPARATOR = "+"
+IN_ATTENTION = ("mix_values",)
+ON_STREAM = ("init_stream", "sublayer_input", "attention_kv_inputs", "sublayer_output",
+             "final_hidden")
+
+
+def hooks_used(cls: type[CrossLayerMethod]) -> set[str]:
+    """The plug-in points a method overrides."""
+    return {hook for hook in IN_ATTENTION + ON_STREAM
+            if getattr(cls, hook) is not getattr(CrossLayerMethod, hook)}
+
+
+def split_parts(name: str) -> list[str]:
+    return name.split(SEPARATOR)
+
+
+def check_combinable(parts: list[str], classes: list[type[CrossLayerMethod]]) -> None:
+    if len(parts) != 2 or len(set(parts)) != 2:
+        raise ValueError(f"method ({SEPARATOR.join(parts)!r}) combines two different methods, "
+                         f"e.g. 'depth_attention+mhc'")
+    shared = hooks_used(classes[0]) & hooks_used(classes[1])
+    if shared:
+        raise ValueError(f"methods {parts[0]!r} and {parts[1]!r} cannot be combined: both use "
+                         f"{', '.join(sorted(shared))}; combine a method that works inside "
+                         f"attention with one that works on the residual stream")
+
+
+def combined_options_class(parts: list[str], resolve_options: ResolveOptions) -> type[MethodOptions]:
+    """A frozen options dataclass with one field per part, holding that part's options."""
+    fields = [(part, Any, dataclasses.field(default_factory=dict)) for part in parts]
+
+    def resolved(self, config: ModelConfig) -> MethodOptions:
+        values = {}
+        for part in parts:
+            given = getattr(self, part)
+            if dataclasses.is_dataclass(given):
+                given = dataclasses.asdict(given)
+            if not isinstance(given, dict):
+                raise ValueError(f"options of {part!r} in a combined method must be a mapping, "
+                                 f"got {given!r}")
+            values[part] = resolve_options(part, given, config)
+        return dataclasses.replace(self, **values)
+
+    return dataclasses.make_dataclass("CombinedOptions", fields, bases=(MethodOptions,),
+                                      frozen=True, namespace={"resolved": resolved})
+
+
+class Combined(CrossLayerMethod):
+    """Delegates each hook to the part that defines it (the vanilla default otherwise)."""
+
+    part_classes: dict[str, type[CrossLayerMethod]] = {}  # set by make_combined
+
+    def __init__(self, config: ModelConfig, options: MethodOptions) -> None:
+        super().__init__(config, options)
+        self.parts = nn.ModuleDict({name: cls(config, getattr(options, name))
+                                    for name, cls in self.part_classes.items()})
+        self._owner = {hook: name for name, cls in self.part_classes.items()
+                       for hook in hooks_used(cls)}
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Each part decides for its own parameters (``parts.<part>.<name>``)."""
+        _, part, rest = name.split(".", 2)
+        return self.parts[part].decays(rest, param)
+
+    @classmethod
+    def cost(cls, config: ModelConfig, options: MethodOptions) -> MethodCost:
+        costs = [c.cost(config, getattr(options, name)) for name, c in cls.part_classes.items()]
+        return MethodCost(
+            added_params=sum(c.added_params for c in costs),
+            added_flops_per_token=sum(c.added_flops_per_token for c in costs),
+            # both in-flight states describe the same token; the larger one bounds them
+            inflight_state_per_token=max(c.inflight_state_per_token for c in costs),
+            persistent_state_per_token=sum(c.persistent_state_per_token for c in costs))
+
+    def _call(self, hook: str, *args: Any) -> Any:
+        owner = self._owner.get(hook)
+        if owner is None:
+            return getattr(CrossLayerMethod, hook)(self, *args)
+        return getattr(self.parts[owner], hook)(*args)
+
+    def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   ctx: ForwardContext) -> torch.Tensor:
+        return self._call("mix_values", layer_idx, q, k, v, ctx)
+
+    def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Any:
+        return self._call("init_stream", embeddings, ctx)
+
+    def sublayer_input(self, stream: Any, layer_idx: int, sublayer: Sublayer,
+                       ctx: ForwardContext) -> torch.Tensor:
+        return self._call("sublayer_input", stream, layer_idx, sublayer, ctx)
+
+    def attention_kv_inputs(self, stream: Any, layer_idx: int, normed: torch.Tensor,
+                            ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._call("attention_kv_inputs", stream, layer_idx, normed, ctx)
+
+    def sublayer_output(self, stream: Any, layer_idx: int, sublayer: Sublayer,
+                        output: torch.Tensor, ctx: ForwardContext) -> Any:
+        return self._call("sublayer_output", stream, layer_idx, sublayer, output, ctx)
+
+    def final_hidden(self, stream: Any, ctx: ForwardContext) -> torch.Tensor:
+        return self._call("final_hidden", stream, ctx)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def make_combined(name: str, parts: list[str], classes: list[type[CrossLayerMethod]],
+                  resolve_options: ResolveOptions) -> tuple[type[Combined], type[MethodOptions]]:
+    """The method class and options class of ``a+b`` (after ``check_combinable``);
+    ``resolve_options`` resolves each part's options (the registry's function)."""
+    cls = type(f"Combined_{'_'.join(parts)}", (Combined,),
+               {"part_classes": dict(zip(parts, classes)), "name": name})
+    return cls, combined_options_class(parts, resolve_options)

@@ -1,0 +1,124 @@
+"""Depth-Attention (Zeng et al., 2026, arXiv 2606.05014): before layer l attends over the
+sequence, its query attends over depth — the keys of selected earlier layers at the same
+token — and mixes their values into the value that self-attention reads and the cache stores.
+No parameters; the only state is the vanilla-sized KV cache (docs/method.md §2–§4).
+
+A looped model (spec §7) mixes over applications: layer indices below are application indices
+e = 0 .. L_eff − 1, each with its own key and mixed value in the depth stash and the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from depthattn.methods.base import (
+    CrossLayerMethod,
+    ForwardContext,
+    MethodCost,
+    MethodOptions,
+)
+from depthattn.methods.registry import register
+from depthattn.model.config import ModelConfig
+from depthattn.model.looped import applications
+from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
+from depthattn.utils.checks import require_int
+
+# (layer l, its sources S(l), α of shape (B, H_kv, T, |S(l)| + 1)) -> None
+DepthWeightRecorder = Callable[[int, list[int], torch.Tensor], None]
+
+
+# How a looped model's applications choose their sources (spec §7).
+SOURCE_RULES = ("applications", "recurrent")
+
+
+def depth_sources(layer: int, stride: int, recent_window: int) -> list[int]:
+    """S(l) = { j : 0 ≤ j < l and (j mod s == 0 or j ≥ l − w) }, ascending (docs/method.md §2)."""
+    return [j for j in range(layer) if j % stride == 0 or j >= layer - recent_window]
+
+
+def application_sources(config: ModelConfig, stride: int, recent_window: int,
+                        rule: str = "applications") -> list[list[int]]:
+    """S(e) for every application e = 0 .. L_eff − 1 (spec §7), ascending.
+
+    ``applications``: §2's rule over application indices. ``recurrent``: the application of
+    looped layer i at iteration t ≥ 1 reads application 0 and layer i's applications at
+    iterations 0 .. t − 1 (the depth-recurrent view); every other one keeps ``applications``.
+    Not looped: S(l) of §2, since applications are then the layers."""
+    apps = applications(config)
+    sources = [depth_sources(app.index, stride, recent_window) for app in apps]
+    if rule == "recurrent":
+        for app in apps:
+            if app.iteration:  # t ≥ 1
+                earlier = [b.index for b in apps if b.layer == app.layer
+                           and b.iteration is not None and b.iteration < app.iteration]
+                sources[app.index] = sorted({0, *earlier})
+    return sources
+
+
+@dataclass(frozen=True)
+class DepthAttentionOptions(MethodOptions):
+    stride: int | None = None  # s: every s-th earlier application is a source; None → L_eff // 2
+    recent_window: int = 0  # w: the w applications just below e are sources too
+    sources: str = "applications"  # a looped model's source rule: applications or recurrent
+
+    def resolved(self, config: ModelConfig) -> DepthAttentionOptions:
+        # L_eff = num_layers when not looped. Kept as resolved when r changes later (test-time
+        # depth), so that the trained model's stride stays.
+        stride = max(1, config.num_applications // 2) if self.stride is None else self.stride
+        require_int("depth_attention option stride", stride, 1,
+                    hint=" (1 = every earlier layer is a source)")
+        require_int("depth_attention option recent_window", self.recent_window, 0)
+        if self.sources not in SOURCE_RULES:
+            raise ValueError(f"depth_attention option sources ({self.sources!r}) must be one "
+                             f"of {', '.join(SOURCE_RULES)}")
+        if self.sources == "recurrent" and not config.looped:
+            # without a looped block there are no iterations to read: it would be `applications`
+            raise ValueError("depth_attention option sources 'recurrent' needs a looped model "
+                             "(loop_layers > 0); without one every layer uses 'applications'")
+        return dataclasses.replace(self, stride=stride)
+
+
+@register("depth_attention", options=DepthAttentionOptions)
+class DepthAttention(CrossLayerMethod):
+    def __init__(self, config: ModelConfig, options: DepthAttentionOptions) -> None:
+        super().__init__(config, options)
+        self.sources = application_sources(config, options.stride, options.recent_window,
+                                           options.sources)  # S(e), e = 0 .. L_eff − 1
+        # Only layers some later layer reads go into the stash: keeps its memory at |∪ S(l)|.
+        self.read_later = frozenset(j for s in self.sources for j in s)
+        # Set only while depthattn.analysis.capture_depth_weights is active: α is then computed
+        # by the reference mix, which returns it, and handed to the recorder.
+        self.recorder: DepthWeightRecorder | None = None
+
+    @classmethod
+    def cost(cls, config: ModelConfig, options: DepthAttentionOptions) -> MethodCost:
+        """docs/method.md §8 / paper appendix B: per mixing layer, (|S(l)|+1) scores and weighted values of
+        H_kv·d each (2 FLOPs per multiply-add), plus H·d for the group means and the softmax.
+        No parameters; the stash reuses the KV-cache tensors of the in-flight token."""
+        H_kv_d = config.num_kv_heads * config.head_dim
+        flops = 0
+        for sources in application_sources(config, options.stride, options.recent_window,
+                                           options.sources):
+            n = len(sources)
+            if n:
+                flops += (n + 1) * (2 * H_kv_d + 2 * H_kv_d) + config.num_heads * config.head_dim
+        return MethodCost(added_flops_per_token=float(flops),
+                          inflight_state_per_token=config.hidden_size)
+
+    def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   ctx: ForwardContext) -> torch.Tensor:
+        sources = self.sources[layer_idx]
+        if sources:  # layer 0 has none: its value is unchanged
+            keys = [ctx.depth_stash[j][0] for j in sources]
+            values = [ctx.depth_stash[j][1] for j in sources]  # mixed values ṽ_j: recursive
+            if self.recorder is None:
+                v = depth_mix(q, keys, values, k, v)  # eq. of docs/method.md §3
+            else:
+                v, alpha = depth_mix_reference(q, keys, values, k, v, return_weights=True)
+                self.recorder(layer_idx, sources, alpha)
+        if layer_idx in self.read_later:
+            ctx.depth_stash[layer_idx] = (k, v)
+        return v

@@ -1,0 +1,143 @@
+"""Value residual learning (ResFormer, Zhou et al., 2024, arXiv 2410.17897): every layer after
+the first mixes layer 0's value into its own, right after v_proj and before the cache write.
+
+docs/baselines.md §9, with λ_l the share of layer 0's value (0-based l ≥ 1; layer 0 is unchanged):
+
+    ṽ_l = (1 − λ_l) · v_l + λ_l · v_0
+
+- ``fixed``: λ_l = 0.5 — the ResFormer paper's 0.5·V_1 + 0.5·V_n (the default);
+- ``learned``: one scalar λ_l per layer, initialised to 0.5 (modded-nanogpt, 2024-11-19 record);
+- ``gated``: λ_l = σ(W_l · RMSNorm(x) + b_l) per token and kv head, x the attention sublayer's
+  input (x-transformers' ``learned_value_residual_mix``). W_l, b_l start at 0, so λ_l = 0.5.
+
+So no mode is vanilla at initialisation: all three start as ResFormer's fixed 0.5/0.5 mix. The
+mix happens at the H_kv value heads, before GQA shares them (§12), and the cache stores ṽ_l, so it
+keeps its vanilla size and past tokens never need v_0 again (§9e). Not a baseline of the
+Depth-Attention paper; it is the closest static analogue of Depth-Attention (§9d).
+
+Looped models (spec §7): "layer 0" is application 0, and every later application e mixes v_0 in;
+a learned λ or a gate belongs to the distinct layer that application e runs, shared by its
+iterations. A looped layer 0 (no prelude) would need a λ of its own for its later iterations:
+``learned`` and ``gated`` refuse that geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthattn.methods.base import (
+    CrossLayerMethod,
+    MethodCost,
+    MethodOptions,
+    Sublayer,
+)
+from depthattn.methods.registry import register
+from depthattn.model.looped import applications
+
+if TYPE_CHECKING:
+    from depthattn.methods.base import ForwardContext
+    from depthattn.model.config import ModelConfig
+
+MODES = ("fixed", "learned", "gated")
+
+
+@dataclass(frozen=True)
+class ValueResidualOptions(MethodOptions):
+    mode: str = "fixed"  # how λ_l is formed: fixed 0.5, a learned scalar, or a per-token gate
+
+    def resolved(self, config: ModelConfig) -> ValueResidualOptions:
+        if self.mode not in MODES:
+            raise ValueError(f"value_residual option mode ({self.mode!r}) must be one of "
+                             f"{', '.join(MODES)}")
+        if self.mode != "fixed" and config.looped and config.prelude_layers == 0:
+            raise ValueError(f"value_residual mode {self.mode!r} cannot run a looped model "
+                             f"without a prelude: its λ_l (l >= 1) belong to distinct layers, and "
+                             f"the looped layer 0's later iterations would need one of their own; "
+                             f"set prelude_layers >= 1 or mode='fixed'")
+        return self
+
+
+@register("value_residual", options=ValueResidualOptions)
+class ValueResidual(CrossLayerMethod):
+    """Lives inside attention (`mix_values`); in ``gated`` mode the stream hook also reads the
+    attention sublayer's input, which `mix_values` does not receive."""
+
+    # Weight decay follows the default rule: λ (a vector; modded-nanogpt trains it without
+    # decay) and the gate biases are not decayed, the gate matrices W_l are.
+
+    def __init__(self, config: ModelConfig, options: ValueResidualOptions) -> None:
+        super().__init__(config, options)
+        self.mode = options.mode
+        self.eps = config.rms_norm_eps
+        # application e → the distinct layer it runs (e itself when not looped); never 0 for
+        # e ≥ 1 in the learned and gated modes (see resolved)
+        self.layer_of = [app.layer for app in applications(config)]
+        later = range(1, config.num_layers)  # layer 0 has nothing to mix in
+        if self.mode == "learned":
+            self.lambdas = nn.Parameter(torch.empty(len(later)))  # lambdas[l − 1] is λ_l
+        elif self.mode == "gated":
+            # Keyed by layer: `gates.{l}.weight` (H_kv, D), `gates.{l}.bias` (H_kv,).
+            self.gates = nn.ModuleDict({str(l): nn.Linear(config.hidden_size,
+                                                          config.num_kv_heads)
+                                        for l in later})
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every mode starts at λ = 0.5. Runs after the model's generic N(0, σ²) init of all
+        Linears, so the zero gate survives it."""
+        if self.mode == "learned":
+            nn.init.constant_(self.lambdas, 0.5)
+        elif self.mode == "gated":
+            for gate in self.gates.values():
+                nn.init.zeros_(gate.weight)
+                nn.init.zeros_(gate.bias)
+
+    @classmethod
+    def cost(cls, config: ModelConfig, options: ValueResidualOptions) -> MethodCost:
+        """§9b params: 0 / L−1 / (L−1)(D·H_kv + H_kv). FLOPs: the mix, 3 per value element
+        (a + λ(b − a)), in L−1 layers; the gate adds its RMSNorm (≈ 3·D) and its projection
+        (2·D·H_kv). §9c state: v_0 of the in-flight token (H_kv·d) beside the residual.
+        Looped: parameters per distinct layer, FLOPs per application (L_eff − 1 mixes)."""
+        L, D, A = config.num_layers, config.hidden_size, config.num_applications
+        kv = config.num_kv_heads * config.head_dim
+        params = {"fixed": 0, "learned": L - 1,
+                  "gated": (L - 1) * (D * config.num_kv_heads + config.num_kv_heads)}[options.mode]
+        flops = (A - 1) * 3 * kv
+        if options.mode == "gated":
+            flops += (A - 1) * (3 * D + 2 * D * config.num_kv_heads)
+        return MethodCost(added_params=params, added_flops_per_token=float(flops),
+                          inflight_state_per_token=D + kv)
+
+    def sublayer_input(self, stream: torch.Tensor, layer_idx: int, sublayer: Sublayer,
+                       ctx: ForwardContext) -> torch.Tensor:
+        if self.mode == "gated" and sublayer == "attn" and layer_idx > 0:
+            # x-transformers gates on the attention input input_layernorm(x); mix_values does
+            # not see it, so the gate is formed here from RMSNorm(x) without the gain — the
+            # same function class, since W_l absorbs the gain (W·(g ⊙ n) = (W·diag g)·n).
+            normed = F.rms_norm(stream.to(torch.promote_types(stream.dtype, torch.float32)),
+                                (stream.shape[-1],), eps=self.eps)
+            gate = self.gates[str(self.layer_of[layer_idx])]
+            share = torch.sigmoid(F.linear(normed.to(stream.dtype), gate.weight, gate.bias))
+            # Handed to this layer's mix_values through the per-call stash, under the layer's
+            # own key: (λ_l, v_0), λ_l as (B, H_kv, T, 1). Never outlives the call.
+            ctx.depth_stash[layer_idx] = (share.transpose(1, 2).unsqueeze(-1),
+                                          ctx.depth_stash[0][1])
+        return stream
+
+    def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   ctx: ForwardContext) -> torch.Tensor:
+        if layer_idx == 0:
+            ctx.depth_stash[0] = (k, v)  # v_0 at the new positions, for the later layers
+            return v
+        if self.mode == "gated":
+            share, v0 = ctx.depth_stash[layer_idx]  # (B, H_kv, T, 1), (B, H_kv, T, d)
+        else:
+            v0 = ctx.depth_stash[0][1]
+            share = (0.5 if self.mode == "fixed"
+                     else self.lambdas[self.layer_of[layer_idx] - 1].to(v.dtype))
+        return torch.lerp(v, v0, share)  # (1 − λ)·v_l + λ·v_0

@@ -1,0 +1,227 @@
+"""Model configuration: geometry, method, named presets, validation and Qwen3Config conversion.
+
+This module is a leaf: it validates the geometry itself, and leaves method names and options to
+the cross-layer registry, which installs its resolver here when ``depthattn.methods`` is
+imported (``import depthattn`` does so). The registry needs the geometry to resolve options
+(Depth-Attention's stride defaults to L // 2), so the dependency points from it to here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from depthattn.model.qwen3_names import fields_from_qwen3, qwen3_config_from_fields
+from depthattn.utils.checks import require_int, require_positive_int
+from depthattn.utils.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from transformers import Qwen3Config
+
+K_NORM_POSITIONS = ("before_rope", "after_rope")
+# How a looped block's iterations read the prelude's output (docs: spec §7, depthattn.model.looped).
+LOOP_INJECTIONS = ("none", "add", "concat")
+
+# (method name, options mapping, config) -> the method's validated options dataclass.
+MethodResolver = Callable[[str, Mapping[str, Any], "ModelConfig"], Any]
+_method_resolver: MethodResolver | None = None
+
+
+def install_method_resolver(resolver: MethodResolver) -> None:
+    """Called once by ``depthattn.methods.registry`` when it is imported."""
+    global _method_resolver
+    _method_resolver = resolver
+
+
+def _resolve_method(name: str, options: Mapping[str, Any], config: ModelConfig) -> Any:
+    if _method_resolver is None:  # `import depthattn` installs it; nothing else can skip that
+        raise RuntimeError("no cross-layer method registry is installed: import depthattn "
+                           "(or depthattn.methods) before building a ModelConfig")
+    return _method_resolver(name, options, config)
+
+
+@dataclass
+class ModelConfig:
+    """A Qwen3-style decoder and the cross-layer method it runs.
+
+    Field names follow the paper's notation where one exists (L layers, H query heads,
+    H_kv kv heads, d head_dim). Validation happens in ``__post_init__``; method options are
+    resolved against the geometry there (e.g. Depth-Attention's stride defaults to L // 2).
+    """
+
+    vocab_size: int = 50304  # tokens in the vocabulary
+    hidden_size: int = 1024  # d_model
+    intermediate_size: int = 2816  # SwiGLU inner width
+    num_layers: int = 24  # L
+    num_heads: int = 16  # H query heads
+    num_kv_heads: int = 16  # H_kv; G = H / H_kv query heads share one kv head
+    head_dim: int | None = None  # d; None means hidden_size // num_heads
+    max_seq_len: int = 2048  # longest sequence (prompt + generated) the model accepts
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    init_std: float = 0.02  # N(0, std^2) for every linear and embedding weight
+    tie_embeddings: bool = False  # the paper's models are untied; small Qwen3 checkpoints are tied
+    # Qwen3 normalises keys before RoPE; the authors' Hugging Face code does it after RoPE.
+    k_norm_position: str = "before_rope"
+    # Looped (recurrent-depth) geometry, spec §7: a prelude of p layers, a block of k layers
+    # applied r times with shared weights, a coda of the other num_layers - p - k layers.
+    # num_layers counts distinct layers (the state dict's); num_applications = p + k·r + c.
+    prelude_layers: int = 0  # p
+    loop_layers: int = 0  # k; 0 = not looped
+    loop_iterations: int = 1  # r; may change after training (test-time depth)
+    loop_injection: str = "none"  # how each iteration reads the prelude's output: none/add/concat
+    method: str = "vanilla"  # a name from depthattn.methods.method_names(), or two joined by '+'
+    method_options: dict[str, Any] = field(default_factory=dict)  # resolved in __post_init__
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "max_seq_len"):
+            require_positive_int(name, getattr(self, name))
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                    f"({self.num_heads}) when head_dim is not set; set head_dim explicitly or "
+                    f"choose num_heads among the divisors of {self.hidden_size}")
+            self.head_dim = self.hidden_size // self.num_heads
+        require_positive_int("head_dim", self.head_dim)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even (RoPE rotates pairs)")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads "
+                f"({self.num_kv_heads}): each kv head serves a whole group of query heads")
+        for name in ("rope_theta", "rms_norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} ({value!r}) must be a positive number")
+        if self.k_norm_position not in K_NORM_POSITIONS:
+            raise ValueError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
+                             f"{', '.join(K_NORM_POSITIONS)}")
+        self._check_loop()
+        # unknown names, clashing combinations and bad options fail here
+        options = _resolve_method(self.method, self.method_options or {}, self)
+        self.method_options = dataclasses.asdict(options)
+
+    def _check_loop(self) -> None:
+        require_int("prelude_layers", self.prelude_layers, 0)
+        require_int("loop_layers", self.loop_layers, 0, hint=" (0 = not looped)")
+        require_int("loop_iterations", self.loop_iterations, 1)
+        if self.loop_layers == 0 and self.loop_iterations != 1:
+            raise ValueError(f"loop_iterations ({self.loop_iterations}) needs a looped block: "
+                             f"set loop_layers (k >= 1), or leave loop_iterations at 1")
+        if self.prelude_layers + self.loop_layers > self.num_layers:
+            raise ValueError(f"prelude_layers + loop_layers ({self.prelude_layers} + "
+                             f"{self.loop_layers} = {self.prelude_layers + self.loop_layers}) "
+                             f"exceeds num_layers ({self.num_layers})")
+        if self.loop_injection not in LOOP_INJECTIONS:
+            raise ValueError(f"loop_injection ({self.loop_injection!r}) must be one of "
+                             f"{', '.join(LOOP_INJECTIONS)}"
+                             f"{did_you_mean(self.loop_injection, LOOP_INJECTIONS)}")
+
+    @property
+    def looped(self) -> bool:
+        """Whether a block of layers is applied more than once (or could be: k >= 1)."""
+        return self.loop_layers > 0
+
+    @property
+    def num_applications(self) -> int:
+        """L_eff = p + k·r + c: how many layer applications a forward runs; the KV cache and the
+        depth stash hold one slot per application. num_layers when not looped."""
+        return self.num_layers + self.loop_layers * (self.loop_iterations - 1)
+
+    def options(self):
+        """The method's validated options dataclass."""
+        return _resolve_method(self.method, self.method_options, self)
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (see ``PRESETS``) with fields overridden, e.g.
+        ``ModelConfig.from_preset("tiny", method="depth_attention", method_options={"stride": 2})``."""
+        if name not in PRESETS:
+            raise ValueError(f"preset ({name!r}) is unknown; allowed: {', '.join(PRESETS)}"
+                             f"{did_you_mean(name, PRESETS)}")
+        fields = {**PRESETS[name], **overrides}
+        _reject_unknown_fields(fields)
+        return cls(**fields)
+
+    def with_method(self, method: str, **method_options: Any) -> ModelConfig:
+        """The same geometry running another cross-layer method."""
+        return dataclasses.replace(self, method=method, method_options=method_options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        _reject_unknown_fields(data)
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    # --- Qwen3 interop -------------------------------------------------------------------
+    @classmethod
+    def from_qwen3(cls, hf_config: Qwen3Config, method: str = "vanilla",
+                   overrides: Mapping[str, Any] | None = None,
+                   **method_options: Any) -> ModelConfig:
+        """The equivalent of a ``transformers.Qwen3Config``; refuses features we do not model.
+        ``overrides``: ModelConfig fields to set beside the Qwen3 geometry, e.g. a looped
+        reading of the same weights: ``{"prelude_layers": 2, "loop_layers": 4}``."""
+        fields = {**fields_from_qwen3(hf_config), **(overrides or {})}
+        _reject_unknown_fields(fields)
+        return cls(**fields, method=method, method_options=method_options)
+
+    def to_qwen3(self) -> Qwen3Config:
+        """The ``transformers.Qwen3Config`` of the same geometry (the method is not represented)."""
+        if self.looped:
+            raise ValueError(f"a looped model (loop_layers={self.loop_layers}) has no Qwen3Config: "
+                             f"Qwen3 applies each layer once; its weights are a Qwen3 state dict "
+                             f"of num_layers ({self.num_layers}) layers all the same")
+        return qwen3_config_from_fields(self.to_dict())
+
+
+def _reject_unknown_fields(fields: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")
+
+
+# Paper presets (docs/design.md lists their sources). The 360M-710M rows are MHA; 1.5B/3B are the
+# released GQA-4x configs; 410M is the authors' public companion config. Vocabulary 50304
+# unless the source says otherwise. Depth-Attention's stride defaults to L // 2 (24 at 3B).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Laptop-sized: the demo, the tests' big brother and CPU benchmarks.
+    "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_layers=8,
+                 num_heads=4, num_kv_heads=2, head_dim=64, max_seq_len=1024, rms_norm_eps=1e-6,
+                 init_std=0.02),
+    "360m": dict(vocab_size=50304, hidden_size=960, intermediate_size=2540, num_layers=24,
+                 num_heads=15, num_kv_heads=15, head_dim=64, max_seq_len=2048,
+                 rms_norm_eps=1e-5, init_std=0.02),
+    "500m": dict(vocab_size=50304, hidden_size=1152, intermediate_size=3072, num_layers=24,
+                 num_heads=18, num_kv_heads=18, head_dim=64, max_seq_len=2048,
+                 rms_norm_eps=1e-5, init_std=0.02),
+    "710m": dict(vocab_size=50304, hidden_size=1280, intermediate_size=3072, num_layers=32,
+                 num_heads=20, num_kv_heads=20, head_dim=64, max_seq_len=2048,
+                 rms_norm_eps=1e-5, init_std=0.02),
+    "1.5b": dict(vocab_size=50304, hidden_size=1536, intermediate_size=4096, num_layers=48,
+                 num_heads=24, num_kv_heads=6, head_dim=64, max_seq_len=2048,
+                 rms_norm_eps=1e-5, init_std=0.01),
+    "3b": dict(vocab_size=50304, hidden_size=2048, intermediate_size=6912, num_layers=48,
+               num_heads=32, num_kv_heads=8, head_dim=64, max_seq_len=2048,
+               rms_norm_eps=1e-5, init_std=0.01),
+    "410m": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_layers=32,
+                 num_heads=16, num_kv_heads=4, head_dim=64, max_seq_len=4096,
+                 rms_norm_eps=1e-6, init_std=0.02),
+}
