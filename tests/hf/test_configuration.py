@@ -39,3 +39,21 @@ def test_round_trip_through_a_dict():
     again = DepthAttnConfig.from_dict(config.to_dict())
     assert again.to_model_config() == config.to_model_config()
     assert again.eos_token_id == 5
+
+
+def test_the_written_out_fields_are_model_configs():
+    """DepthAttnConfig writes ModelConfig's fields out (no class made at run time): the same
+    names, types and defaults, so that neither can drift from the other."""
+    import dataclasses
+
+    from depthattn.hf.configuration import DepthAttnConfig
+    from depthattn.model.config import ModelConfig
+
+    ours = {f.name: f for f in dataclasses.fields(DepthAttnConfig)}
+    for f in dataclasses.fields(ModelConfig):
+        assert f.name in ours, f.name
+        assert str(ours[f.name].type) == str(f.type), f.name
+        if f.default is not dataclasses.MISSING:
+            assert ours[f.name].default == f.default, f.name
+        else:
+            assert ours[f.name].default_factory() == f.default_factory(), f.name

@@ -19,11 +19,12 @@ def sublayer_runner(model: CausalLM, ids: torch.Tensor
     dec = model.model
     B, T = ids.shape
     cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), dec.embed_tokens.weight.dtype)
-    ctx = ForwardContext(method=dec.cross_layer, cos=cos, sin=sin, attn_mask=None,
-                         is_causal=True)
+    ctx = ForwardContext(cos=cos, sin=sin, attn_mask=None, is_causal=True,
+                         applications=dec.applications)
 
     def attn(layer: int, u: torch.Tensor) -> torch.Tensor:
-        return dec.layers[layer].self_attn(dec.layers[layer].input_layernorm(u), ctx)
+        return dec.layers[layer].self_attn(dec.layers[layer].input_layernorm(u), dec.cross_layer,
+                                           ctx)
 
     def mlp(layer: int, u: torch.Tensor) -> torch.Tensor:
         return dec.layers[layer].mlp(dec.layers[layer].post_attention_layernorm(u))

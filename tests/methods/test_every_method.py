@@ -157,7 +157,7 @@ def test_activation_checkpointing_equals_the_plain_backward(method):
 def test_cost_counts_the_parameters_the_method_really_adds(method, geometry):
     config = tiny_config(method=method, **geometry)
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config(**geometry)).num_parameters()
-    assert get_method(method).cls.cost(config, config.options()).added_params == added
+    assert get_method(method).cost(config, config.options()).added_params == added
 
 
 def test_every_method_says_whether_it_starts_vanilla():

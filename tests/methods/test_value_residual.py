@@ -29,12 +29,13 @@ def test_mix_is_a_lerp_toward_layer_0s_value():
     method = model.model.cross_layer
     with torch.no_grad():
         method.lambdas.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]))
-    ctx = ForwardContext(method=method, cos=None, sin=None, attn_mask=None, is_causal=True)
+    ctx = ForwardContext(cos=None, sin=None, attn_mask=None, is_causal=True,
+                         applications=model.model.applications)
     stash = ctx.depth_stash
     q = torch.randn(2, 4, 3, 16)
     k, v0, v2 = (torch.randn(2, 2, 3, 16) for _ in range(3))
     assert method.mix_values(0, q, k, v0, ctx) is v0  # layer 0 unchanged, stashed
-    assert stash[0][1] is v0
+    assert stash[0].value is v0
     with torch.no_grad():
         mixed = method.mix_values(2, q, k, v2, ctx)
     torch.testing.assert_close(mixed, 0.8 * v2 + 0.2 * v0)  # λ_2 = lambdas[1]
@@ -115,7 +116,7 @@ def test_params_match_module_and_closed_form(mode):
     L, D, H_kv = config.num_layers, config.hidden_size, config.num_kv_heads
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config()).num_parameters()
     closed = {"fixed": 0, "learned": L - 1, "gated": (L - 1) * (D * H_kv + H_kv)}[mode]  # §9b
-    assert added == closed == get_method("value_residual").cls.cost(config,
+    assert added == closed == get_method("value_residual").cost(config,
                                                                      config.options()).added_params
 
 
@@ -124,7 +125,7 @@ def test_params_match_module_and_closed_form(mode):
 def test_cost_at_the_3b_geometry(mode, params):
     """§3/§11: d + n_kv·d_h in flight — 512 over vanilla, 0.05× the KV cache; nothing persists."""
     config = ModelConfig.from_preset("3b", method="value_residual", method_options={"mode": mode})
-    cost = get_method("value_residual").cls.cost(config, config.options())
+    cost = get_method("value_residual").cost(config, config.options())
     assert cost.added_params == params
     assert cost.inflight_state_per_token == 2048 + 512
     assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.05

@@ -124,12 +124,10 @@ def test_a_call_at_r_equals_set_loop_iterations_and_changes_nothing(method, opti
         torch.testing.assert_close(model(ids), before, rtol=0, atol=0)
     assert model.config is config and model.model.config.loop_iterations == 2
     assert model.model.applications is apps and model.model.cross_layer is cross_layer
-    # the call's method holds the model's own parameters: they, not copies, get the gradient
+    # the model's own method runs every depth: its parameters get the gradient
     model.train().loss(ids, random_ids(2, 9, seed=1), loop_iterations=4).backward()
     for name, param in model.model.cross_layer.named_parameters():
         assert param.grad is not None, name
-    method_params = {id(p) for p in model.model.loop_plan(4)[1].parameters()}
-    assert method_params == {id(p) for p in cross_layer.parameters()}
 
 
 def test_a_kept_plan_follows_to_and_load_state_dict():
@@ -164,13 +162,14 @@ def test_bad_depth_arguments_raise_before_work():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
-    assert model.config.loop_iterations == 3 and not model.model._loop_plans
+    assert model.config.loop_iterations == 3
+    assert len(model.model.applications) == model.config.num_applications
 
 
 # --- torch.compile ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_compiled_loss_at_sampled_depths_matches_eager():
-    """One graph per distinct (r, b) once the plan of r exists (``loop_plan`` called eagerly)."""
+    """One graph per distinct (r, b)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -180,7 +179,6 @@ def test_compiled_loss_at_sampled_depths_matches_eager():
     compiled = torch.compile(model.loss, backend="aot_eager")
     ids, targets = random_ids(2, 9), random_ids(2, 9, seed=1)
     for r, b in [(2, 1), (4, 2), (2, 1), (5, 2)]:
-        model.model.loop_plan(r)
         results = []
         for loss in (compiled, model.loss):
             model.zero_grad(set_to_none=True)

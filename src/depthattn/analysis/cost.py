@@ -120,7 +120,7 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
 
 def method_cost(config: ModelConfig) -> MethodCost:
     """The registered method's closed-form ``cost()`` for ``config``'s geometry and options."""
-    return get_method(config.method).cls.cost(config, config.options())
+    return get_method(config.method).cost(config, config.options())
 
 
 def cost_report(config: ModelConfig, seq_len: int | None = None, dtype: str = "bf16",

@@ -1,13 +1,12 @@
 """``DepthAttnConfig``: a ModelConfig as a Hugging Face ``PretrainedConfig`` (model_type
-``depthattn``). Its fields are ModelConfig's, taken from the dataclass itself so that there is
-one definition of them; Hugging Face's standard names (``num_hidden_layers``,
-``max_position_embeddings``, ...) are aliases via ``attribute_map``, from the one name table in
-``depthattn.model.qwen3_names``."""
+``depthattn``). Its fields are ModelConfig's, written out with the same defaults (a test keeps
+the two equal) and validated by ModelConfig itself; Hugging Face's standard names
+(``num_hidden_layers``, ``max_position_embeddings``, ...) are aliases via ``attribute_map``,
+from the one name table in ``depthattn.model.qwen3_names``."""
 
 from __future__ import annotations
 
 import dataclasses
-import types
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -20,12 +19,34 @@ ALIASES = {theirs: ours for ours, theirs in HF_NAMES.items()
            if theirs != ours and ours != "tie_embeddings"}
 
 
-class _DepthAttnConfigBase(PretrainedConfig):
-    """The behaviour of ``DepthAttnConfig``; the ModelConfig fields are added below."""
+class DepthAttnConfig(PretrainedConfig):
+    """Every ModelConfig field, validated (and method options resolved) by ModelConfig itself."""
 
     model_type = "depthattn"
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = ALIASES
+
+    # ModelConfig's fields and defaults (depthattn.model.config): transformers makes each
+    # PretrainedConfig subclass a dataclass of its annotations
+    vocab_size: int = 50304
+    hidden_size: int = 1024
+    intermediate_size: int = 2816
+    num_layers: int = 24
+    num_heads: int = 16
+    num_kv_heads: int = 16
+    head_dim: int | None = None
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+    k_norm_position: str = "before_rope"
+    prelude_layers: int = 0
+    loop_layers: int = 0
+    loop_iterations: int = 1
+    loop_injection: str = "none"
+    method: str = "vanilla"
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     tie_word_embeddings: bool | None = None  # Hugging Face's name; follows tie_embeddings
     use_cache: bool = True
@@ -62,20 +83,3 @@ class _DepthAttnConfigBase(PretrainedConfig):
     def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> PretrainedConfig:
         """``kwargs``: Hugging Face extras such as ``eos_token_id``."""
         return cls(**config.to_dict(), **kwargs)
-
-
-def _model_config_fields(namespace: dict[str, Any]) -> None:
-    """Every ModelConfig field, with its type and default, as a field of the new class
-    (transformers turns each PretrainedConfig subclass into a dataclass of its annotations)."""
-    annotations = namespace.setdefault("__annotations__", {})
-    for f in dataclasses.fields(ModelConfig):
-        annotations[f.name] = f.type
-        namespace[f.name] = (f.default if f.default is not dataclasses.MISSING
-                             else dataclasses.field(default_factory=f.default_factory))
-    namespace["__module__"] = __name__
-    namespace["__doc__"] = ("Every ModelConfig field, validated (and method options resolved) "
-                            "by ModelConfig itself.")
-
-
-DepthAttnConfig = types.new_class("DepthAttnConfig", (_DepthAttnConfigBase,),
-                                  exec_body=_model_config_fields)

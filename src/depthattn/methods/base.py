@@ -3,24 +3,30 @@
 1. **Inside attention** (`mix_values`): sees layer l's q, k, v at the new positions and the
    per-call depth stash of earlier layers; returns the value that self-attention reads and the
    KV cache stores. Depth-Attention and value residual live here.
-2. **On the residual stream** (`init_stream`, `sublayer_input`, `sublayer_output`,
-   `final_hidden`): how each sublayer's input is formed from the stream and how its output is
-   written back. DenseFormer, hyper-connections, mHC, attention residuals live here.
+2. **On the residual stream**: around each sublayer, one ``read`` (the sublayer's input, taken
+   from the stream) and one ``write`` (its output, added back); ``init_stream`` and
+   ``final_hidden`` begin and end the stream. DenseFormer, hyper-connections, mHC, attention
+   residuals and MUDDFormer live here.
 
-The defaults are the vanilla pre-norm decoder: v unchanged, ``x = x + f(norm(x))``. Every hook
-receives the ``ForwardContext`` of the call (RoPE tables, masks, cache, depth stash).
+The defaults are the vanilla pre-norm decoder: v unchanged, read = identity, write = ``+``.
+Every hook receives the ``ForwardContext`` of the call (RoPE tables, mask, cache, depth stash,
+the schedule of applications); the method itself is the model's, never the call's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
 import torch
 from torch import nn
 
 from depthattn.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from depthattn.model.looped import Application
 
 Sublayer = Literal["attn", "mlp"]
 
@@ -36,22 +42,46 @@ class LayerCache(Protocol):
         ...
 
 
+class KeyValue(NamedTuple):
+    """One application's entry in the depth stash, at the new positions."""
+
+    key: torch.Tensor  # (B, H_kv, T, d): k_e, normed and rotated, as its cache holds it
+    value: torch.Tensor  # (B, H_kv, T, d): ṽ_e, the mixed value its cache holds
+
+
+@dataclass(frozen=True)
+class AttentionInput:
+    """What attention's projections read when keys and values come from streams of their own
+    (MUDDFormer's multiway inputs): q_proj reads the block's ``input_layernorm(query)``, k_proj
+    and v_proj read ``key`` and ``value``, already through the method's own pre-norms. Every
+    other method hands attention one tensor, which all three projections read after the norm."""
+
+    query: torch.Tensor  # (B, T, D); read hands it over before the block's input_layernorm,
+    # which the block applies before attention
+    key: torch.Tensor  # (B, T, D), normed
+    value: torch.Tensor  # (B, T, D), normed
+
+
 class ForwardContext:
     """One call's shared state. A plain class, not a dataclass, on purpose: FSDP2 (and other
     module hooks) rebuild the dataclasses they find in a module's arguments, and each block must
     write its depth-stash entries into the one dict that later blocks read."""
 
-    def __init__(self, method: CrossLayerMethod, cos: torch.Tensor, sin: torch.Tensor,
-                 attn_mask: torch.Tensor | None, is_causal: bool,
-                 cache: LayerCache | None = None) -> None:
-        self.method = method  # the hooks of this model
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
+                 is_causal: bool, cache: LayerCache | None = None,
+                 applications: Sequence[Application] = ()) -> None:
         self.cos, self.sin = cos, sin  # (B, T, d) RoPE tables at the new positions
         self.attn_mask = attn_mask  # (B, 1, T, T_kv) bool, True = may attend; None: is_causal
         self.is_causal = is_causal  # with attn_mask None: causal over the new tokens, or all
         self.cache = cache
-        # The depth stash (docs/method.md §4): layer j → (k_j, ṽ_j) at the new positions, for
-        # the later layers of this call only. Never persists across calls.
-        self.depth_stash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The schedule of this call: application e runs layer applications[e].layer (a looped
+        # model's depth may differ from call to call; docs/method.md §7).
+        self.applications = applications
+        # The depth stash (docs/method.md §4): application j → (k_j, ṽ_j) at the new positions,
+        # for the later applications of this call only. Never persists across calls.
+        self.depth_stash: dict[int, KeyValue] = {}
+        # Value residual's gated λ_e (B, H_kv, T, 1), formed on the stream before attention.
+        self.value_residual_shares: dict[int, torch.Tensor] = {}
 
 
 # --- what a method declares about itself -------------------------------------------------------
@@ -77,6 +107,10 @@ class MethodOptions:
         """Fill defaults that depend on the model geometry and validate; raise ValueError
         naming the option, its value and what is allowed."""
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as ``ModelConfig.method_options`` stores them."""
+        return dataclasses.asdict(self)
 
 
 # --- the method: vanilla behaviour at both plug-in points --------------------------------------
@@ -118,21 +152,14 @@ class CrossLayerMethod(nn.Module):
         """The residual-stream state after the embedding."""
         return embeddings
 
-    def sublayer_input(self, stream: Any, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
-        """The (B, T, D) tensor the sublayer's pre-norm reads."""
+    def read(self, stream: Any, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor | AttentionInput:
+        """The (B, T, D) tensor the sublayer's pre-norm reads (or, for attention, an
+        ``AttentionInput`` with keys and values of their own)."""
         return stream
 
-    def attention_kv_inputs(self, stream: Any, layer_idx: int, normed: torch.Tensor,
-                            ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (B, T, D) inputs of k_proj and v_proj. ``normed`` is the input of q_proj, the
-        block's ``input_layernorm`` of ``sublayer_input(stream, layer_idx, "attn")``; by default
-        all three projections read it. A method that feeds keys and values from streams of
-        their own (MUDDFormer) returns them here, through pre-norms it owns."""
-        return normed, normed
-
-    def sublayer_output(self, stream: Any, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> Any:
+    def write(self, stream: Any, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> Any:
         """The stream after the sublayer wrote ``output`` to it."""
         return stream + output
 

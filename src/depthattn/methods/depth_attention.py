@@ -3,13 +3,13 @@ sequence, its query attends over depth — the keys of selected earlier layers a
 token — and mixes their values into the value that self-attention reads and the cache stores.
 No parameters; the only state is the vanilla-sized KV cache (docs/method.md §2–§4).
 
-A looped model (spec §7) mixes over applications: layer indices below are application indices
+A looped model (docs/method.md §7) mixes over applications: layer indices below are application indices
 e = 0 .. L_eff − 1, each with its own key and mixed value in the depth stash and the cache."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,12 +17,13 @@ import torch
 from depthattn.methods.base import (
     CrossLayerMethod,
     ForwardContext,
+    KeyValue,
     MethodCost,
     MethodOptions,
 )
 from depthattn.methods.registry import register
 from depthattn.model.config import ModelConfig
-from depthattn.model.looped import applications
+from depthattn.model.looped import Application, applications
 from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
 from depthattn.utils.checks import require_int
 
@@ -30,7 +31,7 @@ from depthattn.utils.checks import require_int
 DepthWeightRecorder = Callable[[int, list[int], torch.Tensor], None]
 
 
-# How a looped model's applications choose their sources (spec §7).
+# How a looped model's applications choose their sources (docs/method.md §7).
 SOURCE_RULES = ("applications", "recurrent")
 
 
@@ -39,15 +40,14 @@ def depth_sources(layer: int, stride: int, recent_window: int) -> list[int]:
     return [j for j in range(layer) if j % stride == 0 or j >= layer - recent_window]
 
 
-def application_sources(config: ModelConfig, stride: int, recent_window: int,
+def application_sources(apps: Sequence[Application], stride: int, recent_window: int,
                         rule: str = "applications") -> list[list[int]]:
-    """S(e) for every application e = 0 .. L_eff − 1 (spec §7), ascending.
+    """S(e) for every application e of a schedule (docs/method.md §7), ascending.
 
     ``applications``: §2's rule over application indices. ``recurrent``: the application of
     looped layer i at iteration t ≥ 1 reads application 0 and layer i's applications at
     iterations 0 .. t − 1 (the depth-recurrent view); every other one keeps ``applications``.
     Not looped: S(l) of §2, since applications are then the layers."""
-    apps = applications(config)
     sources = [depth_sources(app.index, stride, recent_window) for app in apps]
     if rule == "recurrent":
         for app in apps:
@@ -85,10 +85,12 @@ class DepthAttentionOptions(MethodOptions):
 class DepthAttention(CrossLayerMethod):
     def __init__(self, config: ModelConfig, options: DepthAttentionOptions) -> None:
         super().__init__(config, options)
-        self.sources = application_sources(config, options.stride, options.recent_window,
-                                           options.sources)  # S(e), e = 0 .. L_eff − 1
-        # Only layers some later layer reads go into the stash: keeps its memory at |∪ S(l)|.
-        self.read_later = frozenset(j for s in self.sources for j in s)
+        # The schedule's length (L_eff) → S(e) for e = 0 .. L_eff − 1, and the applications
+        # some later one reads (only they go into the stash: its memory stays at |∪ S(e)|).
+        # A looped model's depth may change from call to call; the weights and options do not.
+        self._plans: dict[int, tuple[list[list[int]], frozenset[int]]] = {}
+        # S(e) and the stashed applications of the schedule the model was built with
+        self.sources, self.read_later = self.plan(applications(config))
         # Set only while depthattn.analysis.capture_depth_weights is active: α is then computed
         # by the reference mix, which returns it, and handed to the recorder.
         self.recorder: DepthWeightRecorder | None = None
@@ -100,25 +102,35 @@ class DepthAttention(CrossLayerMethod):
         No parameters; the stash reuses the KV-cache tensors of the in-flight token."""
         H_kv_d = config.num_kv_heads * config.head_dim
         flops = 0
-        for sources in application_sources(config, options.stride, options.recent_window,
-                                           options.sources):
+        for sources in application_sources(applications(config), options.stride,
+                                           options.recent_window, options.sources):
             n = len(sources)
             if n:
                 flops += (n + 1) * (2 * H_kv_d + 2 * H_kv_d) + config.num_heads * config.head_dim
         return MethodCost(added_flops_per_token=float(flops),
                           inflight_state_per_token=config.hidden_size)
 
+    def plan(self, apps: Sequence[Application]) -> tuple[list[list[int]], frozenset[int]]:
+        """S(e) of every application of a schedule, and the applications read later."""
+        plan = self._plans.get(len(apps))
+        if plan is None:
+            o = self.options
+            sources = application_sources(apps, o.stride, o.recent_window, o.sources)
+            plan = self._plans[len(apps)] = (sources, frozenset(j for s in sources for j in s))
+        return plan
+
     def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:
-        sources = self.sources[layer_idx]
+        all_sources, read_later = self.plan(ctx.applications)
+        sources = all_sources[layer_idx]
         if sources:  # layer 0 has none: its value is unchanged
-            keys = [ctx.depth_stash[j][0] for j in sources]
-            values = [ctx.depth_stash[j][1] for j in sources]  # mixed values ṽ_j: recursive
+            keys = [ctx.depth_stash[j].key for j in sources]
+            values = [ctx.depth_stash[j].value for j in sources]  # mixed values ṽ_j: recursive
             if self.recorder is None:
                 v = depth_mix(q, keys, values, k, v)  # eq. of docs/method.md §3
             else:
                 v, alpha = depth_mix_reference(q, keys, values, k, v, return_weights=True)
                 self.recorder(layer_idx, sources, alpha)
-        if layer_idx in self.read_later:
-            ctx.depth_stash[layer_idx] = (k, v)
+        if layer_idx in read_later:
+            ctx.depth_stash[layer_idx] = KeyValue(k, v)
         return v

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from depthattn.methods.base import CrossLayerMethod, MethodOptions
+from depthattn.methods.base import CrossLayerMethod, MethodCost, MethodOptions
 from depthattn.methods.baselines.combined import (
+    Combined,
+    CombinedOptions,
     check_combinable,
-    make_combined,
     split_parts,
 )
 from depthattn.model.config import ModelConfig, install_method_resolver
@@ -27,6 +28,19 @@ class MethodSpec:
     name: str
     cls: type[CrossLayerMethod]
     options: type[MethodOptions]
+    parts: tuple[MethodSpec, ...] = ()  # a combination's two registered methods
+
+    def build(self, config: ModelConfig, options: MethodOptions) -> CrossLayerMethod:
+        if self.parts:
+            return Combined(config, options, {part.name: part.cls for part in self.parts})
+        return self.cls(config, options)
+
+    def cost(self, config: ModelConfig, options: MethodOptions) -> MethodCost:
+        """Closed-form accounting (``CrossLayerMethod.cost``)."""
+        if self.parts:
+            return Combined.combined_cost(config, options,
+                                          {part.name: part.cls for part in self.parts})
+        return self.cls.cost(config, options)
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -61,22 +75,18 @@ def get_method(name: str) -> MethodSpec:
 
 
 def _combined_spec(name: str) -> MethodSpec:
-    if name not in _COMBINED:
-        parts = split_parts(name)
-        specs = [get_method(part) for part in parts]
-        check_combinable(parts, [s.cls for s in specs])
-        cls, options = make_combined(name, parts, [s.cls for s in specs], resolve_options)
-        _COMBINED[name] = MethodSpec(name, cls, options)
-    return _COMBINED[name]
-
-
-_COMBINED: dict[str, MethodSpec] = {}
+    parts = split_parts(name)
+    specs = tuple(get_method(part) for part in parts)
+    check_combinable(parts, [s.cls for s in specs])
+    return MethodSpec(name, Combined, CombinedOptions, parts=specs)
 
 
 def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) -> MethodOptions:
     """Build the method's options from a plain mapping, fill geometry-dependent defaults and
     validate them; unknown option names are refused with the list of allowed ones."""
     spec = get_method(name)
+    if spec.parts:  # each part's options resolved by this function
+        return CombinedOptions.of(name, options, config, resolve_options)
     allowed = [f.name for f in dataclasses.fields(spec.options)]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -91,8 +101,7 @@ def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) 
 
 def build_method(config: ModelConfig) -> CrossLayerMethod:
     """The method module for a validated config."""
-    spec = get_method(config.method)
-    return spec.cls(config, config.options())
+    return get_method(config.method).build(config, config.options())
 
 
 install_method_resolver(resolve_options)

@@ -15,7 +15,7 @@ mix happens at the H_kv value heads, before GQA shares them (§12), and the cach
 keeps its vanilla size and past tokens never need v_0 again (§9e). Not a baseline of the
 Depth-Attention paper; it is the closest static analogue of Depth-Attention (§9d).
 
-Looped models (spec §7): "layer 0" is application 0, and every later application e mixes v_0 in;
+Looped models (docs/method.md §7): "layer 0" is application 0, and every later application e mixes v_0 in;
 a learned λ or a gate belongs to the distinct layer that application e runs, shared by its
 iterations. A looped layer 0 (no prelude) would need a λ of its own for its later iterations:
 ``learned`` and ``gated`` refuse that geometry.
@@ -32,12 +32,12 @@ from torch import nn
 
 from depthattn.methods.base import (
     CrossLayerMethod,
+    KeyValue,
     MethodCost,
     MethodOptions,
     Sublayer,
 )
 from depthattn.methods.registry import register
-from depthattn.model.looped import applications
 
 if TYPE_CHECKING:
     from depthattn.methods.base import ForwardContext
@@ -74,9 +74,6 @@ class ValueResidual(CrossLayerMethod):
         super().__init__(config, options)
         self.mode = options.mode
         self.eps = config.rms_norm_eps
-        # application e → the distinct layer it runs (e itself when not looped); never 0 for
-        # e ≥ 1 in the learned and gated modes (see resolved)
-        self.layer_of = [app.layer for app in applications(config)]
         later = range(1, config.num_layers)  # layer 0 has nothing to mix in
         if self.mode == "learned":
             self.lambdas = nn.Parameter(torch.empty(len(later)))  # lambdas[l − 1] is λ_l
@@ -113,7 +110,7 @@ class ValueResidual(CrossLayerMethod):
         return MethodCost(added_params=params, added_flops_per_token=float(flops),
                           inflight_state_per_token=D + kv)
 
-    def sublayer_input(self, stream: torch.Tensor, layer_idx: int, sublayer: Sublayer,
+    def read(self, stream: torch.Tensor, layer_idx: int, sublayer: Sublayer,
                        ctx: ForwardContext) -> torch.Tensor:
         if self.mode == "gated" and sublayer == "attn" and layer_idx > 0:
             # x-transformers gates on the attention input input_layernorm(x); mix_values does
@@ -121,23 +118,23 @@ class ValueResidual(CrossLayerMethod):
             # same function class, since W_l absorbs the gain (W·(g ⊙ n) = (W·diag g)·n).
             normed = F.rms_norm(stream.to(torch.promote_types(stream.dtype, torch.float32)),
                                 (stream.shape[-1],), eps=self.eps)
-            gate = self.gates[str(self.layer_of[layer_idx])]
+            # the distinct layer application e runs (never 0 for e ≥ 1 here: see resolved)
+            gate = self.gates[str(ctx.applications[layer_idx].layer)]
             share = torch.sigmoid(F.linear(normed.to(stream.dtype), gate.weight, gate.bias))
-            # Handed to this layer's mix_values through the per-call stash, under the layer's
-            # own key: (λ_l, v_0), λ_l as (B, H_kv, T, 1). Never outlives the call.
-            ctx.depth_stash[layer_idx] = (share.transpose(1, 2).unsqueeze(-1),
-                                          ctx.depth_stash[0][1])
+            # Handed to this layer's mix_values through the call's context: λ_l as
+            # (B, H_kv, T, 1). Never outlives the call.
+            ctx.value_residual_shares[layer_idx] = share.transpose(1, 2).unsqueeze(-1)
         return stream
 
     def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:
         if layer_idx == 0:
-            ctx.depth_stash[0] = (k, v)  # v_0 at the new positions, for the later layers
+            ctx.depth_stash[0] = KeyValue(k, v)  # v_0 at the new positions, for later layers
             return v
+        v0 = ctx.depth_stash[0].value  # (B, H_kv, T, d)
         if self.mode == "gated":
-            share, v0 = ctx.depth_stash[layer_idx]  # (B, H_kv, T, 1), (B, H_kv, T, d)
+            share = ctx.value_residual_shares[layer_idx]  # (B, H_kv, T, 1)
         else:
-            v0 = ctx.depth_stash[0][1]
-            share = (0.5 if self.mode == "fixed"
-                     else self.lambdas[self.layer_of[layer_idx] - 1].to(v.dtype))
+            layer = ctx.applications[layer_idx].layer
+            share = 0.5 if self.mode == "fixed" else self.lambdas[layer - 1].to(v.dtype)
         return torch.lerp(v, v0, share)  # (1 − λ)·v_l + λ·v_0

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthattn.methods.base import ForwardContext
+from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
 from depthattn.model.config import ModelConfig
 from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import apply_rope
@@ -31,16 +31,18 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, config.rms_norm_eps)
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext, x_k: torch.Tensor | None = None,
-                x_v: torch.Tensor | None = None, application: int | None = None) -> torch.Tensor:
-        """x: (B, T, D) normed input of q_proj; x_k, x_v: of k_proj and v_proj (default x —
-        they differ only for methods with separate query/key/value streams, e.g. MUDDFormer).
+    def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                ctx: ForwardContext, application: int | None = None) -> torch.Tensor:
+        """x: (B, T, D), the normed input of q_proj, k_proj and v_proj; or an
+        ``AttentionInput`` whose keys and values read streams of their own (MUDDFormer).
         application: the index e of this application (looped models), default the layer's."""
         e = self.layer_idx if application is None else application
+        if isinstance(x, AttentionInput):
+            x, x_k, x_v = x.query, x.key, x.value
+        else:
+            x_k = x_v = x
         B, T, _ = x.shape
         d = self.head_dim
-        x_k = x if x_k is None else x_k
-        x_v = x if x_v is None else x_v
         q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, d)).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x_k).view(B, T, self.num_kv_heads, d)
         v = self.v_proj(x_v).view(B, T, self.num_kv_heads, d).transpose(1, 2)  # (B, H_kv, T, d)
@@ -52,7 +54,7 @@ class Attention(nn.Module):
             k = self.k_norm(k)  # the authors' Hugging Face code: rotate, then normalise
 
         # The cross-layer hook: Depth-Attention returns ṽ_l (docs/method.md §3); vanilla returns v.
-        v = ctx.method.mix_values(e, q, k, v, ctx)
+        v = method.mix_values(e, q, k, v, ctx)
 
         if ctx.cache is not None:
             k, v = ctx.cache.update(k, v, e)  # (B, H_kv, T_kv, d): the cache keeps ṽ, slot e

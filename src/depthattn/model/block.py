@@ -1,18 +1,20 @@
 """One pre-norm decoder block: h = x + Attn(RMSNorm(x)); x' = h + MLP(RMSNorm(h)).
 
-The cross-layer method's residual-stream hooks stand around each equation: what the sublayer
-reads (``sublayer_input``) and how its output is added back (``sublayer_output``). For the
-vanilla decoder (and Depth-Attention, which works inside attention) they are the identity and
-``+``, so the block is exactly the two equations above.
+The cross-layer method stands around each equation as one read (the sublayer's input, taken
+from the stream) and one write (its output, added back). For the vanilla decoder (and for
+Depth-Attention, which works inside attention) the read is the identity and the write is ``+``,
+so the block is exactly the two equations above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
-from depthattn.methods.base import ForwardContext
+from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
 from depthattn.model.attention import Attention
 from depthattn.model.config import ModelConfig
 from depthattn.model.mlp import MLP
@@ -28,23 +30,25 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, stream: Any, ctx: ForwardContext, application: int | None = None) -> Any:
+    def forward(self, stream: Any, method: CrossLayerMethod, ctx: ForwardContext,
+                application: int | None = None) -> Any:
         """``stream``: the residual stream as the method keeps it (vanilla: x, (B, T, D)).
         ``application``: the index e under which this call runs (a looped model applies a
-        block several times: the hooks, the depth stash and the KV cache see e); default the
+        block several times: the method, the depth stash and the KV cache see e); default the
         block's own layer index, which e equals when the model is not looped."""
-        method = ctx.method
-        l = self.layer_idx if application is None else application
+        e = self.layer_idx if application is None else application
 
         # h = x + Attn(RMSNorm(x))
-        x = method.sublayer_input(stream, l, "attn", ctx)
-        normed = self.input_layernorm(x)
-        # Extension point: keys and values may read streams of their own (MUDDFormer);
-        # every other method returns (normed, normed).
-        x_k, x_v = method.attention_kv_inputs(stream, l, normed, ctx)
-        h = method.sublayer_output(stream, l, "attn", self.self_attn(normed, ctx, x_k, x_v, l), ctx)
+        x = method.read(stream, e, "attn", ctx)
+        h = method.write(stream, e, "attn", self.self_attn(self.attention_input(x), method, ctx, e),
+                         ctx)
 
         # x' = h + MLP(RMSNorm(h))
-        h_in = method.sublayer_input(h, l, "mlp", ctx)
-        return method.sublayer_output(h, l, "mlp", self.mlp(self.post_attention_layernorm(h_in)),
-                                      ctx)
+        x = method.read(h, e, "mlp", ctx)
+        return method.write(h, e, "mlp", self.mlp(self.post_attention_layernorm(x)), ctx)
+
+    def attention_input(self, x: torch.Tensor | AttentionInput) -> torch.Tensor | AttentionInput:
+        """RMSNorm(x); a multiway input (MUDDFormer) brings its keys and values already normed."""
+        if isinstance(x, AttentionInput):
+            return dataclasses.replace(x, query=self.input_layernorm(x.query))
+        return self.input_layernorm(x)

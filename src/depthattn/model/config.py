@@ -105,7 +105,7 @@ class ModelConfig:
         self._check_loop()
         # unknown names, clashing combinations and bad options fail here
         options = _resolve_method(self.method, self.method_options or {}, self)
-        self.method_options = dataclasses.asdict(options)
+        self.method_options = options.to_dict()
 
     def _check_loop(self) -> None:
         require_int("prelude_layers", self.prelude_layers, 0)

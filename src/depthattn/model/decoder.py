@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from depthattn.methods import build_method
-from depthattn.methods.base import CrossLayerMethod, ForwardContext
+from depthattn.methods.base import ForwardContext
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.config import ModelConfig
@@ -61,69 +61,24 @@ class Decoder(nn.Module):
         # per-call context, so a recomputed block reads the same sources as the first pass.
         self.activation_checkpointing = False
         self.checkpoint_every = 1  # with it on, recompute applications 0, n, 2n, ...
-        # r → (applications, method) of a call at r iterations other than the configured one;
-        # a plain dict, so the methods in it are not registered (no parameters of their own).
-        self._loop_plans: dict[int, tuple[list[Application], CrossLayerMethod]] = {}
 
     def set_loop_iterations(self, iterations: int) -> None:
         """Test-time depth: apply the looped block ``iterations`` times from now on. The weights
-        do not depend on r; the method is rebuilt for the new L_eff (its options as resolved,
-        e.g. Depth-Attention's stride, are kept) and takes over the old one's parameters."""
-        config = dataclasses.replace(self.config, loop_iterations=iterations)  # validates
-        weight = self.embed_tokens.weight
-        method = build_method(config).to(device=weight.device, dtype=weight.dtype)
-        method.load_state_dict(self.cross_layer.state_dict(), strict=True)
-        method.train(self.cross_layer.training)
-        self.config, self.cross_layer = config, method
-        self.applications = applications(config)
-        self._loop_plans.clear()  # they share the old method's parameters
+        and the method (its options as resolved, e.g. Depth-Attention's stride) do not depend
+        on r: the method reads each call's schedule of applications."""
+        self.config = dataclasses.replace(self.config, loop_iterations=iterations)  # validates
+        self.applications = applications(self.config)
 
-    def loop_plan(self, loop_iterations: int | None = None
-                  ) -> tuple[list[Application], CrossLayerMethod]:
-        """The applications and the cross-layer method of a call at ``loop_iterations``
-        iterations (None: the configured r), built once per r and kept; the config, and so the
-        configured r, is left as it is.
-
-        The method of another r is built for that r's L_eff (its tables: Depth-Attention's S(e),
-        value residual's layer of each e), its options as resolved for the configured r (the
-        trained stride stays, as in ``set_loop_iterations``), and it holds the configured
-        method's parameters and buffers themselves: each of its modules shares the dicts
-        ``_parameters`` and ``_buffers`` of its twin, so gradients, optimizer steps, ``.to()``,
-        ``load_state_dict`` and FSDP's parameter swaps reach both.
-
-        Under ``torch.compile`` call it eagerly for a new r before the compiled call: each
-        distinct (r, b) is then one graph (Dynamo specialises on both ints), while a plan built
-        inside the compiled call costs a graph break and one recompile more. Past
-        ``torch._dynamo.config.recompile_limit`` (8) distinct depths the call runs eagerly:
-        the trainer raises that limit to the number of depths its run will see.
-        """
+    def schedule(self, loop_iterations: int | None = None) -> list[Application]:
+        """The applications of a call at ``loop_iterations`` iterations (None: the configured
+        r), in the order they run; the configured r is left as it is."""
         if loop_iterations is None or loop_iterations == self.config.loop_iterations:
-            return self.applications, self.cross_layer
-        plan = self._loop_plans.get(loop_iterations)
-        if plan is None:
-            plan = self._loop_plans[loop_iterations] = self._build_loop_plan(loop_iterations)
-        if plan[1].training != self.cross_layer.training:
-            plan[1].train(self.cross_layer.training)
-        return plan
-
-    # Built eagerly even inside torch.compile (a graph break, once per r): Dynamo cannot trace
-    # the construction of a module. The cached plan is then read by the compiled code.
-    @torch.compiler.disable
-    def _build_loop_plan(self, loop_iterations: int
-                         ) -> tuple[list[Application], CrossLayerMethod]:
-        config = dataclasses.replace(self.config, loop_iterations=loop_iterations)  # validates
-        method = build_method(config)
-        twins = dict(self.cross_layer.named_modules())
-        for name, module in method.named_modules():
-            twin = twins.get(name)
-            if twin is None or set(twin._parameters) != set(module._parameters) \
-                    or set(twin._buffers) != set(module._buffers):
-                raise ValueError(f"method {config.method!r} at loop_iterations="
-                                 f"{loop_iterations} has other parameters than at "
-                                 f"{self.config.loop_iterations} (module {name!r}): it cannot "
-                                 f"run at another depth with the same weights")
-            module._parameters, module._buffers = twin._parameters, twin._buffers
-        return applications(config), method
+            return self.applications
+        require_int("loop_iterations", loop_iterations, 1)
+        if not self.config.looped:
+            raise ValueError(f"loop_iterations ({loop_iterations}) needs a looped block: set "
+                             f"loop_layers (k >= 1), or leave loop_iterations at 1")
+        return applications(self.config, loop_iterations)
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
@@ -153,7 +108,7 @@ class Decoder(nn.Module):
                              f"{self.config.loop_iterations}, and the cache holds the configured "
                              f"depth's applications: call set_loop_iterations({loop_iterations}) "
                              f"and start a new cache to decode at another depth")
-        apps, method = self.loop_plan(loop_iterations)
+        apps, method = self.schedule(loop_iterations), self.cross_layer
         first_grad_iteration = self._first_grad_iteration(apps, backprop_iterations)
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         if checkpointing and cache is not None:
@@ -178,8 +133,8 @@ class Decoder(nn.Module):
             attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
 
         cos, sin = self.rotary_emb(positions, x.dtype)
-        ctx = ForwardContext(method=method, cos=cos, sin=sin, attn_mask=attn_mask,
-                             is_causal=is_causal, cache=cache)
+        ctx = ForwardContext(cos=cos, sin=sin, attn_mask=attn_mask, is_causal=is_causal,
+                             cache=cache, applications=apps)
         stream = method.init_stream(x, ctx)
         if hidden_states is not None:
             hidden_states.append(x)
@@ -193,9 +148,9 @@ class Decoder(nn.Module):
                     stream = self.loop_injection(stream, prelude_output)
                 block = self.layers[app.layer]
                 if checkpointing and not frozen and app.index % self.checkpoint_every == 0:
-                    stream = self.checkpoint_function(block, stream, ctx, app.index)
+                    stream = self.checkpoint_function(block, stream, method, ctx, app.index)
                 else:
-                    stream = block(stream, ctx, app.index)
+                    stream = block(stream, method, ctx, app.index)
                 if hidden_states is not None and app.index < last:
                     hidden_states.append(method.final_hidden(stream, ctx))
         if cache is not None:

@@ -35,9 +35,11 @@ class Application:
     first_looped_layer: int = 0  # p
 
 
-def applications(config: ModelConfig) -> list[Application]:
-    """prelude, then the looped block r times, then the coda: every application in order."""
-    p, k, r = config.prelude_layers, config.loop_layers, config.loop_iterations
+def applications(config: ModelConfig, loop_iterations: int | None = None) -> list[Application]:
+    """prelude, then the looped block r times, then the coda: every application in order.
+    ``loop_iterations``: r for one call (None: the configured r)."""
+    p, k = config.prelude_layers, config.loop_layers
+    r = config.loop_iterations if loop_iterations is None else loop_iterations
     order: list[tuple[int, int | None]] = [(i, None) for i in range(p)]
     order += [(p + j, t) for t in range(r) for j in range(k)]
     order += [(i, None) for i in range(p + k, config.num_layers)]

@@ -276,8 +276,6 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
                 inputs, targets = batches.batch(step)
                 # a looped model's depth this step: a function of (seed, step), as the data
                 depth = loop_depth_at(config, model_config, step)
-                if whole_compile and depth.loop_iterations is not None:
-                    model.model.loop_plan(depth.loop_iterations)  # built outside the graph
                 local_loss = 0.0
                 for micro_inputs, micro_targets in zip(inputs.chunk(accumulation),
                                                        targets.chunk(accumulation)):

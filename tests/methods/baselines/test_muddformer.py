@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from depthattn import CausalLM, ModelConfig
 from depthattn.methods import method_names
-from depthattn.methods.base import ForwardContext
+from depthattn.methods.base import AttentionInput, ForwardContext
 from depthattn.methods.baselines.muddformer import (
     MUDDFormer,
     MUDDFormerOptions,
@@ -117,14 +117,15 @@ def reference_forward(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     L, eps = model.config.num_layers, model.config.rms_norm_eps
     x = dec.embed_tokens(ids)
     cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), x.dtype)
-    ctx = ForwardContext(method=method, cos=cos, sin=sin, attn_mask=None, is_causal=True)
+    ctx = ForwardContext(cos=cos, sin=sin, attn_mask=None, is_causal=True,
+                         applications=dec.applications)
     sources, Q, K, V, R = [x], x, x, x, x
     for l, block in enumerate(dec.layers):
         conn = method.layers[l]
         q_in = block.input_layernorm(Q)
         k_in = conn.k_norm(K) if l > 0 else q_in
         v_in = conn.v_norm(V) if l > 0 else q_in
-        A = R + block.self_attn(q_in, ctx, k_in, v_in)
+        A = R + block.self_attn(AttentionInput(q_in, k_in, v_in), method, ctx)
         X = A + block.mlp(block.post_attention_layernorm(A))
         sources.append(X)
         normed = X * torch.rsqrt(X.pow(2).mean(-1, keepdim=True) + eps)

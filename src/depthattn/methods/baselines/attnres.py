@@ -182,13 +182,12 @@ class AttnRes(CrossLayerMethod):
     def _aggregate(self, aggregator: DepthAggregator, stream: AttnResStream) -> torch.Tensor:
         return aggregator([*stream.sources, stream.partial], [*stream.inv_rms, None])
 
-    def sublayer_input(self, stream: AttnResStream, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: AttnResStream, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
         aggregators = self.attn if sublayer == "attn" else self.mlp
         return self._aggregate(aggregators[layer_idx], stream)
 
-    def sublayer_output(self, stream: AttnResStream, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> AttnResStream:
+    def write(self, stream: AttnResStream, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> AttnResStream:
         partial = stream.partial + output  # P ← P + F(u): the vanilla residual sum
         if sublayer == "mlp" and layer_idx in self.snapshot_after:
             return AttnResStream(sources=(*stream.sources, partial),

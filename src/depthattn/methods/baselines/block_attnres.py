@@ -140,15 +140,14 @@ class BlockAttnRes(CrossLayerMethod):
         return BlockStream((*stream.blocks, stream.partial),
                            (*stream.inv_rms, inverse_rms(stream.partial, self.eps)), None)
 
-    def sublayer_input(self, stream: BlockStream, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: BlockStream, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
         aggregator = (self.attn if sublayer == "attn" else self.mlp)[layer_idx]
         if stream.partial is None:  # eq. 6, i = 1: [b₀, ..., b_{n−1}]
             return aggregator([*stream.blocks], [*stream.inv_rms])
         return aggregator([*stream.blocks, stream.partial], [*stream.inv_rms, None])
 
-    def sublayer_output(self, stream: BlockStream, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> BlockStream:
+    def write(self, stream: BlockStream, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> BlockStream:
         partial = output if stream.partial is None else stream.partial + output  # eq. 5
         stream = BlockStream(stream.blocks, stream.inv_rms, partial)
         if sublayer == "mlp" and self._ends_block(layer_idx):

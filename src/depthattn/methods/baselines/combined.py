@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,8 +30,7 @@ ResolveOptions = Callable[[str, Mapping[str, Any], ModelConfig], MethodOptions]
 
 SEPARATOR = "+"
 IN_ATTENTION = ("mix_values",)
-ON_STREAM = ("init_stream", "sublayer_input", "attention_kv_inputs", "sublayer_output",
-             "final_hidden")
+ON_STREAM = ("init_stream", "read", "write", "final_hidden")
 
 
 def hooks_used(cls: type[CrossLayerMethod]) -> set[str]:
@@ -54,36 +54,48 @@ def check_combinable(parts: list[str], classes: list[type[CrossLayerMethod]]) ->
                          f"attention with one that works on the residual stream")
 
 
-def combined_options_class(parts: list[str], resolve_options: ResolveOptions) -> type[MethodOptions]:
-    """A frozen options dataclass with one field per part, holding that part's options."""
-    fields = [(part, Any, dataclasses.field(default_factory=dict)) for part in parts]
+@dataclass(frozen=True)
+class CombinedOptions(MethodOptions):
+    """The options of a combination: each part's own validated options, by part name."""
 
-    def resolved(self, config: ModelConfig) -> MethodOptions:
-        values = {}
+    parts: Mapping[str, MethodOptions] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, name: str, options: Mapping[str, Any], config: ModelConfig,
+           resolve_options: ResolveOptions) -> CombinedOptions:
+        """``options``: {part: that part's options mapping}, e.g. ``{"depth_attention":
+        {"stride": 2}}``; a part left out gets its defaults."""
+        parts = split_parts(name)
+        unknown = sorted(set(options) - set(parts))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
+                             f"{name!r}; allowed: {', '.join(parts)}")
+        resolved = {}
         for part in parts:
-            given = getattr(self, part)
+            given = options.get(part, {})
             if dataclasses.is_dataclass(given):
                 given = dataclasses.asdict(given)
-            if not isinstance(given, dict):
+            if not isinstance(given, Mapping):
                 raise ValueError(f"options of {part!r} in a combined method must be a mapping, "
                                  f"got {given!r}")
-            values[part] = resolve_options(part, given, config)
-        return dataclasses.replace(self, **values)
+            resolved[part] = resolve_options(part, given, config)
+        return cls(parts=resolved)
 
-    return dataclasses.make_dataclass("CombinedOptions", fields, bases=(MethodOptions,),
-                                      frozen=True, namespace={"resolved": resolved})
+    def to_dict(self) -> dict[str, Any]:
+        return {part: options.to_dict() for part, options in self.parts.items()}
 
 
 class Combined(CrossLayerMethod):
     """Delegates each hook to the part that defines it (the vanilla default otherwise)."""
 
-    part_classes: dict[str, type[CrossLayerMethod]] = {}  # set by make_combined
-
-    def __init__(self, config: ModelConfig, options: MethodOptions) -> None:
+    def __init__(self, config: ModelConfig, options: CombinedOptions,
+                 part_classes: Mapping[str, type[CrossLayerMethod]]) -> None:
+        """``part_classes``: each part's registered class, in the order of the name."""
         super().__init__(config, options)
-        self.parts = nn.ModuleDict({name: cls(config, getattr(options, name))
-                                    for name, cls in self.part_classes.items()})
-        self._owner = {hook: name for name, cls in self.part_classes.items()
+        self.name = SEPARATOR.join(part_classes)
+        self.parts = nn.ModuleDict({name: cls(config, options.parts[name])
+                                    for name, cls in part_classes.items()})
+        self._owner = {hook: name for name, cls in part_classes.items()
                        for hook in hooks_used(cls)}
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
@@ -91,9 +103,10 @@ class Combined(CrossLayerMethod):
         _, part, rest = name.split(".", 2)
         return self.parts[part].decays(rest, param)
 
-    @classmethod
-    def cost(cls, config: ModelConfig, options: MethodOptions) -> MethodCost:
-        costs = [c.cost(config, getattr(options, name)) for name, c in cls.part_classes.items()]
+    @staticmethod
+    def combined_cost(config: ModelConfig, options: CombinedOptions,
+                      part_classes: Mapping[str, type[CrossLayerMethod]]) -> MethodCost:
+        costs = [c.cost(config, options.parts[name]) for name, c in part_classes.items()]
         return MethodCost(
             added_params=sum(c.added_params for c in costs),
             added_flops_per_token=sum(c.added_flops_per_token for c in costs),
@@ -114,29 +127,15 @@ class Combined(CrossLayerMethod):
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Any:
         return self._call("init_stream", embeddings, ctx)
 
-    def sublayer_input(self, stream: Any, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
-        return self._call("sublayer_input", stream, layer_idx, sublayer, ctx)
+    def read(self, stream: Any, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
+        return self._call("read", stream, layer_idx, sublayer, ctx)
 
-    def attention_kv_inputs(self, stream: Any, layer_idx: int, normed: torch.Tensor,
-                            ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._call("attention_kv_inputs", stream, layer_idx, normed, ctx)
-
-    def sublayer_output(self, stream: Any, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> Any:
-        return self._call("sublayer_output", stream, layer_idx, sublayer, output, ctx)
+    def write(self, stream: Any, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> Any:
+        return self._call("write", stream, layer_idx, sublayer, output, ctx)
 
     def final_hidden(self, stream: Any, ctx: ForwardContext) -> torch.Tensor:
         return self._call("final_hidden", stream, ctx)
 
     def extra_repr(self) -> str:
         return ""
-
-
-def make_combined(name: str, parts: list[str], classes: list[type[CrossLayerMethod]],
-                  resolve_options: ResolveOptions) -> tuple[type[Combined], type[MethodOptions]]:
-    """The method class and options class of ``a+b`` (after ``check_combinable``);
-    ``resolve_options`` resolves each part's options (the registry's function)."""
-    cls = type(f"Combined_{'_'.join(parts)}", (Combined,),
-               {"part_classes": dict(zip(parts, classes)), "name": name})
-    return cls, combined_options_class(parts, resolve_options)

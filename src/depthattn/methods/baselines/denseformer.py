@@ -145,12 +145,11 @@ class DenseFormer(CrossLayerMethod):
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> DenseStream:
         return DenseStream(outputs=MappingProxyType({0: embeddings}), x=embeddings)
 
-    def sublayer_input(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
         return stream.x
 
-    def sublayer_output(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> DenseStream:
+    def write(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> DenseStream:
         x = stream.x + output  # inside the block: the ordinary residual add
         if sublayer == "attn":
             return DenseStream(stream.outputs, x)

@@ -21,8 +21,7 @@ Hidden width of the weight MLP: H_i = 64·(⌊C·(i+1)·e/64⌋ + 1), e = ``hidd
 ``last_hidden_expand`` (4) for the last layer. Init (their JAX training code): W1 ~ N(0, 1/d),
 W2 = 0, b_i = [0, …, 0, 1] for every stream ⇒ every stream is the latest output ⇒ vanilla.
 
-Keys and values read their own streams through the core hook
-``CrossLayerMethod.attention_kv_inputs`` (the inputs of k_proj and v_proj).
+Keys and values read their own streams: ``read`` hands attention an ``AttentionInput``.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthattn.methods.base import (
+    AttentionInput,
     CrossLayerMethod,
     MethodCost,
     MethodOptions,
@@ -175,7 +175,7 @@ class MUDDFormer(CrossLayerMethod):
 
     @classmethod
     def cost(cls, config: ModelConfig, options: MUDDFormerOptions) -> MethodCost:
-        """Params Σ_i [d·H_i + H_i·C_i(i+1) + C_i(i+1)] + 2d(L−1) (docs/docs/baselines.md §8(b)). FLOPs after
+        """Params Σ_i [d·H_i + H_i·C_i(i+1) + C_i(i+1)] + 2d(L−1) (docs/baselines.md §8(b)). FLOPs after
         layer i (2 per multiply-add; norms and GELU not counted): W1 2·d·H_i, W2 2·H_i·C_i(i+1),
         mixes 2·C_i·(i+1)·d. State: all L+1 outputs plus the 4 stream inputs (§3)."""
         L, d = config.num_layers, config.hidden_size
@@ -191,19 +191,18 @@ class MUDDFormer(CrossLayerMethod):
         x = embeddings  # layer 1 reads h₀ for Q, K, V and R
         return DenseState(sources=(x,), q=x, k=x, v=x, residual=x)
 
-    def sublayer_input(self, stream: DenseState, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
-        return stream.q if sublayer == "attn" else stream.residual
-
-    def attention_kv_inputs(self, stream: DenseState, layer_idx: int, normed: torch.Tensor,
-                            ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, stream: DenseState, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor | AttentionInput:
+        if sublayer == "mlp":
+            return stream.residual
         if layer_idx == 0:  # one stream, one pre-norm
-            return normed, normed
-        layer = self.layers[layer_idx]
-        return layer.k_norm(stream.k), layer.v_norm(stream.v)
+            return stream.q
+        layer = self.layers[layer_idx]  # keys and values through their own pre-norms
+        return AttentionInput(query=stream.q, key=layer.k_norm(stream.k),
+                              value=layer.v_norm(stream.v))
 
-    def sublayer_output(self, stream: DenseState, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> DenseState:
+    def write(self, stream: DenseState, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> DenseState:
         if sublayer == "attn":  # A = X^R + Attn(…)
             return dataclasses.replace(stream, residual=stream.residual + output)
         x = stream.residual + output  # X_{l+1} = A + MLP(RMSNorm(A))

@@ -27,9 +27,9 @@ from depthattn.model.config import ModelConfig
 @dataclass
 class Streams:
     """The n residual streams of every token, and what the connector of the sublayer in flight
-    computed from them in ``sublayer_input`` for use in ``sublayer_output``.
+    computed from them in ``read`` for use in ``write``.
 
-    ``maps`` is only meaningful between those two calls of one sublayer; ``sublayer_output``
+    ``maps`` is only meaningful between those two calls of one sublayer; ``write``
     returns a fresh ``Streams`` without it. (A recomputed block under activation checkpointing
     sets it again from the same streams, to the same values.)
     """
@@ -76,14 +76,13 @@ class StreamConnectors(CrossLayerMethod):
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Streams:
         return expand_streams(embeddings, self.num_streams)
 
-    def sublayer_input(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                       ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: Streams, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
         connector = self.connectors[sublayer_index(layer_idx, sublayer)]
         input_weights, *update_maps = connector.maps(stream.x)  # once, before the sublayer
         stream.maps = tuple(update_maps)
         return connector.branch_input(stream.x, input_weights)
 
-    def sublayer_output(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
-                        output: torch.Tensor, ctx: ForwardContext) -> Streams:
+    def write(self, stream: Streams, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,
+              ctx: ForwardContext) -> Streams:
         connector = self.connectors[sublayer_index(layer_idx, sublayer)]
         return Streams(connector.update(stream.x, output, *stream.maps))
