@@ -1,4 +1,4 @@
-"""Every row of the README's table of bad inputs ("Reliability and bad inputs") is run as
+"""Every row of the table of bad inputs in docs/reliability.md ("Bad inputs") is run as
 written, in a scratch folder prepared for it: the command must fail with exit status 2 before
 any training, and its error must contain the row's excerpt, where "…" stands for any text.
 A row without a setup here, or a setup without a row, fails the suite, so the table and the
@@ -17,14 +17,14 @@ import pytest
 
 from depthattn.cli import main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-SECTION = "## Reliability and bad inputs"
+README = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+SECTION = "## Bad inputs"
 TINY = dict(hidden_size=32, intermediate_size=64, num_layers=4, num_heads=4, num_kv_heads=2,
             head_dim=8)
 
 
 def table_rows() -> list[tuple[int, str, str]]:
-    """(number, command, excerpt) of each row of the table in the README section."""
+    """(number, command, excerpt) of each row of the table in that section."""
     text = README.read_text(encoding="utf-8")
     if SECTION not in text:
         return []  # the count test below then fails, naming the section
