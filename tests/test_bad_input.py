@@ -153,7 +153,7 @@ def test_generate_past_max_seq_len(make_model):
         generate(model, torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
 
 
-# --- looped geometry (spec §7) ---------------------------------------------------------------
+# --- looped geometry (docs/method.md §7) ---------------------------------------------------------------
 
 
 LOOPED = {"num_layers": 4, "prelude_layers": 1, "loop_layers": 2}

@@ -138,7 +138,7 @@ def test_registry():
 
 
 def test_looped_fields_flow_everywhere(tmp_path):
-    """The looped geometry (spec §7) goes where every ModelConfig field goes: the constructor,
+    """The looped geometry (docs/method.md §7) goes where every ModelConfig field goes: the constructor,
     preset and Qwen3 overrides, to_dict/save/load, and a run's model_overrides (TOML or the
     CLI's key=value)."""
     from depthattn.train.config import load_train_config

@@ -1,4 +1,4 @@
-"""Looped (recurrent-depth) models, spec §7: geometry, input injection, Depth-Attention over
+"""Looped (recurrent-depth) models, docs/method.md §7: geometry, input injection, Depth-Attention over
 applications, caches, serialization and test-time depth.
 
 The geometry under test: 4 distinct layers, prelude p = 1, looped block k = 2 (layers 1, 2)

@@ -42,7 +42,7 @@ class BackboneCost:
     embedding_params: int  # the input embedding table
     matmul_params: int  # projections, MLPs and the LM head: the weights that cost FLOPs
     seq_len: int  # T, for the attention term
-    # L below is L_eff, the applications, for a looped model (spec §7); params count L layers
+    # L below is L_eff, the applications, for a looped model (docs/method.md §7); params count L layers
     matmul_flops_per_token: float  # 2 × matmul_params (looped: each application's weights)
     attention_flops_per_token: float  # 4·L·H·d_h·(T+1)/2 (causal average)
     kv_cache_per_token: int  # elements: 2·L·H_kv·d_h, one slot per application
@@ -96,7 +96,7 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
     T = config.max_seq_len if seq_len is None else seq_len
     require_positive_int("seq_len", T)
     L, D, V = config.num_layers, config.hidden_size, config.vocab_size
-    # A looped model (spec §7) stores L distinct layers but runs, and caches, L_eff applications.
+    # A looped model (docs/method.md §7) stores L distinct layers but runs, and caches, L_eff applications.
     L_eff = config.num_applications
     q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     attention = D * q_width + 2 * D * kv_width + q_width * D  # q, k, v, o projections

@@ -60,7 +60,7 @@ def depth_map(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
               device: torch.device | str = "cpu") -> DepthMap:
     """Mean depth weights and entropies over every position of ``batches`` (inputs only)."""
     config = model.config
-    # a looped model's rows and columns are its applications (spec §7): L = L_eff
+    # a looped model's rows and columns are its applications (docs/method.md §7): L = L_eff
     L, H_kv = config.num_applications, config.num_kv_heads
     weight_sum = torch.zeros(H_kv, L, L + 1, dtype=torch.float64)
     entropy_sum = torch.zeros(H_kv, L, dtype=torch.float64)

@@ -4,7 +4,7 @@ Builds both models, runs a forward, decodes with the KV cache (checking it again
 forward), prints the depth-attention weights of one token and the cache sizes. The weights are
 random: this shows the mechanics, not a trained model (training arrives with `depthattn train`).
 A looped geometry (``overrides`` such as ``loop_layers``) mixes over applications, not layers
-(spec §7): its rows and source slots are then labelled by application e, with the layer whose
+(docs/method.md §7): its rows and source slots are then labelled by application e, with the layer whose
 weights run and the iteration.
 """
 

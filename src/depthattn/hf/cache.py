@@ -19,7 +19,7 @@ from depthattn.model.cache import new_positions
 
 class DepthAttnCache(Cache):
     """A growing cache for ``DepthAttnForCausalLM``: one ``DynamicLayer`` per layer
-    application, L_eff of them for a looped model (spec §7), num_layers otherwise.
+    application, L_eff of them for a looped model (docs/method.md §7), num_layers otherwise.
 
     ``DepthAttnCache(config)`` (the model's ``DepthAttnConfig``) or
     ``DepthAttnCache(num_layers=L_eff)``.

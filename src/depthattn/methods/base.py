@@ -121,7 +121,7 @@ class CrossLayerMethod(nn.Module):
     # Weight decay of this method's parameters, by the last part of their name, where it differs
     # from the optimizer's rule (decay matrices, never vectors or scalars). Read by ``decays``.
     decay_overrides: ClassVar[Mapping[str, bool]] = {}
-    # Why this method cannot run a looped config (spec §7), or None when it can: its hooks are
+    # Why this method cannot run a looped config (docs/method.md §7), or None when it can: its hooks are
     # then called with application indices e = 0 .. L_eff − 1 in place of layer indices.
     looped_refusal: ClassVar[str | None] = None
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from transformers import Qwen3Config
 
 K_NORM_POSITIONS = ("before_rope", "after_rope")
-# How a looped block's iterations read the prelude's output (docs: spec §7, depthattn.model.looped).
+# How a looped block's iterations read the prelude's output (docs/method.md §7, depthattn.model.looped).
 LOOP_INJECTIONS = ("none", "add", "concat")
 
 # (method name, options mapping, config) -> the method's validated options dataclass.
@@ -67,7 +67,7 @@ class ModelConfig:
     tie_embeddings: bool = False  # the paper's models are untied; small Qwen3 checkpoints are tied
     # Qwen3 normalises keys before RoPE; the authors' Hugging Face code does it after RoPE.
     k_norm_position: str = "before_rope"
-    # Looped (recurrent-depth) geometry, spec §7: a prelude of p layers, a block of k layers
+    # Looped (recurrent-depth) geometry, docs/method.md §7: a prelude of p layers, a block of k layers
     # applied r times with shared weights, a coda of the other num_layers - p - k layers.
     # num_layers counts distinct layers (the state dict's); num_applications = p + k·r + c.
     prelude_layers: int = 0  # p

@@ -30,7 +30,7 @@ from depthattn.utils.checks import require_int
 class Decoder(nn.Module):
     """embed → N blocks → final RMSNorm. Parameter names are Qwen3's.
 
-    A looped config (spec §7, ``depthattn.model.looped``) applies its blocks in the order prelude,
+    A looped config (docs/method.md §7, ``depthattn.model.looped``) applies its blocks in the order prelude,
     looped block × r, coda; application e runs block ``applications[e].layer`` under index e.
 
     ``forward(input_ids, attention_mask, cache, position_ids)`` validates its inputs before any

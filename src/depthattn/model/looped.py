@@ -1,4 +1,4 @@
-"""Looped (recurrent-depth) decoders, spec §7: the order in which layers are applied, and how an
+"""Looped (recurrent-depth) decoders, docs/method.md §7: the order in which layers are applied, and how an
 iteration of the looped block reads the prelude's output (input injection).
 
 A looped ``ModelConfig`` has a prelude of p layers, a block of k layers applied r times with

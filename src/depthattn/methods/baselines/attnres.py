@@ -182,7 +182,8 @@ class AttnRes(CrossLayerMethod):
     def _aggregate(self, aggregator: DepthAggregator, stream: AttnResStream) -> torch.Tensor:
         return aggregator([*stream.sources, stream.partial], [*stream.inv_rms, None])
 
-    def read(self, stream: AttnResStream, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: AttnResStream, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor:
         aggregators = self.attn if sublayer == "attn" else self.mlp
         return self._aggregate(aggregators[layer_idx], stream)
 

@@ -140,7 +140,8 @@ class BlockAttnRes(CrossLayerMethod):
         return BlockStream((*stream.blocks, stream.partial),
                            (*stream.inv_rms, inverse_rms(stream.partial, self.eps)), None)
 
-    def read(self, stream: BlockStream, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: BlockStream, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor:
         aggregator = (self.attn if sublayer == "attn" else self.mlp)[layer_idx]
         if stream.partial is None:  # eq. 6, i = 1: [b₀, ..., b_{n−1}]
             return aggregator([*stream.blocks], [*stream.inv_rms])

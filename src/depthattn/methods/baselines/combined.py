@@ -127,7 +127,8 @@ class Combined(CrossLayerMethod):
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Any:
         return self._call("init_stream", embeddings, ctx)
 
-    def read(self, stream: Any, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: Any, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor:
         return self._call("read", stream, layer_idx, sublayer, ctx)
 
     def write(self, stream: Any, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,

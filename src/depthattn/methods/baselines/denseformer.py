@@ -77,7 +77,7 @@ class DepthWeightedAverage(nn.Module):
         super().__init__()
         self.sources = sources  # J_i, ascending: the last one is the block just computed
         # A plain Parameter, not nn.Linear: a generic "init every Linear" pass would silently
-        # destroy the identity init (the epfml README's warning, docs/docs/baselines.md §4(e)).
+        # destroy the identity init (the epfml README's warning, docs/baselines.md §4(e)).
         self.alpha = nn.Parameter(torch.empty(len(sources)))
         self.reset_parameters()
 
@@ -145,7 +145,8 @@ class DenseFormer(CrossLayerMethod):
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> DenseStream:
         return DenseStream(outputs=MappingProxyType({0: embeddings}), x=embeddings)
 
-    def read(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor:
         return stream.x
 
     def write(self, stream: DenseStream, layer_idx: int, sublayer: Sublayer, output: torch.Tensor,

@@ -115,7 +115,7 @@ class HyperConnections(StreamConnectors):
 
     @classmethod
     def cost(cls, config: ModelConfig, options: HyperConnectionsOptions) -> MethodCost:
-        """Params 2L·[d(n+3) + n² + 2n + 2] (docs/docs/baselines.md §5(b)). FLOPs per sublayer (2 per
+        """Params 2L·[d(n+3) + n² + 2n + 2] (docs/baselines.md §5(b)). FLOPs per sublayer (2 per
         multiply-add; norms and tanh not counted): projection 2·n·d·(n+2), branch input 2·n·d,
         stream re-mix 2·n²·d, output write 2·n·d; readout n·d. State: n streams of d."""
         n, d, sublayers = options.num_streams, config.hidden_size, 2 * config.num_layers

@@ -77,7 +77,7 @@ class ManifoldConnector(nn.Module):
 
     Storage: Φ is a matrix (decayed like every projection); b_pre, b_post, B_res (flattened) and
     the α's are vectors/scalars, which train/optim.py never decays — unlike the authors, who
-    decayed them all (decay pulls B_res toward uniform mixing, docs/docs/baselines.md §6(e))."""
+    decayed them all (decay pulls B_res toward uniform mixing, docs/baselines.md §6(e))."""
 
     def __init__(self, hidden_size: int, num_streams: int, alpha_init: float,
                  sinkhorn_iters: int, init_std: float, eps: float) -> None:
@@ -148,7 +148,7 @@ class MHC(StreamConnectors):
 
     @classmethod
     def cost(cls, config: ModelConfig, options: MHCOptions) -> MethodCost:
-        """Params 2L·[n·d(n² + 2n + 1) + n² + 2n + 3] + n (docs/docs/baselines.md §6(b)). FLOPs per connector
+        """Params 2L·[n·d(n² + 2n + 1) + n² + 2n + 3] + n (docs/baselines.md §6(b)). FLOPs per connector
         (2 per multiply-add; norm, σ and exp not counted): Φ 2·n·d·(n² + 2n), branch input
         2·n·d, stream re-mix 2·n²·d, output write 2·n·d, Sinkhorn iters·4·n² (a sum and a
         division per entry, rows then columns); readout 2·n·d. State: n streams of d."""

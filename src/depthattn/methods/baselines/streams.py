@@ -76,7 +76,8 @@ class StreamConnectors(CrossLayerMethod):
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Streams:
         return expand_streams(embeddings, self.num_streams)
 
-    def read(self, stream: Streams, layer_idx: int, sublayer: Sublayer, ctx: ForwardContext) -> torch.Tensor:
+    def read(self, stream: Streams, layer_idx: int, sublayer: Sublayer,
+             ctx: ForwardContext) -> torch.Tensor:
         connector = self.connectors[sublayer_index(layer_idx, sublayer)]
         input_weights, *update_maps = connector.maps(stream.x)  # once, before the sublayer
         stream.maps = tuple(update_maps)
