@@ -52,9 +52,11 @@ TINY = dict(
 
 
 def tiny_config(**overrides):
+    """The TINY geometry (overridable), its method's options resolved as a model holds them."""
     from depthattn import ModelConfig
+    from depthattn.methods import resolve_config
 
-    return ModelConfig(**{**TINY, **overrides})
+    return resolve_config(ModelConfig(**{**TINY, **overrides}))
 
 
 @torch.no_grad()

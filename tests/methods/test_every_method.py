@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, KVCache, load_model, save_model
-from depthattn.methods import get_method, method_names
+from depthattn.methods import get_method, method_names, method_options
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 # Every registered method, and combinations of an in-attention with a residual-stream method.
@@ -157,7 +157,7 @@ def test_activation_checkpointing_equals_the_plain_backward(method):
 def test_cost_counts_the_parameters_the_method_really_adds(method, geometry):
     config = tiny_config(method=method, **geometry)
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config(**geometry)).num_parameters()
-    assert get_method(method).cost(config, config.options()).added_params == added
+    assert get_method(method).cost(config, method_options(config)).added_params == added
 
 
 def test_every_method_says_whether_it_starts_vanilla():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
-from depthattn.methods import get_method
+from depthattn.methods import get_method, method_options
 from depthattn.methods.base import ForwardContext
 from tests.conftest import random_ids, tiny_config, tiny_model
 from tests.methods.sublayers import assert_decoding_matches_full_forward
@@ -117,7 +117,7 @@ def test_params_match_module_and_closed_form(mode):
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config()).num_parameters()
     closed = {"fixed": 0, "learned": L - 1, "gated": (L - 1) * (D * H_kv + H_kv)}[mode]  # §9b
     assert added == closed == get_method("value_residual").cost(config,
-                                                                     config.options()).added_params
+                                                                     method_options(config)).added_params
 
 
 @pytest.mark.parametrize("mode,params", [("fixed", 0), ("learned", 47),
@@ -125,7 +125,7 @@ def test_params_match_module_and_closed_form(mode):
 def test_cost_at_the_3b_geometry(mode, params):
     """§3/§11: d + n_kv·d_h in flight — 512 over vanilla, 0.05× the KV cache; nothing persists."""
     config = ModelConfig.from_preset("3b", method="value_residual", method_options={"mode": mode})
-    cost = get_method("value_residual").cost(config, config.options())
+    cost = get_method("value_residual").cost(config, method_options(config))
     assert cost.added_params == params
     assert cost.inflight_state_per_token == 2048 + 512
     assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.05

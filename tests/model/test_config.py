@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthattn import PRESETS, CausalLM, ModelConfig
-from depthattn.methods import get_method, method_names
+from depthattn.methods import get_method, method_names, resolve_config
 from depthattn.methods.depth_attention import DepthAttentionOptions
 from depthattn.model.config import PRESETS as CONFIG_PRESETS
 
@@ -55,21 +55,21 @@ def test_preset_sizes_increase_with_their_names():
 
 @pytest.mark.parametrize("name", CONTRACT_PRESETS)
 def test_preset_depth_attention_default_stride_is_half_the_layers(name):
-    cfg = ModelConfig.from_preset(name, method="depth_attention")
+    cfg = resolve_config(ModelConfig.from_preset(name, method="depth_attention"))
     assert cfg.method_options == {"stride": max(1, cfg.num_layers // 2), "recent_window": 0, "sources": "applications"}
 
 
 def test_paper_3b_preset():
     """The released 3B model: 48 layers, 32 q / 8 kv heads, head_dim 64, stride 24 (docs/method.md §2)."""
-    cfg = ModelConfig.from_preset("3b", method="depth_attention")
+    cfg = resolve_config(ModelConfig.from_preset("3b", method="depth_attention"))
     assert (cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (48, 32, 8, 64)
     assert cfg.hidden_size == 2048 and not cfg.tie_embeddings
     assert cfg.method_options["stride"] == 24
 
 
 def test_preset_overrides():
-    cfg = ModelConfig.from_preset("tiny", num_layers=2, method="depth_attention",
-                                  method_options={"stride": 2})
+    cfg = resolve_config(ModelConfig.from_preset("tiny", num_layers=2, method="depth_attention",
+                                                 method_options={"stride": 2}))
     assert cfg.num_layers == 2
     assert cfg.method_options == {"stride": 2, "recent_window": 0, "sources": "applications"}
     assert cfg.hidden_size == PRESETS["tiny"]["hidden_size"]
@@ -104,7 +104,7 @@ def test_defaults():
 
 def test_with_method_keeps_geometry(make_config):
     base = make_config()
-    depth = base.with_method("depth_attention", stride=2, recent_window=1)
+    depth = resolve_config(base.with_method("depth_attention", stride=2, recent_window=1))
     assert depth.method == "depth_attention"
     assert depth.method_options == {"stride": 2, "recent_window": 1,
                                     "sources": "applications"}
@@ -112,8 +112,8 @@ def test_with_method_keeps_geometry(make_config):
                  "num_kv_heads", "head_dim", "max_seq_len", "rope_theta", "rms_norm_eps",
                  "k_norm_position", "tie_embeddings"):
         assert getattr(depth, name) == getattr(base, name), name
-    assert depth.with_method("vanilla") == base
-    assert base.with_method("depth_attention").method_options["stride"] == 3  # L = 6
+    assert resolve_config(depth.with_method("vanilla")) == base
+    assert resolve_config(base.with_method("depth_attention")).method_options["stride"] == 3
 
 
 @pytest.mark.parametrize("overrides", [

@@ -11,6 +11,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from depthattn import CausalLM, ModelConfig
+from depthattn.methods import resolve_config
 
 ATOL = 1e-5
 
@@ -186,13 +187,14 @@ def test_config_round_trip_keeps_the_fields():
 
 
 def test_from_qwen3_with_method_options():
-    cfg = ModelConfig.from_qwen3(hf_config(num_layers=6), method="depth_attention", stride=2)
+    cfg = resolve_config(ModelConfig.from_qwen3(hf_config(num_layers=6), method="depth_attention",
+                                                stride=2))
     assert cfg.method == "depth_attention"
     assert cfg.method_options == {"stride": 2, "recent_window": 0, "sources": "applications"}
-    cfg = ModelConfig.from_qwen3(hf_config(num_layers=6), method="depth_attention")
+    cfg = resolve_config(ModelConfig.from_qwen3(hf_config(num_layers=6), method="depth_attention"))
     assert cfg.method_options == {"stride": 3, "recent_window": 0, "sources": "applications"}  # default L // 2
     # the geometry survives the trip through to_qwen3
-    again = ModelConfig.from_qwen3(cfg.to_qwen3(), method="depth_attention")
+    again = resolve_config(ModelConfig.from_qwen3(cfg.to_qwen3(), method="depth_attention"))
     assert again == cfg
 
 

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from depthattn.methods import MethodCost, get_method
+from depthattn.methods import MethodCost, get_method, method_options, resolve_config
 from depthattn.model.config import ModelConfig
 from depthattn.utils.checks import require_positive_int
 
@@ -120,13 +120,14 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
 
 def method_cost(config: ModelConfig) -> MethodCost:
     """The registered method's closed-form ``cost()`` for ``config``'s geometry and options."""
-    return get_method(config.method).cost(config, config.options())
+    return get_method(config.method).cost(config, method_options(config))
 
 
 def cost_report(config: ModelConfig, seq_len: int | None = None, dtype: str = "bf16",
                 label: str | None = None) -> CostReport:
     if dtype not in BYTES_PER_ELEMENT:
         raise ValueError(f"dtype ({dtype!r}) is unknown; allowed: {', '.join(BYTES_PER_ELEMENT)}")
+    config = resolve_config(config)
     return CostReport(label=label or config.method, method=config.method,
                       options=dict(config.method_options), dtype=dtype,
                       bytes_per_element=BYTES_PER_ELEMENT[dtype],

@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from depthattn.methods import resolve_config
 from depthattn.model.config import ModelConfig
 from depthattn.model.qwen3_names import HF_NAMES
 
@@ -62,7 +63,7 @@ class DepthAttnConfig(PretrainedConfig):
                 setattr(self, name, kwargs.pop(alias))
         # ModelConfig validates every field and fills derived values (head_dim, the method's
         # geometry-dependent defaults such as Depth-Attention's stride = L // 2).
-        core = self.to_model_config()
+        core = resolve_config(self.to_model_config())
         self.head_dim = core.head_dim
         self.method_options = dict(core.method_options)
         if self.tie_word_embeddings is not None and \

@@ -12,7 +12,14 @@ from depthattn.methods.baselines import (  # noqa: F401
     mhc,
     muddformer,
 )
-from depthattn.methods.registry import build_method, get_method, method_names, register
+from depthattn.methods.registry import (
+    build_method,
+    get_method,
+    method_names,
+    method_options,
+    register,
+    resolve_config,
+)
 
 __all__ = ["CrossLayerMethod", "MethodCost", "MethodOptions", "build_method", "get_method",
-           "method_names", "register"]
+           "method_names", "method_options", "register", "resolve_config"]

@@ -1,8 +1,8 @@
 """Name → cross-layer method, each with its own validated options dataclass.
 
-The one place where method names and options are resolved: ``ModelConfig`` calls
-``resolve_options`` through the hook installed at the bottom of this file, the model calls
-``build_method``, the Hugging Face config goes through ``ModelConfig``.
+The one place where method names and options are resolved: ``build_method`` (the model),
+``resolve_config`` (a config with its options validated and geometry-dependent defaults filled,
+as it is saved), and ``method_options`` (the options dataclass of a config).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from depthattn.methods.baselines.combined import (
     check_combinable,
     split_parts,
 )
-from depthattn.model.config import ModelConfig, install_method_resolver
+from depthattn.model.config import ModelConfig
 from depthattn.utils.suggest import did_you_mean
 
 
@@ -99,9 +99,21 @@ def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) 
     return spec.options(**options).resolved(config)
 
 
+def method_options(config: ModelConfig) -> MethodOptions:
+    """The validated options dataclass of ``config``'s method, geometry-dependent defaults
+    filled (e.g. Depth-Attention's stride = L_eff // 2)."""
+    return resolve_options(config.method, config.method_options or {}, config)
+
+
+def resolve_config(config: ModelConfig) -> ModelConfig:
+    """``config`` with its method validated and its options resolved, as models hold and save
+    it: unknown names, clashing combinations and bad options fail here."""
+    resolved = method_options(config).to_dict()
+    if resolved == config.method_options:
+        return config
+    return dataclasses.replace(config, method_options=resolved)
+
+
 def build_method(config: ModelConfig) -> CrossLayerMethod:
-    """The method module for a validated config."""
-    return get_method(config.method).build(config, config.options())
-
-
-install_method_resolver(resolve_options)
+    """The method module of ``config``, its options validated."""
+    return get_method(config.method).build(config, method_options(config))

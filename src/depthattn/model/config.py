@@ -1,16 +1,16 @@
 """Model configuration: geometry, method, named presets, validation and Qwen3Config conversion.
 
-This module is a leaf: it validates the geometry itself, and leaves method names and options to
-the cross-layer registry, which installs its resolver here when ``depthattn.methods`` is
-imported (``import depthattn`` does so). The registry needs the geometry to resolve options
-(Depth-Attention's stride defaults to L // 2), so the dependency points from it to here.
+This module is a leaf: it validates the geometry and holds the method's name and options as
+given. The method's registry (``depthattn.methods``) validates them and fills the defaults that
+depend on the geometry (Depth-Attention's stride = L // 2) when the method is built
+(``depthattn.methods.resolve_config``), so the dependency points from it to here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,24 +25,6 @@ if TYPE_CHECKING:
 K_NORM_POSITIONS = ("before_rope", "after_rope")
 # How a looped block's iterations read the prelude's output (docs/method.md §7, depthattn.model.looped).
 LOOP_INJECTIONS = ("none", "add", "concat")
-
-# (method name, options mapping, config) -> the method's validated options dataclass.
-MethodResolver = Callable[[str, Mapping[str, Any], "ModelConfig"], Any]
-_method_resolver: MethodResolver | None = None
-
-
-def install_method_resolver(resolver: MethodResolver) -> None:
-    """Called once by ``depthattn.methods.registry`` when it is imported."""
-    global _method_resolver
-    _method_resolver = resolver
-
-
-def _resolve_method(name: str, options: Mapping[str, Any], config: ModelConfig) -> Any:
-    if _method_resolver is None:  # `import depthattn` installs it; nothing else can skip that
-        raise RuntimeError("no cross-layer method registry is installed: import depthattn "
-                           "(or depthattn.methods) before building a ModelConfig")
-    return _method_resolver(name, options, config)
-
 
 @dataclass
 class ModelConfig:
@@ -75,7 +57,8 @@ class ModelConfig:
     loop_iterations: int = 1  # r; may change after training (test-time depth)
     loop_injection: str = "none"  # how each iteration reads the prelude's output: none/add/concat
     method: str = "vanilla"  # a name from depthattn.methods.method_names(), or two joined by '+'
-    method_options: dict[str, Any] = field(default_factory=dict)  # resolved in __post_init__
+    # the method's options; resolved (validated, defaults filled) when the method is built
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -103,9 +86,12 @@ class ModelConfig:
             raise ValueError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                              f"{', '.join(K_NORM_POSITIONS)}")
         self._check_loop()
-        # unknown names, clashing combinations and bad options fail here
-        options = _resolve_method(self.method, self.method_options or {}, self)
-        self.method_options = options.to_dict()
+        if not isinstance(self.method, str):
+            raise ValueError(f"method ({self.method!r}) must be a method name, e.g. "
+                             f"'depth_attention'")
+        if not isinstance(self.method_options, dict):
+            raise ValueError(f"method_options ({self.method_options!r}) must be a mapping of "
+                             f"option names to values")
 
     def _check_loop(self) -> None:
         require_int("prelude_layers", self.prelude_layers, 0)
@@ -133,10 +119,6 @@ class ModelConfig:
         """L_eff = p + k·r + c: how many layer applications a forward runs; the KV cache and the
         depth stash hold one slot per application. num_layers when not looped."""
         return self.num_layers + self.loop_layers * (self.loop_iterations - 1)
-
-    def options(self):
-        """The method's validated options dataclass."""
-        return _resolve_method(self.method, self.method_options, self)
 
     # --- construction --------------------------------------------------------------------
     @classmethod

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from depthattn.methods import build_method
+from depthattn.methods import build_method, resolve_config
 from depthattn.methods.base import ForwardContext
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
@@ -47,6 +47,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        config = resolve_config(config)
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
@@ -273,6 +274,7 @@ class CausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        config = resolve_config(config)  # the method's options validated, defaults filled
         self.config = config
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

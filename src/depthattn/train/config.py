@@ -183,13 +183,14 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int | None = None):
         """The ModelConfig this run trains (vocab from the tokenizer unless overridden)."""
+        from depthattn.methods import resolve_config
         from depthattn.model.config import ModelConfig
 
         overrides = dict(self.model_overrides)
         if vocab_size is not None:
             overrides.setdefault("vocab_size", vocab_size)
-        config = ModelConfig.from_preset(self.model, method=self.method,
-                                         method_options=self.method_options, **overrides)
+        config = resolve_config(ModelConfig.from_preset(
+            self.model, method=self.method, method_options=self.method_options, **overrides))
         self.check_loop_training(config)
         return config
 

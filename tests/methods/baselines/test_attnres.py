@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, ModelConfig
-from depthattn.methods import get_method
+from depthattn.methods import get_method, method_options
 from depthattn.methods.baselines.attnres import (
     DepthAggregator,
     snapshot_layers,
@@ -121,7 +121,7 @@ def test_params_match_module_and_closed_form(L):
     config = tiny_config(num_layers=L, method="attnres")
     d = config.hidden_size
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config(num_layers=L)).num_parameters()
-    cost = get_method("attnres").cost(config, config.options())
+    cost = get_method("attnres").cost(config, method_options(config))
     assert added == (2 * L + 1) * (2 * d + 1) == cost.added_params  # §7A b
 
 
@@ -135,13 +135,13 @@ def test_parameter_names():
 def test_cost_at_the_3b_geometry():
     """§3: 397 409 params; (8 snapshots + 2)·d = 20 480 in flight, 0.42× the KV cache."""
     config = ModelConfig.from_preset("3b", method="attnres")
-    cost = get_method("attnres").cost(config, config.options())
+    cost = get_method("attnres").cost(config, method_options(config))
     assert cost.added_params == 397_409
     assert cost.inflight_state_per_token == 10 * 2048 == 20_480
     assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.42
     assert cost.persistent_state_per_token == 0
     config = ModelConfig.from_preset("410m", method="attnres")  # §3: 0.44× at 410M
-    cost = get_method("attnres").cost(config, config.options())
+    cost = get_method("attnres").cost(config, method_options(config))
     assert round(cost.inflight_state_per_token / (2 * 32 * 4 * 64), 2) == 0.44
 
 

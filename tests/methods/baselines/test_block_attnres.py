@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, ModelConfig
-from depthattn.methods import get_method
+from depthattn.methods import get_method, method_options
 from depthattn.methods.baselines.attnres import DepthAggregator
 from depthattn.methods.baselines.block_attnres import (
     default_block_size,
@@ -118,7 +118,7 @@ def test_params_match_module_and_closed_form(L, options):
     config = tiny_config(num_layers=L, method="block_attnres", method_options=options)
     d, final = config.hidden_size, options.get("final_aggregator", True)
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config(num_layers=L)).num_parameters()
-    cost = get_method("block_attnres").cost(config, config.options())
+    cost = get_method("block_attnres").cost(config, method_options(config))
     assert added == (2 * L + final) * 2 * d == cost.added_params  # §7B: ≈ 2L·2d
 
 
@@ -134,8 +134,8 @@ def test_blocks_and_sources():
 def test_cost_at_the_3b_geometry():
     """§3/§11: ≈ 2L·2d params (+ the final aggregator's 2d); (N + 1)·d = 9·d in flight, 0.38×."""
     config = ModelConfig.from_preset("3b", method="block_attnres")
-    assert config.options().block_size == 12
-    cost = get_method("block_attnres").cost(config, config.options())
+    assert method_options(config).block_size == 12
+    cost = get_method("block_attnres").cost(config, method_options(config))
     assert cost.added_params == (2 * 48 + 1) * 2 * 2048 == 397_312
     assert cost.inflight_state_per_token == 9 * 2048
     assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.38

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM
-from depthattn.methods import get_method
+from depthattn.methods import get_method, method_options
 from tests.conftest import random_ids, tiny_config, tiny_model
 
 
@@ -36,11 +36,11 @@ def test_denseformer_at_identity_init_leaves_depth_attention_alone():
 
 def test_cost_adds_parameters_and_flops():
     config = tiny_config(method="depth_attention+mhc")
-    combined = get_method(config.method).cost(config, config.options())
+    combined = get_method(config.method).cost(config, method_options(config))
     da = tiny_config(method="depth_attention")
     mhc = tiny_config(method="mhc")
-    cost_da = get_method("depth_attention").cost(da, da.options())
-    cost_mhc = get_method("mhc").cost(mhc, mhc.options())
+    cost_da = get_method("depth_attention").cost(da, method_options(da))
+    cost_mhc = get_method("mhc").cost(mhc, method_options(mhc))
     # (that this is the real count in the model: the battery, test_every_method.py)
     assert combined.added_params == cost_mhc.added_params
     assert combined.added_flops_per_token == cost_da.added_flops_per_token + cost_mhc.added_flops_per_token

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, ModelConfig
-from depthattn.methods import get_method
+from depthattn.methods import get_method, method_options
 from depthattn.methods.baselines.denseformer import live_outputs
 from tests.conftest import random_ids, tiny_config, tiny_model
 from tests.methods.sublayers import (
@@ -87,7 +87,7 @@ def test_params_match_module_and_closed_form(L, k, p):
                          method_options={"dilation": k, "period": p})
     added = CausalLM(config).num_parameters() - CausalLM(tiny_config(num_layers=L)).num_parameters()
     closed = sum(i // k + 1 for i in range(1, L + 1) if i % p == 0)  # §4b
-    cost = get_method("denseformer").cost(config, config.options())
+    cost = get_method("denseformer").cost(config, method_options(config))
     assert added == closed == cost.added_params
     if k == p == 1:
         assert added == L * (L + 3) // 2
@@ -111,7 +111,7 @@ def test_history_keeps_only_outputs_a_later_dwa_reads():
 def test_cost_at_the_3b_geometry():
     """docs/baselines.md §3: 1 224 params; (L+1)·d = 100 352 in flight, 2.04× the KV cache."""
     config = ModelConfig.from_preset("3b", method="denseformer")
-    cost = get_method("denseformer").cost(config, config.options())
+    cost = get_method("denseformer").cost(config, method_options(config))
     assert cost.added_params == 1224
     assert cost.inflight_state_per_token == 100_352
     assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 2.04

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, ModelConfig
+from depthattn.methods import method_options
 from depthattn.methods.baselines.hyper_connections import (
     HyperConnection,
     HyperConnections,
@@ -93,21 +94,21 @@ def test_parameter_count_matches_the_closed_form(n):
     extra = sum(p.numel() for p in model.model.cross_layer.parameters())
     expected = closed_form_params(config.num_layers, config.hidden_size, n)
     assert extra == expected
-    assert HyperConnections.cost(config, config.options()).added_params == expected
+    assert HyperConnections.cost(config, method_options(config)).added_params == expected
     assert model.num_parameters() == CausalLM(tiny_config()).num_parameters() + expected
 
 
 def test_3b_geometry_numbers():
     """docs/baselines.md §3: HC (n=4) adds 1 378 752 parameters; n·d = 8 192 of in-flight state."""
     config = ModelConfig.from_preset("3b", method="hyper_connections")
-    cost = HyperConnections.cost(config, config.options())
+    cost = HyperConnections.cost(config, method_options(config))
     assert cost.added_params == 1_378_752
     assert cost.inflight_state_per_token == 8_192
     assert cost.persistent_state_per_token == 0
 
 
 def test_defaults_are_the_paper_settings():
-    options = tiny_config(method="hyper_connections").options()
+    options = method_options(tiny_config(method="hyper_connections"))
     assert (options.num_streams, options.gate_init) == (4, 0.01)
 
 

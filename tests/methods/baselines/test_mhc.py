@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from depthattn import CausalLM, ModelConfig
+from depthattn.methods import method_options
 from depthattn.methods.baselines.mhc import MHC, ManifoldConnector, sinkhorn
 from tests.conftest import random_ids, randomize_, tiny_config, tiny_model
 
@@ -211,7 +212,7 @@ def test_parameter_count_matches_the_closed_form(n):
     extra = sum(p.numel() for p in model.model.cross_layer.parameters())
     expected = closed_form_params(config.num_layers, config.hidden_size, n)
     assert extra == expected
-    assert MHC.cost(config, config.options()).added_params == expected
+    assert MHC.cost(config, method_options(config)).added_params == expected
     assert model.num_parameters() == CausalLM(tiny_config()).num_parameters() + expected
 
 
@@ -219,7 +220,7 @@ def test_3b_geometry_numbers():
     """docs/baselines.md §3: mHC adds 19 663 396 parameters (~0.6–0.7 % of the model) and keeps
     4d = 8 192 elements per in-flight token, 0.17× the 49 152-element KV cache."""
     config = ModelConfig.from_preset("3b", method="mhc")
-    cost = MHC.cost(config, config.options())
+    cost = MHC.cost(config, method_options(config))
     assert cost.added_params == 19_663_396
     assert cost.inflight_state_per_token == 8_192
     assert round(cost.inflight_state_per_token / 49_152, 2) == 0.17
@@ -227,7 +228,7 @@ def test_3b_geometry_numbers():
 
 
 def test_defaults_are_the_paper_settings():
-    options = tiny_config(method="mhc").options()
+    options = method_options(tiny_config(method="mhc"))
     assert (options.num_streams, options.alpha_init, options.sinkhorn_iters) == (4, 0.01, 20)
 
 
