@@ -179,7 +179,7 @@ def test_bad_input_names_the_path_and_every_accepted_kind(tmp_path):
     (tmp_path / "file.txt").write_text("hello")
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    cases = [(tmp_path / "nowhere", FileNotFoundError, "does not exist. depthattn loads a model from"),
+    cases = [(tmp_path / "nowhere", FileNotFoundError, "does not exist. depthattn loads a model"),
              (tmp_path / "file.txt", FileNotFoundError, "is a file, not a folder"),
              (tmp_path / "empty", FileNotFoundError, "it has no config.json and is no training"),
              (tmp_path / "gpt2", ValueError, "holds a 'gpt2' model")]

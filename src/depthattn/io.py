@@ -97,6 +97,10 @@ def is_sharded(path: str | Path) -> bool:
     return (Path(path) / SHARDS_DIR / ".metadata").is_file()
 
 
+# Hugging Face model_type -> kind; the only Llama-type checkpoints we read are the authors'.
+_MODEL_TYPES: dict[str, FolderKind] = {"depthattn": "hf", "qwen3": "qwen3", "llama": "official"}
+
+
 def _accepted() -> str:
     return "depthattn loads a model from " + "; ".join(KINDS.values())
 
@@ -117,23 +121,20 @@ def folder_kind(path: str | Path) -> FolderKind:
         raise FileNotFoundError(f"{path} is not a checkpoint folder: it has no {CONFIG_NAME} and "
                                 f"is no training run. {_accepted()}")
     raw = read_config_json(path)
-    model_type = raw.get("model_type")
     if raw.get("format") == "depthattn":
         return "depthattn"
-    if model_type in ("depthattn", "qwen3"):
-        return "hf" if model_type == "depthattn" else "qwen3"
-    if model_type == "llama":  # the only Llama-type checkpoints we read are the authors'
-        return "official"
-    raise ValueError(f"{path} holds a {model_type!r} model, which depthattn does not read. "
-                     f"{_accepted()}")
+    if raw.get("model_type") not in _MODEL_TYPES:
+        raise ValueError(f"{path} holds a {raw.get('model_type')!r} model, which depthattn does "
+                         f"not read. {_accepted()}")
+    return _MODEL_TYPES[raw["model_type"]]
 
 
 # --- the one loader --------------------------------------------------------------------------
-def load_model(path: str | Path, device: torch.device | str | None = None,
+def load_model(directory: str | Path, device: torch.device | str | None = None,
                dtype: torch.dtype | None = None, *, method: str | None = None,
                method_options: Mapping[str, Any] | None = None,
                overrides: Mapping[str, Any] | None = None) -> CausalLM:
-    """The model in ``path``, a folder of any kind ``folder_kind`` names, as a ``CausalLM``.
+    """The model in ``directory``, a folder of any kind ``folder_kind`` names, as a ``CausalLM``.
 
     device, dtype: where its tensors go and as what (default: the CPU, the stored dtype).
     method, method_options: the cross-layer method to run on the weights instead of the
@@ -146,7 +147,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
         model = load_model("runs/tiny")                   # its final model
         model = load_model("Qwen3-0.6B", method="depth_attention", method_options={"stride": 4})
     """
-    path = Path(path)
+    path = Path(directory)
     kind = folder_kind(path)
     if kind == "run":
         found = RunDir(path).model_path()
@@ -163,7 +164,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None,
     else:
         state = _read_safetensors(path, device)
     if kind == "official":
-        state.pop("lm_head_layernorm.weight", None)  # never used in their forward (§3.4)
+        state.pop("lm_head_layernorm.weight", None)  # unused by their forward (design.md §3.4)
     return model_from_state(config, state, device, dtype)
 
 
@@ -303,7 +304,7 @@ def _official(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     method, options = "vanilla", {}
     if depth and raw.get("recurrent_model", False):
         method = "depth_attention"
-        # their modeling code's defaults when the keys are absent: stride 1, window 0 (§3.5)
+        # their code's defaults when the keys are absent: stride 1, window 0 (design.md §3.5)
         options = {"stride": int(raw.get("depth_attention_stride",
                                          raw.get("depth_softmax_stride", 1))),
                    "recent_window": int(raw.get("depth_attention_recent_window",
