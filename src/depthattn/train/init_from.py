@@ -1,6 +1,6 @@
 """``init_from``: start training from existing weights instead of a random initialisation
-(continued pretraining, and the retrofit path: a Qwen3 checkpoint, or the authors' one
-converted, continued as Depth-Attention).
+(continued pretraining, and the retrofit path: a Qwen3 checkpoint, or one in the authors'
+format, continued as Depth-Attention).
 
 The source is any folder ``depthattn.io.load_model`` reads: a training run (its final model),
 a checkpoint, a depthattn model folder, a Hugging Face folder of our model, a Qwen3 Hugging Face
