@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from depthattn.hf.convert import from_official
+from depthattn.io import folder_kind, load_model
 from depthattn.model.cache import KVCache
 
 GEOMETRY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
@@ -159,6 +160,24 @@ def test_official_checkpoint_matches_float64_formula(tmp_path, changes, depth):
         assert (plain - expected).abs().max() > 1e-3
 
 
+def test_load_model_reads_the_authors_folder_as_it_is(tmp_path):
+    """The one loader reads their format directly; convert writes the same model out."""
+    weights = official_weights(seed=3)
+    src = write_official(tmp_path / "official", official_config(), weights)
+    assert folder_kind(src) == "official"
+    model = load_model(src).eval()
+    assert (model.config.method, model.config.k_norm_position) == ("depth_attention",
+                                                                   "after_rope")
+    with torch.no_grad():
+        ours = model(IDS)
+    expected = torch.stack([formula_logits(weights, row, True) for row in IDS])
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-10)
+    plain = load_model(src, method="vanilla").eval()  # their control, from the same weights
+    with torch.no_grad():
+        torch.testing.assert_close(plain(IDS), torch.stack(
+            [formula_logits(weights, row, False) for row in IDS]), rtol=0, atol=1e-10)
+
+
 def test_converted_official_model_decodes_like_full_forward(tmp_path):
     weights = official_weights(seed=2)
     src = write_official(tmp_path / "official", official_config(), weights)
@@ -199,7 +218,7 @@ def test_unsupported_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="baseline_mode"):
         from_official(baseline, tmp_path / "out")
     qwen = write_official(tmp_path / "qwen", official_config(model_type="qwen3"), weights)
-    with pytest.raises(ValueError, match="model_type"):
+    with pytest.raises(ValueError, match="model_type 'llama'.*--from-qwen3"):
         from_official(qwen, tmp_path / "out")
 
 

@@ -11,7 +11,7 @@ from depthattn.io import load_model, save_model
 from depthattn.model.config import ModelConfig
 from depthattn.model.decoder import CausalLM
 from depthattn.train import TrainConfig, train
-from depthattn.train.init_from import load_initial_weights
+from depthattn.train.init_from import initialise_from
 from depthattn.train.plan import plan_training
 
 GEOMETRY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 4, "num_heads": 4,
@@ -30,7 +30,7 @@ def test_init_from_a_vanilla_model_starts_depth_attention_from_its_weights(tmp_p
     torch.manual_seed(0)
     target = CausalLM(ModelConfig.from_preset("tiny", method="depth_attention", vocab_size=300,
                                               **GEOMETRY))
-    load_initial_weights(target, str(folder))
+    initialise_from(target, str(folder))
     for name, tensor in source.state_dict().items():
         assert torch.equal(target.state_dict()[name], tensor), name
 
@@ -40,7 +40,7 @@ def test_init_from_keeps_the_fresh_parameters_only_the_method_adds(tmp_path):
     torch.manual_seed(0)
     fresh = CausalLM(ModelConfig.from_preset("tiny", method="mhc", vocab_size=300, **GEOMETRY))
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    load_initial_weights(fresh, str(folder))
+    initialise_from(fresh, str(folder))
     after = fresh.state_dict()
     for name, tensor in after.items():
         expected = before[name] if name.startswith("model.cross_layer.") else \
@@ -52,14 +52,29 @@ def test_init_from_another_geometry_names_the_difference(tmp_path):
     folder, _ = saved(tmp_path, intermediate_size=96)
     target = CausalLM(ModelConfig.from_preset("tiny", vocab_size=300, **GEOMETRY))
     with pytest.raises(ValueError, match=r"intermediate_size 96 \(this run: 64\)"):
-        load_initial_weights(target, str(folder))
+        initialise_from(target, str(folder))
 
 
 def test_init_from_a_model_with_extra_parameters_is_refused(tmp_path):
     folder, _ = saved(tmp_path, method="mhc")
     target = CausalLM(ModelConfig.from_preset("tiny", vocab_size=300, **GEOMETRY))
     with pytest.raises(ValueError, match="not in this model: model.cross_layer"):
-        load_initial_weights(target, str(folder))
+        initialise_from(target, str(folder))
+
+
+def test_init_from_a_qwen3_folder_retrofits_depth_attention(tmp_path, randomize):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    qwen3 = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
+        max_position_embeddings=1024, tie_word_embeddings=False))
+    randomize(qwen3, seed=2).save_pretrained(tmp_path / "qwen3")
+    target = CausalLM(ModelConfig.from_preset("tiny", method="depth_attention", vocab_size=300,
+                                              **GEOMETRY))
+    initialise_from(target, str(tmp_path / "qwen3"))
+    for name, tensor in qwen3.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
 
 
 def test_training_from_init_from_starts_at_its_loss(tiny_train_config, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthattn.data.loader import TrainBatches
-from depthattn.io import load_any
+from depthattn.io import load_model
 from depthattn.train import train
 from depthattn.train.metrics import read_metrics
 
@@ -30,7 +30,7 @@ def test_twenty_steps_decrease_the_loss(tiny_train_config):
         assert (result.run_dir / name).exists(), name
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["val_loss"] == pytest.approx(result.val.loss)
-    loaded = load_any(result.run_dir)
+    loaded = load_model(result.run_dir)
     assert loaded.config.method == "depth_attention"
 
 

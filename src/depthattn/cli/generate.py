@@ -31,20 +31,18 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
-    from depthattn.hf.export import (
-        check_tokenizer_fits,
-        load_pretrained_any,
-        load_tokenizer_for,
-    )
-
+    from depthattn.data.tokenizer import check_vocab_fits
+    from depthattn.hf.modeling import DepthAttnForCausalLM
+    from depthattn.io import folder_kind, load_model, load_tokenizer_for
 
     require_int("--max-new-tokens", args.max_new_tokens, 1)
     if args.temperature < 0:
         raise ValueError(f"--temperature ({args.temperature}) must be >= 0 (0 = greedy)")
+    folder_kind(args.path)  # a path no loader reads fails before the tokenizer is looked for
     tokenizer = load_tokenizer_for(args.path, args.tokenizer)
     device = resolve_device(args.device)
-    model = load_pretrained_any(args.path, device=device).eval()
-    check_tokenizer_fits(tokenizer, model)
+    model = DepthAttnForCausalLM.from_core(load_model(args.path, device=device)).eval()
+    check_vocab_fits(len(tokenizer), model.config.vocab_size)
     torch.manual_seed(args.seed)  # transformers' generate samples from the global generator
     sampling = dict(do_sample=True, temperature=args.temperature, top_k=args.top_k or 0,
                     top_p=args.top_p or 1.0) if args.temperature > 0 else dict(do_sample=False)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from depthattn.io import load_any
+from depthattn.io import load_model
 from depthattn.ops.kv_quant import check_kv_format
 from depthattn.utils.atomic import (
     write_bytes_atomic,
@@ -18,6 +18,7 @@ from depthattn.utils.atomic import (
     write_text_atomic,
 )
 from depthattn.utils.checks import require_int
+from depthattn.utils.devices import autocast_dtype, resolve_device
 
 
 def parse_loops(text: str) -> list[int]:
@@ -48,7 +49,7 @@ def default_out_dir(first: str | Path) -> Path:
 def check_looped(paths: Sequence[str | Path]) -> None:
     """Every path holds a looped model (loop_layers > 0); checked before any evaluation."""
     for path in paths:
-        config = load_any(path).config
+        config = load_model(path).config
         if not config.looped:
             raise ValueError(f"{path}: --loops needs a looped model, and this one has "
                              f"loop_layers={config.loop_layers}")
@@ -61,7 +62,7 @@ def evaluate_loops(paths: Sequence[str | Path], loops: Sequence[int],
                    prefill_chunk: int = 32) -> list[dict[str, Any]]:
     """One row per path and r: val loss, perplexity and tokens on the same validation batches
     with the looped block applied r times; writes loops.json, loops.md and loops.png."""
-    from depthattn.eval.run import evaluate_loaded, load_for_eval
+    from depthattn.eval.run import eval_data, evaluate_loaded, validation_batches
 
     if not paths:
         raise ValueError("give at least one path")
@@ -74,9 +75,12 @@ def evaluate_loops(paths: Sequence[str | Path], loops: Sequence[int],
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths[0])
     check_looped(paths)
     rows: list[dict[str, Any]] = []
+    dev = resolve_device(device)
+    amp = autocast_dtype("auto", dev)
     for path in paths:
-        model, batches, dev, amp, used_seq_len = load_for_eval(path, data, seq_len, windows,
-                                                               batch_size, device)
+        path_data, used_seq_len = eval_data(path, data, seq_len)
+        model = load_model(path, device=dev)
+        batches = validation_batches(model, path_data, used_seq_len, windows, batch_size)
         trained = model.config.loop_iterations
         for r in loops:
             model.set_loop_iterations(r)

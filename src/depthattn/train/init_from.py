@@ -1,10 +1,10 @@
 """``init_from``: start training from existing weights instead of a random initialisation
-(continued pretraining, and the retrofit path: a Qwen3 checkpoint, or the authors' one
-converted, continued as Depth-Attention).
+(continued pretraining, and the retrofit path: a Qwen3 checkpoint, or one in the authors'
+format, continued as Depth-Attention).
 
-The source is anything ``depthattn.io.load_any`` reads: a training run (its final
-model), a depthattn model folder, a Hugging Face folder of our model (``depthattn convert``
-writes them, also from the authors' format) or a Qwen3 Hugging Face folder. Its geometry must be
+The source is any folder ``depthattn.io.load_model`` reads: a training run (its final model),
+a checkpoint, a depthattn model folder, a Hugging Face folder of our model, a Qwen3 Hugging Face
+folder or a checkpoint in the authors' format. Its geometry must be
 the configured one; the method may differ, since Depth-Attention and value residual add no
 parameters. Parameters the source lacks are allowed only where the configured method or the
 looped model's adapter adds them (``model.cross_layer.*``, ``model.loop_injection.*``): they keep
@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from depthattn.io import load_any
+from depthattn.io import load_model
 from depthattn.model.decoder import CausalLM
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,10 @@ def check_geometry(source: str, theirs, ours) -> None:
 
 
 @torch.no_grad()
-def load_initial_weights(model: CausalLM, source: str) -> None:
-    """Copy the weights of ``source`` into ``model`` (before it is sharded or trained)."""
-    loaded = load_any(source)
+def initialise_from(model: CausalLM, source: str) -> None:
+    """Copy the weights of the model folder ``source`` into ``model`` (before it is sharded or
+    trained)."""
+    loaded = load_model(source)
     check_geometry(source, loaded.config, model.config)
     theirs, ours = loaded.state_dict(), model.state_dict()
     missing = [k for k in ours if k not in theirs]
@@ -70,4 +71,4 @@ def load_initial_weights(model: CausalLM, source: str) -> None:
              f"fresh initialisation" if missing else "")
 
 
-__all__ = ["GEOMETRY_FIELDS", "check_geometry", "load_initial_weights"]
+__all__ = ["GEOMETRY_FIELDS", "check_geometry", "initialise_from"]

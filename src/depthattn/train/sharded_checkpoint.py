@@ -43,7 +43,7 @@ from depthattn.io import (
     CONFIG_NAME,
     SHARDS_DIR,
     is_sharded,
-    load_sharded_model,
+    load_model,
     save_model,
 )
 from depthattn.model.decoder import CausalLM
@@ -188,8 +188,8 @@ def full_model_state(model: CausalLM, dist: Distributed) -> dict[str, torch.Tens
 def export_sharded(path: str | Path, out: str | Path) -> Path:
     """The model of a DCP checkpoint as a depthattn model folder (config.json +
     model.safetensors) that ``load_model``, ``convert`` and the Hugging Face class read."""
-    return save_model(load_sharded_model(path), out)
+    return save_model(load_model(path), out)
 
 
 __all__ = ["ShardedCheckpointer", "export_sharded", "full_model_state", "is_sharded",
-           "load_full_state", "load_sharded", "load_sharded_model"]
+           "load_full_state", "load_sharded"]

@@ -43,7 +43,7 @@ from depthattn.train.config import TrainConfig
 from depthattn.train.distributed import Distributed
 from depthattn.train.fsdp import average_replicated_grads, clip_grad_norm, shard_model
 from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
-from depthattn.train.init_from import load_initial_weights
+from depthattn.train.init_from import initialise_from
 from depthattn.train.loop_depth import loop_depth_at, training_depths
 from depthattn.train.metrics import MetricsLog, NullMetrics
 from depthattn.train.optim import build_optimizer, build_scheduler
@@ -212,7 +212,7 @@ def _train(config: TrainConfig, resume: bool, dist: Distributed,
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = CausalLM(model_config).to(device)
     if config.init_from and checkpoint is None:
-        load_initial_weights(model, config.init_from)
+        initialise_from(model, config.init_from)
     model.model.activation_checkpointing = config.activation_checkpointing
     replicated: list[torch.nn.Parameter] = []
     if dist.enabled:
