@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import CompileConfig
 
-from depthattn.hf.static_cache import DepthAttnStaticCache
+from depthattn.hf.cache import DepthAttnStaticCache
 from tests.hf.test_hf_fidelity import (
     CACHE_ARG,
     METHODS,
