@@ -161,8 +161,6 @@ class _Buffers:
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None, kv_format: str | None = None) -> None:
-        """dtype: what attention computes in; kv_format: how keys and values are stored
-        (None: in ``dtype``, exactly; else one of ``depthattn.ops.kv_quant.KV_FORMATS``)."""
         check_kv_format(kv_format)
         shape = (batch_size, num_kv_heads, max_len, head_dim)
         self.dtype, self.kv_format = dtype, kv_format
