@@ -13,7 +13,7 @@ from depthattn.data.loader import IGNORE_INDEX
 from depthattn.eval.perplexity import evaluate_perplexity
 from depthattn.model.decoder import CausalLM
 from tests.conftest import tiny_model
-from tests.model.test_quantized_cache import batches
+from tests.model.test_cache import batches
 
 
 def plain_nll(model, data):

@@ -1,10 +1,12 @@
-"""``DepthAttnCache``: the KV cache of mixed values as a ``transformers.Cache``.
+"""The KV cache of mixed values as a ``transformers.Cache``: the core's caches
+(``depthattn.model.cache``) adapted to the API through which transformers' ``generate``
+creates, grows, reorders (beam search), repeats, selects, crops and resets them.
 
-Layer l holds (k_l, ṽ_l) in one ``DynamicLayer`` (with Depth-Attention ṽ_l is the mixed value,
-so the cache has a vanilla decoder's shape). transformers' ``generate`` creates, grows, reorders
-(beam search), repeats, selects and crops it through the ``Cache`` API; beside the layers it
-keeps what ``Decoder.forward`` needs of a cache (``depthattn.model.cache.DecoderCache``): which
-cached slots are padding, from which each row's next RoPE position follows.
+- ``DepthAttnCache``, the default: keys and values in transformers' ``DynamicLayer``s, so every
+  operation on them is transformers' own; the padding record is the core's ``PaddingRecord``
+  (as in ``KVCache``), and follows each operation.
+- ``DepthAttnStaticCache``, for ``generate(..., cache_implementation="static")`` and its
+  compiled decoding: a core ``StaticKVCache``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
-from depthattn.model.cache import new_positions
+from depthattn.model.cache import PaddingRecord, StaticKVCache
 
 
 class DepthAttnCache(Cache):
@@ -25,71 +28,162 @@ class DepthAttnCache(Cache):
     ``DepthAttnCache(num_layers=L_eff)``.
     """
 
+    fixed_shape = False
+    max_len = None  # it grows
+
     def __init__(self, config: Any = None, num_layers: int | None = None) -> None:
         if num_layers is None:
             if config is None:
                 raise ValueError("DepthAttnCache needs the model's config or num_layers")
             num_layers = config.num_applications
         super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
-        self._valid: torch.Tensor | None = None  # (B, length) bool, False at padding
-        self.has_padding = False
+        self.record = PaddingRecord()
 
-    # --- what Decoder.forward uses ------------------------------------------------------------
+    # --- what Decoder.forward reads: the record's; update is Cache.update, the layers' ---------
     @property
     def length(self) -> int:
-        return 0 if self._valid is None else self._valid.shape[1]
+        return self.record.length
 
     @property
     def batch_size(self) -> int:
-        """Rows cached; -1 before the first forward (transformers' convention)."""
-        return -1 if self._valid is None else self._valid.shape[0]
+        return self.record.batch_size
 
     def past_valid(self) -> torch.Tensor:
-        return self._valid
+        return self.record.valid
 
-    def begin(self, new_valid: torch.Tensor | None, num_new: int,
-              batch_size: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
-        past = self.length
-        if new_valid is None:
-            device = self._valid.device if self._valid is not None else None
-            new_valid = torch.ones(batch_size, num_new, dtype=torch.bool, device=device)
-        else:
-            self.has_padding = self.has_padding or not bool(new_valid.all())
-        next_position = (torch.zeros(batch_size, dtype=torch.long, device=new_valid.device)
-                         if self._valid is None else self._valid.sum(-1))
-        positions, _ = new_positions(next_position, new_valid)
-        self._valid = new_valid if self._valid is None else torch.cat([self._valid, new_valid], 1)
-        return past, self._valid if self.has_padding else None, positions
+    def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        return self.record.new_columns(padding_mask, num_new)
 
-    def end(self, num_new: int) -> None:
+    def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
+              device: torch.device) -> torch.Tensor:
+        return self.record.begin(new_valid, num_new, batch_size, device)
+
+    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
+        return self.record.attention_mask()
+
+    def end(self) -> None:
+        self.record.end()
         written = self.layers[-1].get_seq_length()
         if written != self.length:
             raise RuntimeError(f"the cache's layers hold {written} tokens but {self.length} were "
                                f"registered: a forward pass did not write every layer")
 
-    # --- transformers' Cache API: the padding record follows the layers -----------------------
+    # --- transformers' Cache API: the layers', and the padding record follows -----------------
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        if self._valid is not None:
-            self._valid = self._valid.index_select(0, beam_idx.to(self._valid.device))
+        self.record.select_rows(beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
-        if self._valid is not None:
-            self._valid = self._valid.repeat_interleave(repeats, dim=0)
+        self.record.repeat_rows(repeats)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
-        if self._valid is not None:
-            self._valid = self._valid[indices]
+        self.record.select_rows(indices)
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
         # the argument's meaning differs between transformers versions: follow the layers
         super().crop(*args, **kwargs)
-        if self._valid is not None:
-            self._valid = self._valid[:, :self.layers[0].get_seq_length()]
-            self.has_padding = not bool(self._valid.all())
+        self.record.crop(self.layers[0].get_seq_length())
 
     def reset(self) -> None:
         super().reset()
-        self._valid, self.has_padding = None, False
+        self.record.reset()
+
+
+class DepthAttnStaticCache(Cache):
+    """A core ``StaticKVCache`` (allocated at the first forward, when the batch is known) that
+    says it is compileable, so that transformers compiles the forward of the decoding steps.
+    The attention mask transformers tracks grows by a column per step; ``static_padding_mask``
+    gives the forward a (B, max_len) one instead, so that every step has the same shapes."""
+
+    fixed_shape = True
+
+    def __init__(self, config: Any, max_len: int, dtype: torch.dtype = torch.float32) -> None:
+        """config: the core ``ModelConfig`` (layers, kv heads, head dim); dtype: the model's."""
+        super().__init__(layers=[])
+        self.config, self.max_len, self.dtype = config, max_len, dtype
+        self.inner: StaticKVCache | None = None
+
+    # --- what Decoder.forward reads: the core static cache's ----------------------------------
+    @property
+    def length(self) -> int:
+        return 0 if self.inner is None else self.inner.length
+
+    @property
+    def batch_size(self) -> int:
+        return -1 if self.inner is None else self.inner.batch_size
+
+    def past_valid(self) -> torch.Tensor:
+        return self.inner.past_valid()
+
+    def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        if self.inner is None:  # nothing written yet: the first columns
+            return padding_mask[:, :num_new]
+        return self.inner.new_columns(padding_mask, num_new)
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
+              device: torch.device) -> torch.Tensor:
+        if self.inner is None:
+            self.inner = StaticKVCache(self.config.num_applications, batch_size, self.max_len,
+                                       self.config.num_kv_heads, self.config.head_dim,
+                                       dtype=self.dtype, device=device)
+        return self.inner.begin(new_valid, num_new, batch_size, device)
+
+    def attention_mask(self) -> tuple[torch.Tensor, bool]:
+        return self.inner.attention_mask()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.update(key_states, value_states, layer_idx)
+
+    def end(self) -> None:
+        self.inner.end()
+
+    # --- transformers' Cache API --------------------------------------------------------------
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    # per layer, as transformers asks (it has no layer objects here): full attention everywhere
+    @property
+    def is_linear(self) -> list[bool]:
+        return [False] * self.config.num_applications
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.config.num_applications
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return self.max_len
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.max_len, 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.inner is not None:
+            self.inner.select_rows(beam_idx)
+
+    def reset(self) -> None:
+        self.inner = None
+
+    def _unsupported(self, what: str) -> None:
+        raise ValueError(f"{what} is not supported by the static cache; use the default "
+                         f"(DepthAttnCache) for this generation mode")
+
+    def crop(self, *args: Any, **kwargs: Any) -> None:
+        self._unsupported("crop (assisted or speculative decoding)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._unsupported("batch_repeat_interleave")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._unsupported("batch_select_indices")
+
+
+def static_padding_mask(attention_mask: torch.Tensor, max_len: int) -> torch.Tensor:
+    """A (B, T) padding mask of the tokens so far, padded with zeros to (B, max_len)."""
+    return F.pad(attention_mask, (0, max_len - attention_mask.shape[1]))

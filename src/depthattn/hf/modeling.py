@@ -21,10 +21,9 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from depthattn.hf.cache import DepthAttnCache
+from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache, static_padding_mask
 from depthattn.hf.configuration import DepthAttnConfig
-from depthattn.hf.static_cache import DepthAttnStaticCache, static_padding_mask
-from depthattn.model.cache import KVCache
+from depthattn.model.cache import KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM, Decoder
 from depthattn.utils.checks import require_int
 
@@ -36,7 +35,7 @@ CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ 
 # slots generate tracks, which the cache knows: checked, not used)
 LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
 IGNORED_KWARGS = ("cache_position",)
-OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache)
+OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache, StaticKVCache)
 
 
 class DepthAttnPreTrainedModel(PreTrainedModel):
@@ -225,7 +224,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             elif type(made) is StaticCache and not made.offloading:
                 # its length: the longest of this and earlier calls (no recompilation)
                 model_kwargs[key] = DepthAttnStaticCache(self.core_config, made.get_max_length(),
-                                                         self.dtype, self.device)
+                                                         self.dtype)
             elif isinstance(made, Cache):
                 raise ValueError(f"cache_implementation="
                                  f"{generation_config.cache_implementation!r} is not supported: "

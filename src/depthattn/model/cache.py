@@ -1,50 +1,77 @@
-"""Static KV cache. Layer l stores (k_l, ṽ_l): with Depth-Attention the *mixed* value replaces
-the raw one, so the cache has exactly a vanilla GQA decoder's shape, dtype and size
-(docs/method.md §4). ``kv_format`` stores keys and values in a smaller format
-(``depthattn.ops.kv_quant``); attention then reads them dequantised, the tokens of the current
-call included, so what it computes is what a quantised cache gives."""
+"""KV caches. Layer l stores (k_l, ṽ_l): with Depth-Attention the *mixed* value replaces the raw
+one, so a cache has exactly a vanilla GQA decoder's shape, dtype and size (docs/method.md §4).
+
+- ``DecoderCache``: everything ``Decoder.forward`` reads of a cache.
+- ``PaddingRecord``: which cached tokens are padding, and so each row's next RoPE position, for
+  a cache that fills left to right: ``KVCache`` and the Hugging Face ``DepthAttnCache`` keep
+  one each and differ only in where keys and values live.
+- ``KVCache``: buffers allocated once for ``max_len`` tokens; attention reads the written ones.
+- ``StaticKVCache``: the same buffers, read whole under a mask: shapes that never change, for
+  compiled decoding.
+
+``kv_format`` stores keys and values in a smaller format (``depthattn.ops.kv_quant``); attention
+then reads them dequantised, the tokens of the current call included, so what it computes is what
+a quantised cache gives.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from depthattn.model.mask import attention_mask_for
 from depthattn.ops.kv_quant import (
     STORAGE_DTYPE,
     check_kv_format,
+    dequantize_int8,
     quantize_int8,
     to_storage,
 )
 
 
+@runtime_checkable
 class DecoderCache(Protocol):
-    """What ``Decoder.forward`` needs of a cache: ``KVCache`` here, and the Hugging Face
-    ``depthattn.hf.cache.DepthAttnCache`` (a ``transformers.Cache``). A cache with a true
-    ``fixed_shape`` attribute (``StaticKVCache``, ``DepthAttnStaticCache``) also has
-    ``attention_mask()``: attention then reads every slot, under that mask."""
+    """What ``Decoder.forward`` reads of a cache: ``KVCache``, ``StaticKVCache`` and their Hugging
+    Face adapters ``depthattn.hf.cache.DepthAttnCache`` and ``DepthAttnStaticCache``. A forward
+    call runs ``begin``, then ``update`` once per layer application, then ``end``."""
 
+    # False: attention reads the slots written so far. True: it reads all max_len slots under
+    # attention_mask(), and a padding mask may span every slot (as generate passes it).
+    fixed_shape: bool
+    max_len: int | None  # slots the cache holds; None: it grows
     length: int  # tokens (slots) cached so far
-    batch_size: int
+    batch_size: int  # rows; -1 while unknown (a Hugging Face cache before its first call)
 
     def past_valid(self) -> torch.Tensor:
         """(B, length) bool: False at the cached padding."""
         ...
 
-    def begin(self, new_valid: torch.Tensor | None, num_new: int,
-              batch_size: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
-        """Before the layers run: (past length, key padding mask over past + new or None,
-        the new tokens' RoPE positions (B, num_new))."""
+    def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        """The (B, num_new) columns of the incoming tokens in a padding mask over the new tokens,
+        the past and new ones, or (``fixed_shape``) every slot."""
+        ...
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
+              device: torch.device) -> torch.Tensor:
+        """Before the layers run: register ``num_new`` incoming tokens (``new_valid`` (B, num_new)
+        bool, False at padding, or None: all real) on ``device``; return their RoPE positions
+        (B, num_new)."""
+        ...
+
+    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) for SDPA: the tokens of ``begin`` over the keys ``update``
+        returns."""
         ...
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
                layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append one layer's new (k, ṽ); return its keys and values so far."""
+        """Write one layer's new (k, ṽ); return the keys and values attention reads."""
         ...
 
-    def end(self, num_new: int) -> None:
-        """After every layer has written the new tokens."""
+    def end(self) -> None:
+        """Commit the tokens of ``begin`` once every layer has written them."""
         ...
 
 
@@ -57,18 +84,83 @@ def new_positions(next_position: torch.Tensor,
     return (next_position[:, None] + real - 1).clamp(min=0), real[:, -1]
 
 
-class KVCache:
-    """Pre-allocated per-layer buffers (B, H_kv, max_len, d), filled left to right.
+class PaddingRecord:
+    """Which tokens of a cache that fills left to right are real (False at padding).
 
-    All rows advance together (prompts are left-padded); ``key_valid`` remembers which written
-    slots are padding and ``next_position`` the RoPE position of each row's next real token.
+    All rows advance together (prompts are left-padded), so a row's next RoPE position is the
+    number of its real tokens so far (docs/method.md §4). ``begin`` stages a call's tokens and
+    ``end`` commits them; the row operations follow what beam search and assisted decoding do to
+    the keys and values.
     """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.valid: torch.Tensor | None = None  # (B, length) bool; None before the first call
+        self.has_padding = False  # once padding is cached, every later call needs a mask
+        self._staged: torch.Tensor | None = None  # (B, length + T): valid with the call's tokens
+        self._mask: tuple[torch.Tensor | None, bool] = (None, True)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.valid is None else self.valid.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        """Rows recorded; -1 before the first call (transformers' convention)."""
+        return -1 if self.valid is None else self.valid.shape[0]
+
+    def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        return padding_mask[:, -num_new:]
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
+              device: torch.device) -> torch.Tensor:
+        past = self.length
+        if new_valid is None:
+            new_valid = torch.ones(batch_size, num_new, dtype=torch.bool, device=device)
+        else:
+            self.has_padding = self.has_padding or not bool(new_valid.all())
+        next_position = (torch.zeros(batch_size, dtype=torch.long, device=new_valid.device)
+                         if self.valid is None else self.valid.sum(-1))
+        positions, _ = new_positions(next_position, new_valid)
+        self._staged = new_valid if self.valid is None else torch.cat([self.valid, new_valid], 1)
+        self._mask = attention_mask_for(num_new, past, self._staged if self.has_padding else None,
+                                        device)
+        return positions
+
+    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
+        return self._mask
+
+    def end(self) -> None:
+        self.valid, self._staged = self._staged, None
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep rows ``index``, in its order (beam search repeats some)."""
+        if self.valid is not None:
+            self.valid = self.valid[torch.as_tensor(index, device=self.valid.device)]
+
+    def repeat_rows(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row."""
+        if self.valid is not None:
+            self.valid = self.valid.repeat_interleave(repeats, dim=0)
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` tokens."""
+        if self.valid is not None:
+            self.valid = self.valid[:, :length]
+            self.has_padding = not bool(self.valid.all())
+
+
+class _Buffers:
+    """Per-layer key and value buffers (B, H_kv, max_len, d), allocated once; one layer slot per
+    application: L_eff = ``config.num_applications`` (num_layers unless the model is looped).
+    Subclasses say which slots the incoming tokens take, and which slots attention reads
+    (``_write``)."""
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None, kv_format: str | None = None) -> None:
-        """dtype: what attention computes in; kv_format: how keys and values are stored
-        (None: in ``dtype``, exactly; else one of ``depthattn.ops.kv_quant.KV_FORMATS``)."""
         check_kv_format(kv_format)
         shape = (batch_size, num_kv_heads, max_len, head_dim)
         self.dtype, self.kv_format = dtype, kv_format
@@ -80,27 +172,22 @@ class KVCache:
         n_scaled = num_layers if kv_format == "int8" else 0
         self.key_scales = [torch.ones(scales, device=device) for _ in range(n_scaled)]
         self.value_scales = [torch.ones(scales, device=device) for _ in range(n_scaled)]
-        self.key_valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
-        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.batch_size, self.max_len = batch_size, max_len
-        self.length = 0  # slots written so far
-        self.has_padding = False
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, max_len: int | None = None,
                   dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                  kv_format: str | None = None) -> KVCache:
+                  kv_format: str | None = None) -> _Buffers:
         """A cache sized for ``model`` (a ``CausalLM``: its ``config`` and ``lm_head``); dtype
-        and device default to the model's. One layer slot per application: L_eff =
-        ``config.num_applications`` (num_layers unless the model is looped)."""
+        and device default to the model's, max_len to its ``max_seq_len``."""
         config = model.config
         max_len = config.max_seq_len if max_len is None else max_len
         if not 1 <= max_len <= config.max_seq_len:
             raise ValueError(f"cache max_len ({max_len}) must be between 1 and the model's "
                              f"max_seq_len ({config.max_seq_len})")
         weight = model.lm_head.weight
-        return cls(config.num_applications, batch_size, max_len, config.num_kv_heads, config.head_dim,
-                   dtype=dtype or weight.dtype, device=device or weight.device,
+        return cls(config.num_applications, batch_size, max_len, config.num_kv_heads,
+                   config.head_dim, dtype=dtype or weight.dtype, device=device or weight.device,
                    kv_format=kv_format)
 
     @property
@@ -110,90 +197,102 @@ class KVCache:
         buffers = (*self.keys, *self.values, *self.key_scales, *self.value_scales)
         return sum(t.numel() * t.element_size() for t in buffers)
 
-    def past_valid(self) -> torch.Tensor:
-        """(B, length) bool: which cached slots hold real tokens (False at padding)."""
-        return self.key_valid[:, :self.length]
-
-    def begin(self, new_valid: torch.Tensor | None, num_new: int,
-              batch_size: int) -> tuple[int, torch.Tensor | None, torch.Tensor]:
-        """Register ``num_new`` incoming tokens before the layers run.
-
-        new_valid: (B, num_new) bool padding mask of the new tokens, or None (all real).
-        Returns (past_len, key_valid over past + new or None if nothing is padded,
-        position_ids (B, num_new)).
-        """
-        past = self.length
-        if past + num_new > self.max_len:
-            raise ValueError(f"the cache holds {past} tokens and {num_new} more do not fit in "
-                             f"its max_len ({self.max_len}); build it with a larger max_len")
-        if new_valid is None:
-            offsets = torch.arange(num_new, device=self.next_position.device)[None, :]
-            positions = self.next_position[:, None] + offsets
-            self.key_valid[:, past:past + num_new] = True
-            self._advance = torch.full_like(self.next_position, num_new)
-        else:
-            self.has_padding = self.has_padding or not bool(new_valid.all())
-            positions, self._advance = new_positions(self.next_position, new_valid)
-            self.key_valid[:, past:past + num_new] = new_valid
-        return past, self.key_valid[:, :past + num_new] if self.has_padding else None, positions
+    def _check_fits(self, num_new: int) -> None:
+        if self.length + num_new > self.max_len:
+            raise ValueError(f"the cache holds {self.length} tokens and {num_new} more do not "
+                             f"fit in its max_len ({self.max_len}); build it with a larger "
+                             f"max_len")
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
                layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new tokens' (k, ṽ) of one layer; return the layer's keys and values so far
-        (transformers' ``Cache.update`` argument order)."""
-        k, v = key_states, value_states
-        start, end = self.length, self.length + k.shape[2]
-        if self.kv_format is None:
-            self.keys[layer_idx][:, :, start:end] = k
-            self.values[layer_idx][:, :, start:end] = v
-            return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
-        return (self._store(self.keys, self.key_scales, layer_idx, start, k),
-                self._store(self.values, self.value_scales, layer_idx, start, v))
+        """Write the new tokens' (k, ṽ) of one layer; return the layer's keys and values that
+        attention reads (transformers' ``Cache.update`` argument order)."""
+        return (self._store(self.keys, self.key_scales, layer_idx, key_states),
+                self._store(self.values, self.value_scales, layer_idx, value_states))
 
     def _store(self, buffers: list[torch.Tensor], scales: list[torch.Tensor], layer_idx: int,
-               start: int, x: torch.Tensor) -> torch.Tensor:
-        """Write x (B, H_kv, T, d) in the cache's format; read back every slot so far."""
-        end = start + x.shape[2]
+               x: torch.Tensor) -> torch.Tensor:
+        """Write x (B, H_kv, T, d) in the cache's format; read back what attention reads,
+        dequantised."""
         if self.kv_format == "int8":
             codes, scale = quantize_int8(x)
-            buffers[layer_idx][:, :, start:end] = codes
-            scales[layer_idx][:, :, start:end] = scale
-            return (buffers[layer_idx][:, :, :end].float()
-                    * scales[layer_idx][:, :, :end]).to(self.dtype)
-        buffers[layer_idx][:, :, start:end] = to_storage(x, self.kv_format)
-        return buffers[layer_idx][:, :, :end].to(self.dtype)
+            return dequantize_int8(self._write(buffers[layer_idx], codes),
+                                   self._write(scales[layer_idx], scale), self.dtype)
+        stored = x if self.kv_format is None else to_storage(x, self.kv_format)
+        return self._write(buffers[layer_idx], stored).to(self.dtype)
 
-    def end(self, num_new: int) -> None:
-        """Commit the ``num_new`` tokens of ``begin`` once every layer has written them."""
-        self.length += num_new
-        self.next_position = self.next_position + self._advance
+    def _write(self, buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Write x (B, H_kv, T, ·) at the incoming tokens' slots of ``buffer``; return the
+        slots attention reads."""
+        raise NotImplementedError
 
 
-# ---------------------------------------------------------------------------------------------
-# ``StaticKVCache``: the KV cache with shapes that never change, for compiled decoding.
-#
+class KVCache(_Buffers):
+    """Buffers (B, H_kv, max_len, d) filled left to right; attention reads the slots written so
+    far. A ``PaddingRecord`` remembers which of them are padding."""
+
+    fixed_shape = False
+
+    def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
+                 head_dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None, kv_format: str | None = None) -> None:
+        """dtype: what attention computes in; kv_format: how keys and values are stored
+        (None: in ``dtype``, exactly; else one of ``depthattn.ops.kv_quant.KV_FORMATS``)."""
+        super().__init__(num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, device,
+                         kv_format)
+        self.record = PaddingRecord()
+
+    @property
+    def length(self) -> int:
+        return self.record.length
+
+    def past_valid(self) -> torch.Tensor:
+        return self.record.valid
+
+    def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        return self.record.new_columns(padding_mask, num_new)
+
+    def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
+              device: torch.device) -> torch.Tensor:
+        self._check_fits(num_new)
+        return self.record.begin(new_valid, num_new, batch_size, device)
+
+    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
+        return self.record.attention_mask()
+
+    def _write(self, buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        end = self.length + x.shape[2]
+        buffer[:, :, self.length:end] = x
+        return buffer[:, :, :end]
+
+    def end(self) -> None:
+        self.record.end()
+
+
 # ``KVCache`` slices its buffers to the tokens written so far, so every decoding step has new
 # shapes and reads a Python counter: ``torch.compile`` would recompile (or guard) at each
 # position. Here attention reads all ``max_len`` slots, with a mask that hides the unwritten ones
 # and padding, and the new tokens are written at a slot index kept on the device. A decode step is
 # then one graph at every position, with no host synchronisation, which CUDA graphs can replay
 # (``generate(..., compile=True)``). Same values as ``KVCache``: masked slots get zero weight.
-class StaticKVCache(KVCache):
-    """``KVCache``'s constructor and ``for_model``; ``slot`` (a 0-d device tensor) counts the
-    slots written. ``length`` reads it back (a synchronisation: for checks outside the compiled
-    step, never inside it)."""
+class StaticKVCache(_Buffers):
+    """``KVCache``'s buffers and ``for_model``, with shapes that never change. ``slot`` (a 0-d
+    device tensor) counts the slots written; ``length`` reads it back (a synchronisation: for
+    checks outside the compiled step, never inside it)."""
 
-    fixed_shape = True  # Decoder.forward: attention over every slot, masked
+    fixed_shape = True
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None, kv_format: str | None = None) -> None:
+        super().__init__(num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, device,
+                         kv_format)
         self.slot = torch.zeros((), dtype=torch.long, device=device)
-        super().__init__(num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype,
-                         device, kv_format)
-        self.key_valid.fill_(False)  # unwritten slots are hidden from attention
+        # False at padding and at the unwritten slots, which attention must not see
+        self.key_valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._slot_range = torch.arange(max_len, device=device)
-        self._new_slots = self.slot[None]
+        self._new_slots = self.slot[None]  # (T,) the slots of the call in progress
         if self.slot.device.type == "cuda":  # CUDA graphs may keep these addresses
             for t in (*self.keys, *self.values, *self.key_scales, *self.value_scales,
                       self.key_valid, self.next_position, self.slot):
@@ -203,65 +302,48 @@ class StaticKVCache(KVCache):
     def length(self) -> int:
         return int(self.slot)
 
-    @length.setter
-    def length(self, value: int) -> None:
-        self.slot.fill_(value)
-
-    def begin(self, new_valid: torch.Tensor | None, num_new: int,
-              batch_size: int) -> tuple[int | None, torch.Tensor, torch.Tensor]:
-        """As ``KVCache.begin``, without reading anything back to the host while compiled;
-        the past length is not known on the host (None): use ``attention_mask``."""
-        if not torch.compiler.is_compiling() and self.length + num_new > self.max_len:
-            raise ValueError(f"the cache holds {self.length} tokens and {num_new} more do not "
-                             f"fit in its max_len ({self.max_len}); build it with a larger "
-                             f"max_len")
-        device = self.slot.device
-        self._new_slots = self.slot + torch.arange(num_new, device=device)  # (T,)
-        if new_valid is None:
-            new_valid = torch.ones(batch_size, num_new, dtype=torch.bool, device=device)
-        positions, advance = new_positions(self.next_position, new_valid)
-        self.key_valid.index_copy_(1, self._new_slots, new_valid)
-        self.next_position.add_(advance)
-        return None, self.key_valid, positions
+    def past_valid(self) -> torch.Tensor:
+        return self.key_valid[:, :self.length]
 
     def new_columns(self, padding_mask: torch.Tensor, num_new: int) -> torch.Tensor:
-        """The (B, num_new) columns of a (B, max_len) padding mask over every slot that belong
-        to the incoming tokens (read at the device-side slot index: no synchronisation)."""
+        """A mask over every slot is read at the device-side slot index (no synchronisation)."""
+        if padding_mask.shape[1] != self.max_len:
+            return padding_mask[:, -num_new:]
         return padding_mask.index_select(1, self.slot + torch.arange(num_new,
                                                                     device=self.slot.device))
 
-    def reorder_rows(self, index: torch.Tensor) -> None:
+    def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
+              device: torch.device) -> torch.Tensor:
+        """Reads nothing back to the host while compiled. The tokens' slots, padding and positions
+        are written now; ``end`` moves the slot index past them."""
+        if not torch.compiler.is_compiling():
+            self._check_fits(num_new)
+        self._new_slots = self.slot + torch.arange(num_new, device=self.slot.device)  # (T,)
+        if new_valid is None:
+            new_valid = torch.ones(batch_size, num_new, dtype=torch.bool, device=self.slot.device)
+        positions, advance = new_positions(self.next_position, new_valid)
+        self.key_valid.index_copy_(1, self._new_slots, new_valid)
+        self.next_position.add_(advance)
+        return positions
+
+    def attention_mask(self) -> tuple[torch.Tensor, bool]:
+        """(B, 1, T, max_len) bool: causal over slots, padding and unwritten slots hidden. A
+        padding query that sees nothing sees everything instead, so SDPA stays finite (its output
+        is never read by a real token)."""
+        causal = self._slot_range[None, :] <= self._new_slots[:, None]  # (T, max_len)
+        mask = causal[None, None] & self.key_valid[:, None, None, :]
+        return mask | ~mask.any(dim=-1, keepdim=True), False
+
+    def _write(self, buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        buffer.index_copy_(2, self._new_slots, x.to(buffer.dtype))
+        return buffer
+
+    def end(self) -> None:
+        self.slot.add_(self._new_slots.shape[0])
+
+    def select_rows(self, index: torch.Tensor) -> None:
         """Rows ``index`` (beam search), in place: the buffers keep their addresses, which
         CUDA graphs replay."""
         for t in (*self.keys, *self.values, *self.key_scales, *self.value_scales,
                   self.key_valid, self.next_position):
             t.copy_(t.index_select(0, index.to(t.device)))
-
-    def attention_mask(self) -> torch.Tensor:
-        """(B, 1, T, max_len) bool for the tokens of ``begin``: causal over slots, padding and
-        unwritten slots hidden. A padding query that sees nothing sees everything instead, so
-        SDPA stays finite (its output is never read by a real token)."""
-        causal = self._slot_range[None, :] <= self._new_slots[:, None]  # (T, max_len)
-        mask = causal[None, None] & self.key_valid[:, None, None, :]
-        return mask | ~mask.any(dim=-1, keepdim=True)
-
-    def _store(self, buffers: list[torch.Tensor], scales: list[torch.Tensor], layer_idx: int,
-               start: int, x: torch.Tensor) -> torch.Tensor:
-        """Write x (B, H_kv, T, d) at the new slots; read back every slot (dequantised)."""
-        slots = self._new_slots
-        if self.kv_format == "int8":
-            codes, scale = quantize_int8(x)
-            buffers[layer_idx].index_copy_(2, slots, codes)
-            scales[layer_idx].index_copy_(2, slots, scale)
-            return (buffers[layer_idx].float() * scales[layer_idx]).to(self.dtype)
-        stored = x if self.kv_format is None else to_storage(x, self.kv_format)
-        buffers[layer_idx].index_copy_(2, slots, stored.to(buffers[layer_idx].dtype))
-        return buffers[layer_idx].to(self.dtype)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
-               layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self._store(self.keys, self.key_scales, layer_idx, 0, key_states),
-                self._store(self.values, self.value_scales, layer_idx, 0, value_states))
-
-    def end(self, num_new: int) -> None:
-        self.slot.add_(num_new)

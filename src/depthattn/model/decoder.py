@@ -118,20 +118,17 @@ class Decoder(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         if cache is not None:
-            past, key_valid, positions = cache.begin(new_valid, T, B)
+            positions = cache.begin(new_valid, T, B, x.device)
+            attn_mask, is_causal = cache.attention_mask()
         else:
-            past = 0
             key_valid = new_valid if new_valid is not None and not bool(new_valid.all()) else None
             if key_valid is None:
                 positions = torch.arange(T, device=x.device).expand(B, T)
             else:
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
+            attn_mask, is_causal = attention_mask_for(T, 0, key_valid, x.device)
         if position_ids is not None:
             positions = position_ids
-        if getattr(cache, "fixed_shape", False):  # every slot, masked (StaticKVCache)
-            attn_mask, is_causal = cache.attention_mask(), False
-        else:
-            attn_mask, is_causal = attention_mask_for(T, past, key_valid, x.device)
 
         cos, sin = self.rotary_emb(positions, x.dtype)
         ctx = ForwardContext(cos=cos, sin=sin, attn_mask=attn_mask, is_causal=is_causal,
@@ -155,7 +152,7 @@ class Decoder(nn.Module):
                 if hidden_states is not None and app.index < last:
                     hidden_states.append(method.final_hidden(stream, ctx))
         if cache is not None:
-            cache.end(T)
+            cache.end()
         out = self.norm(method.final_hidden(stream, ctx))
         if hidden_states is not None:
             hidden_states.append(out)
@@ -218,7 +215,7 @@ class Decoder(nn.Module):
         if attention_mask is None:
             return None
         allowed = {(B, T), (B, past + T)}
-        if getattr(cache, "fixed_shape", False):
+        if cache is not None and cache.fixed_shape:
             allowed.add((B, cache.max_len))  # over every slot, as generate passes it
         if tuple(attention_mask.shape) not in allowed:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
@@ -236,8 +233,8 @@ def _new_columns(attention_mask: torch.Tensor, cache: DecoderCache | None,
                  num_new: int) -> torch.Tensor:
     """The new tokens' (B, T) bool columns of a mask over the new, past + new, or (a
     fixed-shape cache) every slot."""
-    if getattr(cache, "fixed_shape", False) and attention_mask.shape[1] == cache.max_len:
-        attention_mask = cache.new_columns(attention_mask, num_new)
+    if cache is not None:
+        return cache.new_columns(attention_mask, num_new).bool()
     return attention_mask[:, -num_new:].bool()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from depthattn.model.cache import KVCache, StaticKVCache
+from depthattn.model.cache import DecoderCache, KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM
 from depthattn.utils.checks import require_int
 
@@ -47,7 +47,7 @@ def next_token(logits: torch.Tensor, do_sample: bool = False, temperature: float
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def decode_step(model: CausalLM, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+def decode_step(model: CausalLM, token: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
     """One token per row (B, 1) through the model into the cache → next logits (B, V)."""
     return model(token, cache=cache)[:, -1]
 
@@ -71,7 +71,7 @@ def check_left_padded(attention_mask: torch.Tensor) -> None:
 
 @torch.no_grad()
 def prefill(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-            cache: KVCache, chunk_size: int | None = None) -> torch.Tensor:
+            cache: DecoderCache, chunk_size: int | None = None) -> torch.Tensor:
     """Run the prompt through the model into ``cache``; return the last position's logits (B, V)."""
     T = input_ids.shape[1]
     step = T if chunk_size is None else chunk_size
