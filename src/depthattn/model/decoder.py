@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.methods import build_method
 from depthattn.methods.base import CrossLayerMethod, ForwardContext
+from depthattn.methods.depth_attention import set_depth_mix_impl
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.config import ModelConfig
@@ -64,6 +65,7 @@ class Decoder(nn.Module):
         # r → (applications, method) of a call at r iterations other than the configured one;
         # a plain dict, so the methods in it are not registered (no parameters of their own).
         self._loop_plans: dict[int, tuple[list[Application], CrossLayerMethod]] = {}
+        self.depth_mix_impl = "auto"  # set_depth_mix_impl; every method built here takes it
 
     def set_loop_iterations(self, iterations: int) -> None:
         """Test-time depth: apply the looped block ``iterations`` times from now on. The weights
@@ -74,6 +76,7 @@ class Decoder(nn.Module):
         method = build_method(config).to(device=weight.device, dtype=weight.dtype)
         method.load_state_dict(self.cross_layer.state_dict(), strict=True)
         method.train(self.cross_layer.training)
+        set_depth_mix_impl(method, self.depth_mix_impl)
         self.config, self.cross_layer = config, method
         self.applications = applications(config)
         self._loop_plans.clear()  # they share the old method's parameters
@@ -123,7 +126,14 @@ class Decoder(nn.Module):
                                  f"{self.config.loop_iterations} (module {name!r}): it cannot "
                                  f"run at another depth with the same weights")
             module._parameters, module._buffers = twin._parameters, twin._buffers
+        set_depth_mix_impl(method, self.depth_mix_impl)
         return applications(config), method
+
+    def set_depth_mix_impl(self, impl: str) -> None:
+        """See ``CausalLM.set_depth_mix_impl``."""
+        for method in [self.cross_layer, *(plan[1] for plan in self._loop_plans.values())]:
+            set_depth_mix_impl(method, impl)
+        self.depth_mix_impl = impl
 
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
@@ -356,6 +366,12 @@ class CausalLM(nn.Module):
         """Test-time depth of a looped model: see ``Decoder.set_loop_iterations``."""
         self.model.set_loop_iterations(iterations)
         self.config = self.model.config
+
+    def set_depth_mix_impl(self, impl: str) -> None:
+        """Which depth mix Depth-Attention runs from now on: "auto", the rule of
+        docs/depth_mix.md, or one implementation by name ("reference", "unstacked",
+        "inference", "triton"). A runtime choice: not part of the config, not saved."""
+        self.model.set_depth_mix_impl(impl)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: DecoderCache | None = None,
