@@ -26,9 +26,8 @@ call, its smallest worst-case over the shapes it must fail:
         (interpreter)
       broken: softmax in float16             16        16         1.6
 
-A bfloat16 test of 0.1 absolute against a float32 reference at one shape passed the broken
-variant, and a Triton backward that took Σ_i α_i ∂L/∂α_i as do · ṽ_l from the rounded ṽ_l; its
-bfloat16 gradients score up to 655 here (ops/depth_mix/triton_kernel.py).
+A Triton backward that takes Σ_i α_i ∂L/∂α_i as do · ṽ_l from the rounded ṽ_l fails them too: its
+bfloat16 gradients score up to 655 (ops/depth_mix/triton_kernel.py).
 """
 
 from __future__ import annotations

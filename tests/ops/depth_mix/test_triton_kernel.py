@@ -62,7 +62,7 @@ def test_sources_with_different_layouts_are_read_correctly(triton_mix):
 
 def test_a_value_with_gaps_is_copied_instead_of_written_past(triton_mix):
     """ṽ and the gradients are written into buffers of their inputs' layouts, which only dense
-    tensors keep: a value sliced from a wider tensor is copied first (it once ran out of bounds)."""
+    tensors keep: a value sliced from a wider tensor is copied first, not written past its end."""
     q, keys, values, key, _ = make_inputs(1, 4, 2, 5, 8, 1, torch.float32, DEVICE)
     wide = torch.randn(1, 2, 5, 16, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     value = wide.requires_grad_()[..., :8]  # strides (160, 80, 16, 1): gaps between rows

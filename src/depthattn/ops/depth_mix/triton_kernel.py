@@ -22,10 +22,10 @@ every gradient.
 
 Unlike FlashAttention's backward, that sum is not taken as do · ṽ_l: ṽ_l is stored in the value
 dtype, and in bfloat16 do · (rounding error of ṽ_l) is as large as ∂L/∂α_j − Σ_i α_i ∂L/∂α_i
-itself when the softmax is sharp. The key and query gradients came out up to 655× the tests'
-bfloat16 tolerance (tests/ops/depth_mix/compare.py; with round-to-nearest, the GPU's rounding,
-still 46% of their largest value). The first pass costs one more read of the n+1 keys and
-values in backward.
+itself when the softmax is sharp: taken that way, the key and query gradients are off by up to
+655× the tests' bfloat16 tolerance (tests/ops/depth_mix/compare.py; with round-to-nearest, the
+GPU's rounding, still 46% of their largest value). The first pass costs one more read of the n+1
+keys and values in backward.
 
 Sources must share one memory layout for keys and one for values; the model's do (every layer
 makes k and v the same way), and a source that differs is copied to the common layout.
