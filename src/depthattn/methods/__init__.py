@@ -12,6 +12,7 @@ from depthattn.methods.baselines import (  # noqa: F401
     mhc,
     muddformer,
 )
+from depthattn.methods.depth_attention import set_depth_mix_impl
 from depthattn.methods.registry import (
     build_method,
     get_method,
@@ -22,4 +23,4 @@ from depthattn.methods.registry import (
 )
 
 __all__ = ["CrossLayerMethod", "MethodCost", "MethodOptions", "build_method", "get_method",
-           "method_names", "method_options", "register", "resolve_config"]
+           "method_names", "method_options", "register", "resolve_config", "set_depth_mix_impl"]

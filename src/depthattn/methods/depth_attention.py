@@ -24,7 +24,7 @@ from depthattn.methods.base import (
 from depthattn.methods.registry import register
 from depthattn.model.config import ModelConfig
 from depthattn.model.looped import Application, applications
-from depthattn.ops.depth_mix import depth_mix, depth_mix_reference
+from depthattn.ops.depth_mix import check_impl, depth_mix, depth_mix_reference
 from depthattn.utils.checks import require_int
 
 # (layer l, its sources S(l), α of shape (B, H_kv, T, |S(l)| + 1)) -> None
@@ -94,6 +94,18 @@ class DepthAttention(CrossLayerMethod):
         # Set only while depthattn.analysis.capture_depth_weights is active: α is then computed
         # by the reference mix, which returns it, and handed to the recorder.
         self.recorder: DepthWeightRecorder | None = None
+        self.impl = "auto"  # which depth mix runs (ops/depth_mix); a runtime choice, not saved
+
+    @property
+    def impl(self) -> str:
+        """The depth-mix implementation: "auto" (its documented rule) or one by name
+        (``depthattn.ops.depth_mix.IMPLS``); ``CausalLM.set_depth_mix_impl`` sets it."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        check_impl(impl)
+        self._impl = impl
 
     @classmethod
     def cost(cls, config: ModelConfig, options: DepthAttentionOptions) -> MethodCost:
@@ -127,10 +139,18 @@ class DepthAttention(CrossLayerMethod):
             keys = [ctx.depth_stash[j].key for j in sources]
             values = [ctx.depth_stash[j].value for j in sources]  # mixed values ṽ_j: recursive
             if self.recorder is None:
-                v = depth_mix(q, keys, values, k, v)  # eq. of docs/method.md §3
+                v = depth_mix(q, keys, values, k, v, self.impl)  # docs/method.md §3
             else:
                 v, alpha = depth_mix_reference(q, keys, values, k, v, return_weights=True)
                 self.recorder(layer_idx, sources, alpha)
         if layer_idx in read_later:
             ctx.depth_stash[layer_idx] = KeyValue(k, v)
         return v
+
+
+def set_depth_mix_impl(module: torch.nn.Module, impl: str) -> None:
+    """Set ``impl`` on every Depth-Attention method inside ``module`` (none: nothing to set)."""
+    check_impl(impl)
+    for m in module.modules():
+        if isinstance(m, DepthAttention):
+            m.impl = impl

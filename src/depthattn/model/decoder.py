@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from depthattn.methods import build_method, resolve_config
+from depthattn.methods import build_method, resolve_config, set_depth_mix_impl
 from depthattn.methods.base import ForwardContext
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
@@ -310,6 +310,12 @@ class CausalLM(nn.Module):
         """Test-time depth of a looped model: see ``Decoder.set_loop_iterations``."""
         self.model.set_loop_iterations(iterations)
         self.config = self.model.config
+
+    def set_depth_mix_impl(self, impl: str) -> None:
+        """Which depth mix Depth-Attention runs from now on: "auto", the rule of
+        docs/depth_mix.md, or one implementation by name ("reference", "unstacked",
+        "inference", "triton"). A runtime choice: not part of the config, not saved."""
+        set_depth_mix_impl(self, impl)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: DecoderCache | None = None,

@@ -1,4 +1,4 @@
-"""The depth mix for calls without autograd (decoding, evaluation): the fewest operations.
+"""The depth mix for calls of a few tokens without autograd (decoding): the fewest operations.
 
 When one token is decoded, every tensor here is a few hundred numbers and the time goes to
 launching operations, not to arithmetic. So the n+1 keys and values are stacked (cheap at

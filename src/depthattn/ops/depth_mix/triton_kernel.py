@@ -1,17 +1,31 @@
 """The depth mix as one Triton kernel forward and one backward (CUDA; CPU under TRITON_INTERPRET=1).
 
+Never chosen by ``impl="auto"``: a model runs it after ``set_depth_mix_impl("triton")``. It is
+checked against the float64 reference by tests/ops/depth_mix/test_triton_kernel.py, on a GPU by
+the ``gpu`` tests that benchmarks/gpu_check.sh runs.
+
 One program owns a block of tokens of one (batch, kv head). Forward reads the G query heads of
 the group once, then each key and value of the n+1 sources once, straight from the tensors
 where they live (a tuple of pointers, no stacked copy), and keeps an online softmax over depth
 in float32 registers. It writes ṽ_l and one log-sum-exp per token. Backward recomputes the
-weights from that log-sum-exp (the math is written out in ``recompute.py``) in two passes over
-the sources: the first sums Σ_i α_i ∂L/∂α_i in float32, the second writes every gradient.
+weights α_j = exp(a_j − lse) from that log-sum-exp, per token and kv head, with o = ṽ_l and
+do = ∂L/∂o (the derivatives of docs/method.md §3, steps 2–4):
+
+    ∂L/∂ṽ_j = α_j · do                            (v_l for the layer itself)
+    ∂L/∂α_j = do · ṽ_j
+    ∂L/∂a_j = α_j (∂L/∂α_j − Σ_i α_i ∂L/∂α_i)     (softmax)
+    ∂L/∂k_j = ∂L/∂a_j · q̄ / √d,    ∂L/∂q̄ = Σ_j ∂L/∂a_j · k_j / √d
+    ∂L/∂q_h = ∂L/∂q̄ / G for each of the G query heads of the group (the group mean)
+
+in two passes over the sources: the first sums Σ_i α_i ∂L/∂α_i in float32, the second writes
+every gradient.
 
 Unlike FlashAttention's backward, that sum is not taken as do · ṽ_l: ṽ_l is stored in the value
 dtype, and in bfloat16 do · (rounding error of ṽ_l) is as large as ∂L/∂α_j − Σ_i α_i ∂L/∂α_i
-itself when the softmax is sharp. The key and query gradients came out up to 655× the tolerance
-(tolerances.py; with round-to-nearest, the GPU's rounding, still 46% of their largest value).
-The first pass costs one more read of the n+1 keys and values in backward.
+itself when the softmax is sharp: taken that way, the key and query gradients are off by up to
+655× the tests' bfloat16 tolerance (tests/ops/depth_mix/compare.py; with round-to-nearest, the
+GPU's rounding, still 46% of their largest value). The first pass costs one more read of the n+1
+keys and values in backward.
 
 Sources must share one memory layout for keys and one for values; the model's do (every layer
 makes k and v the same way), and a source that differs is copied to the common layout.

@@ -19,9 +19,9 @@ import torch
 from depthattn.ops.depth_mix import depth_mix
 from depthattn.ops.depth_mix.reference import depth_mix_reference
 
-MIX_FUNCTIONS = [
+MIX_FUNCTIONS = [  # the reference, and the public function with impl="auto"
     pytest.param(depth_mix_reference, id="reference"),
-    pytest.param(depth_mix, id="dispatch"),
+    pytest.param(depth_mix, id="auto"),
 ]
 
 
@@ -212,7 +212,7 @@ def test_gradcheck_float64():
         assert x.grad is not None and x.grad.abs().max() > 1e-6, name
 
 
-def test_gradcheck_float64_dispatch_and_gqa4():
+def test_gradcheck_float64_auto_and_gqa4():
     q, sk, sv, k, v = make_inputs(B=1, H=8, H_kv=2, T=2, d=4, n=1, seed=4)
     inputs = tuple(x.clone().requires_grad_(True) for x in (q, *sk, *sv, k, v))
 
