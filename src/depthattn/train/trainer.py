@@ -36,7 +36,7 @@ from depthattn.data.verify import verify_prepared
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity, nll_result
 from depthattn.io import model_from_state, save_model
 from depthattn.model.decoder import CausalLM
-from depthattn.train import distributed, faults
+from depthattn.train import distributed
 from depthattn.train.checkpoint import save_checkpoint
 from depthattn.train.config import TrainConfig
 from depthattn.train.distributed import Distributed
@@ -233,7 +233,6 @@ class Trainer:
         if self.replicated:
             average_replicated_grads(self.replicated)
         grad_norm = self.clip_gradients()
-        faults.in_step(step)
         # The mean over ranks, the same on every rank, so every rank skips (and logs) alike.
         loss = self.dist.all_reduce_tensor(loss) / self.world
         lr = self.optimizer.param_groups[0]["lr"]
