@@ -81,8 +81,10 @@ def test_sigkill_inside_a_random_step_resumes_bit_identically(prepared_corpus, t
                             check=False)
     assert killed.returncode == -signal.SIGKILL, (step, killed.stderr[-2000:])
     assert not RunDir(run_dir).is_finished()
+    assert RunDir(run_dir).lock_file.exists()  # left by the killed process: stale, taken over
     resume(run_dir)
     assert records(run_dir) == reference, f"killed inside step {step}"
+    assert not RunDir(run_dir).lock_file.exists()
 
 
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_one_before(prepared_corpus, tmp_path,
@@ -122,6 +124,7 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(prepared_corpus, tmp
     assert "Traceback" not in stderr
     stopped_at = int(stderr.split("stopped by SIGTERM after step ")[1].split()[0])
     assert stopped_at < STEPS
+    assert not RunDir(run_dir).lock_file.exists()  # released by the stopped run
     checkpoint = RunDir(run_dir).latest_checkpoint()
     assert checkpoint.name == checkpoint_name(stopped_at)  # the step it stopped at, not older
     verify_folder(checkpoint)

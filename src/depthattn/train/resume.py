@@ -40,13 +40,13 @@ def changed_fields(run: RunDir, config: TrainConfig) -> list[str]:
 
 
 def check_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> None:
-    """``run_dir`` is new or empty, or (with ``resume``) a run of the same configuration."""
-    if run.path.exists() and not run.path.is_dir():
-        raise ValueError(f"run_dir {run.path} is a file, not a folder; choose another run_dir")
+    """``run_dir`` is new or empty, or (with ``resume``) a run of the same configuration (a
+    file in its place was refused when the lock was taken)."""
     if not run.is_run():
-        # Leftovers of interrupted atomic writes do not make a folder "something else".
+        # Leftovers of interrupted atomic writes do not make a folder "something else", nor
+        # does the lock this process holds.
         entries = run.path.iterdir() if run.path.is_dir() else []
-        others = sorted(p.name for p in entries if ".tmp-" not in p.name)
+        others = sorted(p.name for p in entries if ".tmp-" not in p.name and p != run.lock_file)
         if others:
             listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
             raise ValueError(f"run_dir {run.path} holds something else than a training run "

@@ -3,7 +3,7 @@ atomic checkpoints; ``resume=True`` continues a run exactly (same batches, same 
 after the process was killed at any point (it restarts from the newest checkpoint that
 verifies). SIGTERM / SIGINT write a checkpoint and stop (``signals``); a non-finite step is
 skipped (``guard``); memory, disk, data and tokenizer are checked before any work
-(``preflight``, ``depthattn.data.verify``).
+(``preflight``, ``depthattn.data.verify``); one process at a time trains a run (``lock``).
 
 ``Trainer.__init__`` sets a run up (data, model, optimizer, the checkpoint it resumes from),
 ``Trainer.train_step`` is one optimizer step, ``Trainer.train`` the loop around it that logs,
@@ -43,6 +43,7 @@ from depthattn.train.distributed import Distributed
 from depthattn.train.fsdp import average_replicated_grads, clip_grad_norm, shard_model
 from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
 from depthattn.train.init_from import load_initial_weights
+from depthattn.train.lock import hold_run_lock
 from depthattn.train.loop_depth import LoopDepth, loop_depth_at, training_depths
 from depthattn.train.metrics import MetricsLog, NullMetrics
 from depthattn.train.optim import build_optimizer, build_scheduler
@@ -89,7 +90,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
                                      config.dist_timeout_s)
     try:
         check_config(config, dist, device)
-        return Trainer(config, resume, dist, device).train()
+        with hold_run_lock(RunDir(config.run_dir), dist):
+            return Trainer(config, resume, dist, device).train()
     finally:
         distributed.teardown()
 
@@ -131,8 +133,7 @@ class Trainer:
         if checkpoint is not None:
             check_step_size(checkpoint, self.tokens_per_step, self.world)
         # --- the run ---
-        if dist.is_main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:  # into the folder the lock made
             config.save(self.run.config_file)
             self.model_config.save(self.run.model_config_file)
         self._setup_model(from_scratch=checkpoint is None)
