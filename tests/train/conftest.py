@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -38,3 +39,9 @@ def tiny_train_config(prepared_corpus, tmp_path):
         return TrainConfig(**{**base, **fields})
 
     return make
+
+
+def as_overrides(config: TrainConfig) -> list[str]:
+    """``config`` as the key=value arguments of `depthattn train`."""
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+            for k, v in config.to_dict().items()]

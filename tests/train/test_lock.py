@@ -20,6 +20,7 @@ import pytest
 from depthattn.train import train
 from depthattn.train.lock import Holder, RunLock, is_alive
 from depthattn.train.run_dir import RunDir
+from tests.train.conftest import as_overrides
 
 
 def write_lock(run: RunDir, pid: int, host: str | None = None) -> None:
@@ -39,9 +40,7 @@ def dead_pid() -> int:
 def test_a_second_train_into_a_live_run_is_refused_naming_the_first(tiny_train_config):
     config = tiny_train_config(steps=100_000, eval_every=0, checkpoint_every=0)
     run = RunDir(config.run_dir)
-    overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
-                 for k, v in config.to_dict().items()]
-    first = subprocess.Popen([sys.executable, "-m", "depthattn", "train", *overrides],
+    first = subprocess.Popen([sys.executable, "-m", "depthattn", "train", *as_overrides(config)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

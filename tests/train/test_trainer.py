@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
+from depthattn.cli import main
 from depthattn.data.loader import TrainBatches
 from depthattn.io import load_any
-from depthattn.train import train
+from depthattn.train import checkpoint, train
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
+from tests.train.conftest import as_overrides
 
 
 def _losses(run_dir):
@@ -53,6 +58,45 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_train_c
     resumed = train(interrupted, resume=True)
     assert _losses(resumed.run_dir) == _losses(reference.run_dir)  # exact, step by step
     assert resumed.val.loss == reference.val.loss
+
+
+FULL_DISK = {
+    "oserror": OSError(errno.ENOSPC, "No space left on device"),
+    "safetensors": SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                                   'StorageFull, message: "No space left on device" })'),
+}
+
+
+@pytest.mark.parametrize("error", FULL_DISK.values(), ids=FULL_DISK.keys())
+def test_a_checkpoint_that_cannot_be_written_ends_with_one_line_saying_how_to_resume(
+        tiny_train_config, tmp_path, monkeypatch, capsys, error):
+    straight = train(tiny_train_config(run_dir=str(tmp_path / "straight"), eval_every=0))
+    config = tiny_train_config(eval_every=0)  # checkpoints at steps 10 and 20
+    save_model, written = checkpoint.save_model, []
+
+    def disk_full_at_the_second_checkpoint(model, folder):
+        written.append(folder)
+        if len(written) == 2:
+            raise error
+        return save_model(model, folder)
+
+    monkeypatch.setattr(checkpoint, "save_model", disk_full_at_the_second_checkpoint)
+    assert main(["train", *as_overrides(config)]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    line, = [line for line in stderr.splitlines() if "error" in line]
+    good = RunDir(config.run_dir).checkpoints_dir / "step_0000010"
+    assert line.startswith("depthattn train: error: writing a checkpoint into ")
+    assert "No space left on device" in line
+    assert f"the last good checkpoint is {good}. Resume with: depthattn train --resume " \
+           f"run_dir={config.run_dir}" in line
+    written.clear()
+    with pytest.raises(ValueError) as failed:  # the same, for a caller of train()
+        train(tiny_train_config(run_dir=str(tmp_path / "again"), eval_every=0))
+    assert failed.value.__cause__ is error
+    monkeypatch.setattr(checkpoint, "save_model", save_model)
+    assert main(["train", "--resume", f"run_dir={config.run_dir}"]) == 0  # nothing was lost
+    assert _losses(config.run_dir) == _losses(straight.run_dir)
 
 
 def test_existing_run_dir_is_refused_without_resume(tiny_train_config):

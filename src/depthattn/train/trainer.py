@@ -21,11 +21,14 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 from depthattn.data.loader import IGNORE_INDEX, TrainBatches, ValidationBatches
@@ -340,20 +343,40 @@ class Trainer:
 
     def checkpoint(self, step: int) -> Path:
         """Write the checkpoint of ``step`` (every rank takes part under torchrun)."""
-        # Metrics up to this step reach the disk before a checkpoint says the step is done.
-        self.metrics.sync()
-        state = {"tokens": step * self.tokens_per_step, "tokens_per_step": self.tokens_per_step,
-                 "world_size": self.world, **self.guard.state()}
-        if self.checkpointer is not None:
-            return self.checkpointer.save(step, self.model, self.optimizer, self.scheduler,
-                                          state)
-        return save_checkpoint(self.run.checkpoints_dir, step, self.model, self.optimizer,
-                               self.scheduler, state, keep=self.config.keep_checkpoints)
+        with self._resumable_on_failure():
+            # Metrics up to this step reach the disk before a checkpoint says the step is done.
+            self.metrics.sync()
+            state = {"tokens": step * self.tokens_per_step,
+                     "tokens_per_step": self.tokens_per_step, "world_size": self.world,
+                     **self.guard.state()}
+            if self.checkpointer is not None:
+                return self.checkpointer.save(step, self.model, self.optimizer, self.scheduler,
+                                              state)
+            return save_checkpoint(self.run.checkpoints_dir, step, self.model, self.optimizer,
+                                   self.scheduler, state, keep=self.config.keep_checkpoints)
 
     def finish_checkpoints(self) -> None:
         """Complete a sharded checkpoint still being written (``async_checkpoint``)."""
         if self.checkpointer is not None:
-            self.checkpointer.finish()
+            with self._resumable_on_failure():
+                self.checkpointer.finish()
+
+    @contextlib.contextmanager
+    def _resumable_on_failure(self) -> Iterator[None]:
+        """A checkpoint that cannot be written (a full disk, say) ends the run with one line
+        that names the last good checkpoint and how to resume from it: nothing before it is
+        lost."""
+        try:
+            yield
+        # RuntimeError: torch.save's; CheckpointException: DCP's, raised on every rank
+        except (OSError, RuntimeError, SafetensorError, CheckpointException) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            good = self.run.latest_checkpoint()
+            where = (f"the last good checkpoint is {good}" if good is not None
+                     else "no checkpoint was written before it")
+            raise ValueError(f"writing a checkpoint into {self.run.checkpoints_dir} failed "
+                             f"({reason}); {where}. Resume with: depthattn train --resume "
+                             f"run_dir={self.run.path}") from error
 
     # --- the end ----------------------------------------------------------------------------
     def _finish(self) -> RunResult:
