@@ -143,13 +143,20 @@ def test_sigint_in_process_stops_after_the_step_with_a_checkpoint(prepared_corpu
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would
         return original(self, step)
 
+    def before_the_run(signum, frame):  # whatever handled SIGINT before (here: not Python's)
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(TrainBatches, "batch", interrupt_at_step_7)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingStopped) as stopped:
-        train(TrainConfig(**fields(prepared_corpus, run_dir)))
+    previous = signal.signal(signal.SIGINT, before_the_run)
+    try:
+        with pytest.raises(TrainingStopped) as stopped:
+            train(TrainConfig(**fields(prepared_corpus, run_dir)))
+        assert signal.getsignal(signal.SIGINT) is before_the_run  # the handler is restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (stopped.value.step, stopped.value.exit_code) == (8, 128 + signal.SIGINT)
     assert stopped.value.checkpoint == RunDir(run_dir).latest_checkpoint()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     monkeypatch.setattr(TrainBatches, "batch", original)
     resume(run_dir)
     assert records(run_dir) == reference
