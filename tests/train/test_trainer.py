@@ -1,4 +1,6 @@
-"""The training loop: loss goes down, resume is exact, outputs are complete and atomic."""
+"""The training loop: loss goes down, resume is exact, outputs are complete and atomic, a
+checkpoint that cannot be written ends the run saying how to resume, and what the configuration
+alone rules out is refused before any work."""
 
 from __future__ import annotations
 
@@ -99,19 +101,6 @@ def test_a_checkpoint_that_cannot_be_written_ends_with_one_line_saying_how_to_re
     assert _losses(config.run_dir) == _losses(straight.run_dir)
 
 
-def test_existing_run_dir_is_refused_without_resume(tiny_train_config):
-    config = tiny_train_config(steps=2, eval_every=0, checkpoint_every=0)
-    train(config)
-    with pytest.raises(ValueError, match="already holds a run.*resume"):
-        train(config)
-
-
-def test_resume_with_another_configuration_is_refused(tiny_train_config):
-    train(tiny_train_config(steps=2))
-    with pytest.raises(ValueError, match=r"different configuration \(lr"):
-        train(tiny_train_config(steps=2, lr=1e-2), resume=True)
-
-
 def test_gradient_accumulation_matches_one_big_batch(tiny_train_config, tmp_path):
     big = train(tiny_train_config(run_dir=str(tmp_path / "big"), micro_batch_size=8, steps=3,
                                   eval_every=0, checkpoint_every=0))
@@ -189,3 +178,18 @@ def test_compiled_training_gives_the_same_losses(tiny_train_config, tmp_path):
     compiled = train(tiny_train_config(run_dir=str(tmp_path / "compiled"), steps=3, eval_every=0,
                                        compile=True))
     assert _losses(compiled.run_dir) == pytest.approx(_losses(eager.run_dir), abs=1e-4)
+
+
+def test_dp_replicate_needs_torchrun(tiny_train_config):
+    with pytest.raises(ValueError, match="dp_replicate .2. needs several processes"):
+        train(tiny_train_config(dp_replicate=2))
+
+
+def test_cpu_offload_needs_a_sharded_gpu_run(tiny_train_config):
+    with pytest.raises(ValueError, match="fsdp_cpu_offload .* needs torchrun and device cuda"):
+        train(tiny_train_config(fsdp_cpu_offload=True))
+
+
+def test_async_checkpoint_needs_torchrun(tiny_train_config):
+    with pytest.raises(ValueError, match="async_checkpoint writes the sharded checkpoints"):
+        train(tiny_train_config(async_checkpoint=True))

@@ -190,4 +190,4 @@ def export_sharded(path: str | Path, out: str | Path) -> Path:
 
 
 __all__ = ["ShardedCheckpointer", "export_sharded", "full_model_state", "is_sharded",
-           "load_full_state", "load_sharded", "load_sharded_model"]
+           "load_full_state", "load_sharded"]
