@@ -240,7 +240,7 @@ class Trainer:
         # The mean over ranks, the same on every rank, so every rank skips (and logs) alike.
         loss = self.dist.all_reduce_tensor(loss) / self.world
         lr = self.optimizer.param_groups[0]["lr"]
-        skipped = self.guard.reason_to_skip(loss, grad_norm)
+        skipped = self.guard.reason_to_skip(loss, grad_norm)  # the step's one device sync
         if skipped is None:
             self.optimizer.step()
         # The schedule advances either way: the LR stays a function of the step.
