@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
-from depthattn.train import TrainConfig
+from depthattn.train import TrainConfig, train
+from depthattn.train.checkpoint import checkpoint_name
+from depthattn.train.run_dir import RunDir
 
 WORDS = ("the of and to in that is was he for it with as his on be at by had not are but from "
          "or have an they which one you were her all she there would their we him been has when "
@@ -38,3 +42,23 @@ def tiny_train_config(prepared_corpus, tmp_path):
         return TrainConfig(**{**base, **fields})
 
     return make
+
+
+def as_overrides(config: TrainConfig) -> list[str]:
+    """``config`` as the key=value arguments of `depthattn train`."""
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+            for k, v in config.to_dict().items()]
+
+
+@pytest.fixture
+def run_with_two_checkpoints(tiny_train_config):
+    result = train(tiny_train_config(steps=20, checkpoint_every=10, eval_every=0))
+    run = RunDir(result.run_dir)
+    assert [p.name for p in run.checkpoints()] == [checkpoint_name(20), checkpoint_name(10)]
+    return run
+
+
+def flip_a_byte(path: Path, offset: int = -9) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))

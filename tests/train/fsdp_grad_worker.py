@@ -56,7 +56,7 @@ def main() -> int:
             if not torch.allclose(grad, p.grad, rtol=RTOL, atol=ATOL):
                 failures.append(f"{method} {extra}: gradient of {name} differs by "
                                 f"{(grad - p.grad).abs().max():.3g}")
-        norm = clip_grad_norm(list(sharded.parameters()), 1e9)
+        norm = float(clip_grad_norm(list(sharded.parameters()), 1e9))
         ref_norm = float(torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e9))
         if abs(norm - ref_norm) > 1e-5 * ref_norm:
             failures.append(f"{method} {extra}: grad norm {norm} != {ref_norm}")

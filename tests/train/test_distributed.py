@@ -33,6 +33,7 @@ from depthattn.train.sharded_checkpoint import export_sharded, is_sharded
 STEPS, CHECKPOINT_EVERY = 6, 3
 LOSS_RTOL = 1e-5  # fp32: the same sums over another split of the batch
 WORKER = Path(__file__).with_name("fsdp_grad_worker.py")
+FAULTS = Path(__file__).with_name("faults.py")
 TIMINGS = ("tokens_per_s", "elapsed_s")
 
 
@@ -54,10 +55,15 @@ def torchrun(nproc: int, args: list[str], timeout: float = 300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def train_args(prepared_corpus, run_dir: Path, **extra) -> list[str]:
+def train_args(prepared_corpus, run_dir: Path, fault: tuple[str, int] | None = None,
+               **extra) -> list[str]:
+    """`depthattn train` with the run's fields; with ``fault`` (FAULT, rank), run by faults.py
+    with FAULT in that rank."""
     overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                  for k, v in fields(prepared_corpus, run_dir, **extra).items()]
-    return ["-m", "depthattn", "train", *overrides]
+    command = (["-m", "depthattn"] if fault is None
+               else [str(FAULTS), fault[0], "--rank", str(fault[1])])
+    return [*command, "train", *overrides]
 
 
 def run_ok(result: subprocess.CompletedProcess) -> None:
@@ -158,8 +164,8 @@ def test_async_checkpoints_equal_synchronous_ones(two_process_run, prepared_corp
 
 def test_a_rank_that_fails_ends_the_job(prepared_corpus, tmp_path):
     started = time.monotonic()
-    result = torchrun(2, train_args(prepared_corpus, tmp_path / "run"), timeout=240,
-                      env={"DEPTHATTN_FAULT": "raise_at_step:1", "DEPTHATTN_FAULT_RANK": "1"})
+    result = torchrun(2, train_args(prepared_corpus, tmp_path / "run",
+                                    fault=("raise_at_step:1", 1)), timeout=240)
     assert result.returncode != 0
     assert "fault injected at step 1" in result.stderr
     assert time.monotonic() - started < 120  # the other rank did not hang
@@ -169,9 +175,8 @@ def test_killed_while_checkpointing_resumes_from_the_previous_checkpoint(two_pro
                                                                          prepared_corpus,
                                                                          tmp_path):
     run_dir = tmp_path / "killed"
-    result = torchrun(2, train_args(prepared_corpus, run_dir),
-                      env={"DEPTHATTN_FAULT": f"kill_in_checkpoint:{2 * CHECKPOINT_EVERY}",
-                           "DEPTHATTN_FAULT_RANK": "0"})
+    result = torchrun(2, train_args(prepared_corpus, run_dir,
+                                    fault=(f"kill_in_checkpoint:{2 * CHECKPOINT_EVERY}", 0)))
     assert result.returncode != 0
     run = RunDir(run_dir)
     assert run.latest_checkpoint().name == f"step_{CHECKPOINT_EVERY:07d}"  # not the torn one

@@ -1,6 +1,6 @@
 """A real `depthattn train` process killed at any moment resumes with `--resume` and logs
 exactly the records of an uninterrupted run: SIGKILL inside a step, SIGKILL half-way through a
-checkpoint write (DEPTHATTN_FAULT, train/faults.py), SIGTERM from outside, SIGINT.
+checkpoint write (installed by faults.py, which runs the command), SIGTERM from outside, SIGINT.
 
 The uninterrupted reference runs in this process and the interrupted runs in subprocesses with
 one intra-op thread each (as the suite: tests/conftest.py), so equal records mean bit-identical
@@ -29,6 +29,7 @@ from depthattn.train.signals import TrainingStopped
 from depthattn.utils.file_manifest import verify_folder
 
 STEPS, CHECKPOINT_EVERY = 60, 10
+FAULTS = Path(__file__).with_name("faults.py")
 TIMINGS = ("tokens_per_s", "elapsed_s")  # the only fields allowed to differ
 
 
@@ -54,18 +55,16 @@ def reference(prepared_corpus, tmp_path_factory) -> list[dict]:
     return logged
 
 
-def train_command(prepared_corpus, run_dir: Path) -> list[str]:
+def train_command(prepared_corpus, run_dir: Path, fault: str | None = None) -> list[str]:
+    """`depthattn train` with the run's fields; with ``fault``, run by faults.py with it."""
     overrides = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
                  for k, v in fields(prepared_corpus, run_dir).items()]
-    return [sys.executable, "-m", "depthattn", "train", *overrides]
+    command = [str(FAULTS), fault] if fault is not None else ["-m", "depthattn"]
+    return [sys.executable, *command, "train", *overrides]
 
 
-def subprocess_env(fault: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the reference: one intra-op thread
-    env.pop("DEPTHATTN_FAULT", None)
-    if fault is not None:
-        env["DEPTHATTN_FAULT"] = fault
-    return env
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}  # as the reference: one intra-op thread
 
 
 def resume(run_dir: Path) -> None:
@@ -77,22 +76,24 @@ def test_sigkill_inside_a_random_step_resumes_bit_identically(prepared_corpus, t
                                                               reference):
     step = random.randrange(1, STEPS - 1)
     run_dir = tmp_path / "run"
-    killed = subprocess.run(train_command(prepared_corpus, run_dir), capture_output=True,
-                            text=True, env=subprocess_env(f"kill_at_step:{step}"), timeout=300,
+    killed = subprocess.run(train_command(prepared_corpus, run_dir, f"kill_at_step:{step}"),
+                            capture_output=True, text=True, env=subprocess_env(), timeout=300,
                             check=False)
     assert killed.returncode == -signal.SIGKILL, (step, killed.stderr[-2000:])
     assert not RunDir(run_dir).is_finished()
+    assert RunDir(run_dir).lock_file.exists()  # left by the killed process: stale, taken over
     resume(run_dir)
     assert records(run_dir) == reference, f"killed inside step {step}"
+    assert not RunDir(run_dir).lock_file.exists()
 
 
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_one_before(prepared_corpus, tmp_path,
                                                                        reference):
     step = random.randrange(2, STEPS // CHECKPOINT_EVERY) * CHECKPOINT_EVERY
     run_dir = tmp_path / "run"
-    killed = subprocess.run(train_command(prepared_corpus, run_dir), capture_output=True,
-                            text=True, env=subprocess_env(f"kill_in_checkpoint:{step}"),
-                            timeout=300, check=False)
+    killed = subprocess.run(train_command(prepared_corpus, run_dir, f"kill_in_checkpoint:{step}"),
+                            capture_output=True, text=True, env=subprocess_env(), timeout=300,
+                            check=False)
     assert killed.returncode == -signal.SIGKILL, (step, killed.stderr[-2000:])
     checkpoints = RunDir(run_dir).checkpoints_dir
     # it died with the new checkpoint half-written in its staging folder, never renamed
@@ -123,6 +124,7 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(prepared_corpus, tmp
     assert "Traceback" not in stderr
     stopped_at = int(stderr.split("stopped by SIGTERM after step ")[1].split()[0])
     assert stopped_at < STEPS
+    assert not RunDir(run_dir).lock_file.exists()  # released by the stopped run
     checkpoint = RunDir(run_dir).latest_checkpoint()
     assert checkpoint.name == checkpoint_name(stopped_at)  # the step it stopped at, not older
     verify_folder(checkpoint)
@@ -141,13 +143,20 @@ def test_sigint_in_process_stops_after_the_step_with_a_checkpoint(prepared_corpu
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would
         return original(self, step)
 
+    def before_the_run(signum, frame):  # whatever handled SIGINT before (here: not Python's)
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(TrainBatches, "batch", interrupt_at_step_7)
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingStopped) as stopped:
-        train(TrainConfig(**fields(prepared_corpus, run_dir)))
+    previous = signal.signal(signal.SIGINT, before_the_run)
+    try:
+        with pytest.raises(TrainingStopped) as stopped:
+            train(TrainConfig(**fields(prepared_corpus, run_dir)))
+        assert signal.getsignal(signal.SIGINT) is before_the_run  # the handler is restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (stopped.value.step, stopped.value.exit_code) == (8, 128 + signal.SIGINT)
     assert stopped.value.checkpoint == RunDir(run_dir).latest_checkpoint()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     monkeypatch.setattr(TrainBatches, "batch", original)
     resume(run_dir)
     assert records(run_dir) == reference

@@ -1,16 +1,23 @@
-"""The training loop: loss goes down, resume is exact, outputs are complete and atomic."""
+"""The training loop: loss goes down, resume is exact, outputs are complete and atomic, a
+checkpoint that cannot be written ends the run saying how to resume, and what the configuration
+alone rules out is refused before any work."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
+from depthattn.cli import main
 from depthattn.data.loader import TrainBatches
 from depthattn.io import load_model
-from depthattn.train import train
+from depthattn.train import checkpoint, train
 from depthattn.train.metrics import read_metrics
+from depthattn.train.run_dir import RunDir
+from tests.train.conftest import as_overrides
 
 
 def _losses(run_dir):
@@ -55,17 +62,43 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_train_c
     assert resumed.val.loss == reference.val.loss
 
 
-def test_existing_run_dir_is_refused_without_resume(tiny_train_config):
-    config = tiny_train_config(steps=2, eval_every=0, checkpoint_every=0)
-    train(config)
-    with pytest.raises(ValueError, match="already holds a run.*resume"):
-        train(config)
+FULL_DISK = {
+    "oserror": OSError(errno.ENOSPC, "No space left on device"),
+    "safetensors": SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                                   'StorageFull, message: "No space left on device" })'),
+}
 
 
-def test_resume_with_another_configuration_is_refused(tiny_train_config):
-    train(tiny_train_config(steps=2))
-    with pytest.raises(ValueError, match=r"different configuration \(lr"):
-        train(tiny_train_config(steps=2, lr=1e-2), resume=True)
+@pytest.mark.parametrize("error", FULL_DISK.values(), ids=FULL_DISK.keys())
+def test_a_checkpoint_that_cannot_be_written_ends_with_one_line_saying_how_to_resume(
+        tiny_train_config, tmp_path, monkeypatch, capsys, error):
+    straight = train(tiny_train_config(run_dir=str(tmp_path / "straight"), eval_every=0))
+    config = tiny_train_config(eval_every=0)  # checkpoints at steps 10 and 20
+    save_model, written = checkpoint.save_model, []
+
+    def disk_full_at_the_second_checkpoint(model, folder):
+        written.append(folder)
+        if len(written) == 2:
+            raise error
+        return save_model(model, folder)
+
+    monkeypatch.setattr(checkpoint, "save_model", disk_full_at_the_second_checkpoint)
+    assert main(["train", *as_overrides(config)]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    line, = [line for line in stderr.splitlines() if "error" in line]
+    good = RunDir(config.run_dir).checkpoints_dir / "step_0000010"
+    assert line.startswith("depthattn train: error: writing a checkpoint into ")
+    assert "No space left on device" in line
+    assert f"the last good checkpoint is {good}. Resume with: depthattn train --resume " \
+           f"run_dir={config.run_dir}" in line
+    written.clear()
+    with pytest.raises(ValueError) as failed:  # the same, for a caller of train()
+        train(tiny_train_config(run_dir=str(tmp_path / "again"), eval_every=0))
+    assert failed.value.__cause__ is error
+    monkeypatch.setattr(checkpoint, "save_model", save_model)
+    assert main(["train", "--resume", f"run_dir={config.run_dir}"]) == 0  # nothing was lost
+    assert _losses(config.run_dir) == _losses(straight.run_dir)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_train_config, tmp_path):
@@ -145,3 +178,18 @@ def test_compiled_training_gives_the_same_losses(tiny_train_config, tmp_path):
     compiled = train(tiny_train_config(run_dir=str(tmp_path / "compiled"), steps=3, eval_every=0,
                                        compile=True))
     assert _losses(compiled.run_dir) == pytest.approx(_losses(eager.run_dir), abs=1e-4)
+
+
+def test_dp_replicate_needs_torchrun(tiny_train_config):
+    with pytest.raises(ValueError, match="dp_replicate .2. needs several processes"):
+        train(tiny_train_config(dp_replicate=2))
+
+
+def test_cpu_offload_needs_a_sharded_gpu_run(tiny_train_config):
+    with pytest.raises(ValueError, match="fsdp_cpu_offload .* needs torchrun and device cuda"):
+        train(tiny_train_config(fsdp_cpu_offload=True))
+
+
+def test_async_checkpoint_needs_torchrun(tiny_train_config):
+    with pytest.raises(ValueError, match="async_checkpoint writes the sharded checkpoints"):
+        train(tiny_train_config(async_checkpoint=True))

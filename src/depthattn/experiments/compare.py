@@ -16,10 +16,11 @@ from depthattn.analysis.plots import plot_final_bars, plot_val_curves
 from depthattn.data.resolve import resolve_data
 from depthattn.experiments.tables import Results, method_rows, pairwise, render_markdown
 from depthattn.methods.registry import get_method
+from depthattn.train import train
 from depthattn.train.config import TrainConfig
 from depthattn.train.metrics import read_metrics
+from depthattn.train.resume import changed_fields
 from depthattn.train.run_dir import RunDir
-from depthattn.train.trainer import changed_fields, train
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.parsing import parse_key_values
 

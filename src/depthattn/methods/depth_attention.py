@@ -124,12 +124,19 @@ class DepthAttention(CrossLayerMethod):
 
     def plan(self, apps: Sequence[Application]) -> tuple[list[list[int]], frozenset[int]]:
         """S(e) of every application of a schedule, and the applications read later."""
+        if torch.compiler.is_compiling():
+            # traced into constants, once per graph: a lookup in the cache would add a guard
+            # on its contents, and a recompile after its first fill
+            return self._plan(apps)
         plan = self._plans.get(len(apps))
         if plan is None:
-            o = self.options
-            sources = application_sources(apps, o.stride, o.recent_window, o.sources)
-            plan = self._plans[len(apps)] = (sources, frozenset(j for s in sources for j in s))
+            plan = self._plans[len(apps)] = self._plan(apps)
         return plan
+
+    def _plan(self, apps: Sequence[Application]) -> tuple[list[list[int]], frozenset[int]]:
+        o = self.options
+        sources = application_sources(apps, o.stride, o.recent_window, o.sources)
+        return sources, frozenset(j for s in sources for j in s)
 
     def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:

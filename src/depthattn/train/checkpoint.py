@@ -31,7 +31,6 @@ import torch
 
 from depthattn.io import CONFIG_NAME, load_model, save_model
 from depthattn.model.decoder import CausalLM
-from depthattn.train import faults
 from depthattn.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
 from depthattn.utils.file_manifest import write_file_manifest
 
@@ -78,7 +77,6 @@ def save_checkpoint(checkpoints: Path, step: int, model: CausalLM,
 
     def write(folder: Path) -> None:
         save_model(model, folder)
-        faults.in_checkpoint(step)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state()}, folder / OPTIMIZER_FILE)
         write_json_atomic(folder / STATE_FILE, {"step": step, **state})

@@ -158,10 +158,6 @@ class TrainConfig:
         return self.loop_mean_rate or float(model_config.loop_iterations - 1)
 
     @property
-    def grad_accumulation(self) -> int:
-        return self.grad_accumulation_for(1)
-
-    @property
     def tokens_per_step(self) -> int:
         return self.tokens_per_step_for(1)
 

@@ -62,6 +62,13 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return tensor.tolist()
 
+    def all_reduce_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (on ``comm_device``) summed over the ranks, in place: unlike
+        ``all_reduce``, the host does not wait for the result."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.enabled:

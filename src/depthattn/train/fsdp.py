@@ -88,9 +88,9 @@ def average_replicated_grads(parameters: list[nn.Parameter]) -> None:
         grad.copy_(value)
 
 
-def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` over sharded (DTensor) and whole parameters together:
-    the norm of the full gradient, the same number on every rank."""
+    the norm of the full gradient, the same number on every rank (a 0-dim tensor, as torch's)."""
     from torch.distributed.tensor import DTensor
 
     with_grad = [p for p in parameters if p.grad is not None]
@@ -108,7 +108,7 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
     for group in (sharded, whole):
         if group and max_norm != float("inf"):
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
-    return float(total)
+    return total
 
 
 __all__ = ["average_replicated_grads", "clip_grad_norm", "replicated_parameters",

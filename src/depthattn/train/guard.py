@@ -4,12 +4,18 @@ optimizer update), counted, and after ``max_bad_steps`` such steps in a row the 
 One bad batch or a rare overflow should not poison the weights (AdamW would write the NaN into
 every parameter and both moment estimates, for good); a run that keeps diverging should stop
 early and say where, not burn its budget producing NaN.
+
+The check comes before the optimizer update, so it cannot wait for the next logged step: it is
+the one point where a training step waits for the device (whether both numbers are finite).
+Their values are read only when one is not.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import torch
 
 
 class NonFiniteTraining(RuntimeError):
@@ -23,13 +29,13 @@ class NonFiniteGuard:
     skipped_steps: int = 0  # over the whole run (kept in checkpoints)
     streak: int = 0  # consecutive skipped steps up to now
 
-    def reason_to_skip(self, loss: float, grad_norm: float) -> str | None:
+    def reason_to_skip(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> str | None:
         """Why this step must not update the weights, or None when it may."""
-        if not math.isfinite(loss):
-            return f"non-finite loss ({loss})"
-        if not math.isfinite(grad_norm):
-            return f"non-finite gradient norm ({grad_norm})"
-        return None
+        if bool(torch.isfinite(loss) & torch.isfinite(grad_norm.to(loss.device))):
+            return None
+        if not math.isfinite(loss.item()):
+            return f"non-finite loss ({loss.item()})"
+        return f"non-finite gradient norm ({grad_norm.item()})"
 
     def record(self, skipped: bool) -> None:
         if skipped:

@@ -9,6 +9,8 @@
                               checkpoints/latest names the newest one written
     RUN/zeroshot/             zero-shot results (zeroshot.json, zeroshot.md)
     RUN/tensorboard/          TensorBoard events
+    RUN/.lock                 while a process trains the run: its pid, host and start time
+                              (train/lock.py)
 
 and where a run's data and tokenizer are: the prepared folder its ``data`` field names (or
 the cache folder ``depthattn prepare`` makes for that source), whose manifest names the
@@ -53,6 +55,7 @@ class RunDir:
     checkpoints_dir = _entry("checkpoints")
     zeroshot_dir = _entry("zeroshot")
     tensorboard_dir = _entry("tensorboard")
+    lock_file = _entry(".lock")
 
     # --- what is there ---------------------------------------------------------------------
     def is_run(self) -> bool:

@@ -47,7 +47,6 @@ from depthattn.io import (
     save_model,
 )
 from depthattn.model.decoder import CausalLM
-from depthattn.train import faults
 from depthattn.train.checkpoint import (
     LATEST,
     STATE_FILE,
@@ -131,7 +130,6 @@ class ShardedCheckpointer:
             pending.future.result()
         self.dist.barrier()  # every rank's shards are written
         if self.dist.is_main:
-            faults.in_checkpoint(pending.step)
             files = pending.rank0_files
             write_json_atomic(pending.staging / CONFIG_NAME, {"format": "depthattn",
                                                               **files["config"]})

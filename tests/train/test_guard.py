@@ -11,7 +11,7 @@ import torch
 
 from depthattn.model.decoder import CausalLM
 from depthattn.train import train
-from depthattn.train.guard import NonFiniteTraining
+from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
 from depthattn.train.metrics import read_metrics
 from depthattn.train.run_dir import RunDir
 
@@ -27,6 +27,14 @@ def poison_calls(monkeypatch, bad_calls: set[int], value: float = math.nan) -> N
         return result * value if calls["n"] - 1 in bad_calls else result
 
     monkeypatch.setattr(CausalLM, "loss", loss)
+
+
+def test_the_reason_names_the_loss_first_then_the_gradient_norm():
+    guard = NonFiniteGuard(max_bad_steps=3)
+    loss, norm = torch.tensor(2.5, dtype=torch.float64), torch.tensor(0.5)
+    assert guard.reason_to_skip(loss, norm) is None
+    assert guard.reason_to_skip(loss * math.nan, norm * math.inf) == "non-finite loss (nan)"
+    assert guard.reason_to_skip(loss, norm * math.inf) == "non-finite gradient norm (inf)"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])

@@ -1,18 +1,16 @@
-"""``init_from`` (continued pretraining, the retrofit path), ``train --dry-run`` and the bad
-inputs of the distributed fields, in one process."""
+"""``init_from`` (continued pretraining, the retrofit path): the source's weights, the method's
+own parameters kept fresh, another geometry or extra parameters refused."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from depthattn.cli import main
 from depthattn.io import load_model, save_model
 from depthattn.model.config import ModelConfig
 from depthattn.model.decoder import CausalLM
-from depthattn.train import TrainConfig, train
+from depthattn.train import train
 from depthattn.train.init_from import initialise_from
-from depthattn.train.plan import plan_training
 
 GEOMETRY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 4, "num_heads": 4,
             "num_kv_heads": 2, "head_dim": 8}
@@ -89,60 +87,3 @@ def test_training_from_init_from_starts_at_its_loss(tiny_train_config, tmp_path)
     for name, tensor in trained.state_dict().items():
         torch.testing.assert_close(continued.state_dict()[name], tensor, rtol=0, atol=1e-6)
     assert result.step == 10
-
-
-def test_dry_run_prints_the_plan_without_training(capsys, tmp_path):
-    code = main(["train", "--config", "paper_360m", "--dry-run", "--world-size", "8",
-                 "--device-type", "cuda", f"run_dir={tmp_path / 'never'}"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "| world size | 8 |" in out and "FSDP" in out and "| gradient accumulation |" in out
-    assert "activations" in out and "**total**" in out
-    assert not (tmp_path / "never").exists()
-
-
-def test_plan_shards_state_over_the_ranks():
-    config = TrainConfig(model="360m", global_batch_tokens=8 * 4 * 256, micro_batch_size=4,
-                         seq_len=256)
-    one, eight = plan_training(config, 1, "cuda"), plan_training(config, 8, "cuda")
-    assert one.accumulation == 8 and eight.accumulation == 1
-    assert one.tokens_per_step == eight.tokens_per_step
-    assert eight.memory.optimizer == one.memory.optimizer // 8
-    hsdp = plan_training(TrainConfig(model="360m", dp_replicate=2), 8, "cuda")
-    assert hsdp.dp_shard == 4 and "HSDP" in hsdp.mesh
-    assert one.memory.activations_checkpointed < one.memory.activations
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--world-size", "2"], "only shape a --dry-run"),
-    (["--dry-run", "--world-size", "3", "dp_replicate=2"], "dp_replicate .2. must divide"),
-    (["--dry-run", "--world-size", "3", "global_batch_tokens=4096", "seq_len=256",
-      "micro_batch_size=4"], "multiple of world size x micro_batch_size"),
-    (["dp_replicate=0"], "dp_replicate"),
-])
-def test_bad_distributed_inputs(capsys, args, message, tmp_path):
-    code = main(["train", *args, f"run_dir={tmp_path / 'run'}"])
-    assert code == 2
-    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
-
-
-def test_dp_replicate_needs_torchrun(tiny_train_config):
-    with pytest.raises(ValueError, match="dp_replicate .2. needs several processes"):
-        train(tiny_train_config(dp_replicate=2))
-
-
-def test_cpu_offload_needs_a_sharded_gpu_run(tiny_train_config):
-    with pytest.raises(ValueError, match="fsdp_cpu_offload .* needs torchrun and device cuda"):
-        train(tiny_train_config(fsdp_cpu_offload=True))
-
-
-def test_resume_with_other_tokens_per_step_is_refused(tiny_train_config):
-    config = tiny_train_config(steps=10)
-    train(config)
-    with pytest.raises(ValueError, match="trained at 128 tokens per step"):
-        train(tiny_train_config(steps=10, micro_batch_size=8), resume=True)
-
-
-def test_async_checkpoint_needs_torchrun(tiny_train_config):
-    with pytest.raises(ValueError, match="async_checkpoint writes the sharded checkpoints"):
-        train(tiny_train_config(async_checkpoint=True))
