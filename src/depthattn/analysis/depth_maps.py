@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from depthattn.analysis.depth_weights import capture_depth_weights
+from depthattn.utils.errors import DepthAttnError
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,10 @@ def depth_map(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         tokens += inputs.numel()
     model.train(was_training)
     if not sources:
-        raise ValueError(f"method {config.method!r} computes no depth weights: depth maps need "
+        raise DepthAttnError(f"method {config.method!r} computes no depth weights: depth maps need "
                          f"a model with Depth-Attention")
     if tokens == 0:
-        raise ValueError("the batches hold no tokens")
+        raise DepthAttnError("the batches hold no tokens")
     mean = weight_sum / tokens
     entropy = entropy_sum / tokens
     mask = torch.ones(L, L + 1, dtype=torch.bool)  # True where not a source

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from depthattn.model.cache import KVCache
+from depthattn.utils.errors import DepthAttnError
 
 CASES = ("left-padded batch", "chunked prefill", "token by token")
 
@@ -26,7 +27,7 @@ def invariance_errors(model: torch.nn.Module, sequence: torch.Tensor, other: tor
     model.eval()
     T, P = sequence.shape[0], other.shape[0] - sequence.shape[0]
     if P < 1:
-        raise ValueError(f"other ({other.shape[0]} tokens) must be longer than the sequence "
+        raise DepthAttnError(f"other ({other.shape[0]} tokens) must be longer than the sequence "
                          f"({T}) so that the sequence is padded")
     alone = model(sequence[None]).float()[0]  # (T, V)
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
+from depthattn.utils.errors import DepthAttnError
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -49,7 +51,7 @@ def paired_difference(method: Sequence[float], baseline: Sequence[float],
                       confidence: float = 0.95, resamples: int = 10_000,
                       seed: int = 0) -> PairedDifference:
     if len(method) != len(baseline):
-        raise ValueError(f"paired values need equal lengths, got {len(method)} and {len(baseline)}")
+        raise DepthAttnError(f"paired values need equal lengths, got {len(method)} and {len(baseline)}")
     diff = np.asarray(method, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     n = len(diff)
     std = float(diff.std(ddof=1)) if n > 1 else 0.0

@@ -24,6 +24,7 @@ from depthattn.cli import (
     report,
     train,
 )
+from depthattn.utils.errors import DepthAttnError
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None],
                 Callable[[argparse.Namespace], object]]
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         code = args.run(args)
-    # OSError: a full disk, a folder without permission (FileNotFoundError is one)
-    except (ValueError, OSError, RuntimeError) as error:
+    # Our own errors, and the machine's (OSError: a full disk, a folder without permission, a
+    # missing file), are one line; anything else (a CUDA out-of-memory, a shape error, a bug)
+    # keeps its traceback.
+    except (DepthAttnError, OSError) as error:
         print(f"depthattn {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as stopped:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from depthattn.utils.errors import DepthAttnError
+
 HELP = "methods x seeds, with statistics and plots"
 DEFAULT_METHODS = ["vanilla", "depth_attention"]
 # the main job: vanilla, the parameter-free control (every layer mixes in layer 0's value) and
@@ -55,7 +57,7 @@ def run_compare(args: argparse.Namespace) -> None:
     from depthattn.train import load_train_config
 
     if args.task_limit is not None and not args.tasks:
-        raise ValueError("--task-limit applies to zero-shot tasks: give --tasks too")
+        raise DepthAttnError("--task-limit applies to zero-shot tasks: give --tasks too")
     task_limit = args.task_limit
     if args.quickstart and args.tasks and task_limit is None:
         task_limit = QUICKSTART_TASK_LIMIT

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from depthattn.cli.options import add_depth_attention_options
+from depthattn.utils.errors import DepthAttnError
 
 HELP = "Qwen3 <-> depthattn, the authors' checkpoints, training runs -> Hugging Face folders"
 
@@ -47,26 +48,26 @@ def run_convert(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
+        raise DepthAttnError(f"--out {out} exists and is not empty; choose a new folder")
     options = {k: v for k, v in (("stride", args.stride), ("recent_window", args.recent_window),
                                  ("sources", args.sources)) if v is not None}
     overrides = parse_key_values(args.overrides, what="model override")
     if args.from_qwen3:
         if options and args.method != "depth_attention":
-            raise ValueError("--stride/--recent-window/--sources apply to --method "
+            raise DepthAttnError("--stride/--recent-window/--sources apply to --method "
                              "depth_attention only")
         path = from_qwen3(args.from_qwen3, out, args.method, overrides=overrides, **options)
     else:
         if overrides:
-            raise ValueError(f"model overrides ({', '.join(args.overrides)}) only apply to "
+            raise DepthAttnError(f"model overrides ({', '.join(args.overrides)}) only apply to "
                              f"--from-qwen3")
         if options or args.method != "depth_attention":
             given = [f"--{k.replace('_', '-')}" for k in options]
-            raise ValueError(f"{', '.join(given) or '--method'} only applies to --from-qwen3"
+            raise DepthAttnError(f"{', '.join(given) or '--method'} only applies to --from-qwen3"
                              + (" (--from-official reads the method from the checkpoint)"
                                 if args.from_official else ""))
         if args.tokenizer is not None and not args.from_run:
-            raise ValueError("--tokenizer only applies to --from-run")
+            raise DepthAttnError("--tokenizer only applies to --from-run")
         if args.from_run:
             path = export_run(args.from_run, out, tokenizer=args.tokenizer)
         elif args.to_qwen3:

@@ -9,6 +9,7 @@ from typing import Any
 
 from depthattn.ops.kv_quant import KV_FORMATS
 from depthattn.train.run_dir import RunDir
+from depthattn.utils.errors import DepthAttnError
 
 HELP = ("validation perplexity of a run or a model folder, or zero-shot accuracy with --tasks")
 
@@ -39,25 +40,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     paths = args.path if isinstance(args.path, list) else [args.path]
     if args.prefill_chunk is not None and args.kv_cache is None:
-        raise ValueError("--prefill-chunk applies with --kv-cache: give a cache format too")
+        raise DepthAttnError("--prefill-chunk applies with --kv-cache: give a cache format too")
     if args.loops is not None:
         from depthattn.eval.loops import evaluate_loops, parse_loops
 
         loops = parse_loops(args.loops)  # before any work
         if args.tasks:
-            raise ValueError("--loops applies to the perplexity evaluation, not to --tasks")
+            raise DepthAttnError("--loops applies to the perplexity evaluation, not to --tasks")
         evaluate_loops(paths, loops, out_dir=args.out_dir, data=args.data,
                        seq_len=args.seq_len, windows=args.windows, batch_size=args.batch_size,
                        device=args.device, kv_cache=args.kv_cache,
                        prefill_chunk=32 if args.prefill_chunk is None else args.prefill_chunk)
         return
     if len(paths) > 1:
-        raise ValueError(f"one PATH at a time ({len(paths)} given): several paths apply "
+        raise DepthAttnError(f"one PATH at a time ({len(paths)} given): several paths apply "
                          f"with --loops")
     args.path = paths[0]
     if args.tasks:  # zero-shot accuracy through lm-eval
         if args.kv_cache is not None or args.prefill_chunk is not None:
-            raise ValueError("--kv-cache and --prefill-chunk apply to the perplexity "
+            raise DepthAttnError("--kv-cache and --prefill-chunk apply to the perplexity "
                              "evaluation, not to --tasks")
         run_zeroshot(args)
         return

@@ -13,6 +13,7 @@ from depthattn.analysis.cost import (
 )
 from depthattn.methods import method_names
 from depthattn.model.config import PRESETS, ModelConfig
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.parsing import parse_key_values
 
 HELP = "parameters, FLOPs and state per token of a method"
@@ -41,7 +42,7 @@ def run_flops(args: argparse.Namespace) -> None:
     options = parse_options(args.option)
     if args.method == "all":
         if options:
-            raise ValueError("--option needs one --method; 'all' uses every method's defaults")
+            raise DepthAttnError("--option needs one --method; 'all' uses every method's defaults")
         reports = [cost_report(ModelConfig.from_preset(args.preset, method=name), args.seq,
                                args.dtype, label=name) for name in method_names()]
         print(f"{args.preset}: T = {reports[0].backbone.seq_len}, {args.dtype}; KV cache and "

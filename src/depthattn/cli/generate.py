@@ -8,6 +8,7 @@ import torch
 
 from depthattn.utils.checks import require_int
 from depthattn.utils.devices import resolve_device
+from depthattn.utils.errors import DepthAttnError
 
 HELP = "stream a continuation of --prompt"
 
@@ -37,7 +38,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     require_int("--max-new-tokens", args.max_new_tokens, 1)
     if args.temperature < 0:
-        raise ValueError(f"--temperature ({args.temperature}) must be >= 0 (0 = greedy)")
+        raise DepthAttnError(f"--temperature ({args.temperature}) must be >= 0 (0 = greedy)")
     folder_kind(args.path)  # a path no loader reads fails before the tokenizer is looked for
     tokenizer = load_tokenizer_for(args.path, args.tokenizer)
     device = resolve_device(args.device)
@@ -49,7 +50,7 @@ def run_generate(args: argparse.Namespace) -> None:
     for prompt in args.prompt:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
         if ids.shape[1] == 0:
-            raise ValueError(f"the prompt {prompt!r} encodes to no tokens")
+            raise DepthAttnError(f"the prompt {prompt!r} encodes to no tokens")
         streamer = TextStreamer(tokenizer)
         model.generate(ids, max_new_tokens=args.max_new_tokens,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

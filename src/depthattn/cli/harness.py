@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import Any
 
+from depthattn.utils.errors import DepthAttnError
+
 HELP = "lm-evaluation-harness's own command line, with depthattn models and our tasks"
 DATA_OPTION = "--depthattn-data"
 # Names, not imports: `depthattn --help` must not load the task modules (tests pin the list).
@@ -69,10 +71,10 @@ def split_data_option(argv: list[str]) -> tuple[str | None, list[str]]:
         if not equals:
             value = next(args, None)
             if value is None or value.startswith("-"):
-                raise ValueError(f"{DATA_OPTION} needs a value: a prepared folder, a corpus or "
+                raise DepthAttnError(f"{DATA_OPTION} needs a value: a prepared folder, a corpus or "
                                  f"'default'")
         if data is not None:
-            raise ValueError(f"{DATA_OPTION} given twice ({data!r} and {value!r}): give it once")
+            raise DepthAttnError(f"{DATA_OPTION} given twice ({data!r} and {value!r}): give it once")
         data = value
     return data, rest
 
@@ -112,7 +114,7 @@ def parse_command(argv: list[str]) -> tuple[Any, argparse.Namespace]:
         sys.argv = saved
     if not hasattr(args, "tasks"):  # `ls`, or no command: nothing of ours is named
         if data is not None:
-            raise ValueError(f"{DATA_OPTION} is for the corpus tasks named in --tasks; this "
+            raise DepthAttnError(f"{DATA_OPTION} is for the corpus tasks named in --tasks; this "
                              f"lm-eval command takes no --tasks")
         return cli, args
     config = _from_config(args)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from depthattn.utils.errors import DepthAttnError
+
 HELP = "train one model"
 
 
@@ -35,7 +37,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config, args.overrides)
     if not args.dry_run and (args.world_size is not None or args.device_type is not None):
-        raise ValueError("--world-size and --device-type only shape a --dry-run plan; a real "
+        raise DepthAttnError("--world-size and --device-type only shape a --dry-run plan; a real "
                          "run takes its world size from torchrun")
     if args.dry_run:
         return _dry_run(config, args)
@@ -59,7 +61,7 @@ def _dry_run(config, args: argparse.Namespace) -> int:
 
     world = args.world_size if args.world_size is not None else world_size_from_environment()
     if world < 1:
-        raise ValueError(f"--world-size ({world}) must be at least 1")
+        raise DepthAttnError(f"--world-size ({world}) must be at least 1")
     device_type = args.device_type or resolve_device(config.device).type
     print(format_plan(plan_training(config, world, device_type), config))
     return 0

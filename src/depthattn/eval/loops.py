@@ -19,6 +19,7 @@ from depthattn.utils.atomic import (
 )
 from depthattn.utils.checks import require_int
 from depthattn.utils.devices import autocast_dtype, resolve_device
+from depthattn.utils.errors import DepthAttnError
 
 
 def parse_loops(text: str) -> list[int]:
@@ -31,10 +32,10 @@ def parse_loops(text: str) -> list[int]:
         except ValueError:
             value = 0
         if not item.isdigit() or value < 1:
-            raise ValueError(f"--loops: {item!r} is not a positive integer (give loop iteration "
+            raise DepthAttnError(f"--loops: {item!r} is not a positive integer (give loop iteration "
                              f"counts separated by commas, e.g. --loops 1,2,4,8)")
         if value in values:
-            raise ValueError(f"--loops: {value} is given twice")
+            raise DepthAttnError(f"--loops: {value} is given twice")
         values.append(value)
     return values
 
@@ -51,7 +52,7 @@ def check_looped(paths: Sequence[str | Path]) -> None:
     for path in paths:
         config = load_model(path).config
         if not config.looped:
-            raise ValueError(f"{path}: --loops needs a looped model, and this one has "
+            raise DepthAttnError(f"{path}: --loops needs a looped model, and this one has "
                              f"loop_layers={config.loop_layers}")
 
 
@@ -65,7 +66,7 @@ def evaluate_loops(paths: Sequence[str | Path], loops: Sequence[int],
     from depthattn.eval.run import eval_data, evaluate_loaded, validation_batches
 
     if not paths:
-        raise ValueError("give at least one path")
+        raise DepthAttnError("give at least one path")
     for r in loops:
         require_int("--loops value", r, 1)
     require_int("windows", windows, 0)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from depthattn.data.loader import IGNORE_INDEX
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,6 @@ def _evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
 def nll_result(total: float, count: int) -> EvalResult:
     """The result of ``count`` predicted tokens whose NLLs sum to ``total``."""
     if count == 0:
-        raise ValueError("the validation batches hold no target tokens")
+        raise DepthAttnError("the validation batches hold no target tokens")
     loss = total / count
     return EvalResult(loss=loss, perplexity=math.exp(loss), tokens=count)

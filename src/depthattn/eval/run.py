@@ -18,6 +18,7 @@ from depthattn.ops.kv_quant import check_kv_format
 from depthattn.train.run_dir import RunDir
 from depthattn.utils.checks import require_int
 from depthattn.utils.devices import autocast_dtype, resolve_device
+from depthattn.utils.errors import DepthAttnError
 
 
 def eval_data(path: str | Path, data: str | None = None,
@@ -30,7 +31,7 @@ def eval_data(path: str | Path, data: str | None = None,
     if data is None:
         manifest = run.data_manifest(prepare=True)
         if manifest is None:
-            raise ValueError(f"{path} is not a training run: pass --data (a prepared folder)")
+            raise DepthAttnError(f"{path} is not a training run: pass --data (a prepared folder)")
         data = str(manifest)
     run_config = run.read_config() if run.is_run() else {}
     return data, seq_len or run_config.get("seq_len", 256)

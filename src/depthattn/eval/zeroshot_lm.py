@@ -26,6 +26,7 @@ from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.model.decoder import CausalLM
 from depthattn.model.generate import generate
 from depthattn.utils.devices import resolve_device, resolve_dtype
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class DepthAttnLM(TemplateLM):
         super().__init__()
         check_vocab_fits(len(tokenizer), model.config.vocab_size)
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size ({batch_size}) must be >= 1")
+            raise DepthAttnError(f"batch_size ({batch_size}) must be >= 1")
         self._device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self._device)
         self.model = model.to(device=self._device, dtype=self.dtype).eval()
@@ -56,12 +57,12 @@ class DepthAttnLM(TemplateLM):
         self.batch_size = int(batch_size)
         self.max_seq_len = int(max_seq_len or model.config.max_seq_len)
         if self.max_seq_len > model.config.max_seq_len:
-            raise ValueError(f"max_seq_len ({self.max_seq_len}) exceeds the model's "
+            raise DepthAttnError(f"max_seq_len ({self.max_seq_len}) exceeds the model's "
                              f"({model.config.max_seq_len})")
         bos = tokenizer.bos_token_id if add_bos_token else None
         self.bos_token_id = None if bos is None else int(bos)
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token: lm-eval conditions empty contexts "
+            raise DepthAttnError("the tokenizer has no EOS token: lm-eval conditions empty contexts "
                              "on it; set eos_token in its tokenizer_config.json")
 
     # --- tokenization (TemplateLM does the context/continuation split) ------------------------
@@ -108,9 +109,9 @@ class DepthAttnLM(TemplateLM):
             for i in rows:
                 ctx, cont = pairs[i]
                 if not cont:
-                    raise ValueError("an empty continuation cannot be scored")
+                    raise DepthAttnError("an empty continuation cannot be scored")
                 if len(cont) > self.max_seq_len:
-                    raise ValueError(f"a continuation of {len(cont)} tokens does not fit "
+                    raise DepthAttnError(f"a continuation of {len(cont)} tokens does not fit "
                                      f"max_seq_len ({self.max_seq_len})")
                 inputs.append((ctx + cont)[-(self.max_seq_len + 1):-1])
                 conts.append(cont)
@@ -158,7 +159,7 @@ class DepthAttnLM(TemplateLM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.pop("max_gen_toks", 256))
             if gen_kwargs.pop("do_sample", False) or gen_kwargs.get("temperature", 0) > 0:
-                raise ValueError("depthattn's lm-eval model decodes greedily only")
+                raise DepthAttnError("depthattn's lm-eval model decodes greedily only")
             max_new = min(max_new, self.max_seq_len - 1)
             prompt = self.tok_encode(context)[-(self.max_seq_len - max_new):]
             ids = torch.tensor([prompt], device=self._device)

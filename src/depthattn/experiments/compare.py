@@ -22,6 +22,7 @@ from depthattn.train.metrics import read_metrics
 from depthattn.train.resume import changed_fields
 from depthattn.train.run_dir import RunDir
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.parsing import parse_key_values
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,13 @@ def plan_comparison(base: TrainConfig, methods: list[str], seeds: list[int],
     names and options, each run's model config, distinct seeds."""
     runs = [parse_method(m) for m in methods]
     if len({r.label for r in runs}) != len(runs):
-        raise ValueError(f"methods ({', '.join(methods)}) must be distinct")
+        raise DepthAttnError(f"methods ({', '.join(methods)}) must be distinct")
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"seeds ({seeds}) must be distinct integers >= 0, at least one")
+        raise DepthAttnError(f"seeds ({seeds}) must be distinct integers >= 0, at least one")
     labels = [r.label for r in runs]
     baseline = baseline or ("vanilla" if "vanilla" in labels else labels[0])
     if baseline not in labels:
-        raise ValueError(f"baseline ({baseline!r}) must be one of the methods: {', '.join(labels)}")
+        raise DepthAttnError(f"baseline ({baseline!r}) must be one of the methods: {', '.join(labels)}")
     for run in runs:  # every run's model (ModelConfig resolves its options) before any work
         _run_config(base, run, seeds[0], Path(".")).model_config()
     return runs, baseline
@@ -125,7 +126,7 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
             log.info("%s seed %d: finished earlier, collected from %s", label, seed, run_dir)
             changed = changed_fields(run, cfg)
             if changed:
-                raise ValueError(f"{run_dir} was trained with another configuration (differs in "
+                raise DepthAttnError(f"{run_dir} was trained with another configuration (differs in "
                                  f"{', '.join(changed)}); remove it or choose another output "
                                  f"folder")
         summary = json.loads(run.summary_file.read_text())

@@ -20,6 +20,7 @@ from depthattn.model import CausalLM, KVCache
 from depthattn.model.config import ModelConfig
 from depthattn.model.generate import generate
 from depthattn.model.looped import Application, applications
+from depthattn.utils.errors import DepthAttnError
 
 
 def _forward_seconds(model: CausalLM, ids: torch.Tensor, repeats: int) -> float:
@@ -52,7 +53,7 @@ def run_demo(preset: str = "tiny", seq_len: int = 256, new_tokens: int = 8, seed
     overrides = dict(overrides or {})
     for fixed in ("method", "method_options"):
         if fixed in overrides:
-            raise ValueError(f"the demo's model override {fixed}={overrides[fixed]!r} is not "
+            raise DepthAttnError(f"the demo's model override {fixed}={overrides[fixed]!r} is not "
                              f"allowed: it always runs depth_attention next to vanilla (set "
                              f"--stride, --recent-window and --sources instead)")
     torch.manual_seed(seed)

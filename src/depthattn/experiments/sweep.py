@@ -16,6 +16,7 @@ from depthattn.experiments.compare import check_tasks, plan_comparison, run_comp
 from depthattn.model.config import ModelConfig
 from depthattn.train.config import TrainConfig, field_names
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.parsing import parse_value
 
 # training fields a sweep may not change: they name the run, not a setting of it
@@ -28,15 +29,15 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     field = field.strip().replace("-", "_")
     values = [parse_value(v.strip()) for v in raw.split(",") if v.strip()]
     if not sep or not field or not values:
-        raise ValueError(f"--sweep {text!r} must look like field=value1,value2,...")
+        raise DepthAttnError(f"--sweep {text!r} must look like field=value1,value2,...")
     if len(set(map(repr, values))) != len(values):
-        raise ValueError(f"--sweep {text!r} repeats a value")
+        raise DepthAttnError(f"--sweep {text!r} repeats a value")
     if field in NOT_SWEPT:
-        raise ValueError(f"--sweep field {field!r} names the runs, not a setting of them; "
+        raise DepthAttnError(f"--sweep field {field!r} names the runs, not a setting of them; "
                          f"compare methods with --methods and seeds with --seeds")
     allowed = _sweepable()
     if field not in allowed:
-        raise ValueError(f"--sweep field {field!r} is neither a training nor a model field; "
+        raise DepthAttnError(f"--sweep field {field!r} is neither a training nor a model field; "
                          f"allowed: {', '.join(sorted(allowed))}")
     return field, values
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 from depthattn.model.cache import PaddingRecord, StaticKVCache
+from depthattn.utils.errors import DepthAttnError
 
 
 class DepthAttnCache(Cache):
@@ -34,7 +35,7 @@ class DepthAttnCache(Cache):
     def __init__(self, config: Any = None, num_layers: int | None = None) -> None:
         if num_layers is None:
             if config is None:
-                raise ValueError("DepthAttnCache needs the model's config or num_layers")
+                raise DepthAttnError("DepthAttnCache needs the model's config or num_layers")
             num_layers = config.num_applications
         super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
         self.record = PaddingRecord()
@@ -171,7 +172,7 @@ class DepthAttnStaticCache(Cache):
         self.inner = None
 
     def _unsupported(self, what: str) -> None:
-        raise ValueError(f"{what} is not supported by the static cache; use the default "
+        raise DepthAttnError(f"{what} is not supported by the static cache; use the default "
                          f"(DepthAttnCache) for this generation mode")
 
     def crop(self, *args: Any, **kwargs: Any) -> None:

@@ -14,6 +14,7 @@ from transformers import PretrainedConfig
 from depthattn.methods import resolve_config
 from depthattn.model.config import ModelConfig
 from depthattn.model.qwen3_names import HF_NAMES
+from depthattn.utils.errors import DepthAttnError
 
 # tie_embeddings keeps a field of its own under Hugging Face's name: both exist in config.json
 ALIASES = {theirs: ours for ours, theirs in HF_NAMES.items()
@@ -68,7 +69,7 @@ class DepthAttnConfig(PretrainedConfig):
         self.method_options = dict(core.method_options)
         if self.tie_word_embeddings is not None and \
                 bool(self.tie_word_embeddings) != bool(self.tie_embeddings):
-            raise ValueError(f"tie_word_embeddings ({self.tie_word_embeddings}) contradicts "
+            raise DepthAttnError(f"tie_word_embeddings ({self.tie_word_embeddings}) contradicts "
                              f"tie_embeddings ({self.tie_embeddings}); set tie_embeddings")
         self.tie_word_embeddings = self.tie_embeddings
         super().__post_init__(**kwargs)

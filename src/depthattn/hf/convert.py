@@ -29,6 +29,7 @@ from depthattn.hf.export import TOKENIZER_FILES
 from depthattn.hf.modeling import DepthAttnForCausalLM
 from depthattn.io import CONFIG_NAME, WEIGHTS_NAME, load_model, read_config_json
 from depthattn.model.decoder import CausalLM
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +73,15 @@ def from_qwen3(src: str | Path, out: str | Path, method: str = "depth_attention"
     src, out = Path(src), Path(out)
     raw = read_config_json(src)
     if raw.get("model_type") != "qwen3":
-        raise ValueError(f"{src} holds a {raw.get('model_type')!r} model; --from-qwen3 needs "
+        raise DepthAttnError(f"{src} holds a {raw.get('model_type')!r} model; --from-qwen3 needs "
                          f"model_type 'qwen3' (use --from-official for the authors' Llama-format "
                          f"checkpoints)")
     taken = sorted({"method", "method_options"} & set(overrides or {}))
     if taken:
-        raise ValueError(f"{', '.join(taken)} cannot be a model override here: the method and "
+        raise DepthAttnError(f"{', '.join(taken)} cannot be a model override here: the method and "
                          f"its options are from_qwen3's own arguments (--method, --stride, ...)")
     if (overrides or {}).get("loop_injection") == "concat":  # not in the Qwen3 weights
-        raise ValueError("loop_injection 'concat' adds an adapter that a Qwen3 checkpoint does "
+        raise DepthAttnError("loop_injection 'concat' adds an adapter that a Qwen3 checkpoint does "
                          "not hold; convert with 'none' or 'add'")
     core = load_model(src, method=method, method_options=method_options, overrides=overrides)
     if method != "vanilla":
@@ -98,10 +99,10 @@ def to_qwen3(src: str | Path, out: str | Path) -> Path:
     model = load_model(src)
     config = model.config
     if config.method != "vanilla":
-        raise ValueError(f"{src} runs method {config.method!r}; only 'vanilla' has a Qwen3 "
+        raise DepthAttnError(f"{src} runs method {config.method!r}; only 'vanilla' has a Qwen3 "
                          f"equivalent (--to-qwen3 would silently drop the method)")
     if config.k_norm_position != "before_rope":
-        raise ValueError(f"{src} normalises keys {config.k_norm_position.replace('_', ' ')} "
+        raise DepthAttnError(f"{src} normalises keys {config.k_norm_position.replace('_', ' ')} "
                          f"(k_norm_position={config.k_norm_position!r}); Qwen3 normalises them "
                          f"before RoPE, so the converted model would compute something else")
     qwen3 = config.to_qwen3()
@@ -132,6 +133,6 @@ def from_official(src: str | Path, out: str | Path) -> Path:
     raw = read_config_json(src)
     if raw.get("model_type") != "llama":
         hint = " (use --from-qwen3)" if raw.get("model_type") == "qwen3" else ""
-        raise ValueError(f"{src} holds a {raw.get('model_type')!r} model, not the authors' "
+        raise DepthAttnError(f"{src} holds a {raw.get('model_type')!r} model, not the authors' "
                          f"format (model_type 'llama'){hint}")
     return _save_hf(load_model(src), out, src, _token_ids(raw))

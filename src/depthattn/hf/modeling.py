@@ -26,6 +26,7 @@ from depthattn.hf.configuration import DepthAttnConfig
 from depthattn.model.cache import KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM, Decoder
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 # transformers 5.24 renamed `past_key_values` to `cache` (keeping the old name as an alias);
 # the output field and generate's keyword follow the installed version.
@@ -120,7 +121,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         missing = sorted(k for k in info.get("missing_keys", ()) if "loop_injection" in k)
         if missing:
-            raise ValueError(f"the checkpoint has no {', '.join(missing)}: its config asks for "
+            raise DepthAttnError(f"the checkpoint has no {', '.join(missing)}: its config asks for "
                              f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
                              f"weights were not trained with one; load it with the "
                              f"loop_injection it was trained with")
@@ -147,20 +148,20 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         ``use_cache`` (default: the config's, off while checkpointing activations in training)
         and none given, a new one is returned. ``output_hidden_states``: Qwen3's L + 1 states."""
         if output_attentions if output_attentions is not None else self.config.output_attentions:
-            raise ValueError("output_attentions=True is not supported: attention runs in "
+            raise DepthAttnError("output_attentions=True is not supported: attention runs in "
                              "PyTorch's scaled_dot_product_attention, which returns no weights")
         unknown = sorted(set(kwargs) - set(LOSS_KWARGS) - set(IGNORED_KWARGS))
         if unknown:
-            raise ValueError(f"forward got unexpected argument(s) {', '.join(unknown)}")
+            raise DepthAttnError(f"forward got unexpected argument(s) {', '.join(unknown)}")
         if cache is not None and past_key_values is not None:
-            raise ValueError("pass the cache as past_key_values or as cache, not both")
+            raise DepthAttnError("pass the cache as past_key_values or as cache, not both")
         cache = past_key_values if cache is None else cache
         if cache is not None and not isinstance(cache, OUR_CACHES):
-            raise ValueError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
+            raise DepthAttnError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
                              f"it stores Depth-Attention's mixed values and the padding), not "
                              f"{type(cache).__name__}")
         if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
+            raise DepthAttnError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
                              f"shape {tuple(attention_mask.shape)}")
         checkpointing = self.model.activation_checkpointing and self.training \
             and torch.is_grad_enabled()
@@ -226,7 +227,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                 model_kwargs[key] = DepthAttnStaticCache(self.core_config, made.get_max_length(),
                                                          self.dtype)
             elif isinstance(made, Cache):
-                raise ValueError(f"cache_implementation="
+                raise DepthAttnError(f"cache_implementation="
                                  f"{generation_config.cache_implementation!r} is not supported: "
                                  f"depthattn models decode with their DepthAttnCache; leave "
                                  f"cache_implementation unset")
@@ -242,7 +243,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         require_int("every_n_layers", every_n_layers, 1)
         keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
         if enable and keywords.get("use_reentrant", False):
-            raise ValueError("use_reentrant=True is not supported: Depth-Attention's sources "
+            raise DepthAttnError("use_reentrant=True is not supported: Depth-Attention's sources "
                              "reach later layers outside the checkpointed arguments, so "
                              "reentrant checkpointing would drop their gradients; use "
                              "gradient_checkpointing_kwargs={'use_reentrant': False} (the "
@@ -265,5 +266,5 @@ def _check_cache_position(cache_position: torch.Tensor | None, cache: Any, num_n
     past = cache.length if cache is not None else 0
     expected = torch.arange(past, past + num_new, device=cache_position.device)
     if cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
-        raise ValueError(f"cache_position {cache_position.tolist()} contradicts the cache, which "
+        raise DepthAttnError(f"cache_position {cache_position.tolist()} contradicts the cache, which "
                          f"holds {past} tokens: the new tokens' slots are {expected.tolist()}")

@@ -26,6 +26,7 @@ from depthattn.model.config import ModelConfig
 from depthattn.model.looped import Application, applications
 from depthattn.ops.depth_mix import check_impl, depth_mix, depth_mix_reference
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 # (layer l, its sources S(l), α of shape (B, H_kv, T, |S(l)| + 1)) -> None
 DepthWeightRecorder = Callable[[int, list[int], torch.Tensor], None]
@@ -72,11 +73,11 @@ class DepthAttentionOptions(MethodOptions):
                     hint=" (1 = every earlier layer is a source)")
         require_int("depth_attention option recent_window", self.recent_window, 0)
         if self.sources not in SOURCE_RULES:
-            raise ValueError(f"depth_attention option sources ({self.sources!r}) must be one "
+            raise DepthAttnError(f"depth_attention option sources ({self.sources!r}) must be one "
                              f"of {', '.join(SOURCE_RULES)}")
         if self.sources == "recurrent" and not config.looped:
             # without a looped block there are no iterations to read: it would be `applications`
-            raise ValueError("depth_attention option sources 'recurrent' needs a looped model "
+            raise DepthAttnError("depth_attention option sources 'recurrent' needs a looped model "
                              "(loop_layers > 0); without one every layer uses 'applications'")
         return dataclasses.replace(self, stride=stride)
 

@@ -20,6 +20,7 @@ from depthattn.methods.baselines.combined import (
     split_parts,
 )
 from depthattn.model.config import ModelConfig
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.suggest import did_you_mean
 
 
@@ -51,7 +52,7 @@ def register(name: str, options: type[MethodOptions]) -> Callable[[type], type]:
 
     def add(cls: type) -> type:
         if name in _METHODS:
-            raise ValueError(f"cross-layer method {name!r} is registered twice")
+            raise DepthAttnError(f"cross-layer method {name!r} is registered twice")
         _METHODS[name] = MethodSpec(name, cls, options)
         cls.name = name
         return cls
@@ -68,7 +69,7 @@ def get_method(name: str) -> MethodSpec:
     if name not in _METHODS and "+" in str(name):
         return _combined_spec(name)
     if name not in _METHODS:
-        raise ValueError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}, "
+        raise DepthAttnError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}, "
                          f"or two of them joined by '+' (e.g. depth_attention+mhc)"
                          f"{did_you_mean(name, method_names())}")
     return _METHODS[name]
@@ -91,10 +92,10 @@ def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) 
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(allowed) if allowed else "none (this method takes no options)"
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
+        raise DepthAttnError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
                          f"{name!r}; allowed: {listed}{did_you_mean(unknown[0], allowed)}")
     if config.looped and spec.cls.looped_refusal:
-        raise ValueError(f"method {name!r} cannot run a looped model (loop_layers="
+        raise DepthAttnError(f"method {name!r} cannot run a looped model (loop_layers="
                          f"{config.loop_layers}): {spec.cls.looped_refusal}")
     return spec.options(**options).resolved(config)
 

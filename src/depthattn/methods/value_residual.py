@@ -38,6 +38,7 @@ from depthattn.methods.base import (
     Sublayer,
 )
 from depthattn.methods.registry import register
+from depthattn.utils.errors import DepthAttnError
 
 if TYPE_CHECKING:
     from depthattn.methods.base import ForwardContext
@@ -52,10 +53,10 @@ class ValueResidualOptions(MethodOptions):
 
     def resolved(self, config: ModelConfig) -> ValueResidualOptions:
         if self.mode not in MODES:
-            raise ValueError(f"value_residual option mode ({self.mode!r}) must be one of "
+            raise DepthAttnError(f"value_residual option mode ({self.mode!r}) must be one of "
                              f"{', '.join(MODES)}")
         if self.mode != "fixed" and config.looped and config.prelude_layers == 0:
-            raise ValueError(f"value_residual mode {self.mode!r} cannot run a looped model "
+            raise DepthAttnError(f"value_residual mode {self.mode!r} cannot run a looped model "
                              f"without a prelude: its λ_l (l >= 1) belong to distinct layers, and "
                              f"the looped layer 0's later iterations would need one of their own; "
                              f"set prelude_layers >= 1 or mode='fixed'")

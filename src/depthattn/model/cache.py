@@ -29,6 +29,7 @@ from depthattn.ops.kv_quant import (
     quantize_int8,
     to_storage,
 )
+from depthattn.utils.errors import DepthAttnError
 
 
 @runtime_checkable
@@ -183,7 +184,7 @@ class _Buffers:
         config = model.config
         max_len = config.max_seq_len if max_len is None else max_len
         if not 1 <= max_len <= config.max_seq_len:
-            raise ValueError(f"cache max_len ({max_len}) must be between 1 and the model's "
+            raise DepthAttnError(f"cache max_len ({max_len}) must be between 1 and the model's "
                              f"max_seq_len ({config.max_seq_len})")
         weight = model.lm_head.weight
         return cls(config.num_applications, batch_size, max_len, config.num_kv_heads,
@@ -199,7 +200,7 @@ class _Buffers:
 
     def _check_fits(self, num_new: int) -> None:
         if self.length + num_new > self.max_len:
-            raise ValueError(f"the cache holds {self.length} tokens and {num_new} more do not "
+            raise DepthAttnError(f"the cache holds {self.length} tokens and {num_new} more do not "
                              f"fit in its max_len ({self.max_len}); build it with a larger "
                              f"max_len")
 

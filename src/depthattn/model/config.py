@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from depthattn.model.qwen3_names import fields_from_qwen3, qwen3_config_from_fields
 from depthattn.utils.checks import require_int, require_positive_int
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -66,31 +67,31 @@ class ModelConfig:
             require_positive_int(name, getattr(self, name))
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
-                raise ValueError(
+                raise DepthAttnError(
                     f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
                     f"({self.num_heads}) when head_dim is not set; set head_dim explicitly or "
                     f"choose num_heads among the divisors of {self.hidden_size}")
             self.head_dim = self.hidden_size // self.num_heads
         require_positive_int("head_dim", self.head_dim)
         if self.head_dim % 2:
-            raise ValueError(f"head_dim ({self.head_dim}) must be even (RoPE rotates pairs)")
+            raise DepthAttnError(f"head_dim ({self.head_dim}) must be even (RoPE rotates pairs)")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise DepthAttnError(
                 f"num_heads ({self.num_heads}) must be divisible by num_kv_heads "
                 f"({self.num_kv_heads}): each kv head serves a whole group of query heads")
         for name in ("rope_theta", "rms_norm_eps", "init_std"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} ({value!r}) must be a positive number")
+                raise DepthAttnError(f"{name} ({value!r}) must be a positive number")
         if self.k_norm_position not in K_NORM_POSITIONS:
-            raise ValueError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
+            raise DepthAttnError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                              f"{', '.join(K_NORM_POSITIONS)}")
         self._check_loop()
         if not isinstance(self.method, str):
-            raise ValueError(f"method ({self.method!r}) must be a method name, e.g. "
+            raise DepthAttnError(f"method ({self.method!r}) must be a method name, e.g. "
                              f"'depth_attention'")
         if not isinstance(self.method_options, dict):
-            raise ValueError(f"method_options ({self.method_options!r}) must be a mapping of "
+            raise DepthAttnError(f"method_options ({self.method_options!r}) must be a mapping of "
                              f"option names to values")
 
     def _check_loop(self) -> None:
@@ -98,14 +99,14 @@ class ModelConfig:
         require_int("loop_layers", self.loop_layers, 0, hint=" (0 = not looped)")
         require_int("loop_iterations", self.loop_iterations, 1)
         if self.loop_layers == 0 and self.loop_iterations != 1:
-            raise ValueError(f"loop_iterations ({self.loop_iterations}) needs a looped block: "
+            raise DepthAttnError(f"loop_iterations ({self.loop_iterations}) needs a looped block: "
                              f"set loop_layers (k >= 1), or leave loop_iterations at 1")
         if self.prelude_layers + self.loop_layers > self.num_layers:
-            raise ValueError(f"prelude_layers + loop_layers ({self.prelude_layers} + "
+            raise DepthAttnError(f"prelude_layers + loop_layers ({self.prelude_layers} + "
                              f"{self.loop_layers} = {self.prelude_layers + self.loop_layers}) "
                              f"exceeds num_layers ({self.num_layers})")
         if self.loop_injection not in LOOP_INJECTIONS:
-            raise ValueError(f"loop_injection ({self.loop_injection!r}) must be one of "
+            raise DepthAttnError(f"loop_injection ({self.loop_injection!r}) must be one of "
                              f"{', '.join(LOOP_INJECTIONS)}"
                              f"{did_you_mean(self.loop_injection, LOOP_INJECTIONS)}")
 
@@ -126,7 +127,7 @@ class ModelConfig:
         """A named preset (see ``PRESETS``) with fields overridden, e.g.
         ``ModelConfig.from_preset("tiny", method="depth_attention", method_options={"stride": 2})``."""
         if name not in PRESETS:
-            raise ValueError(f"preset ({name!r}) is unknown; allowed: {', '.join(PRESETS)}"
+            raise DepthAttnError(f"preset ({name!r}) is unknown; allowed: {', '.join(PRESETS)}"
                              f"{did_you_mean(name, PRESETS)}")
         fields = {**PRESETS[name], **overrides}
         _reject_unknown_fields(fields)
@@ -166,7 +167,7 @@ class ModelConfig:
     def to_qwen3(self) -> Qwen3Config:
         """The ``transformers.Qwen3Config`` of the same geometry (the method is not represented)."""
         if self.looped:
-            raise ValueError(f"a looped model (loop_layers={self.loop_layers}) has no Qwen3Config: "
+            raise DepthAttnError(f"a looped model (loop_layers={self.loop_layers}) has no Qwen3Config: "
                              f"Qwen3 applies each layer once; its weights are a Qwen3 state dict "
                              f"of num_layers ({self.num_layers}) layers all the same")
         return qwen3_config_from_fields(self.to_dict())
@@ -176,7 +177,7 @@ def _reject_unknown_fields(fields: dict[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"unknown ModelConfig field(s) {', '.join(map(repr, unknown))}; "
+        raise DepthAttnError(f"unknown ModelConfig field(s) {', '.join(map(repr, unknown))}; "
                          f"allowed: {', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")
 
 

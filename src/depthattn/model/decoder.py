@@ -25,6 +25,7 @@ from depthattn.ops.chunked_cross_entropy import (
     chunked_cross_entropy,
 )
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 
 class Decoder(nn.Module):
@@ -77,7 +78,7 @@ class Decoder(nn.Module):
             return self.applications
         require_int("loop_iterations", loop_iterations, 1)
         if not self.config.looped:
-            raise ValueError(f"loop_iterations ({loop_iterations}) needs a looped block: set "
+            raise DepthAttnError(f"loop_iterations ({loop_iterations}) needs a looped block: set "
                              f"loop_layers (k >= 1), or leave loop_iterations at 1")
         return applications(self.config, loop_iterations)
 
@@ -105,7 +106,7 @@ class Decoder(nn.Module):
         new_valid = self.check_inputs(input_ids, attention_mask, cache, position_ids,
                                       inputs_embeds)
         if cache is not None and loop_iterations not in (None, self.config.loop_iterations):
-            raise ValueError(f"loop_iterations ({loop_iterations}) differs from the configured "
+            raise DepthAttnError(f"loop_iterations ({loop_iterations}) differs from the configured "
                              f"{self.config.loop_iterations}, and the cache holds the configured "
                              f"depth's applications: call set_loop_iterations({loop_iterations}) "
                              f"and start a new cache to decode at another depth")
@@ -113,7 +114,7 @@ class Decoder(nn.Module):
         first_grad_iteration = self._first_grad_iteration(apps, backprop_iterations)
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         if checkpointing and cache is not None:
-            raise ValueError("activation checkpointing recomputes blocks in backward, which "
+            raise DepthAttnError("activation checkpointing recomputes blocks in backward, which "
                              "would write the cache twice: pass no cache when training with it")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -164,7 +165,7 @@ class Decoder(nn.Module):
         if backprop_iterations is None:
             return 0
         if not self.config.looped:
-            raise ValueError(f"backprop_iterations ({backprop_iterations}) counts iterations of "
+            raise DepthAttnError(f"backprop_iterations ({backprop_iterations}) counts iterations of "
                              f"a looped block, and this model is not looped (loop_layers = 0)")
         require_int("backprop_iterations", backprop_iterations, 1, hint=" (None = all)")
         r = 1 + max(app.iteration for app in apps if app.iteration is not None)
@@ -180,49 +181,49 @@ class Decoder(nn.Module):
                      inputs_embeds: torch.Tensor | None = None) -> torch.Tensor | None:
         """Validate before any work starts; return the new tokens' padding mask as bool."""
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids (batch, seq) and inputs_embeds "
+            raise DepthAttnError("pass exactly one of input_ids (batch, seq) and inputs_embeds "
                              "(batch, seq, hidden_size)")
         if inputs_embeds is not None:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise ValueError(f"inputs_embeds must have shape (batch, seq, hidden_size="
+                raise DepthAttnError(f"inputs_embeds must have shape (batch, seq, hidden_size="
                                  f"{self.config.hidden_size}); got {tuple(inputs_embeds.shape)}")
             B, T = inputs_embeds.shape[:2]
         elif input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"input_ids must be an integer tensor of shape (batch, seq); got "
+            raise DepthAttnError(f"input_ids must be an integer tensor of shape (batch, seq); got "
                              f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
         else:
             B, T = input_ids.shape
         if T == 0:
-            raise ValueError("the input has no tokens (seq length 0); pass at least one")
+            raise DepthAttnError("the input has no tokens (seq length 0); pass at least one")
         if torch.compiler.is_compiling():
             # a compiled step reads nothing back from the device: checked when called eagerly
             return None if attention_mask is None else _new_columns(attention_mask, cache, T)
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
-            raise ValueError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
+            raise DepthAttnError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
                              f"max_seq_len ({self.config.max_seq_len})")
         if cache is not None and past and cache.batch_size != B:
-            raise ValueError(f"input batch ({B}) differs from the cache's batch size "
+            raise DepthAttnError(f"input batch ({B}) differs from the cache's batch size "
                              f"({cache.batch_size})")
         if input_ids is not None:
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
-                raise ValueError(f"token id {bad} is out of range: ids must be in "
+                raise DepthAttnError(f"token id {bad} is out of range: ids must be in "
                                  f"[0, vocab_size={self.config.vocab_size})")
         if position_ids is not None and tuple(position_ids.shape) != (B, T):
-            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
+            raise DepthAttnError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
         if attention_mask is None:
             return None
         allowed = {(B, T), (B, past + T)}
         if cache is not None and cache.fixed_shape:
             allowed.add((B, cache.max_len))  # over every slot, as generate passes it
         if tuple(attention_mask.shape) not in allowed:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
+            raise DepthAttnError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
                              f"{' or '.join(str(s) for s in sorted(allowed))}")
         if past and attention_mask.shape[1] > T \
                 and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
-            raise ValueError(f"attention_mask's first {past} columns (the cached tokens) "
+            raise DepthAttnError(f"attention_mask's first {past} columns (the cached tokens) "
                              f"contradict the padding the cache recorded; pass the mask of the "
                              f"earlier calls extended by the new tokens, or only the new "
                              f"tokens' columns ({B}, {T})")
@@ -340,7 +341,7 @@ class CausalLM(nn.Module):
         ``Decoder.forward`` (a looped model trained at random depth).
         """
         if tuple(targets.shape) != tuple(input_ids.shape):
-            raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape "
+            raise DepthAttnError(f"targets shape {tuple(targets.shape)} must equal input_ids shape "
                              f"{tuple(input_ids.shape)}")
         hidden = self.model(input_ids, attention_mask, loop_iterations=loop_iterations,
                             backprop_iterations=backprop_iterations)  # (B, T, D)

@@ -15,16 +15,17 @@ import torch
 from depthattn.model.cache import DecoderCache, KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 
 def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature ({temperature!r}) must be > 0 (use do_sample=False for "
+        raise DepthAttnError(f"temperature ({temperature!r}) must be > 0 (use do_sample=False for "
                          f"greedy decoding)")
     if top_k is not None:
         require_int("top_k", top_k, 1, hint=" or None")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p ({top_p!r}) must be in (0, 1] or None")
+        raise DepthAttnError(f"top_p ({top_p!r}) must be in (0, 1] or None")
 
 
 def next_token(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0,
@@ -65,7 +66,7 @@ def check_left_padded(attention_mask: torch.Tensor) -> None:
     real token, every later token is real."""
     mask = attention_mask.bool()
     if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
-        raise ValueError("attention_mask has padding after a real token (right padding); "
+        raise DepthAttnError("attention_mask has padding after a real token (right padding); "
                          "generate needs left-padded prompts (tokenizer.padding_side = 'left')")
 
 
@@ -100,7 +101,7 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
     every position, CUDA graphs on GPU); the prefill runs eagerly. Same tokens as without.
     """
     if not isinstance(compile, bool):
-        raise ValueError(f"compile ({compile!r}) must be True or False")
+        raise DepthAttnError(f"compile ({compile!r}) must be True or False")
     require_int("max_new_tokens", max_new_tokens, 0)
     if prefill_chunk_size is not None:
         require_int("prefill_chunk_size", prefill_chunk_size, 1, hint=" or None")
@@ -111,7 +112,7 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
     B, T = input_ids.shape
     limit = model.config.max_seq_len
     if T + max_new_tokens > limit:
-        raise ValueError(f"prompt length ({T}) + max_new_tokens ({max_new_tokens}) exceeds "
+        raise DepthAttnError(f"prompt length ({T}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_seq_len ({limit})")
     if max_new_tokens == 0:
         return input_ids

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from depthattn.utils.errors import DepthAttnError
+
 if TYPE_CHECKING:
     from transformers import Qwen3Config
 
@@ -40,11 +42,11 @@ def rope_theta_from_hf(raw: Mapping[str, Any], default: float | None = None) -> 
     params = raw.get("rope_parameters") or {}
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
-        raise ValueError(f"rope_parameters.rope_type ({rope_type!r}) is not supported; "
+        raise DepthAttnError(f"rope_parameters.rope_type ({rope_type!r}) is not supported; "
                          f"allowed: 'default' (unscaled RoPE)")
     theta = params.get("rope_theta", raw.get("rope_theta", default))
     if theta is None:
-        raise ValueError("the config names no rope_theta")
+        raise DepthAttnError("the config names no rope_theta")
     return float(theta)
 
 
@@ -56,7 +58,7 @@ def fields_from_hf(raw: Mapping[str, Any], where: str = "",
     default to the query heads (no GQA), as in Hugging Face."""
     missing = [name for name in REQUIRED_HF_NAMES if raw.get(name) is None]
     if missing:
-        raise ValueError(f"the config{where} has no {', '.join(map(repr, missing))}")
+        raise DepthAttnError(f"the config{where} has no {', '.join(map(repr, missing))}")
     fields = {ours: raw[theirs] for ours, theirs in HF_NAMES.items()
               if raw.get(theirs) is not None}
     fields.setdefault("num_kv_heads", fields["num_heads"])
@@ -72,11 +74,11 @@ def fields_from_qwen3(hf_config: Qwen3Config) -> dict[str, Any]:
     for name, allowed in UNSUPPORTED_QWEN3.items():
         value = raw.get(name, allowed)
         if value != allowed:
-            raise ValueError(f"Qwen3 {name} ({value!r}) is not supported; allowed: {allowed!r}")
+            raise DepthAttnError(f"Qwen3 {name} ({value!r}) is not supported; allowed: {allowed!r}")
     try:
         return fields_from_hf(raw, " (Qwen3)")
     except ValueError as error:
-        raise ValueError(f"Qwen3 {error}") from None
+        raise DepthAttnError(f"Qwen3 {error}") from None
 
 
 def qwen3_config_from_fields(fields: Mapping[str, Any]) -> Qwen3Config:

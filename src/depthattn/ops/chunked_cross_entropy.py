@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from depthattn.utils.checks import require_positive_int
+from depthattn.utils.errors import DepthAttnError
 
 DEFAULT_CHUNK_SIZE = 1024  # tokens: a (1024, 50304) float32 chunk of logits is 206 MB
 
@@ -109,17 +110,17 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     """
     require_positive_int("chunk_size", chunk_size)
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction ({reduction!r}) must be 'mean' or 'sum'")
+        raise DepthAttnError(f"reduction ({reduction!r}) must be 'mean' or 'sum'")
     if weight.dim() != 2:
-        raise ValueError(f"weight must be (vocab, hidden); got shape {tuple(weight.shape)}")
+        raise DepthAttnError(f"weight must be (vocab, hidden); got shape {tuple(weight.shape)}")
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"hidden's last dim must be weight's hidden size ({weight.shape[1]}); "
+        raise DepthAttnError(f"hidden's last dim must be weight's hidden size ({weight.shape[1]}); "
                          f"got hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}")
     if tuple(targets.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"targets shape {tuple(targets.shape)} must be hidden's leading dims "
+        raise DepthAttnError(f"targets shape {tuple(targets.shape)} must be hidden's leading dims "
                          f"{tuple(hidden.shape[:-1])}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise ValueError(f"targets must be integer class ids; got dtype {targets.dtype}")
+        raise DepthAttnError(f"targets must be integer class ids; got dtype {targets.dtype}")
     grad = torch.is_grad_enabled()
     return _ChunkedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight,
                                       targets.reshape(-1), chunk_size, ignore_index,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from depthattn.utils.errors import DepthAttnError
+
 KV_FORMATS = ("float32", "bfloat16", "float8_e4m3", "int8")
 STORAGE_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                  "float8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
@@ -26,7 +28,7 @@ FLOAT8_E4M3_MAX = 448.0
 
 def check_kv_format(kv_format: str | None) -> None:
     if kv_format is not None and kv_format not in KV_FORMATS:
-        raise ValueError(f"kv_format ({kv_format!r}) is unknown; allowed: None (the model's "
+        raise DepthAttnError(f"kv_format ({kv_format!r}) is unknown; allowed: None (the model's "
                          f"dtype), {', '.join(KV_FORMATS)}")
 
 

@@ -32,6 +32,7 @@ import torch
 from depthattn.io import CONFIG_NAME, load_model, save_model
 from depthattn.model.decoder import CausalLM
 from depthattn.utils.atomic import atomic_dir, write_json_atomic, write_text_atomic
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.file_manifest import write_file_manifest
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
         # torch's message goes on about how to load the file anyway; keep only what it found
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         what = f"it refers to {found.group(1)}" if found else str(error).strip().splitlines()[-1]
-        raise ValueError(f"{file} holds objects other than tensors and plain data ({what}); "
+        raise DepthAttnError(f"{file} holds objects other than tensors and plain data ({what}); "
                          f"refusing to unpickle it, since such a file can run code when "
                          f"loaded") from None
 
@@ -132,7 +133,7 @@ def load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimize
     of another model (method, size, vocabulary, ...) is refused with the differences named."""
     differences = model_differences(path, model)
     if differences:
-        raise ValueError(f"checkpoint {path} holds another model than this run trains: "
+        raise DepthAttnError(f"checkpoint {path} holds another model than this run trains: "
                          f"{'; '.join(differences)}")
     extra = load_training_state(path)
     loaded = load_model(path, device=next(model.parameters()).device)

@@ -17,6 +17,7 @@ from depthattn.utils.checks import (
     require_number,
     require_positive_int,
 )
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.parsing import parse_value
 from depthattn.utils.suggest import did_you_mean
 from depthattn.utils.text_files import read_utf8
@@ -93,21 +94,21 @@ class TrainConfig:
         require_int("dist_timeout_s", self.dist_timeout_s, 1)
         require_int("max_bad_steps", self.max_bad_steps, 1)
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr ({self.lr!r}) must be > 0 and finite")
+            raise DepthAttnError(f"lr ({self.lr!r}) must be > 0 and finite")
         for name in ("min_lr_ratio", "warmup_ratio", "beta1", "beta2"):
             value = getattr(self, name)
             closed = name == "min_lr_ratio"  # 1: a constant LR after warmup
             if not (0 <= value < 1 or (closed and value == 1)):
-                raise ValueError(f"{name} ({value!r}) must be in [0, {'1]' if closed else '1)'}")
+                raise DepthAttnError(f"{name} ({value!r}) must be in [0, {'1]' if closed else '1)'}")
         for name in ("weight_decay", "grad_clip"):
             require_number(name, getattr(self, name), 0.0)
         require_number("eps", self.eps, 0.0, strict=True)
         self._check_loop_fields()
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype ({self.dtype!r}) must be one of {', '.join(DTYPES)}")
+            raise DepthAttnError(f"dtype ({self.dtype!r}) must be one of {', '.join(DTYPES)}")
         micro_tokens = self.micro_batch_size * self.seq_len
         if self.global_batch_tokens and self.global_batch_tokens % micro_tokens:
-            raise ValueError(
+            raise DepthAttnError(
                 f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
                 f"micro_batch_size x seq_len ({self.micro_batch_size} x {self.seq_len} = "
                 f"{micro_tokens})")
@@ -115,7 +116,7 @@ class TrainConfig:
     def _check_loop_fields(self) -> None:
         """The loop fields alone; ``check_loop_training`` checks them against the model."""
         if self.loop_sampling not in LOOP_SAMPLINGS:
-            raise ValueError(f"loop_sampling ({self.loop_sampling!r}) must be one of "
+            raise DepthAttnError(f"loop_sampling ({self.loop_sampling!r}) must be one of "
                              f"{', '.join(LOOP_SAMPLINGS)}"
                              f"{did_you_mean(self.loop_sampling, LOOP_SAMPLINGS)}")
         require_number("loop_mean_rate", self.loop_mean_rate, 0.0)
@@ -125,7 +126,7 @@ class TrainConfig:
         if self.loop_sampling == "fixed":
             for name in ("loop_mean_rate", "loop_max_iterations"):
                 if getattr(self, name):
-                    raise ValueError(f"{name} ({getattr(self, name)!r}) is read only by "
+                    raise DepthAttnError(f"{name} ({getattr(self, name)!r}) is read only by "
                                      f"loop_sampling 'poisson_lognormal', not 'fixed': set "
                                      f"loop_sampling or leave {name} at 0")
 
@@ -135,11 +136,11 @@ class TrainConfig:
         if (sampled or self.backprop_iterations) and not model_config.looped:
             used = (f"loop_sampling {self.loop_sampling!r}" if sampled
                     else f"backprop_iterations ({self.backprop_iterations})")
-            raise ValueError(f"{used} needs a looped model, and this one is not (loop_layers "
+            raise DepthAttnError(f"{used} needs a looped model, and this one is not (loop_layers "
                              f"= 0): set loop_layers (and prelude_layers) in model_overrides, "
                              f"or leave loop_sampling 'fixed' and backprop_iterations 0")
         if sampled and self.loop_rate(model_config) <= 0:
-            raise ValueError(f"loop_mean_rate 0 takes the rate from the model's loop_iterations "
+            raise DepthAttnError(f"loop_mean_rate 0 takes the rate from the model's loop_iterations "
                              f"- 1 = {model_config.loop_iterations - 1}, and the rate must be "
                              f"> 0: set loop_mean_rate > 0 or loop_iterations >= 2")
         b = self.backprop_iterations
@@ -147,7 +148,7 @@ class TrainConfig:
         if truncated and model_config.loop_injection == "none":
             # The first iteration that takes gradients then starts from a state computed under
             # no_grad: nothing before the loop (prelude, embeddings) would learn through it.
-            raise ValueError(f"backprop_iterations ({b}) cuts the gradient before the looped "
+            raise DepthAttnError(f"backprop_iterations ({b}) cuts the gradient before the looped "
                              f"block, and loop_injection 'none' gives the prelude and the "
                              f"embeddings no other way to the loss: use loop_injection 'add' or "
                              f"'concat' (Huginn's), or backprop_iterations 0 (all)")
@@ -165,7 +166,7 @@ class TrainConfig:
         """Micro batches per optimizer step on each of ``world_size`` ranks."""
         rank_tokens = world_size * self.micro_batch_size * self.seq_len
         if self.global_batch_tokens and self.global_batch_tokens % rank_tokens:
-            raise ValueError(
+            raise DepthAttnError(
                 f"global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
                 f"world size x micro_batch_size x seq_len ({world_size} x "
                 f"{self.micro_batch_size} x {self.seq_len} = {rank_tokens}) to split over "
@@ -215,7 +216,7 @@ def check_field_types(config: TrainConfig) -> None:
         admits, kind = _TYPES[f.type]
         value = getattr(config, f.name)
         if not admits(value):
-            raise ValueError(f"{f.name} ({value!r}) must be {kind}, not "
+            raise DepthAttnError(f"{f.name} ({value!r}) must be {kind}, not "
                              f"{type(value).__name__}")
 
 
@@ -241,16 +242,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file {path} does not exist (shipped configs: "
                                 f"{', '.join(shipped_configs())})")
     if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
-        raise ValueError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+        raise DepthAttnError(f"config file {path} must end in .toml, .yaml, .yml or .json")
     data = _parse_config_text(path, read_utf8(path, "config file"))
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a table of fields, not "
+        raise DepthAttnError(f"config file {path} must hold a table of fields, not "
                          f"{type(data).__name__}")
     data = data.get("train", data)
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
         hints = "".join(did_you_mean(name, field_names()) for name in unknown[:1])
-        raise ValueError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}{hints}; "
+        raise DepthAttnError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}{hints}; "
                          f"allowed: {', '.join(field_names())}")
     return data
 
@@ -265,29 +266,29 @@ def _parse_config_text(path: Path, text: str) -> Any:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+            raise DepthAttnError(f"config file {path} is not valid TOML: {error}") from None
     if path.suffix == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+            raise DepthAttnError(f"config file {path} is not valid JSON: {error}") from None
     import yaml
 
     try:
         return yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+        raise DepthAttnError(f"config file {path} is not valid YAML: {error}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with the value parsed as JSON when it is JSON (numbers, booleans,
     objects), as a plain string otherwise."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} must look like key=value")
+        raise DepthAttnError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     key = key.strip().replace("-", "_")
     if key not in field_names():
-        raise ValueError(f"override {key!r} is not a training field"
+        raise DepthAttnError(f"override {key!r} is not a training field"
                          f"{did_you_mean(key, field_names())}; allowed: "
                          f"{', '.join(field_names())}")
     return key, parse_value(raw)

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from depthattn.utils.errors import DepthAttnError
+
 log = logging.getLogger(__name__)
 
 CPU = torch.device("cpu")
@@ -95,7 +97,7 @@ def world_size_from_environment() -> int:
 
 def check_layout(world_size: int, dp_replicate: int) -> None:
     if world_size % dp_replicate:
-        raise ValueError(f"dp_replicate ({dp_replicate}) must divide the world size "
+        raise DepthAttnError(f"dp_replicate ({dp_replicate}) must divide the world size "
                          f"({world_size} processes): the mesh is dp_replicate x dp_shard")
 
 
@@ -106,7 +108,7 @@ def setup(device: torch.device, dp_replicate: int = 1,
     ``timeout_s`` (a rank that died or hangs) raises, so the job ends instead of hanging."""
     if not launched_by_torchrun():
         if dp_replicate != 1:
-            raise ValueError(f"dp_replicate ({dp_replicate}) needs several processes: launch "
+            raise DepthAttnError(f"dp_replicate ({dp_replicate}) needs several processes: launch "
                              f"with torchrun, or leave dp_replicate at 1")
         return Distributed(), device
     from torch.distributed.device_mesh import init_device_mesh
@@ -116,13 +118,13 @@ def setup(device: torch.device, dp_replicate: int = 1,
     check_layout(world, dp_replicate)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local_rank} has no GPU: this node has "
+            raise DepthAttnError(f"LOCAL_RANK {local_rank} has no GPU: this node has "
                              f"{torch.cuda.device_count()}; start at most that many processes "
                              f"per node (--nproc-per-node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"distributed training runs on cuda or cpu, not {device.type}")
+        raise DepthAttnError(f"distributed training runs on cuda or cpu, not {device.type}")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))

@@ -19,6 +19,7 @@ import torch
 
 from depthattn.io import load_model
 from depthattn.model.decoder import CausalLM
+from depthattn.utils.errors import DepthAttnError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def check_geometry(source: str, theirs, ours) -> None:
         hint = (" The vocabulary comes from the run's tokenizer: prepare the data with the "
                 "source model's tokenizer." if any(d.startswith("vocab_size") for d in
                                                    differences) else "")
-        raise ValueError(f"init_from {source} has another geometry than this run's model: "
+        raise DepthAttnError(f"init_from {source} has another geometry than this run's model: "
                          f"{'; '.join(differences)}.{hint}")
 
 
@@ -59,11 +60,11 @@ def initialise_from(model: CausalLM, source: str) -> None:
             parts.append(f"not in this model: {', '.join(unexpected[:4])} (method "
                          f"{loaded.config.method!r} has parameters {model.config.method!r} "
                          f"lacks)")
-        raise ValueError(f"init_from {source} does not fit this run's model: "
+        raise DepthAttnError(f"init_from {source} does not fit this run's model: "
                          f"{'; '.join(parts)}")
     for name, tensor in theirs.items():
         if ours[name].shape != tensor.shape:
-            raise ValueError(f"init_from {source}: {name} has shape {tuple(tensor.shape)}, "
+            raise DepthAttnError(f"init_from {source}: {name} has shape {tuple(tensor.shape)}, "
                              f"this run's model {tuple(ours[name].shape)}")
         ours[name].copy_(tensor)
     log.info("initialised from %s (method %s)%s", source, loaded.config.method,

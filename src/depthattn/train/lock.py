@@ -30,6 +30,7 @@ from pathlib import Path
 
 from depthattn.train.distributed import Distributed
 from depthattn.train.run_dir import RunDir
+from depthattn.utils.errors import DepthAttnError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class RunLock:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{self.path} does not name the process that trains the run "
+            raise DepthAttnError(f"{self.path} does not name the process that trains the run "
                              f"({error!r}); if none does, remove it and train again") from None
 
     def acquire(self) -> None:
@@ -87,7 +88,7 @@ class RunLock:
         process that holds it."""
         folder = self.run.path
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"run_dir {folder} is a file, not a folder; choose another run_dir")
+            raise DepthAttnError(f"run_dir {folder} is a file, not a folder; choose another run_dir")
         self._created = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         with _exclusive(folder):
@@ -101,7 +102,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:  # another host took it meanwhile
-                raise ValueError(f"run_dir {folder} was locked meanwhile by {self.holder()}; "
+                raise DepthAttnError(f"run_dir {folder} was locked meanwhile by {self.holder()}; "
                                  f"choose another run_dir") from None
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(json.dumps(vars(me)) + "\n")
@@ -111,14 +112,14 @@ class RunLock:
     def _refuse_unless_stale(self, holder: Holder) -> None:
         folder = self.run.path
         if holder.host != socket.gethostname():
-            raise ValueError(f"run_dir {folder} is locked by {holder}, another host, so whether "
+            raise DepthAttnError(f"run_dir {folder} is locked by {holder}, another host, so whether "
                              f"that process still trains it cannot be checked from here; if it "
                              f"no longer runs, remove {self.path} and train again")
         # Our own pid in a lock this process does not hold: an earlier process had that pid (a
         # restarted container numbers its processes alike).
         ours = holder.pid == os.getpid() and self.path.resolve() not in _HELD_HERE
         if not ours and is_alive(holder.pid):
-            raise ValueError(f"run_dir {folder} is being trained by {holder}; wait for it to "
+            raise DepthAttnError(f"run_dir {folder} is being trained by {holder}; wait for it to "
                              f"end or stop it, or choose another run_dir (if pid {holder.pid} "
                              f"does not train this run, remove {self.path})")
 
@@ -169,7 +170,7 @@ def hold_run_lock(run: RunDir, dist: Distributed) -> Iterator[None]:
             refusal = str(error)
     refusal = dist.broadcast(refusal)
     if refusal is not None:
-        raise ValueError(refusal)
+        raise DepthAttnError(refusal)
     try:
         yield
     finally:

@@ -18,6 +18,7 @@ from depthattn.model.config import ModelConfig
 from depthattn.model.decoder import CausalLM
 from depthattn.train.config import TrainConfig
 from depthattn.utils.devices import available_memory
+from depthattn.utils.errors import DepthAttnError
 
 GIB = 1 << 30
 STATE_BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
@@ -67,7 +68,7 @@ def check_memory(model_config: ModelConfig, config: TrainConfig, device: torch.d
     value_bytes = 2 if amp_dtype is not None else 4
     need = estimate_memory(model_config, config, value_bytes, parameters)
     if need.total > available:
-        raise ValueError(
+        raise DepthAttnError(
             f"model {config.model!r} ({need.parameters:,} parameters) needs at least "
             f"{human_bytes(need.total)} to train on {device} (weights, gradients and AdamW "
             f"state {human_bytes(need.state_bytes)}, activations at micro_batch_size "
@@ -89,7 +90,7 @@ def check_disk(run_dir: Path, parameters: int) -> None:
     where = _existing_ancestor(run_dir)
     free = shutil.disk_usage(where).free
     if need > free:
-        raise ValueError(
+        raise DepthAttnError(
             f"not enough free disk space for a checkpoint in {run_dir}: one needs about "
             f"{human_bytes(need)} ({parameters:,} parameters), {where} has "
             f"{human_bytes(free)} free; free some space or choose another run_dir")

@@ -19,6 +19,7 @@ from depthattn.train.distributed import Distributed
 from depthattn.train.optim import build_optimizer, build_scheduler
 from depthattn.train.run_dir import RunDir
 from depthattn.train.sharded_checkpoint import is_sharded, load_full_state, load_sharded
+from depthattn.utils.errors import DepthAttnError
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,18 @@ def check_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> None:
         others = sorted(p.name for p in entries if ".tmp-" not in p.name and p != run.lock_file)
         if others:
             listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise ValueError(f"run_dir {run.path} holds something else than a training run "
+            raise DepthAttnError(f"run_dir {run.path} holds something else than a training run "
                              f"({len(others)} entries: {listed}) and no train_config.json; "
                              f"choose a new or empty folder")
         return
     if not resume:
-        raise ValueError(f"run_dir {run.path} already holds a run; pass resume (--resume) to "
+        raise DepthAttnError(f"run_dir {run.path} already holds a run; pass resume (--resume) to "
                          f"continue it, or choose another run_dir")
     changed = changed_fields(run, config)
     if changed:
         saved = run.read_config()
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"cannot resume {run.path} with a different configuration ({diffs}); "
+        raise DepthAttnError(f"cannot resume {run.path} with a different configuration ({diffs}); "
                          f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
 
 
@@ -71,7 +72,7 @@ def resume_point(run: RunDir) -> Path | None:
     for reason in skipped:
         log.warning("skipping corrupt checkpoint %s", reason)
     if checkpoint is None and skipped:
-        raise ValueError(f"no checkpoint of {run.path} verifies, so the run cannot resume: "
+        raise DepthAttnError(f"no checkpoint of {run.path} verifies, so the run cannot resume: "
                          f"{'; '.join(skipped)}. Move the checkpoints away to train it again "
                          f"from the start")
     return checkpoint
@@ -83,7 +84,7 @@ def check_step_size(checkpoint: Path, tokens_per_step: int, world: int) -> None:
     state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
     saved = state.get("tokens_per_step", state["tokens"] // max(1, state["step"]))
     if saved != tokens_per_step:
-        raise ValueError(
+        raise DepthAttnError(
             f"{checkpoint} was trained at {saved:,} tokens per step (on "
             f"{state.get('world_size', 1)} process(es)); here a step is {tokens_per_step:,} "
             f"tokens on {world}. Set global_batch_tokens={saved} (and a micro_batch_size that "

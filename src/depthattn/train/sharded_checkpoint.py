@@ -63,6 +63,7 @@ from depthattn.utils.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.file_manifest import write_file_manifest
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def load_sharded(path: Path, model: CausalLM, optimizer: torch.optim.Optimizer,
     path = Path(path)
     differences = model_differences(path, model)
     if differences:
-        raise ValueError(f"checkpoint {path} holds another model than this run trains: "
+        raise DepthAttnError(f"checkpoint {path} holds another model than this run trains: "
                          f"{'; '.join(differences)}")
     model_state, optim_state = get_state_dict(model, optimizer)
     shards = {"model": model_state, "optimizer": optim_state}

@@ -62,6 +62,7 @@ from depthattn.train.sharded_checkpoint import ShardedCheckpointer, full_model_s
 from depthattn.train.signals import StopOnSignal, TrainingStopped
 from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.devices import autocast_dtype, resolve_device
+from depthattn.utils.errors import DepthAttnError
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +105,10 @@ def check_config(config: TrainConfig, dist: Distributed, device: torch.device) -
     config.model_config()  # preset, method and options, before data preparation can start
     config.grad_accumulation_for(dist.world_size)  # the global batch splits over the ranks
     if config.fsdp_cpu_offload and not (dist.enabled and device.type == "cuda"):
-        raise ValueError("fsdp_cpu_offload keeps a sharded GPU run's state in CPU memory: it "
+        raise DepthAttnError("fsdp_cpu_offload keeps a sharded GPU run's state in CPU memory: it "
                          "needs torchrun and device cuda")
     if config.async_checkpoint and not dist.enabled:
-        raise ValueError("async_checkpoint writes the sharded checkpoints of a torchrun job; a "
+        raise DepthAttnError("async_checkpoint writes the sharded checkpoints of a torchrun job; a "
                          "single process writes its checkpoints whole: launch with torchrun, or "
                          "leave async_checkpoint false")
 
@@ -372,7 +373,7 @@ class Trainer:
             good = self.run.latest_checkpoint()
             where = (f"the last good checkpoint is {good}" if good is not None
                      else "no checkpoint was written before it")
-            raise ValueError(f"writing a checkpoint into {self.run.checkpoints_dir} failed "
+            raise DepthAttnError(f"writing a checkpoint into {self.run.checkpoints_dir} failed "
                              f"({reason}); {where}. Resume with: depthattn train --resume "
                              f"run_dir={self.run.path}") from error
 

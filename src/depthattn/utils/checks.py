@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from depthattn.utils.errors import DepthAttnError
+
 
 def is_int(value: Any) -> bool:
     """An int that is not a bool (``True`` is an ``int`` in Python, never a count here)."""
@@ -19,14 +21,14 @@ def require_int(name: str, value: Any, low: int = 1, high: int | None = None,
     if not is_int(value) or value < low or (high is not None and value > high):
         bound = f"{high_name}={high}" if high_name else f"{high}"
         allowed = f"an integer in [{low}, {bound}]" if high is not None else f"an integer >= {low}"
-        raise ValueError(f"{name} ({value!r}) must be {allowed}{hint}")
+        raise DepthAttnError(f"{name} ({value!r}) must be {allowed}{hint}")
     return value
 
 
 def require_positive_int(name: str, value: Any) -> int:
     """``value`` if it is an integer >= 1; else "NAME (VALUE) must be a positive integer"."""
     if not is_int(value) or value < 1:
-        raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        raise DepthAttnError(f"{name} ({value!r}) must be a positive integer")
     return value
 
 
@@ -36,5 +38,5 @@ def require_number(name: str, value: Any, low: float = 0.0, strict: bool = False
     if not ok or value < low or (strict and value == low):
         relation = ">" if strict else ">="
         kind = "a positive number" if strict and low == 0 else f"a finite number {relation} {low:g}"
-        raise ValueError(f"{name} ({value!r}) must be {kind}")
+        raise DepthAttnError(f"{name} ({value!r}) must be {kind}")
     return float(value)

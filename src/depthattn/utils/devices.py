@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from depthattn.utils.errors import DepthAttnError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -14,7 +16,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as error:
-        raise ValueError(f"device ({device!r}) is not a torch device name: use auto, cpu, "
+        raise DepthAttnError(f"device ({device!r}) is not a torch device name: use auto, cpu, "
                          f"cuda or cuda:N ({error})") from None
 
 
@@ -25,7 +27,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+        raise DepthAttnError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from depthattn.utils.errors import DepthAttnError
+
 
 def parse_value(raw: str) -> Any:
     """JSON when the text is JSON (numbers, booleans, null, lists, objects), else the string."""
@@ -20,6 +22,6 @@ def parse_key_values(items: list[str], what: str = "option") -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{what} {item!r} must look like key=value")
+            raise DepthAttnError(f"{what} {item!r} must look like key=value")
         options[key.strip()] = parse_value(raw)
     return options

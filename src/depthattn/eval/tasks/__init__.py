@@ -7,6 +7,7 @@ import difflib
 
 from depthattn.eval.tasks.corpus import CORPUS_TASKS
 from depthattn.eval.tasks.paper import ALIASES, NOT_OFFLINE, PAPER_TASKS, TASK_PREFIX
+from depthattn.utils.errors import DepthAttnError
 
 PAPER = tuple(PAPER_TASKS)
 OUR_NAMES = ("paper", *PAPER, *ALIASES, *CORPUS_TASKS, *NOT_OFFLINE)  # no lm-eval index needed
@@ -25,7 +26,7 @@ def resolve_task_names(tasks: str | list[str], lm_eval_tasks: list[str] | None =
         expanded = PAPER if name == "paper" else (ALIASES.get(name, name),)
         out.extend(n for n in expanded if n not in out)
     if not out:
-        raise ValueError("no task given: pass --tasks paper, or names separated by commas")
+        raise DepthAttnError("no task given: pass --tasks paper, or names separated by commas")
     ours = list(OUR_NAMES)
     known = set(ours) | set(lm_eval_tasks or ())
     unknown = [n for n in out if n not in known]
@@ -35,7 +36,7 @@ def resolve_task_names(tasks: str | list[str], lm_eval_tasks: list[str] | None =
             close = difflib.get_close_matches(n, ours + sorted(known - set(ours)), n=5, cutoff=0.6)
             lines.append(f"  {n!r}: " + (f"did you mean {', '.join(close)}?" if close
                                          else "no close match"))
-        raise ValueError("unknown task name(s):\n" + "\n".join(lines)
+        raise DepthAttnError("unknown task name(s):\n" + "\n".join(lines)
                          + f"\nours: paper ({', '.join(PAPER)}), {', '.join(CORPUS_TASKS)}; "
                          "any lm-eval task name is accepted too")
     return out

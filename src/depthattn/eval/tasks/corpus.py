@@ -27,6 +27,7 @@ from depthattn.data.manifest import manifest_path
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import load_tokenizer
 from depthattn.utils.atomic import write_text_atomic
+from depthattn.utils.errors import DepthAttnError
 
 CORPUS_TASKS = ("corpus_cloze", "corpus_continuation")
 FORMAT_VERSION = 1
@@ -71,7 +72,7 @@ def continuation_items(docs: list[str], n: int, context_words: int, continuation
     length = context_words + continuation_words
     usable = [d for d, words in enumerate(spans) if len(words) >= length]
     if len(usable) < 2:
-        raise ValueError("corpus_continuation needs at least 2 validation documents of "
+        raise DepthAttnError("corpus_continuation needs at least 2 validation documents of "
                          f"{length}+ words; the corpus has {len(usable)}")
     rng = random.Random(seed)
 
@@ -157,7 +158,7 @@ def ensure_corpus_tasks(prepared: str | Path, n: int = 500, seed: int = 0,
     for name, template in (("corpus_cloze", _CLOZE_YAML),
                            ("corpus_continuation", _CONTINUATION_YAML)):
         if not written[name]:
-            raise ValueError(f"{manifest}: the validation split yields no {name} items")
+            raise DepthAttnError(f"{manifest}: the validation split yields no {name} items")
         data = out / f"{name}.jsonl"
         write_text_atomic(data, "".join(json.dumps(item) + "\n" for item in written[name]))
         write_text_atomic(out / f"{name}.yaml", template.format(data=json.dumps(str(data)),

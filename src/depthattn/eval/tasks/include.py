@@ -15,6 +15,7 @@ from pathlib import Path
 
 from depthattn.eval.tasks.corpus import CORPUS_TASKS
 from depthattn.eval.tasks.paper import PAPER_TASKS, TASK_PREFIX
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def check_corpus_source(data: str) -> None:
     from depthattn.data.pipeline import DEFAULT_SOURCE
 
     if data != DEFAULT_SOURCE and not Path(data).exists():
-        raise ValueError(f"corpus data {data!r} does not exist: give 'default', a prepared "
+        raise DepthAttnError(f"corpus data {data!r} does not exist: give 'default', a prepared "
                          f"folder (or its manifest.json), or a corpus to prepare (a text file, a "
                          f"folder of .txt files, a .jsonl file or a `datasets` folder)")
 
@@ -52,7 +53,7 @@ def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
 
     paper, corpus = named_tasks(entries)
     if data is not None and not corpus:
-        raise ValueError(f"corpus data ({data!r}) is for {' and '.join(CORPUS_TASKS)}, and the "
+        raise DepthAttnError(f"corpus data ({data!r}) is for {' and '.join(CORPUS_TASKS)}, and the "
                          f"tasks ({','.join(entries)}) name neither")
     folders = []
     if paper:

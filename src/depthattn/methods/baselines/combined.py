@@ -24,6 +24,7 @@ from depthattn.methods.base import (
     Sublayer,
 )
 from depthattn.model.config import ModelConfig
+from depthattn.utils.errors import DepthAttnError
 
 # (part name, options mapping, config) -> that part's validated options (the registry's)
 ResolveOptions = Callable[[str, Mapping[str, Any], ModelConfig], MethodOptions]
@@ -45,11 +46,11 @@ def split_parts(name: str) -> list[str]:
 
 def check_combinable(parts: list[str], classes: list[type[CrossLayerMethod]]) -> None:
     if len(parts) != 2 or len(set(parts)) != 2:
-        raise ValueError(f"method ({SEPARATOR.join(parts)!r}) combines two different methods, "
+        raise DepthAttnError(f"method ({SEPARATOR.join(parts)!r}) combines two different methods, "
                          f"e.g. 'depth_attention+mhc'")
     shared = hooks_used(classes[0]) & hooks_used(classes[1])
     if shared:
-        raise ValueError(f"methods {parts[0]!r} and {parts[1]!r} cannot be combined: both use "
+        raise DepthAttnError(f"methods {parts[0]!r} and {parts[1]!r} cannot be combined: both use "
                          f"{', '.join(sorted(shared))}; combine a method that works inside "
                          f"attention with one that works on the residual stream")
 
@@ -68,7 +69,7 @@ class CombinedOptions(MethodOptions):
         parts = split_parts(name)
         unknown = sorted(set(options) - set(parts))
         if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
+            raise DepthAttnError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
                              f"{name!r}; allowed: {', '.join(parts)}")
         resolved = {}
         for part in parts:
@@ -76,7 +77,7 @@ class CombinedOptions(MethodOptions):
             if dataclasses.is_dataclass(given):
                 given = dataclasses.asdict(given)
             if not isinstance(given, Mapping):
-                raise ValueError(f"options of {part!r} in a combined method must be a mapping, "
+                raise DepthAttnError(f"options of {part!r} in a combined method must be a mapping, "
                                  f"got {given!r}")
             resolved[part] = resolve_options(part, given, config)
         return cls(parts=resolved)

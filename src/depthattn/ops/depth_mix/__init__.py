@@ -23,6 +23,7 @@ import torch
 from depthattn.ops.depth_mix.inference import depth_mix_inference
 from depthattn.ops.depth_mix.reference import depth_mix_reference
 from depthattn.ops.depth_mix.unstacked import depth_mix_unstacked
+from depthattn.utils.errors import DepthAttnError
 
 IMPLS = ("auto", "reference", "unstacked", "inference", "triton")
 # Up to this many tokens (batch × new tokens) per call without gradient, launching operations
@@ -36,7 +37,7 @@ _EAGER = {"reference": depth_mix_reference, "unstacked": depth_mix_unstacked,
 def check_impl(impl: str) -> None:
     """Raise ValueError unless ``impl`` is one of ``IMPLS``."""
     if impl not in IMPLS:
-        raise ValueError(f"depth-mix impl ({impl!r}) is unknown; allowed: {', '.join(IMPLS)}")
+        raise DepthAttnError(f"depth-mix impl ({impl!r}) is unknown; allowed: {', '.join(IMPLS)}")
 
 
 def auto_impl(q: torch.Tensor) -> str:
@@ -62,15 +63,15 @@ def _triton_installed() -> bool:
 def _triton(q: torch.Tensor):
     """The Triton kernel, imported on first use, or a ValueError saying why it cannot run."""
     if not _triton_installed():
-        raise ValueError("depth-mix impl 'triton' needs the triton package, which is not "
+        raise DepthAttnError("depth-mix impl 'triton' needs the triton package, which is not "
                          "installed")
     interpreted = q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
     if q.device.type != "cuda" and not interpreted:
-        raise ValueError(f"depth-mix impl 'triton' cannot run on {q.device}: it needs a CUDA "
+        raise DepthAttnError(f"depth-mix impl 'triton' cannot run on {q.device}: it needs a CUDA "
                          "device (or CPU tensors under TRITON_INTERPRET=1, Triton's "
                          "interpreter)")
     if q.dtype == torch.float64:
-        raise ValueError("depth-mix impl 'triton' computes in float32 and does not take "
+        raise DepthAttnError("depth-mix impl 'triton' computes in float32 and does not take "
                          "float64 inputs; use 'auto' or 'reference'")
     from depthattn.ops.depth_mix.triton_kernel import depth_mix_triton
 

@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from depthattn.utils.errors import DepthAttnError
+
 _ELEMENTS_PER_PROGRAM = 2048  # tokens × head dim per program: q̄, acc, k_j, v_j stay in registers
 
 
@@ -188,10 +190,10 @@ def depth_mix_triton(q: torch.Tensor, source_keys: list[torch.Tensor],
     tensor must be contiguous (stride 1), as the model's projections make it."""
     tensors = [q, *source_keys, key, *source_values, value]
     if any(t.stride(-1) != 1 for t in tensors):
-        raise ValueError("depth_mix_triton needs unit stride in the head dimension; got strides "
+        raise DepthAttnError("depth_mix_triton needs unit stride in the head dimension; got strides "
                          f"{[t.stride() for t in tensors]}")
     if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"depth_mix_triton needs every tensor on one device; got "
+        raise DepthAttnError(f"depth_mix_triton needs every tensor on one device; got "
                          f"{sorted({str(t.device) for t in tensors})}")
     # Each output and gradient is written at its input's offsets into an ``empty_like`` buffer,
     # which has the input's strides only when the input is dense: a tensor with gaps (a slice of
