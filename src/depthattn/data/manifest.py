@@ -24,6 +24,8 @@ from depthattn.utils.atomic import write_json_atomic
 MANIFEST_NAME = "manifest.json"
 FORMAT = "depthattn-tokens"
 VERSION = 1
+PACK_VERSION = 1  # in text preparations' requests: bump when the shards of the same inputs change
+MAX_LISTED_DOCUMENTS = 10_000  # a split lists its document names up to this many
 
 
 def manifest_path(path: str | Path) -> Path:

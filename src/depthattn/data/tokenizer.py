@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -124,6 +125,12 @@ def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
     """Number of ids the tokenizer can emit (base vocabulary plus added tokens)."""
     return len(tokenizer)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The dtype of the shards' ids: uint16 holds ids below 65536; larger vocabularies need
+    uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
 def check_vocab_fits(tokenizer_vocab_size: int, model_vocab_size: int) -> None:
