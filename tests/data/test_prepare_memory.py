@@ -1,4 +1,5 @@
-"""Bounded memory: `prepare` of a corpus several times larger than a memory limit it runs under.
+"""Bounded memory: `prepare` (the datatrove engine, local executor, its tasks run in this
+process) of a corpus several times larger than a memory limit it runs under.
 
 The limit is RLIMIT_DATA (private writable memory: the heap and anonymous maps, what a corpus
 held in Python strings would take), set in a fresh process to what it uses after a warm-up
@@ -25,15 +26,16 @@ _CHILD = r"""
 import json, resource, sys
 from pathlib import Path
 
-from depthattn.data import pipeline
+from depthattn.data.engine import reader
 from depthattn.data.manifest import read_manifest
+from depthattn.data.prepare_text import prepare
 
 args = json.loads(sys.argv[1])
 work = Path(args["work"])
 common = dict(num_workers=1, val_fraction=0.05, shard_chars=args["shard_chars"],
               progress=False, near_duplicates=args["near_duplicates"],
               tokenizer_sample_chars=args["sample_chars"], **args["tokenizer"])
-pipeline.prepare(work / "warmup.jsonl", out_dir=work / "warmup", **common)
+prepare(work / "warmup.jsonl", out_dir=work / "warmup", **common)
 
 def data_bytes():
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -42,13 +44,10 @@ def data_bytes():
 
 limit = data_bytes() + args["margin"]
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-if args["hold_everything"]:  # the broken variant: every document kept in memory
-    streaming = pipeline._documents
-    def held(source, text_field):
-        docs = list(streaming(source, text_field)())
-        return lambda: iter(docs)
-    pipeline._documents = held
-manifest = pipeline.prepare(work / "corpus.jsonl", out_dir=work / "out", **common)
+if args["hold_everything"]:  # the broken variant: a task's documents all kept in memory
+    streaming = reader.task_documents
+    reader.task_documents = lambda *a: iter(list(streaming(*a)))
+manifest = prepare(work / "corpus.jsonl", out_dir=work / "out", **common)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"num_tokens": read_manifest(manifest)["num_tokens"], "limit": limit,
                   "peak_rss": peak}))
@@ -127,7 +126,8 @@ def test_the_limit_catches_a_corpus_held_in_memory(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_with_near_duplicates_and_a_trained_bpe_under_the_limit(tmp_path):
-    """The whole text path: MinHash passes, a BPE trained on a 2 M-character sample, 256 MB."""
+    """The whole text path: datatrove's MinHash stages, a BPE trained on a 2 M-character
+    sample, 256 MB."""
     done, n_docs = run_limited(tmp_path / "w", 8 * MARGIN, 2 * MARGIN,
                                {"vocab_size": 2048}, near_duplicates=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -135,15 +135,13 @@ def test_prepare_with_near_duplicates_and_a_trained_bpe_under_the_limit(tmp_path
 
 
 def test_the_memory_benchmark_runs(tmp_path, capsys):
-    """benchmarks/prepare_memory.py at a tiny size, with this checkout as its own "before"."""
+    """benchmarks/prepare_memory.py at a tiny size."""
     from benchmarks import prepare_memory
 
-    src = Path(prepare_memory.__file__).resolve().parents[1] / "src"
     out = tmp_path / "rows.json"
-    prepare_memory.main(["--sizes", "200K", "--before", str(src), "--work", str(tmp_path),
+    prepare_memory.main(["--sizes", "200K", "--work", str(tmp_path), "--tasks", "2",
                          "--num-workers", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
-    assert [r["code"] for r in rows] == ["after", "before"]
-    assert rows[0]["tokens"] == rows[1]["tokens"] > 0
-    assert all(0 < r["peak_rss_gib"] < 4 and r["tokens_per_s"] > 0 for r in rows)
-    assert "| 200K | after |" in capsys.readouterr().out
+    assert [(r["size"], r["tasks"]) for r in rows] == [("200K", 2)] and rows[0]["tokens"] > 0
+    assert 0 < rows[0]["largest_rss_gib"] <= rows[0]["total_rss_gib"] < 8
+    assert "| 200K | 2 × 1 |" in capsys.readouterr().out

@@ -126,25 +126,24 @@ def _check_folders(source: str, out_dir: Path, work_dir: Path) -> None:
                          f"work_dir on the filesystem of out_dir")
 
 
-def _check_documents(shown: str, source: str, text_field: str, seed: int,
-                     val_fraction: float) -> None:
+def _check_documents(source: str, text_field: str, seed: int, val_fraction: float) -> None:
     """Read the corpus until it shows a training and a validation document (the split's rule
     needs names alone): a missing field or column, text that is not UTF-8, an empty corpus or
     one too small for the split fail here rather than inside a task (on Slurm, in a job's log).
     A corpus split so unevenly that the first million documents stay on one side is left to
     the manifest stage's check."""
     read, sides = 0, set()
-    for doc in iter_local_source(Path(source), text_field):
+    for doc in iter_local_source(Path(source), text_field):  # as given: named so in errors
         read += 1
         if clean_text(doc.text):
             sides.add(is_validation(seed, doc.name, val_fraction))
             if len(sides) == 2 or read >= 1_000_000:
                 return
     if not sides:
-        raise ValueError(f"the corpus {shown} is empty: {read} document(s), none with text")
+        raise ValueError(f"the corpus {source} is empty: {read} document(s), none with text")
     side = "validation" if True in sides else "training"
     raise ValueError(
-        f"the corpus {shown} is too small for val_fraction {val_fraction}: all of its "
+        f"the corpus {source} is too small for val_fraction {val_fraction}: all of its "
         f"{read} document(s) with text fall on the {side} side of the split (each is held out "
         f"with probability val_fraction, by a hash of seed {seed} and its name); give more "
         f"documents, another val_fraction or another seed")
@@ -179,8 +178,7 @@ def run_datatrove(source: str, out_dir: Path, work_dir: str | Path | None, given
     manifest_file = out_dir / MANIFEST_NAME
     if is_prepared(out_dir, request):
         return manifest_file
-    _check_documents(source, resolved, request["text_field"], request["seed"],
-                     request["val_fraction"])
+    _check_documents(source, request["text_field"], request["seed"], request["val_fraction"])
     if executor == "slurm":
         _refuse_while_jobs_run(work_dir)
     _claim_work_dir(work_dir, {**request, "out_dir": str(out_dir)})
