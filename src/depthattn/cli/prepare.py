@@ -79,31 +79,31 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                              "corpus, on this machine or on Slurm (the default corpus: its own "
                              "listed rule, in one process); `local` was removed, use "
                              "--executor local (default: datatrove)")
-    scale = parser.add_argument_group(
+    engine = parser.add_argument_group(
         "datatrove engine", "how a corpus other than the default one is read and run (see "
         "depthattn.data.engine and docs/data.md)")
-    scale.add_argument("--executor", choices=("local", "slurm"), default=None,
+    engine.add_argument("--executor", choices=("local", "slurm"), default=None,
                        help="run the stages here, or submit them to Slurm as dependent array "
                             "jobs (default: local)")
-    scale.add_argument("--tasks", type=int, default=None,
+    engine.add_argument("--tasks", type=int, default=None,
                        help="parts the corpus is read in: at most its number of files "
                             "(default: 1)")
-    scale.add_argument("--work-dir", default=None,
+    engine.add_argument("--work-dir", default=None,
                        help="signatures, samples, task shards and logs (default: "
                             "<out-dir>/.datatrove; on Slurm a folder every node sees)")
-    scale.add_argument("--minhash-buckets", type=int, default=None,
+    engine.add_argument("--minhash-buckets", type=int, default=None,
                        help="LSH bands of datatrove's MinHash (default: 14)")
-    scale.add_argument("--minhash-hashes-per-bucket", type=int, default=None,
+    engine.add_argument("--minhash-hashes-per-bucket", type=int, default=None,
                        help="hashes per band (default: 8; 14 x 8 finds pairs of Jaccard "
                             ">= about 0.75)")
-    scale.add_argument("--slurm-partition", default=None, help="Slurm partition (required "
+    engine.add_argument("--slurm-partition", default=None, help="Slurm partition (required "
                                                                 "with --executor slurm)")
-    scale.add_argument("--slurm-time", default=None, help="time limit per task (default: 24:00:00)")
-    scale.add_argument("--slurm-cpus-per-task", type=int, default=None, help="(default: 4)")
-    scale.add_argument("--slurm-mem-per-cpu-gb", type=int, default=None, help="(default: 2)")
-    scale.add_argument("--slurm-env-command", default=None,
+    engine.add_argument("--slurm-time", default=None, help="time limit per task (default: 24:00:00)")
+    engine.add_argument("--slurm-cpus-per-task", type=int, default=None, help="(default: 4)")
+    engine.add_argument("--slurm-mem-per-cpu-gb", type=int, default=None, help="(default: 2)")
+    engine.add_argument("--slurm-env-command", default=None,
                        help="run before each task (default: activate this virtual environment)")
-    scale.add_argument("--slurm-sbatch", nargs="+", default=None, metavar="key=value",
+    engine.add_argument("--slurm-sbatch", nargs="+", default=None, metavar="key=value",
                        help="more #SBATCH options, e.g. account=lm qos=high")
     tokens = parser.add_argument_group(
         "pre-tokenized inputs", "import token ids as they are, without re-tokenizing; "
