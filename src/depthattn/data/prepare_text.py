@@ -119,9 +119,10 @@ def _check_default_corpus_options(**options: Any) -> None:
     options are refused for it, not ignored."""
     given = [f"{name}={value!r}" for name, value in options.items() if value is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} do not apply to the default corpus: it is a fixed "
+        raise ValueError(f"the default corpus takes none of {', '.join(given)}: it is a fixed "
                          f"set of text files, prepared in one process with its copies listed "
-                         f"(docs/data.md); they set how the datatrove engine reads other corpora")
+                         f"(docs/data.md); these options set how the datatrove engine reads "
+                         f"other corpora")
 
 
 def prepare(
