@@ -53,23 +53,27 @@ print(json.dumps({"num_tokens": read_manifest(manifest)["num_tokens"], "limit": 
                   "peak_rss": peak}))
 """
 
-WORDS = [f"word{i:04d}text" for i in range(2000)]  # long words: few tokens per byte
+# long words, few tokens per byte; letters only, so that near-duplicate search sees 2000 words
+WORDS = ["".join(chr(97 + i // 26**k % 26) for k in range(4)) + "wordtext" for i in range(2000)]
 
 
-def write_jsonl(path: Path, chars: int, seed: int) -> int:
-    """JSONL documents of ≈ 40k characters of numbered words; the bodies repeat, each document
-    starts with its own number, so none is an exact copy."""
+def write_jsonl(path: Path, chars: int, seed: int, bodies: int = 16) -> int:
+    """JSONL documents of ≈ 40k characters of those words; each document starts with its own
+    number, so none is an exact copy; the bodies repeat every `bodies` documents (0: never,
+    so that none is a near copy either)."""
     import random
 
     rng = random.Random(seed)
-    bodies = []
-    for _ in range(16):
+
+    def body() -> str:
         words = rng.choices(WORDS, k=3000)
-        bodies.append("\n".join(" ".join(words[i:i + 16]) for i in range(0, len(words), 16)))
+        return "\n".join(" ".join(words[i:i + 16]) for i in range(0, len(words), 16))
+
+    fixed = [body() for _ in range(bodies)]
     written, n = 0, 0
     with open(path, "w", encoding="utf-8") as f:
         while written < chars:
-            text = f"document {n}\n{bodies[n % len(bodies)]}"
+            text = f"document {n}\n{fixed[n % bodies] if bodies else body()}"
             f.write(json.dumps({"text": text}) + "\n")
             written += len(text)
             n += 1
@@ -94,7 +98,9 @@ def run_limited(work: Path, corpus_chars: int, margin: int, tokenizer: dict,
                 sample_chars: int = 2_000_000, timeout: float = 600):
     work.mkdir(parents=True, exist_ok=True)
     write_jsonl(work / "warmup.jsonl", 400_000, seed=1)
-    n_docs = write_jsonl(work / "corpus.jsonl", corpus_chars, seed=0)
+    # searched for near copies, the corpus has none (repeated bodies would all be dropped)
+    n_docs = write_jsonl(work / "corpus.jsonl", corpus_chars, seed=0,
+                         bodies=0 if near_duplicates else 16)
     args = {"work": str(work), "margin": margin, "shard_chars": 4 << 20,
             "near_duplicates": near_duplicates, "hold_everything": hold_everything,
             # a sample only for a BPE to train: beside a given tokenizer it is refused
