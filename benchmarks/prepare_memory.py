@@ -1,27 +1,22 @@
-"""Peak memory and throughput of `depthattn prepare` on synthetic JSONL corpora of given sizes.
+"""Peak memory and throughput of `depthattn prepare` (the datatrove engine, local executor) on
+synthetic JSONL corpora of given sizes.
 
-    python -m benchmarks.prepare_memory                          # 10 MB and 100 MB, this checkout
-    python -m benchmarks.prepare_memory --sizes 10M 100M 1G --before /tmp/before/src
-    python -m benchmarks.prepare_memory --sizes 1G --skip-before 1G --json prepare.json
-    python -m benchmarks.prepare_memory --sizes 100M --engines local datatrove --tasks 4
+    python -m benchmarks.prepare_memory                          # 10 MB and 100 MB
+    python -m benchmarks.prepare_memory --sizes 10M 100M 1G --tasks 4 --num-workers 2
+    python -m benchmarks.prepare_memory --sizes 1G --json prepare.json
 
 The corpora are pseudo-English: 50k made-up words drawn from a Zipf law, documents of 200-5000
-words, written once into --work (default /tmp/prepare_bench) and reused. Each run is a fresh
+words, written once into --work (default /tmp/prepare_bench) and reused, then dealt line by line
+into a folder of --tasks JSONL files (the engine shares a corpus by file). Each run is a fresh
 Python process that prepares one corpus into an empty folder with a trained BPE (vocab 8192,
-exact-copy removal only, as local sources get by default) and reports its own peak RSS and its
-pool workers' (``resource.getrusage`` self and children ``ru_maxrss``; the larger is the peak
-of any one process). tokens/s = tokens written / wall time of the whole preparation, tokenizer
-training included.
+exact-copy removal only, as local corpora get by default), --tasks parts, --num-workers at once.
+The table gives tokens/s (tokens written / wall time of the whole preparation, tokenizer
+training included) and peak resident memory: of the largest process, and of all the processes
+of the preparation together (sampled from /proc every 0.1 s; shared pages count in each).
 
---before SRC runs the same corpora with another checkout's ``src`` (e.g. a `git worktree` of an
-older commit), first on the smaller sizes; where both ran, the two manifests' splits must be
-identical (same documents, split, shard files and checksums), or the script fails; above
-100 M characters the tokenizer now trains on a sample, so the tokens differ and are not compared.
-
---engines local datatrove runs each corpus through both engines (`prepare` and
-`prepare --engine datatrove` on the local executor, --tasks parts, --num-workers at once; the
-corpus then dealt line by line into a folder of --tasks JSONL files); the table gives each
-engine's tokens/s against the local engine's of the same corpus in the same run.
+Correctness first: every prepared folder must verify (each shard's size and sha256, the
+tokenizer's hash: `verify_prepared`) and keep every document of the corpus, none twice
+(the corpus has no exact copies); otherwise the script fails.
 """
 
 from __future__ import annotations
@@ -38,30 +33,24 @@ from pathlib import Path
 
 import numpy as np
 
-from depthattn.data.defaults import DEFAULT_TOKENIZER_SAMPLE_CHARS
-
 _SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9}
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _CHILD = """
 import json, resource, sys, time
-sys.path.insert(0, sys.argv[1])
-from depthattn.data.pipeline import prepare
+from datatrove.utils.logging import logger
+logger.remove()  # the per-task logs, not the measurement
+from depthattn.data.prepare_text import prepare
 from depthattn.data.manifest import read_manifest
+from depthattn.data.verify import verify_prepared
 started = time.perf_counter()
-if sys.argv[5] == "local":
-    manifest = prepare(sys.argv[2], out_dir=sys.argv[3], num_workers=int(sys.argv[4]),
-                       progress=False)
-else:
-    import logging
-    from datatrove.utils.logging import logger
-    logger.remove()  # the per-task logs, not the measurement
-    from depthattn.data.scale.engine import prepare_with_datatrove
-    manifest = prepare_with_datatrove(sys.argv[2], out_dir=sys.argv[3],
-                                      workers=int(sys.argv[4]), tasks=int(sys.argv[6]))
+manifest = prepare(sys.argv[1], out_dir=sys.argv[2], num_workers=int(sys.argv[3]),
+                   tasks=int(sys.argv[4]), progress=False)
 seconds = time.perf_counter() - started
-kib = lambda who: resource.getrusage(who).ru_maxrss
-print(json.dumps({"seconds": seconds, "num_tokens": read_manifest(manifest)["num_tokens"],
-                  "self_kib": kib(resource.RUSAGE_SELF),
-                  "workers_kib": kib(resource.RUSAGE_CHILDREN)}))
+verify_prepared(manifest)
+splits = read_manifest(manifest)["splits"]
+print(json.dumps({"seconds": seconds, "num_tokens": sum(s["num_tokens"] for s in splits.values()),
+                  "documents": sum(s["num_documents"] for s in splits.values()),
+                  "self_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
@@ -94,37 +83,60 @@ def synthesize(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
-def deal_into_parts(corpus: Path, parts: int) -> Path:
-    """The corpus's lines dealt round-robin into a folder of `parts` JSONL files (once)."""
+def deal_into_parts(corpus: Path, parts: int) -> tuple[Path, int]:
+    """The corpus's lines dealt round-robin into a folder of `parts` JSONL files (once);
+    returns the folder and the number of documents."""
     folder = corpus.with_name(f"{corpus.stem}-parts{parts}")
-    if folder.exists():
-        return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as files:
-        outs = [files.enter_context(open(tmp / f"part{k:03d}.jsonl", "w", encoding="utf-8"))
-                for k in range(parts)]
-        with open(corpus, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                outs[i % parts].write(line)
-    os.replace(tmp, folder)
-    return folder
+    if not folder.exists():
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as files:
+            outs = [files.enter_context(open(tmp / f"part{k:03d}.jsonl", "w", encoding="utf-8"))
+                    for k in range(parts)]
+            with open(corpus, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    outs[i % parts].write(line)
+        os.replace(tmp, folder)
+    with open(corpus, encoding="utf-8") as f:
+        return folder, sum(1 for _ in f)
 
 
-def run_one(src: Path, corpus: Path, num_workers: int, engine: str = "local",
-            tasks: int = 1) -> dict:
+def tree_rss(pid: int) -> tuple[int, int]:
+    """(largest, total) resident bytes of process `pid` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    sizes, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            sizes.append(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE)
+    return max(sizes, default=0), sum(sizes)
+
+
+def run_one(corpus: Path, num_workers: int, tasks: int) -> dict:
+    """One preparation in a fresh process, its process tree's memory sampled meanwhile."""
     with tempfile.TemporaryDirectory(prefix="prepare-bench-") as out:
-        env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "true"}
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(corpus),
-                               str(Path(out) / "prepared"), str(num_workers), engine,
-                               str(tasks)],
-                              capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"prepare with {src} on {corpus} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        result["splits"] = json.loads((Path(out) / "prepared" / "manifest.json").read_text(
-            encoding="utf-8"))["splits"]
-    result["peak_gib"] = max(result["self_kib"], result["workers_kib"]) / 2**20
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
+        with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, str(corpus),
+                                      str(Path(out) / "prepared"), str(num_workers), str(tasks)],
+                                     stdout=stdout, stderr=stderr, env=env)
+            largest = total = 0
+            while child.poll() is None:
+                one, every = tree_rss(child.pid)
+                largest, total = max(largest, one), max(total, every)
+                time.sleep(0.1)
+            stdout.seek(0)
+            stderr.seek(0)
+            if child.returncode != 0:
+                raise RuntimeError(f"prepare of {corpus} failed:\n{stderr.read()[-3000:]}")
+            result = json.loads(stdout.read().strip().splitlines()[-1])
+    largest = max(largest, result["self_kib"] * 1024)  # the sampling may miss a short peak
+    result["largest_gib"], result["total_gib"] = largest / 2**30, max(total, largest) / 2**30
     return result
 
 
@@ -132,55 +144,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["10M", "100M"],
                         help="corpus sizes in characters, e.g. 10M 100M 1G")
-    parser.add_argument("--before", type=Path, default=None,
-                        help="the src folder of another checkout to compare with")
-    parser.add_argument("--skip-before", nargs="*", default=[],
-                        help="sizes not to run with --before (too large for its memory)")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--engines", nargs="+", default=["local"],
-                        choices=["local", "datatrove"])
-    parser.add_argument("--tasks", type=int, default=4, help="datatrove engine: corpus parts")
+    parser.add_argument("--num-workers", type=int, default=2, help="tasks at once")
+    parser.add_argument("--tasks", type=int, default=4, help="corpus parts (files)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/prepare_bench"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    here = Path(__file__).resolve().parents[1] / "src"
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for size_text in args.sizes:
-        size = parse_size(size_text)
-        corpus = synthesize(args.work / f"corpus-{size_text}.jsonl", size)
-        runs = {}
-        if "local" in args.engines:
-            runs["after"] = run_one(here, corpus, args.num_workers)
-        if "datatrove" in args.engines:
-            runs[f"datatrove x{args.tasks}"] = run_one(
-                here, deal_into_parts(corpus, args.tasks), args.num_workers, "datatrove",
-                args.tasks)
-        if args.before is not None and size_text not in args.skip_before:
-            runs["before"] = run_one(args.before, corpus, args.num_workers)
-            # a tokenizer sample that is not the whole training split makes other tokens
-            same_tokenizer = size <= DEFAULT_TOKENIZER_SAMPLE_CHARS
-            if same_tokenizer and runs["before"]["splits"] != runs["after"]["splits"]:
-                raise SystemExit(f"{size_text}: before and after wrote different shards")
-        local = runs.get("after")
-        for name, r in runs.items():
-            ratio = (r["num_tokens"] / r["seconds"]) / (local["num_tokens"] / local["seconds"]) \
-                if local else None
-            rows.append({"size": size_text, "code": name, "tokens": r["num_tokens"],
-                         "vs_local": None if ratio is None else round(ratio, 2),
-                         "seconds": round(r["seconds"], 1),
-                         "tokens_per_s": round(r["num_tokens"] / r["seconds"]),
-                         "peak_rss_gib": round(r["peak_gib"], 3),
-                         "main_rss_gib": round(r["self_kib"] / 2**20, 3),
-                         "worker_rss_gib": round(r["workers_kib"] / 2**20, 3)})
-        print(f"{size_text}: {json.dumps(rows[-len(runs):])}", file=sys.stderr, flush=True)
-    print("| corpus | code | tokens | s | tokens/s | tokens/s vs local | peak RSS GiB "
-          "(main / worker) |\n|---|---|---:|---:|---:|---:|---:|")
+        corpus = synthesize(args.work / f"corpus-{size_text}.jsonl", parse_size(size_text))
+        folder, documents = deal_into_parts(corpus, args.tasks)
+        r = run_one(folder, args.num_workers, args.tasks)
+        if r["documents"] != documents:
+            raise SystemExit(f"{size_text}: {r['documents']} documents prepared, the corpus "
+                             f"has {documents}")
+        rows.append({"size": size_text, "tasks": args.tasks, "workers": args.num_workers,
+                     "tokens": r["num_tokens"], "seconds": round(r["seconds"], 1),
+                     "tokens_per_s": round(r["num_tokens"] / r["seconds"]),
+                     "largest_rss_gib": round(r["largest_gib"], 3),
+                     "total_rss_gib": round(r["total_gib"], 3)})
+        print(f"{size_text}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    print("| corpus | tasks × workers | tokens | s | tokens/s | peak RSS GiB, largest process | "
+          "all processes |\n|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        vs = "" if r["vs_local"] is None else f"{r['vs_local']:.2f}"
-        print(f"| {r['size']} | {r['code']} | {r['tokens']:,} | {r['seconds']} | "
-              f"{r['tokens_per_s']:,} | {vs} | {r['peak_rss_gib']} ({r['main_rss_gib']} / "
-              f"{r['worker_rss_gib']}) |")
+        print(f"| {r['size']} | {r['tasks']} × {r['workers']} | {r['tokens']:,} | {r['seconds']} "
+              f"| {r['tokens_per_s']:,} | {r['largest_rss_gib']} | {r['total_rss_gib']} |")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     return 0

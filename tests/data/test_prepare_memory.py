@@ -1,4 +1,5 @@
-"""Bounded memory: `prepare` of a corpus several times larger than a memory limit it runs under.
+"""Bounded memory: `prepare` (the datatrove engine, local executor, its tasks run in this
+process) of a corpus several times larger than a memory limit it runs under.
 
 The limit is RLIMIT_DATA (private writable memory: the heap and anonymous maps, what a corpus
 held in Python strings would take), set in a fresh process to what it uses after a warm-up
@@ -25,15 +26,16 @@ _CHILD = r"""
 import json, resource, sys
 from pathlib import Path
 
-from depthattn.data import pipeline
+from depthattn.data.engine import reader
 from depthattn.data.manifest import read_manifest
+from depthattn.data.prepare_text import prepare
 
 args = json.loads(sys.argv[1])
 work = Path(args["work"])
 common = dict(num_workers=1, val_fraction=0.05, shard_chars=args["shard_chars"],
               progress=False, near_duplicates=args["near_duplicates"],
               tokenizer_sample_chars=args["sample_chars"], **args["tokenizer"])
-pipeline.prepare(work / "warmup.jsonl", out_dir=work / "warmup", **common)
+prepare(work / "warmup.jsonl", out_dir=work / "warmup", **common)
 
 def data_bytes():
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -42,35 +44,36 @@ def data_bytes():
 
 limit = data_bytes() + args["margin"]
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-if args["hold_everything"]:  # the broken variant: every document kept in memory
-    streaming = pipeline._documents
-    def held(source, text_field):
-        docs = list(streaming(source, text_field)())
-        return lambda: iter(docs)
-    pipeline._documents = held
-manifest = pipeline.prepare(work / "corpus.jsonl", out_dir=work / "out", **common)
+if args["hold_everything"]:  # the broken variant: a task's documents all kept in memory
+    streaming = reader.task_documents
+    reader.task_documents = lambda *a: iter(list(streaming(*a)))
+manifest = prepare(work / "corpus.jsonl", out_dir=work / "out", **common)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"num_tokens": read_manifest(manifest)["num_tokens"], "limit": limit,
                   "peak_rss": peak}))
 """
 
-WORDS = [f"word{i:04d}text" for i in range(2000)]  # long words: few tokens per byte
+# long words, few tokens per byte; letters only, so that near-duplicate search sees 2000 words
+WORDS = ["".join(chr(97 + i // 26**k % 26) for k in range(4)) + "wordtext" for i in range(2000)]
 
 
-def write_jsonl(path: Path, chars: int, seed: int) -> int:
-    """JSONL documents of ≈ 40k characters of numbered words; the bodies repeat, each document
-    starts with its own number, so none is an exact copy."""
+def write_jsonl(path: Path, chars: int, seed: int, bodies: int = 16) -> int:
+    """JSONL documents of ≈ 40k characters of those words; each document starts with its own
+    number, so none is an exact copy; the bodies repeat every `bodies` documents (0: never,
+    so that none is a near copy either)."""
     import random
 
     rng = random.Random(seed)
-    bodies = []
-    for _ in range(16):
+
+    def body() -> str:
         words = rng.choices(WORDS, k=3000)
-        bodies.append("\n".join(" ".join(words[i:i + 16]) for i in range(0, len(words), 16)))
+        return "\n".join(" ".join(words[i:i + 16]) for i in range(0, len(words), 16))
+
+    fixed = [body() for _ in range(bodies)]
     written, n = 0, 0
     with open(path, "w", encoding="utf-8") as f:
         while written < chars:
-            text = f"document {n}\n{bodies[n % len(bodies)]}"
+            text = f"document {n}\n{fixed[n % bodies] if bodies else body()}"
             f.write(json.dumps({"text": text}) + "\n")
             written += len(text)
             n += 1
@@ -95,7 +98,9 @@ def run_limited(work: Path, corpus_chars: int, margin: int, tokenizer: dict,
                 sample_chars: int = 2_000_000, timeout: float = 600):
     work.mkdir(parents=True, exist_ok=True)
     write_jsonl(work / "warmup.jsonl", 400_000, seed=1)
-    n_docs = write_jsonl(work / "corpus.jsonl", corpus_chars, seed=0)
+    # searched for near copies, the corpus has none (repeated bodies would all be dropped)
+    n_docs = write_jsonl(work / "corpus.jsonl", corpus_chars, seed=0,
+                         bodies=0 if near_duplicates else 16)
     args = {"work": str(work), "margin": margin, "shard_chars": 4 << 20,
             "near_duplicates": near_duplicates, "hold_everything": hold_everything,
             # a sample only for a BPE to train: beside a given tokenizer it is refused
@@ -127,7 +132,8 @@ def test_the_limit_catches_a_corpus_held_in_memory(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_with_near_duplicates_and_a_trained_bpe_under_the_limit(tmp_path):
-    """The whole text path: MinHash passes, a BPE trained on a 2 M-character sample, 256 MB."""
+    """The whole text path: datatrove's MinHash stages, a BPE trained on a 2 M-character
+    sample, 256 MB."""
     done, n_docs = run_limited(tmp_path / "w", 8 * MARGIN, 2 * MARGIN,
                                {"vocab_size": 2048}, near_duplicates=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -135,15 +141,13 @@ def test_prepare_with_near_duplicates_and_a_trained_bpe_under_the_limit(tmp_path
 
 
 def test_the_memory_benchmark_runs(tmp_path, capsys):
-    """benchmarks/prepare_memory.py at a tiny size, with this checkout as its own "before"."""
+    """benchmarks/prepare_memory.py at a tiny size."""
     from benchmarks import prepare_memory
 
-    src = Path(prepare_memory.__file__).resolve().parents[1] / "src"
     out = tmp_path / "rows.json"
-    prepare_memory.main(["--sizes", "200K", "--before", str(src), "--work", str(tmp_path),
+    prepare_memory.main(["--sizes", "200K", "--work", str(tmp_path), "--tasks", "2",
                          "--num-workers", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
-    assert [r["code"] for r in rows] == ["after", "before"]
-    assert rows[0]["tokens"] == rows[1]["tokens"] > 0
-    assert all(0 < r["peak_rss_gib"] < 4 and r["tokens_per_s"] > 0 for r in rows)
-    assert "| 200K | after |" in capsys.readouterr().out
+    assert [(r["size"], r["tasks"]) for r in rows] == [("200K", 2)] and rows[0]["tokens"] > 0
+    assert 0 < rows[0]["largest_rss_gib"] <= rows[0]["total_rss_gib"] < 8
+    assert "| 200K | 2 × 1 |" in capsys.readouterr().out

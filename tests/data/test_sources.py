@@ -1,10 +1,23 @@
+"""Reading a user's corpus into documents: each input kind, and how it splits into documents."""
+
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from depthattn.data.sources import iter_datasets_folder, read_local_source
+from depthattn.data.sources import (
+    iter_datasets_folder,
+    iter_local_source,
+    iter_text_file,
+)
+
+
+def read_local_source(path, text_field="text"):
+    return list(iter_local_source(path, text_field))
 
 
 def test_folder_gives_one_document_per_txt_file(corpus_dir):
@@ -83,3 +96,14 @@ def test_datasets_folder_shards_keep_their_row_numbers(tmp_path, count):
 def test_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="corpus not found: .*missing"):
         read_local_source(tmp_path / "missing")
+
+
+_BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
+
+
+@given(st.text(alphabet="ab \t\n\r", max_size=40))
+def test_text_files_stream_into_the_documents_of_a_whole_read(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("t") / "book.txt"
+    path.write_bytes(text.encode())
+    parts = [p for p in _BLANK_LINES.split(text.replace("\r\n", "\n")) if p.strip()]
+    assert [d.text for d in iter_text_file(path)] == parts

@@ -1,4 +1,5 @@
-"""`depthattn prepare`: corpus -> tokenizer -> token shards (depthattn.data.pipeline.prepare)."""
+"""`depthattn prepare`: corpus -> tokenizer -> token shards (depthattn.data.prepare_text.prepare),
+or token files -> shards (depthattn.data.token_import.import_tokens)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,19 @@ from depthattn.data.defaults import (
 )
 
 HELP = "corpus -> tokenizer -> token shards (or token files -> shards, with --tokens)"
-# Options of the text pipeline that mean nothing for token files, with their defaults.
+# Options of the text preparation that mean nothing for token files, with their defaults.
 _TEXT_ONLY = {"vocab_size": None, "text_field": "text", "near_duplicates": None,
               "shard_chars": 64 << 20, "num_workers": None,
-              "tokenizer_sample_chars": None, "engine": "local"}
+              "tokenizer_sample_chars": None, "engine": None}
 # Options of --tokens only (default None, so that a stray one is noticed).
 _TOKENS_ONLY = ("eos_id", "token_dtype", "split_by", "token_column", "shard_tokens")
-# Options of --engine datatrove only (default None, so that a stray one is noticed).
+# Options of the datatrove engine's executors (default None, so that a stray one is noticed).
 _DATATROVE_ONLY = ("executor", "tasks", "work_dir", "minhash_buckets",
                    "minhash_hashes_per_bucket", "slurm_partition", "slurm_time",
                    "slurm_cpus_per_task", "slurm_mem_per_cpu_gb", "slurm_env_command",
                    "slurm_sbatch")
-ENGINES = ("local", "datatrove")
+# `local` names the engine that datatrove's local executor replaced: refused with that advice.
+ENGINES = ("datatrove", "local")
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-vocab-size", type=int, default=None,
                         help="fail early unless the tokenizer's ids fit a model of this vocab size")
     parser.add_argument("--num-workers", type=int, default=None,
-                        help="tokenizer processes (default: CPUs available)")
+                        help="datatrove tasks run at once on this machine (default: CPUs "
+                             "available; not for the default corpus, prepared in one process)")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of the text held out for validation, by whole document "
                              "(default: %(default)s)")
@@ -62,42 +65,45 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSONL field / datasets column with the text (default: %(default)s)")
     dedup = parser.add_mutually_exclusive_group()
     dedup.add_argument("--near-duplicates", dest="near_duplicates", action="store_true",
-                       default=None, help="drop near-copies before splitting "
-                                          "(default: on for the default corpus only)")
+                       default=None, help="drop near-copies before splitting (default: on "
+                                          "for the default corpus, whose copies are listed; "
+                                          "other corpora: datatrove's MinHash)")
     dedup.add_argument("--no-near-duplicates", dest="near_duplicates", action="store_false")
     parser.add_argument("--shard-chars", type=int, default=64 << 20,
                         help="characters of text per shard (default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
-    parser.add_argument("--engine", choices=ENGINES, default="local",
-                        help="local: this process and a pool of tokenizer workers; datatrove: "
-                             "datatrove pipelines over --tasks parts of the corpus, on this "
-                             "machine or on Slurm (needs depthattn[scale]) (default: local)")
-    scale = parser.add_argument_group(
-        "datatrove engine", "the same shards and manifest from datatrove pipelines (see "
-        "depthattn.data.scale); --num-workers is then the tasks run at once on this machine")
-    scale.add_argument("--executor", choices=("local", "slurm"), default=None,
+                        help="no progress bars (the default corpus's; datatrove logs each task "
+                             "instead of drawing bars)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="datatrove, the one engine: pipelines over --tasks parts of the "
+                             "corpus, on this machine or on Slurm (the default corpus: its own "
+                             "listed rule, in one process); `local` was removed, use "
+                             "--executor local (default: datatrove)")
+    engine = parser.add_argument_group(
+        "datatrove engine", "how a corpus other than the default one is read and run (see "
+        "depthattn.data.engine and docs/data.md)")
+    engine.add_argument("--executor", choices=("local", "slurm"), default=None,
                        help="run the stages here, or submit them to Slurm as dependent array "
                             "jobs (default: local)")
-    scale.add_argument("--tasks", type=int, default=None,
+    engine.add_argument("--tasks", type=int, default=None,
                        help="parts the corpus is read in: at most its number of files "
                             "(default: 1)")
-    scale.add_argument("--work-dir", default=None,
+    engine.add_argument("--work-dir", default=None,
                        help="signatures, samples, task shards and logs (default: "
                             "<out-dir>/.datatrove; on Slurm a folder every node sees)")
-    scale.add_argument("--minhash-buckets", type=int, default=None,
+    engine.add_argument("--minhash-buckets", type=int, default=None,
                        help="LSH bands of datatrove's MinHash (default: 14)")
-    scale.add_argument("--minhash-hashes-per-bucket", type=int, default=None,
+    engine.add_argument("--minhash-hashes-per-bucket", type=int, default=None,
                        help="hashes per band (default: 8; 14 x 8 finds pairs of Jaccard "
                             ">= about 0.75)")
-    scale.add_argument("--slurm-partition", default=None, help="Slurm partition (required "
+    engine.add_argument("--slurm-partition", default=None, help="Slurm partition (required "
                                                                 "with --executor slurm)")
-    scale.add_argument("--slurm-time", default=None, help="time limit per task (default: 24:00:00)")
-    scale.add_argument("--slurm-cpus-per-task", type=int, default=None, help="(default: 4)")
-    scale.add_argument("--slurm-mem-per-cpu-gb", type=int, default=None, help="(default: 2)")
-    scale.add_argument("--slurm-env-command", default=None,
+    engine.add_argument("--slurm-time", default=None, help="time limit per task (default: 24:00:00)")
+    engine.add_argument("--slurm-cpus-per-task", type=int, default=None, help="(default: 4)")
+    engine.add_argument("--slurm-mem-per-cpu-gb", type=int, default=None, help="(default: 2)")
+    engine.add_argument("--slurm-env-command", default=None,
                        help="run before each task (default: activate this virtual environment)")
-    scale.add_argument("--slurm-sbatch", nargs="+", default=None, metavar="key=value",
+    engine.add_argument("--slurm-sbatch", nargs="+", default=None, metavar="key=value",
                        help="more #SBATCH options, e.g. account=lm qos=high")
     tokens = parser.add_argument_group(
         "pre-tokenized inputs", "import token ids as they are, without re-tokenizing; "
@@ -125,40 +131,25 @@ def run_prepare(args: argparse.Namespace) -> int:
     """Run `prepare` with parsed arguments; prints the manifest path (the command's result)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    stray = [f"--{k.replace('_', '-')}" for k in _DATATROVE_ONLY if getattr(args, k) is not None]
-    if stray and args.engine != "datatrove":
-        raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --engine "
-                         f"datatrove")
+    if args.engine == "local":
+        raise SystemExit("depthattn prepare: --engine local was removed; datatrove prepares "
+                         "every text corpus, on this machine by default (--executor local, "
+                         "--num-workers tasks at once): drop --engine local")
     if args.tokens is not None:
         print(_run_import(args))
         return 0
     stray = [f"--{k.replace('_', '-')}" for k in _TOKENS_ONLY if getattr(args, k) is not None]
     if stray:
         raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with --tokens")
-    if args.engine == "datatrove":
-        print(_run_datatrove(args))
-        return 0
-    from depthattn.data.pipeline import prepare
-
-    manifest = prepare(
-        source=args.source, out_dir=args.out_dir, tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size, num_workers=args.num_workers,
-        val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
-        near_duplicates=args.near_duplicates, model_vocab_size=args.model_vocab_size,
-        shard_chars=args.shard_chars, progress=args.progress,
-        tokenizer_sample_chars=args.tokenizer_sample_chars,
-    )
-    print(manifest)
+    print(_run_text(args))
     return 0
 
 
-def _run_datatrove(args: argparse.Namespace):
-    from depthattn.data.scale.engine import SlurmOptions, prepare_with_datatrove
+def _run_text(args: argparse.Namespace):
+    from depthattn.data.engine.run import SlurmOptions
+    from depthattn.data.prepare_text import prepare
     from depthattn.utils.parsing import parse_key_values
 
-    if not args.progress:
-        raise SystemExit("depthattn prepare: --no-progress does not apply to --engine datatrove "
-                         "(datatrove logs each task instead of a progress bar)")
     executor = args.executor or "local"
     slurm_fields = {"time": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
                     "mem_per_cpu_gb": args.slurm_mem_per_cpu_gb,
@@ -179,14 +170,14 @@ def _run_datatrove(args: argparse.Namespace):
         if stray:
             raise SystemExit(f"depthattn prepare: {', '.join(stray)} only apply with "
                              f"--executor slurm")
-    return prepare_with_datatrove(
+    return prepare(
         source=args.source, out_dir=args.out_dir, work_dir=args.work_dir,
-        tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-        tasks=1 if args.tasks is None else args.tasks,
-        workers=args.num_workers, executor=executor, slurm=slurm,
+        tokenizer=args.tokenizer, vocab_size=args.vocab_size, tasks=args.tasks,
+        num_workers=args.num_workers, executor=executor, slurm=slurm,
         val_fraction=args.val_fraction, seed=args.seed, text_field=args.text_field,
         near_duplicates=args.near_duplicates, model_vocab_size=args.model_vocab_size,
-        shard_chars=args.shard_chars, tokenizer_sample_chars=args.tokenizer_sample_chars,
+        shard_chars=args.shard_chars, progress=args.progress,
+        tokenizer_sample_chars=args.tokenizer_sample_chars,
         minhash_buckets=args.minhash_buckets,
         minhash_hashes_per_bucket=args.minhash_hashes_per_bucket)
 
@@ -202,6 +193,7 @@ def _run_import(args: argparse.Namespace):
         raise SystemExit("depthattn prepare: --tokens needs --tokenizer (the tokenizer.json the "
                          "ids come from)")
     stray = [f"--{k.replace('_', '-')}" for k, v in _TEXT_ONLY.items() if getattr(args, k) != v]
+    stray += [f"--{k.replace('_', '-')}" for k in _DATATROVE_ONLY if getattr(args, k) is not None]
     if stray:
         raise SystemExit(f"depthattn prepare: {', '.join(stray)} do not apply to --tokens")
     from depthattn.data.token_import import import_tokens

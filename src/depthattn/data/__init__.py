@@ -19,7 +19,7 @@ _LAZY = {
     "IGNORE_INDEX": "loader", "TrainBatches": "loader", "ValidationBatches": "loader",
     "check_seq_len": "loader",
     "check_tokenizer_hash": "manifest", "read_manifest": "manifest",
-    "default_out_dir": "pipeline", "prepare": "pipeline",
+    "default_out_dir": "prepare_text", "prepare": "prepare_text",
     "find_prepared": "resolve", "resolve_data": "resolve",
     "TokenStream": "shards",
     "EOS_TOKEN": "tokenizer", "check_vocab_fits": "tokenizer", "load_tokenizer": "tokenizer",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from depthattn.data.shards import TokenStream
+from depthattn.utils.errors import DepthAttnError
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
@@ -31,21 +32,21 @@ def check_seq_len(seq_len: int, num_tokens: int, split: str, max_seq_len: int | 
                   need_full_window: bool = True) -> None:
     """seq_len must be positive, within the model's limit, and fit in the split."""
     if seq_len < 1:
-        raise ValueError(f"seq_len must be at least 1, got {seq_len}")
+        raise DepthAttnError(f"seq_len must be at least 1, got {seq_len}")
     if max_seq_len is not None and seq_len > max_seq_len:
-        raise ValueError(f"seq_len {seq_len} is larger than the model allows "
+        raise DepthAttnError(f"seq_len {seq_len} is larger than the model allows "
                          f"(max_seq_len {max_seq_len})")
     if need_full_window and seq_len + 1 > num_tokens:
-        raise ValueError(
+        raise DepthAttnError(
             f"seq_len {seq_len} needs windows of {seq_len + 1} tokens, but the {split} split has "
             f"only {num_tokens}; the largest seq_len it allows is {num_tokens - 1}")
     if num_tokens < 2:
-        raise ValueError(f"the {split} split has {num_tokens} token(s); at least 2 are needed")
+        raise DepthAttnError(f"the {split} split has {num_tokens} token(s); at least 2 are needed")
 
 
 def _check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        raise DepthAttnError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
 
 
 class TrainBatches:
@@ -57,20 +58,20 @@ class TrainBatches:
         check_seq_len(seq_len, stream.num_tokens, stream.split, max_seq_len)
         _check_rank(rank, world_size)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise DepthAttnError(f"batch_size must be at least 1, got {batch_size}")
         if accumulation < 1 or batch_size % accumulation:
-            raise ValueError(f"accumulation ({accumulation}) must be at least 1 and divide "
+            raise DepthAttnError(f"accumulation ({accumulation}) must be at least 1 and divide "
                              f"batch_size ({batch_size}): the rows of one rank's step")
         self.accumulation = accumulation
         if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
+            raise DepthAttnError(f"seed must be non-negative, got {seed}")
         self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
 
     def window_starts(self, step: int) -> np.ndarray:
         """Start offsets of this rank's B windows at `step`."""
         if step < 0:
-            raise ValueError(f"step must be non-negative, got {step}")
+            raise DepthAttnError(f"step must be non-negative, got {step}")
         rng = np.random.default_rng([self.seed, step])
         last_start = self.stream.num_tokens - (self.seq_len + 1)
         starts = rng.integers(0, last_start + 1, size=self.batch_size * self.world_size)
@@ -112,9 +113,9 @@ class ValidationBatches:
                       need_full_window=False)
         _check_rank(rank, world_size)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise DepthAttnError(f"batch_size must be at least 1, got {batch_size}")
         if max_windows is not None and max_windows < 1:
-            raise ValueError(f"max_windows must be at least 1, got {max_windows}")
+            raise DepthAttnError(f"max_windows must be at least 1, got {max_windows}")
         self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size
         self.rank, self.world_size = rank, world_size
         self.num_windows = math.ceil((stream.num_tokens - 1) / seq_len)

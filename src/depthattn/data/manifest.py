@@ -20,10 +20,13 @@ from typing import Any
 
 from depthattn.data.files import read_json
 from depthattn.utils.atomic import write_json_atomic
+from depthattn.utils.errors import DepthAttnError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "depthattn-tokens"
 VERSION = 1
+PACK_VERSION = 1  # in text preparations' requests: bump when the shards of the same inputs change
+MAX_LISTED_DOCUMENTS = 10_000  # a split lists its document names up to this many
 
 
 def manifest_path(path: str | Path) -> Path:
@@ -40,7 +43,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"{MANIFEST_NAME} was never finished)")
     manifest = read_json(path)
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(
+        raise DepthAttnError(
             f"{path} is not a {FORMAT} v{VERSION} manifest (format={manifest.get('format')!r}, "
             f"version={manifest.get('version')!r}); prepare the data again")
     return manifest
@@ -54,7 +57,7 @@ def check_tokenizer_hash(manifest: dict[str, Any], tokenizer_sha256: str, where:
     """Refuse shards whose ids come from another tokenizer than the one the model will use."""
     built_with = manifest["tokenizer"]["sha256"]
     if built_with != tokenizer_sha256:
-        raise ValueError(
+        raise DepthAttnError(
             f"the shards{f' in {where}' if where else ''} were built with tokenizer sha256 "
             f"{built_with[:16]}…, but the tokenizer in use has sha256 {tokenizer_sha256[:16]}…; "
             f"prepare the data again with this tokenizer (or use the manifest's tokenizer, "
@@ -63,6 +66,6 @@ def check_tokenizer_hash(manifest: dict[str, Any], tokenizer_sha256: str, where:
 
 def check_split(manifest: dict[str, Any], split: str) -> dict[str, Any]:
     if split not in manifest["splits"]:
-        raise ValueError(
+        raise DepthAttnError(
             f"unknown split {split!r}; this manifest has {sorted(manifest['splits'])}")
     return manifest["splits"][split]

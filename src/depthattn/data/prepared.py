@@ -1,6 +1,7 @@
 """Keeping a prepared folder consistent: one tokenizer per folder, no shards of earlier runs.
 
-Shared by `prepare` (text) and `import_tokens` (pre-tokenized inputs).
+Shared by the text preparations (the default corpus's and the datatrove engine) and
+`import_tokens` (pre-tokenized inputs).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 from depthattn.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_sha256
 from depthattn.utils.atomic import atomic_dir
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"  # a copy of the tokenizer the shards were built with
+# Beside a tokenizer trained here: what it was trained on, to tell whether it can be reused.
+TRAINING_RECORD = "depthattn_training.json"
 SHARD_FILE = re.compile(r"^(train|validation)-\d{5}-[0-9a-f]{16}\.npy$")
 
 
@@ -43,7 +47,7 @@ def check_not_built_with_other(out_dir: Path, sha256: str, what: str) -> None:
     if path.exists():
         built_with = read_manifest(path)["tokenizer"]["sha256"]
         if built_with != sha256:
-            raise ValueError(
+            raise DepthAttnError(
                 f"{out_dir} holds shards built with tokenizer sha256 {built_with[:16]}…, but "
                 f"{what} has sha256 {sha256[:16]}…; use another out_dir or delete {out_dir}")
 
@@ -55,7 +59,7 @@ def store_given_tokenizer(out_dir: Path, tokenizer):
     if folder.exists():
         existing = tokenizer_sha256(load_tokenizer(folder))
         if existing != sha:
-            raise ValueError(
+            raise DepthAttnError(
                 f"{folder} holds a tokenizer with sha256 {existing[:16]}…, but the given one has "
                 f"{sha[:16]}…; use another out_dir or delete {out_dir}")
         return
@@ -72,7 +76,7 @@ def remove_unlisted_shards(out_dir: Path, listed: set[str]) -> None:
 def finish_prepared(out_dir: Path, manifest_file: Path, source: str, tokenizer: dict[str, Any],
                     dtype_name: str, splits: dict[str, dict[str, Any]], request: dict[str, Any],
                     started: float, listed_shards: set[str]) -> Path:
-    """The last step of both preparations: the manifest (written atomically, after every shard
+    """The last step of every preparation: the manifest (written atomically, after every shard
     it lists), then the removal of shards it does not list, then one log line.
     ``tokenizer``: sha256, vocab_size and eos_token_id of the folder's tokenizer."""
     write_manifest(manifest_file, {

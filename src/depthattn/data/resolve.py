@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from depthattn.data.defaults import DEFAULT_SOURCE
 from depthattn.data.manifest import MANIFEST_NAME, manifest_path
-from depthattn.data.pipeline import DEFAULT_SOURCE, default_out_dir, prepare
+from depthattn.data.prepare_text import default_out_dir, prepare
 
 logger = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,26 @@ from depthattn.data.manifest import (
     read_manifest,
 )
 from depthattn.data.tokenizer import check_vocab_fits
+from depthattn.utils.errors import DepthAttnError
+
+logger = logging.getLogger(__name__)
+
+
+def finished_length(path: Path, dtype: np.dtype) -> int | None:
+    """Token count of a finished shard at `path`, or None if it is absent or unreadable (shards
+    are written atomically under names that fingerprint their content: one that opens is done)."""
+    if not path.exists():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        logger.warning("redoing unreadable shard %s (%s)", path.name, e)
+        return None
+    if array.dtype != dtype or array.ndim != 1:
+        logger.warning("redoing shard %s: it holds %s%s, expected 1-D %s",
+                       path.name, array.dtype, array.shape, dtype)
+        return None
+    return int(array.shape[0])
 
 
 class TokenStream:
@@ -47,7 +68,7 @@ class TokenStream:
                                         f"run prepare again")
             array = np.load(path_i, mmap_mode="r")
             if array.dtype != self.dtype or array.shape != (shard["num_tokens"],):
-                raise ValueError(
+                raise DepthAttnError(
                     f"{path_i} holds {array.dtype}{array.shape}, but the manifest says "
                     f"{self.dtype}({shard['num_tokens']},); run prepare again")
             self.shards.append(array)
@@ -55,7 +76,7 @@ class TokenStream:
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.num_tokens = int(self.offsets[-1])
         if self.num_tokens != info["num_tokens"]:
-            raise ValueError(f"{self.manifest_path}: {split} shards hold {self.num_tokens} tokens, "
+            raise DepthAttnError(f"{self.manifest_path}: {split} shards hold {self.num_tokens} tokens, "
                              f"the manifest says {info['num_tokens']}")
 
     @property

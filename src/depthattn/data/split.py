@@ -1,9 +1,13 @@
-"""Deterministic train/validation split by document (or by group of related documents).
+"""Deterministic train/validation splits, by document, from names and sizes alone.
 
-Validation text must never be seen in training, so whole groups from `dedup.deduplicate_and_group`
-go to one side. The order in which groups are considered for validation comes from a hash of
-(seed, group name), not from the input order, so it does not depend on how the files were listed
-and one document more or less does not reshuffle the rest.
+- grouped (the default corpus, `split_groups`): whole groups of related documents go to one
+  side, considered in the order of a hash of (seed, group name), until validation holds
+  `val_fraction` of the characters; so the split does not depend on how files were listed, and
+  one document more or less does not reshuffle the rest;
+- hashed (the datatrove engine, `is_validation`): each document is held out with probability
+  `val_fraction` by a hash of (seed, name), so every task decides for its own documents with
+  nothing shared; the expected share of characters is the same;
+- drawn (token imports, `held_out`): a fixed number of items drawn by the seed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from depthattn.data.documents import Document
+from depthattn.data.sources import Document
+from depthattn.utils.errors import DepthAttnError
 
 # A group may overshoot the validation target by this factor before it is skipped, so one large
 # group (e.g. Paradise Lost) does not take several times the requested share.
@@ -27,17 +32,17 @@ def group_rank(seed: int, first_name: str) -> bytes:
 
 def validation_groups(sizes: Sequence[int], ranks: Sequence[bytes],
                       val_fraction: float) -> set[int]:
-    """Indices of the groups that go to validation, from their sizes (characters) and ranks
-    alone, so a streaming preparation decides without holding any text.
+    """Indices of the groups that go to validation, from their sizes (characters) and ranks.
 
     Validation gets about `val_fraction` of the characters, and at least one group; training
     keeps at least one group.
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(sizes) < 2:
-        raise ValueError(
-            f"the corpus has {len(sizes)} independent document group(s) after de-duplication; "
+        raise DepthAttnError(
+            f"the corpus has {len(sizes)} independent document group(s) after its copies are "
+            f"dropped; "
             f"a split by document needs at least 2 (one for training, one for validation)")
     target = val_fraction * sum(sizes)
     order = sorted(range(len(sizes)), key=lambda i: ranks[i])
@@ -67,13 +72,37 @@ def split_groups(
     return train_docs, val_docs
 
 
+def is_validation(seed: int, name: str, val_fraction: float) -> bool:
+    return _uniform(group_rank(seed, name)) < val_fraction
+
+
+def sample_draw(seed: int, name: str) -> float:
+    """Uniform in [0, 1), independent of `is_validation`: the datatrove engine's tokenizer
+    sample takes the documents of smallest draw."""
+    return _uniform(hashlib.sha256(f"tokenizer-sample:{seed}:{name}".encode()).digest())
+
+
+def _uniform(digest: bytes) -> float:
+    return int.from_bytes(digest[:8], "little") / 2.0**64
+
+
+def check_both_sides(train: int, validation: int, val_fraction: float) -> None:
+    """Refuse a split with an empty side, naming the counts (documents)."""
+    for name, count in (("train", train), ("validation", validation)):
+        if not count:
+            raise DepthAttnError(
+                f"the {name} split is empty ({train} train, {validation} validation "
+                f"documents): the corpus is too small for val_fraction {val_fraction}; give "
+                f"more documents, another val_fraction or another seed")
+
+
 def held_out(count: int, val_fraction: float, seed: int, what: str) -> np.ndarray:
     """Sorted indices of the `count` items (files or documents) that go to validation:
     round(val_fraction * count) of them, at least one, and never all; drawn by `seed` alone."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if count < 2:
-        raise ValueError(f"the input has {count} {what}; a split by {what} needs at least 2 "
+        raise DepthAttnError(f"the input has {count} {what}; a split by {what} needs at least 2 "
                          f"(one for training, one for validation)")
     n_val = min(max(1, round(val_fraction * count)), count - 1)
     return np.sort(np.random.default_rng(seed).choice(count, n_val, replace=False))

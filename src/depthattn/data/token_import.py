@@ -23,9 +23,7 @@ from tqdm.auto import tqdm
 
 from depthattn.data.defaults import DEFAULT_SHARD_TOKENS, DEFAULT_TOKEN_COLUMN, SPLIT_BY
 from depthattn.data.files import cache_dir, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME
-from depthattn.data.pack import token_dtype
-from depthattn.data.pipeline import MAX_LISTED_DOCUMENTS
+from depthattn.data.manifest import MANIFEST_NAME, MAX_LISTED_DOCUMENTS
 from depthattn.data.prepared import (
     check_not_built_with_other,
     finish_prepared,
@@ -46,8 +44,10 @@ from depthattn.data.tokenizer import (
     check_vocab_fits,
     eos_token_id,
     load_tokenizer,
+    token_dtype,
     tokenizer_sha256,
 )
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ IMPORT_VERSION = 1  # bump when the shards for the same inputs change
 
 def _check_arguments(val_fraction: float, split_by: str, seed: int, shard_tokens: int) -> None:
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if split_by not in SPLIT_BY:
-        raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+        raise DepthAttnError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise DepthAttnError(f"seed must be non-negative, got {seed}")
     if shard_tokens < 1:
-        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+        raise DepthAttnError(f"shard_tokens must be positive, got {shard_tokens}")
 
 
 def _check_eos(tokenizer, eos_id: int | None) -> int:
@@ -70,7 +70,7 @@ def _check_eos(tokenizer, eos_id: int | None) -> int:
     tok_eos = eos_token_id(tokenizer)
     if eos_id is not None and eos_id != tok_eos:
         token = tokenizer.convert_ids_to_tokens(eos_id) if 0 <= eos_id < len(tokenizer) else None
-        raise ValueError(
+        raise DepthAttnError(
             f"the token files separate documents with id {eos_id} (--eos-id), but the "
             f"tokenizer's EOS token {tokenizer.eos_token!r} has id {tok_eos} (id {eos_id} is "
             f"{token!r} in it); give the tokenizer the files were made with")
@@ -105,11 +105,11 @@ def _read(inputs: list[Path], dtype: str | None, column: str, eos_id: int, vocab
             else:
                 largest, found = dataset_documents(path, column, eos_id, bar)
             if largest >= vocab:
-                raise ValueError(f"{path} holds token id {largest}, but the tokenizer has "
+                raise DepthAttnError(f"{path} holds token id {largest}, but the tokenizer has "
                                  f"{vocab} tokens (ids 0..{vocab - 1}); give the tokenizer "
                                  f"the files were made with")
             if not sum(len(a.starts) for a in found):
-                raise ValueError(f"{path} holds no documents (only EOS ids {eos_id} or empty "
+                raise DepthAttnError(f"{path} holds no documents (only EOS ids {eos_id} or empty "
                                  f"rows)")
             arrays += found
             owner += [i] * len(found)
@@ -124,7 +124,7 @@ def _refuse_no_separator(flats: dict[Path, np.ndarray], eos_id: int) -> None:
     path, tokens = next(iter(flats.items()))
     counts = np.bincount(np.asarray(tokens[:1 << 24], dtype=np.int64))
     common = int(counts.argmax())
-    raise ValueError(
+    raise DepthAttnError(
         f"none of the {sum(len(t) for t in flats.values())} ids in the token files is the "
         f"tokenizer's EOS id {eos_id}, which separates documents; the most frequent id in "
         f"{path.name} is {common} ({counts[common] / counts.sum():.1%} of its first "
@@ -176,9 +176,9 @@ def import_tokens(
         check_vocab_fits(vocab, model_vocab_size)
     out_dir = Path(out_dir) if out_dir is not None else default_tokens_out_dir(paths, sha)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir {out_dir} exists and is not a folder")
+        raise DepthAttnError(f"out_dir {out_dir} exists and is not a folder")
     if split_by == "files" and len(paths) < 2:
-        raise ValueError(f"a split by files needs at least 2 inputs, got {len(paths)}")
+        raise DepthAttnError(f"a split by files needs at least 2 inputs, got {len(paths)}")
     request: dict[str, Any] = {
         "tokens": [[str(p.resolve()), _fingerprint(p)] for p in paths],
         "tokenizer": {"sha256": sha}, "eos_id": eos, "dtype": dtype, "column": column,

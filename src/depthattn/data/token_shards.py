@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from depthattn.data.files import sha256_file
-from depthattn.data.pack import finished_length
+from depthattn.data.shards import finished_length
 from depthattn.data.token_sources import TokenArray
 from depthattn.utils.atomic import atomic_write
 

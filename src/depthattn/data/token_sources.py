@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from depthattn.data.defaults import TOKEN_DTYPES
 from depthattn.data.sources import is_datasets_folder
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class TokenArray:
 
 def _check_dtype(dtype: str, where: str) -> np.dtype:
     if dtype not in TOKEN_DTYPES:
-        raise ValueError(f"{where}: token dtype {dtype!r} is not supported; allowed: "
+        raise DepthAttnError(f"{where}: token dtype {dtype!r} is not supported; allowed: "
                          f"{', '.join(TOKEN_DTYPES)}")
     return np.dtype(dtype)
 
@@ -51,26 +52,26 @@ def open_flat(path: Path, dtype: str | None) -> np.ndarray:
     if path.suffix == ".npy":
         array = np.load(path, mmap_mode="r")
         if array.dtype.name not in TOKEN_DTYPES or array.ndim != 1:
-            raise ValueError(f"{path} holds {array.dtype}{array.shape}; a token file must be "
+            raise DepthAttnError(f"{path} holds {array.dtype}{array.shape}; a token file must be "
                              f"1-D {' or '.join(TOKEN_DTYPES)}")
         if dtype is not None and dtype != array.dtype.name:
-            raise ValueError(f"{path} holds {array.dtype} ids, but --token-dtype is {dtype}")
+            raise DepthAttnError(f"{path} holds {array.dtype} ids, but --token-dtype is {dtype}")
     elif path.suffix == ".bin":
         np_dtype = _check_dtype(dtype or DEFAULT_BIN_DTYPE, str(path))
         size = path.stat().st_size
         if size % np_dtype.itemsize:
-            raise ValueError(f"{path} has {size} bytes, not a multiple of {np_dtype.itemsize} "
+            raise DepthAttnError(f"{path} has {size} bytes, not a multiple of {np_dtype.itemsize} "
                              f"({np_dtype.name}); is --token-dtype right?")
         if size >= 4 and int(np.fromfile(path, np.int32, 1)[0]) in _LLMC_MAGICS:
-            raise ValueError(f"{path} starts with llm.c's .bin header (magic "
+            raise DepthAttnError(f"{path} starts with llm.c's .bin header (magic "
                              f"{int(np.fromfile(path, np.int32, 1)[0])}); only raw id files "
                              f"(nanoGPT's format) are supported")
         array = np.memmap(path, dtype=np_dtype, mode="r") if size else np.empty(0, np_dtype)
     else:
-        raise ValueError(f"{path}: unknown token file type {path.suffix!r}; allowed: .npy, "
+        raise DepthAttnError(f"{path}: unknown token file type {path.suffix!r}; allowed: .npy, "
                          f".bin, or a `datasets` folder")
     if array.size == 0:
-        raise ValueError(f"{path} holds no tokens")
+        raise DepthAttnError(f"{path} holds no tokens")
     return array
 
 
@@ -105,17 +106,17 @@ def _integer_list_chunks(path: Path, column: str):
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
     for split, dataset in parts:
         if column not in dataset.column_names:
-            raise ValueError(f"{path} has no column {column!r} (columns: "
+            raise DepthAttnError(f"{path} has no column {column!r} (columns: "
                              f"{dataset.column_names}); give the token column with "
                              f"--token-column")
         col = dataset.data.table.column(column)  # memory-mapped arrow, no copy
         kind = col.type
         if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
                 or not pa.types.is_integer(kind.value_type):
-            raise ValueError(f"{path}: column {column!r} is {kind}, not a list of integer ids")
+            raise DepthAttnError(f"{path}: column {column!r} is {kind}, not a list of integer ids")
         for i, chunk in enumerate(col.chunks):
             if chunk.null_count:
-                raise ValueError(f"{path}: column {column!r} has {chunk.null_count} null rows")
+                raise DepthAttnError(f"{path}: column {column!r} has {chunk.null_count} null rows")
             yield f"{path.name}{'/' + split if split else ''}#{i}", chunk
 
 
@@ -130,7 +131,7 @@ def dataset_documents(path: Path, column: str, eos_id: int,
         values = tokens[offsets[0]:offsets[-1]]
         if values.size:
             if values.min() < 0:
-                raise ValueError(f"{path}: column {column!r} holds a negative id "
+                raise DepthAttnError(f"{path}: column {column!r} holds a negative id "
                                  f"({int(values.min())})")
             largest = max(largest, int(values.max()))
         # a row that ends with EOS already has its separator
@@ -149,7 +150,7 @@ def dataset_documents(path: Path, column: str, eos_id: int,
 def check_inputs(paths: list[Path], dtype: str | None) -> None:
     """Fail before any reading: every input exists and is a kind we read."""
     if not paths:
-        raise ValueError("no token inputs given")
+        raise DepthAttnError("no token inputs given")
     if dtype is not None:
         _check_dtype(dtype, "--token-dtype")
     for path in paths:
@@ -157,7 +158,7 @@ def check_inputs(paths: list[Path], dtype: str | None) -> None:
             raise FileNotFoundError(f"token input not found: {path}")
         if path.is_dir():
             if not is_datasets_folder(path):
-                raise ValueError(f"{path} is a folder but not a `datasets` folder (no "
+                raise DepthAttnError(f"{path} is a folder but not a `datasets` folder (no "
                                  f"dataset_info.json or dataset_dict.json)")
         else:
             open_flat(path, dtype)

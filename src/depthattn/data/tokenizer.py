@@ -14,10 +14,12 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from depthattn.data.defaults import DEFAULT_VOCAB_SIZE
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most
 
 def check_vocab_size(vocab_size: int) -> None:
     if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
-        raise ValueError(
+        raise DepthAttnError(
             f"vocab_size {vocab_size} is out of range: a byte-level BPE needs at least "
             f"{MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} special tokens) and at most "
             f"{MAX_VOCAB_SIZE}")
@@ -94,7 +96,7 @@ def backend_json(tokenizer: PreTrainedTokenizerBase) -> str:
     """The tokenizer.json text that defines the token ids; fast tokenizers only."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError(
+        raise DepthAttnError(
             f"{type(tokenizer).__name__} is not a fast tokenizer; packing needs one with a "
             f"tokenizer.json (save it with a recent transformers to get one)")
     return backend.to_str()
@@ -115,7 +117,7 @@ def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.eos_token_id is None:
-        raise ValueError(
+        raise DepthAttnError(
             f"the tokenizer ({type(tokenizer).__name__}) has no EOS token; packing separates "
             f"documents with it: set eos_token in its tokenizer_config.json")
     return int(tokenizer.eos_token_id)
@@ -126,11 +128,17 @@ def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
     return len(tokenizer)
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The dtype of the shards' ids: uint16 holds ids below 65536; larger vocabularies need
+    uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
 def check_vocab_fits(tokenizer_vocab_size: int, model_vocab_size: int) -> None:
     """Every id the tokenizer emits must index the model's embedding (a larger model vocab,
     e.g. padded to a multiple of 64, is fine)."""
     if tokenizer_vocab_size > model_vocab_size:
-        raise ValueError(
+        raise DepthAttnError(
             f"the tokenizer has {tokenizer_vocab_size} tokens (ids up to "
             f"{tokenizer_vocab_size - 1}), but the model's vocab_size is {model_vocab_size}; "
             f"the model's vocab_size must be at least {tokenizer_vocab_size}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from depthattn.data.manifest import manifest_path, read_manifest
 from depthattn.data.tokenizer import load_tokenizer, tokenizer_sha256
+from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.file_manifest import sha256_file
 
 
@@ -25,13 +26,13 @@ def verify_shards(manifest: dict, root: Path, where: Path) -> None:
                                         f"missing; run `depthattn prepare` again")
             size = path.stat().st_size
             if "bytes" in shard and size != shard["bytes"]:
-                raise ValueError(f"{path} has {size} bytes, but {where} says {shard['bytes']}; "
+                raise DepthAttnError(f"{path} has {size} bytes, but {where} says {shard['bytes']}; "
                                  f"the shard is damaged or from another preparation: run "
                                  f"`depthattn prepare` again")
             if "sha256" in shard:
                 actual = sha256_file(path)
                 if actual != shard["sha256"]:
-                    raise ValueError(f"{path} has sha256 {actual[:16]}…, but {where} says "
+                    raise DepthAttnError(f"{path} has sha256 {actual[:16]}…, but {where} says "
                                      f"{shard['sha256'][:16]}…; the shard is damaged or from "
                                      f"another preparation: run `depthattn prepare` again")
 
@@ -44,7 +45,7 @@ def verify_tokenizer(manifest: dict, root: Path, where: Path) -> None:
     actual = tokenizer_sha256(load_tokenizer(folder))
     expected = manifest["tokenizer"]["sha256"]
     if actual != expected:
-        raise ValueError(f"the tokenizer in {folder} (sha256 {actual[:16]}…) is not the one the "
+        raise DepthAttnError(f"the tokenizer in {folder} (sha256 {actual[:16]}…) is not the one the "
                          f"shards in {root} were built with (sha256 {expected[:16]}…, per "
                          f"{where}); restore that tokenizer or prepare the data again with this "
                          f"one")

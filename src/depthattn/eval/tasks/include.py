@@ -33,7 +33,7 @@ def named_tasks(entries: list[str]) -> tuple[list[str], list[str]]:
 def check_corpus_source(data: str) -> None:
     """What `depthattn train data=...` accepts: 'default', a prepared folder (or its
     manifest.json) or a corpus to prepare; anything else fails here, before any work."""
-    from depthattn.data.pipeline import DEFAULT_SOURCE
+    from depthattn.data.defaults import DEFAULT_SOURCE
 
     if data != DEFAULT_SOURCE and not Path(data).exists():
         raise DepthAttnError(f"corpus data {data!r} does not exist: give 'default', a prepared "
@@ -45,7 +45,7 @@ def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
     """The task folders (paper, then corpus) for the tasks of ours named in `entries`, built
     on first use. data: the corpus the corpus tasks come from (default: the default corpus,
     prepared as `depthattn prepare` does)."""
-    from depthattn.data.pipeline import DEFAULT_SOURCE
+    from depthattn.data.defaults import DEFAULT_SOURCE
     from depthattn.data.resolve import resolve_data
     from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
     from depthattn.eval.tasks.corpus import ensure_corpus_tasks

@@ -1,6 +1,6 @@
-"""`prepare` on datatrove (`depthattn.data.scale`): the manifest and shards training reads, near
-copies found by datatrove's MinHash stages, the same documents and tokens as `prepare`, resume,
-and every bad input refused before work starts."""
+"""`prepare`'s engine for local corpora, datatrove (`depthattn.data.engine`): the manifest and
+shards training reads, near copies found by datatrove's MinHash stages, resume, the Slurm
+executor, and every bad input refused before work starts."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 from depthattn.cli import main
 from depthattn.data import TokenStream
 from depthattn.data.clean import clean_text
-from depthattn.data.pipeline import prepare
-from depthattn.data.scale.engine import SlurmOptions, prepare_with_datatrove
-from depthattn.data.scale.shard_writer import WriteTokenShards
-from depthattn.data.scale.split import is_validation, sample_draw
-from depthattn.data.scale.tokenizer_steps import TokenizerSample, sample_file
+from depthattn.data.engine.run import SlurmOptions
+from depthattn.data.engine.shard_writer import WriteTokenShards
+from depthattn.data.engine.tokenizer_steps import TokenizerSample, sample_file
+from depthattn.data.prepare_text import prepare
+from depthattn.data.split import is_validation, sample_draw
 from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 from depthattn.data.verify import verify_prepared
 from tests.conftest import make_text
@@ -46,7 +46,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, str], list[str]]:
     words more): (folder, {name: text}, the 42 texts)."""
     texts = [make_text(i, 300) for i in range(40)]
     texts += [texts[3], texts[7] + " and so"]
-    folder = tmp_path_factory.mktemp("scale") / "corpus"
+    folder = tmp_path_factory.mktemp("engine") / "corpus"
     return folder, write_jsonl_folder(folder, texts, 4), texts
 
 
@@ -55,7 +55,7 @@ def built(corpus, tmp_path_factory) -> Path:
     """The corpus prepared on 2 tasks, near copies on, a BPE trained on the tasks' samples."""
     folder, _, _ = corpus
     out = tmp_path_factory.mktemp("built") / "prepared"
-    return prepare_with_datatrove(folder, out_dir=out, tasks=2, workers=2, vocab_size=VOCAB,
+    return prepare(folder, out_dir=out, tasks=2, num_workers=2, vocab_size=VOCAB,
                                   near_duplicates=True)
 
 
@@ -100,42 +100,13 @@ def test_minhash_drops_the_planted_copies_and_nothing_else(built, corpus):
 def test_a_rerun_returns_at_once_and_another_request_is_refused(built, corpus):
     folder, _, _ = corpus
     before = built.stat().st_mtime_ns
-    again = prepare_with_datatrove(folder, out_dir=built.parent, tasks=2, workers=2,
+    again = prepare(folder, out_dir=built.parent, tasks=2, num_workers=2,
                                    vocab_size=VOCAB, near_duplicates=True)
     assert again == built and built.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match=r"holds the work of another preparation \(it differs "
                                          r"in seed\)"):
-        prepare_with_datatrove(folder, out_dir=built.parent, tasks=2, workers=2,
+        prepare(folder, out_dir=built.parent, tasks=2, num_workers=2,
                                vocab_size=VOCAB, near_duplicates=True, seed=1)
-
-
-def test_same_documents_and_tokens_as_prepare_with_a_given_tokenizer(corpus, tmp_path):
-    """No near copies, a given tokenizer: the local engine and datatrove's keep the same
-    documents (both drop the exact copy, by hash) and make the same tokens."""
-    folder, names, _ = corpus
-    tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
-                              tmp_path / "tok")
-    local = prepare(folder, out_dir=tmp_path / "local", tokenizer=tok_path, num_workers=1,
-                    progress=False)
-    trove = prepare_with_datatrove(folder, out_dir=tmp_path / "trove", tokenizer=tok_path,
-                                   tasks=4, workers=1)
-    assert not (tmp_path / "trove" / ".datatrove" / "buckets").exists()  # no MinHash stages
-
-    def by_name(manifest: Path) -> dict[str, str]:
-        m = json.loads(manifest.read_text())
-        return {n: t for split in ("train", "validation")
-                for n, t in zip(m["splits"][split]["documents"], split_documents(manifest, split))}
-
-    ours, theirs = by_name(trove), by_name(local)
-    assert len(ours) == len(theirs) == len(names) - 1  # one of the two copies of text 3 is dropped
-    # text 3 is part3.jsonl:1 and its copy part0.jsonl:11: the local engine keeps the first in
-    # corpus order, datatrove's exact dedup the one earliest in its task; either way one of them
-    copies = {"part3.jsonl:1", "part0.jsonl:11"}
-    assert len(copies & ours.keys()) == len(copies & theirs.keys()) == 1
-    assert [ours[n] for n in copies & ours.keys()] == [theirs[n] for n in copies & theirs.keys()]
-    # every other document: the same name, the same tokens
-    assert {n: t for n, t in ours.items() if n not in copies} == \
-        {n: t for n, t in theirs.items() if n not in copies}
 
 
 def test_an_interrupted_shards_stage_resumes(corpus, tmp_path, monkeypatch):
@@ -150,14 +121,14 @@ def test_an_interrupted_shards_stage_resumes(corpus, tmp_path, monkeypatch):
         yield from original(self, data, rank, world_size)
 
     monkeypatch.setattr(WriteTokenShards, "run", fail_on_task_1)
-    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "workers": 1}
+    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "num_workers": 1}
     with pytest.raises(RuntimeError, match="killed"):
-        prepare_with_datatrove(folder, **kwargs)
+        prepare(folder, **kwargs)
     assert not (tmp_path / "out" / "manifest.json").exists()
     done = tmp_path / "out" / ".datatrove" / "tasks" / "00000" / "summary.json"
     first = done.stat().st_mtime_ns
     monkeypatch.setattr(WriteTokenShards, "run", original)
-    manifest = prepare_with_datatrove(folder, **kwargs)
+    manifest = prepare(folder, **kwargs)
     verify_prepared(manifest)
     assert done.stat().st_mtime_ns == first  # task 0 was not run again
     assert json.loads(manifest.read_text())["splits"]["train"]["num_documents"] > 0
@@ -184,7 +155,7 @@ def test_the_tokenizer_sample_is_each_tasks_smallest_draws_of_training_documents
 
 
 def test_an_interrupted_manifest_stage_finds_its_moved_shards(corpus, tmp_path, monkeypatch):
-    from depthattn.data.scale import manifest_step
+    from depthattn.data.engine import manifest_step
 
     folder, _, _ = corpus
     tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
@@ -195,35 +166,35 @@ def test_an_interrupted_manifest_stage_finds_its_moved_shards(corpus, tmp_path, 
         raise OSError("disk full")
 
     monkeypatch.setattr(manifest_step, "finish_prepared", fail_after_the_moves)
-    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "workers": 1}
+    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "num_workers": 1}
     with pytest.raises(OSError, match="disk full"):
-        prepare_with_datatrove(folder, **kwargs)
+        prepare(folder, **kwargs)
     assert list((tmp_path / "out").glob("train-*.npy"))  # moved, not yet listed
     assert not (tmp_path / "out" / "manifest.json").exists()
     monkeypatch.setattr(manifest_step, "finish_prepared", original)
-    verify_prepared(prepare_with_datatrove(folder, **kwargs))
+    verify_prepared(prepare(folder, **kwargs))
 
 
 def test_outputs_removed_after_a_run_are_named(corpus, tmp_path):
     folder, _, _ = corpus
     tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
                               tmp_path / "tok")
-    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "workers": 1}
-    manifest = prepare_with_datatrove(folder, **kwargs)
+    kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "num_workers": 1}
+    manifest = prepare(folder, **kwargs)
     manifest.unlink()
     with pytest.raises(FileNotFoundError, match=r"says every task is done, but .*manifest.json "
                                                 r"is missing"):
-        prepare_with_datatrove(folder, **kwargs)
+        prepare(folder, **kwargs)
     with pytest.raises(ValueError, match=r"holds the work of another preparation \(it differs "
                                          r"in out_dir\)"):
-        prepare_with_datatrove(folder, **{**kwargs, "out_dir": tmp_path / "elsewhere",
+        prepare(folder, **{**kwargs, "out_dir": tmp_path / "elsewhere",
                                           "work_dir": tmp_path / "out" / ".datatrove"})
 
 
 def test_the_ledger_refuses_a_corpus_that_changed_between_stages(tmp_path):
     from datatrove.data import Document
 
-    from depthattn.data.scale.ledger import DocumentLedger
+    from depthattn.data.engine.ledger import DocumentLedger
 
     docs = [Document(text="x", id=f"d{i}") for i in range(5)]
     list(DocumentLedger(str(tmp_path), check=False).run(iter(docs), rank=3))
@@ -242,35 +213,35 @@ def test_the_ledger_refuses_a_corpus_that_changed_between_stages(tmp_path):
     ({"executor": "ray"}, r"executor 'ray' is unknown; allowed: local, slurm"),
     ({"executor": "slurm"}, r"the slurm executor needs SlurmOptions"),
     ({"slurm": SlurmOptions("cpu")}, r"the slurm executor needs SlurmOptions"),
-    ({"workers": 0}, r"num_workers must be at least 1, got 0"),
+    ({"num_workers": 0}, r"num_workers must be at least 1, got 0"),
     ({"minhash_buckets": 0, "near_duplicates": True}, r"minhash buckets and hashes per bucket"),
     ({"minhash_buckets": 20}, (r"minhash_buckets and minhash_hashes_per_bucket set the "
                                r"near-duplicate search: they need near_duplicates")),
-    ({"executor": "slurm", "slurm": SlurmOptions("cpu"), "workers": 2},
+    ({"executor": "slurm", "slurm": SlurmOptions("cpu"), "num_workers": 2},
      r"workers \(2\) are the tasks run at once by the local executor"),
     ({"val_fraction": 1.5}, r"val_fraction must be in \(0, 1\), got 1.5"),
 ])
 def test_bad_input_is_refused_before_work_starts(corpus, tmp_path, kwargs, message):
     folder, _, _ = corpus
     with pytest.raises(ValueError, match=message):
-        prepare_with_datatrove(folder, out_dir=tmp_path / "out", vocab_size=VOCAB, **kwargs)
+        prepare(folder, out_dir=tmp_path / "out", vocab_size=VOCAB, **kwargs)
     assert not (tmp_path / "out").exists()
 
 
 def test_folders_inside_the_corpus_and_empty_folders_are_refused(corpus, tmp_path):
     folder, _, _ = corpus
     with pytest.raises(ValueError, match=r"out_dir .* is inside the corpus folder"):
-        prepare_with_datatrove(folder, out_dir=folder / "prepared")
+        prepare(folder, out_dir=folder / "prepared")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"has no .txt or .jsonl files"):
-        prepare_with_datatrove(tmp_path / "empty", out_dir=tmp_path / "out")
+        prepare(tmp_path / "empty", out_dir=tmp_path / "out")
 
 
 def test_a_missing_field_fails_before_any_stage(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "a.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(ValueError, match=r"a.jsonl:1 has no string field 'text'"):
-        prepare_with_datatrove(tmp_path / "c", out_dir=tmp_path / "out")
+        prepare(tmp_path / "c", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -278,17 +249,17 @@ def test_a_single_file_is_one_task(tmp_path):
     (tmp_path / "c.txt").write_text("one\n\ntwo\n")
     with pytest.raises(ValueError, match=r"tasks \(2\) is more .* has 1 file\(s\) to read "
                                          r"\(one file\)"):
-        prepare_with_datatrove(tmp_path / "c.txt", out_dir=tmp_path / "out", tasks=2)
+        prepare(tmp_path / "c.txt", out_dir=tmp_path / "out", tasks=2)
 
 
-def test_an_empty_validation_split_is_named(tmp_path):
+def test_an_empty_validation_split_is_named_before_any_stage(tmp_path):
     folder = tmp_path / "c"
     write_jsonl_folder(folder, [make_text(i, 100) for i in range(3)], 1)
-    with pytest.raises(ValueError, match=r"the validation split is empty \(3 train, 0 "
-                                         r"validation documents\)"):
-        prepare_with_datatrove(folder, out_dir=tmp_path / "out", vocab_size=VOCAB,
-                               val_fraction=0.01, workers=1)
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    with pytest.raises(ValueError, match=r"too small for val_fraction 0.01: all of its 3 "
+                                         r"document\(s\) with text fall on the training side"):
+        prepare(folder, out_dir=tmp_path / "out", vocab_size=VOCAB, val_fraction=0.01,
+                num_workers=1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_command_line(corpus, tmp_path, capsys):
@@ -301,12 +272,10 @@ def test_the_command_line(corpus, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(str(out / "manifest.json"))
     verify_prepared(out)
     for args, message in [
-        (["--tasks", "2"], "--tasks only apply with --engine datatrove"),
-        (["--engine", "datatrove", "--slurm-partition", "cpu"],
-         "--slurm-partition only apply with --executor slurm"),
-        (["--engine", "datatrove", "--executor", "slurm"],
-         "--executor slurm needs --slurm-partition"),
-        (["--engine", "datatrove", "--no-progress"], "--no-progress does not apply"),
+        (["--engine", "local"], ("--engine local was removed; datatrove prepares every text "
+                                 "corpus, on this machine by default")),
+        (["--slurm-partition", "cpu"], "--slurm-partition only apply with --executor slurm"),
+        (["--executor", "slurm"], "--executor slurm needs --slurm-partition"),
     ]:
         with pytest.raises(SystemExit, match=message):
             main(["prepare", str(folder), *args])
@@ -365,7 +334,7 @@ def test_the_slurm_executor_submits_a_chain_that_prepares(corpus, tmp_path, monk
     slurm = SlurmOptions("cpu", time="1:00:00", cpus_per_task=1,
                          sbatch_args={"account": "lm", "qos": "high"},
                          env_command=f"export PATH={Path(sys.executable).parent}:$PATH")
-    manifest = prepare_with_datatrove(folder, out_dir=out, tokenizer=tok_path, tasks=2,
+    manifest = prepare(folder, out_dir=out, tokenizer=tok_path, tasks=2,
                                       executor="slurm", slurm=slurm)
     verify_prepared(manifest)
     # every stage's array job, each with datatrove's stats job after it, in stage order, each
@@ -388,8 +357,8 @@ def test_the_slurm_executor_submits_a_chain_that_prepares(corpus, tmp_path, monk
                  "#SBATCH --array=0-1", "#SBATCH --cpus-per-task=1", "#SBATCH --qos=high"):
         assert line in script
     assert "--qos=normal" not in script
-    local = prepare_with_datatrove(folder, out_dir=tmp_path / "here", tokenizer=tok_path,
-                                   tasks=2, workers=1)
+    local = prepare(folder, out_dir=tmp_path / "here", tokenizer=tok_path,
+                                   tasks=2, num_workers=1)
     assert [s["sha256"] for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]] \
         == [s["sha256"] for s in json.loads(local.read_text())["splits"]["train"]["shards"]]
 
@@ -400,8 +369,8 @@ def test_a_datasets_folder_is_shared_by_rows(tmp_path):
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
     tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
                               tmp_path / "tok")
-    manifest = prepare_with_datatrove(tmp_path / "ds", out_dir=tmp_path / "out",
-                                      tokenizer=tok_path, tasks=3, workers=1, val_fraction=0.2)
+    manifest = prepare(tmp_path / "ds", out_dir=tmp_path / "out",
+                                      tokenizer=tok_path, tasks=3, num_workers=1, val_fraction=0.2)
     m = json.loads(manifest.read_text())
     listed = m["splits"]["train"]["documents"] + m["splits"]["validation"]["documents"]
     assert sorted(listed) == sorted(f"ds:{i}" for i in range(25))

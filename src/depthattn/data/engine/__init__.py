@@ -1,6 +1,7 @@
-"""`prepare` on datatrove: the same shards and manifest, built by many tasks on one machine
-(`LocalPipelineExecutor`) or on a Slurm cluster (`SlurmPipelineExecutor`). Needs the `scale`
-extra (`pip install "depthattn[scale]"`). Entry point: `engine.prepare_with_datatrove`.
+"""The prepare engine for local corpora: datatrove pipelines over N tasks, on one machine
+(`LocalPipelineExecutor`) or on a Slurm cluster (`SlurmPipelineExecutor`), writing the shards and
+manifest training reads. Entry point: `prepare_text.prepare`, which checks the arguments and
+calls `run.run_datatrove`.
 
 Stages, each a datatrove pipeline over N tasks or one:
 

@@ -1,10 +1,9 @@
 """The first steps of every datatrove stage that reads the corpus: this task's share of the
-documents, read as `depthattn.data.sources` reads them, then cleaned as `prepare` cleans them.
+documents, read as `depthattn.data.sources` reads them, then cleaned (`clean.clean_text`).
 
 Tasks share a corpus by file: a folder's files (`sources.folder_files`: its `.txt` and `.jsonl`
 files, sorted by path) go to tasks in turn, and a `datasets` folder by contiguous row ranges
-(`Dataset.shard`); the default corpus by document. A single text or JSONL file cannot be shared:
-task 0 reads it all. Every stage that reads the corpus must see the same documents in the same
+(`Dataset.shard`). A single text or JSONL file cannot be shared: task 0 reads it all. Every stage that reads the corpus must see the same documents in the same
 order in each task, since datatrove's MinHash filter names documents by their position there.
 """
 
@@ -17,11 +16,9 @@ from datatrove.data import Document as TroveDocument
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from depthattn.data import corpus
 from depthattn.data.clean import clean_text
-from depthattn.data.defaults import DEFAULT_SOURCE
-from depthattn.data.documents import Document
 from depthattn.data.sources import (
+    Document,
     folder_files,
     is_datasets_folder,
     iter_datasets_folder,
@@ -32,8 +29,8 @@ from depthattn.data.sources import (
 
 def shareable_parts(source: str) -> int:
     """How many tasks can get documents: files of a folder, 1 for a single file; a `datasets`
-    folder or the default corpus can be shared by any number (by rows)."""
-    if source == DEFAULT_SOURCE or is_datasets_folder(Path(source)):
+    folder can be shared by any number (by rows)."""
+    if is_datasets_folder(Path(source)):
         return 1 << 30
     path = Path(source)
     return len(folder_files(path)) if path.is_dir() else 1
@@ -42,9 +39,6 @@ def shareable_parts(source: str) -> int:
 def task_documents(source: str, text_field: str, rank: int, world_size: int
                    ) -> Iterator[Document]:
     """The raw documents of task `rank` of `world_size`, in a fixed order."""
-    if source == DEFAULT_SOURCE:
-        yield from corpus.load_default_corpus()[rank::world_size]
-        return
     path = Path(source)
     if is_datasets_folder(path):
         yield from iter_datasets_folder(path, text_field, shard=(rank, world_size))

@@ -1,6 +1,6 @@
 """The last stage, one task: every task's shards moved to out_dir under their final names
 (`<split>-<index>-<sha256 prefix>.npy`, numbered in task order), then the manifest, written last
-and atomically by `prepared.finish_prepared`, as `prepare` writes it. A rerun after an
+and atomically by `prepared.finish_prepared`. A rerun after an
 interruption finds the shards already moved and finishes the rest."""
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ from typing import Any
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from depthattn.data.manifest import MANIFEST_NAME
+from depthattn.data.engine.shard_writer import SPLITS, SUMMARY, task_dir
+from depthattn.data.manifest import MANIFEST_NAME, MAX_LISTED_DOCUMENTS
 from depthattn.data.prepared import TOKENIZER_DIR, finish_prepared
-from depthattn.data.scale.shard_writer import (
-    MAX_LISTED_DOCUMENTS,
-    SPLITS,
-    SUMMARY,
-    task_dir,
-)
+from depthattn.data.split import check_both_sides
 from depthattn.data.tokenizer import (
     load_tokenizer,
     tokenizer_sha256,
     tokenizer_vocab_size,
 )
 from depthattn.utils.atomic import fsync_dir
+from depthattn.utils.errors import DepthAttnError
 
 
 def read_summaries(work_dir: str | Path, tasks: int) -> list[dict[str, Any]]:
@@ -57,17 +54,11 @@ class WriteManifest(PipelineStep):
         sha = tokenizer_sha256(tok)
         stale = [s["rank"] for s in summaries if s["tokenizer_sha256"] != sha]
         if stale:
-            raise ValueError(f"tasks {stale[:5]} tokenized with another tokenizer than "
+            raise DepthAttnError(f"tasks {stale[:5]} tokenized with another tokenizer than "
                              f"{out / TOKENIZER_DIR} (sha256 {sha[:16]}…); delete "
                              f"{Path(self.work_dir) / 'tasks'} and run again")
-        counts = {name: sum(s["splits"][name]["num_documents"] for s in summaries)
-                  for name in SPLITS}
-        for name, count in counts.items():  # before anything is moved
-            if not count:
-                raise ValueError(
-                    f"the {name} split is empty ({counts['train']} train, "
-                    f"{counts['validation']} validation documents): the corpus is too small "
-                    f"for val_fraction {self.request['val_fraction']}")
+        counts = [sum(s["splits"][name]["num_documents"] for s in summaries) for name in SPLITS]
+        check_both_sides(*counts, self.request["val_fraction"])  # before anything is moved
         splits = {name: self._split(name, summaries, out) for name in SPLITS}
         fsync_dir(out)
         first = summaries[0]

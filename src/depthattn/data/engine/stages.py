@@ -24,13 +24,13 @@ from datatrove.pipeline.dedup.minhash import (
 )
 from datatrove.utils.hashing import HashConfig
 
+from depthattn.data.engine.ledger import DocumentLedger
+from depthattn.data.engine.manifest_step import WriteManifest
+from depthattn.data.engine.reader import ReadCorpus
+from depthattn.data.engine.shard_writer import WriteTokenShards
+from depthattn.data.engine.tokenizer_steps import TokenizerSample, TrainTokenizer
+from depthattn.data.engine.words import SpellingWords
 from depthattn.data.prepared import TOKENIZER_DIR
-from depthattn.data.scale.ledger import DocumentLedger
-from depthattn.data.scale.manifest_step import WriteManifest
-from depthattn.data.scale.reader import ReadCorpus
-from depthattn.data.scale.shard_writer import WriteTokenShards
-from depthattn.data.scale.tokenizer_steps import TokenizerSample, TrainTokenizer
-from depthattn.data.scale.words import SpellingWords
 
 # sha1, not datatrove's default xxhash: xxhash >= 4 refuses the str datatrove 0.10 passes it
 HASHES = HashConfig(precision=64, hash_fc="sha1")
@@ -55,8 +55,7 @@ def build_stages(*, source: str, text_field: str, out_dir: Path, work_dir: Path,
                  launched_at: float) -> list[Stage]:
     """Near copies (``minhash``): datatrove's four MinHash stages, which drop exact copies too
     (identical texts, identical signatures). Without: its three exact-dedup stages, so that
-    exact copies are dropped either way, as `prepare` drops them, and cannot straddle the
-    split."""
+    exact copies are dropped either way, and cannot straddle the split."""
     work, out = str(work_dir), str(out_dir)
     signatures, pairs, removals = (str(work_dir / name)
                                    for name in ("signatures", "buckets", "remove"))

@@ -1,6 +1,7 @@
-"""`prepare_with_datatrove`: the stages of `depthattn.data.scale`, checked, built and run on a
-datatrove executor: locally, one stage after the other, or submitted to Slurm as a chain of
-array jobs, each depending on the one before.
+"""`run_datatrove`: the stages of `depthattn.data.engine`, built and run on a datatrove
+executor: locally, one stage after the other, or submitted to Slurm as a chain of array jobs,
+each depending on the one before. `prepare` checks the arguments (`check_engine_arguments`)
+before any work.
 
 A rerun of the same command resumes: datatrove skips the tasks it marked complete in the work
 folder, and a finished manifest with the same request returns at once. The work folder belongs
@@ -9,8 +10,8 @@ to one request (`request.json`); another one is refused rather than mixed in.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -19,29 +20,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthattn.data import corpus
-from depthattn.data.defaults import DEFAULT_SOURCE
+from depthattn.data.clean import clean_text
+from depthattn.data.engine.reader import shareable_parts
 from depthattn.data.files import read_json, remove_stale_temp_files
 from depthattn.data.manifest import MANIFEST_NAME
-from depthattn.data.pack import PACK_VERSION
-from depthattn.data.pipeline import (
-    bpe_options,
-    check_arguments,
-    check_tokenizer_choice,
-    default_out_dir,
-    input_fingerprint,
+from depthattn.data.prepared import (
+    TOKENIZER_DIR,
+    TRAINING_RECORD,
+    is_prepared,
+    store_given_tokenizer,
 )
-from depthattn.data.prepared import TOKENIZER_DIR, is_prepared, store_given_tokenizer
-from depthattn.data.tokenizer import load_tokenizer, tokenizer_sha256
+from depthattn.data.sources import iter_local_source
+from depthattn.data.split import is_validation
 from depthattn.utils.atomic import write_json_atomic
+from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "slurm")
 REQUEST_FILE = "request.json"
 JOBS_FILE = "slurm_jobs.json"  # the ids of the last submission
-# Word 3-grams, as `prepare`'s near-duplicate search; 14 bands of 8 hashes (datatrove's and
-# FineWeb's LSH): pairs of Jaccard similarity about 0.75 and more are found (0.5: 5 %).
+WORK_DIR = ".datatrove"  # in out_dir, unless a work_dir is given
+# Word 3-grams; 14 bands of 8 hashes (datatrove's and FineWeb's LSH): pairs of Jaccard similarity
+# about 0.75 and more are found (0.5: 5 %).
 MINHASH_NGRAMS = 3
 MINHASH_BUCKETS = 14
 MINHASH_HASHES_PER_BUCKET = 8
@@ -61,55 +62,58 @@ class SlurmOptions:
     sbatch_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"account": "lm"}
 
 
-def _require_datatrove() -> None:
-    if importlib.util.find_spec("datatrove") is None:
-        raise ImportError("the datatrove engine needs datatrove: pip install "
-                          "'depthattn[scale]'")
-
-
-def _check_engine_arguments(source: str, tasks: int, workers: int | None, executor: str,
-                            slurm: SlurmOptions | None, minhash: tuple[int | None, int | None],
-                            near_duplicates: bool) -> None:
-    from depthattn.data.scale.reader import shareable_parts
-
+def check_engine_arguments(source: str, tasks: int, workers: int | None, executor: str,
+                           slurm: SlurmOptions | None, minhash: tuple[int | None, int | None],
+                           near_duplicates: bool) -> None:
     if executor not in EXECUTORS:
-        raise ValueError(f"executor {executor!r} is unknown; allowed: {', '.join(EXECUTORS)}")
+        raise DepthAttnError(f"executor {executor!r} is unknown; allowed: {', '.join(EXECUTORS)}")
     if (executor == "slurm") != (slurm is not None):
-        raise ValueError("the slurm executor needs SlurmOptions (a partition at least), and "
+        raise DepthAttnError("the slurm executor needs SlurmOptions (a partition at least), and "
                          "only it takes them")
     if executor == "slurm" and workers is not None:
-        raise ValueError(f"workers ({workers}) are the tasks run at once by the local "
+        raise DepthAttnError(f"workers ({workers}) are the tasks run at once by the local "
                          f"executor; on Slurm every task is a job of its own")
+    if workers is not None and workers < 1:
+        raise DepthAttnError(f"num_workers must be at least 1, got {workers}")
     if not isinstance(tasks, int) or tasks < 1:
-        raise ValueError(f"tasks must be a positive integer, got {tasks!r}")
+        raise DepthAttnError(f"tasks must be a positive integer, got {tasks!r}")
     given = [v for v in minhash if v is not None]
     if given and not near_duplicates:
-        raise ValueError("minhash_buckets and minhash_hashes_per_bucket set the near-duplicate "
+        raise DepthAttnError("minhash_buckets and minhash_hashes_per_bucket set the near-duplicate "
                          "search: they need near_duplicates (--near-duplicates)")
     if any(v < 1 for v in given):
-        raise ValueError(f"minhash buckets and hashes per bucket must be positive, got "
+        raise DepthAttnError(f"minhash buckets and hashes per bucket must be positive, got "
                          f"{minhash}")
     parts = shareable_parts(source)
     if parts == 0:
-        raise ValueError(f"the corpus folder {source} has no .txt or .jsonl files")
+        raise DepthAttnError(f"the corpus folder {source} has no .txt or .jsonl files")
     if tasks > parts:
-        raise ValueError(
+        raise DepthAttnError(
             f"tasks ({tasks}) is more than the corpus can be shared by: {source} has {parts} "
             f"file(s) to read ({'.txt and .jsonl files' if Path(source).is_dir() else 'one file'}"
             f"), one task each at most; give tasks <= {parts}, or split the corpus into a folder "
             f"of more files")
     if slurm is not None and (slurm.cpus_per_task < 1 or slurm.mem_per_cpu_gb < 1):
-        raise ValueError(f"slurm cpus_per_task ({slurm.cpus_per_task}) and mem_per_cpu_gb "
+        raise DepthAttnError(f"slurm cpus_per_task ({slurm.cpus_per_task}) and mem_per_cpu_gb "
                          f"({slurm.mem_per_cpu_gb}) must be positive")
+
+
+def minhash_request(near_duplicates: bool, buckets: int | None,
+                    hashes_per_bucket: int | None) -> dict[str, int] | None:
+    """The LSH of the near-duplicate search, defaults filled in (None: exact copies only)."""
+    if not near_duplicates:
+        return None
+    return {"n_grams": MINHASH_NGRAMS, "num_buckets": buckets or MINHASH_BUCKETS,
+            "hashes_per_bucket": hashes_per_bucket or MINHASH_HASHES_PER_BUCKET}
 
 
 def _check_folders(source: str, out_dir: Path, work_dir: Path) -> None:
     """The work folder and out_dir on one filesystem (shards are moved from one to the other),
     neither inside a corpus folder (whose files the tasks list, and would then read)."""
-    if source != DEFAULT_SOURCE and Path(source).is_dir():
+    if Path(source).is_dir():
         for what, folder in (("out_dir", out_dir), ("work_dir", work_dir)):
             if folder.is_relative_to(Path(source)):
-                raise ValueError(f"{what} {folder} is inside the corpus folder {source}: its "
+                raise DepthAttnError(f"{what} {folder} is inside the corpus folder {source}: its "
                                  f"files would be read as corpus; put it elsewhere")
 
     def device(path: Path) -> int:
@@ -118,17 +122,32 @@ def _check_folders(source: str, out_dir: Path, work_dir: Path) -> None:
         return path.stat().st_dev
 
     if device(out_dir) != device(work_dir):
-        raise ValueError(f"work_dir {work_dir} and out_dir {out_dir} are on different "
+        raise DepthAttnError(f"work_dir {work_dir} and out_dir {out_dir} are on different "
                          f"filesystems; the shards are moved from one to the other: give a "
                          f"work_dir on the filesystem of out_dir")
 
 
-def _check_first_document(source: str, text_field: str, tasks: int) -> None:
-    """Read the first document now: a missing field or column, or text that is not UTF-8,
-    fails here rather than inside a task (on Slurm, in a job's log)."""
-    from depthattn.data.scale.reader import task_documents
-
-    next(task_documents(source, text_field, 0, tasks), None)
+def _check_documents(source: str, text_field: str, seed: int, val_fraction: float) -> None:
+    """Read the corpus until it shows a training and a validation document (the split's rule
+    needs names alone): a missing field or column, text that is not UTF-8, an empty corpus or
+    one too small for the split fail here rather than inside a task (on Slurm, in a job's log).
+    A corpus split so unevenly that the first million documents stay on one side is left to
+    the manifest stage's check."""
+    read, sides = 0, set()
+    for doc in iter_local_source(Path(source), text_field):  # as given: named so in errors
+        read += 1
+        if clean_text(doc.text):
+            sides.add(is_validation(seed, doc.name, val_fraction))
+            if len(sides) == 2 or read >= 1_000_000:
+                return
+    if not sides:
+        raise DepthAttnError(f"the corpus {source} is empty: {read} document(s), none with text")
+    side = "validation" if True in sides else "training"
+    raise DepthAttnError(
+        f"the corpus {source} is too small for val_fraction {val_fraction}: all of its "
+        f"{read} document(s) with text fall on the {side} side of the split (each is held out "
+        f"with probability val_fraction, by a hash of seed {seed} and its name); give more "
+        f"documents, another val_fraction or another seed")
 
 
 def _claim_work_dir(work_dir: Path, request: dict[str, Any]) -> None:
@@ -137,93 +156,30 @@ def _claim_work_dir(work_dir: Path, request: dict[str, Any]) -> None:
         held = read_json(path)
         if held != request:
             changed = sorted(k for k in set(held) | set(request) if held.get(k) != request.get(k))
-            raise ValueError(f"{work_dir} holds the work of another preparation (it differs in "
+            raise DepthAttnError(f"{work_dir} holds the work of another preparation (it differs in "
                              f"{', '.join(changed)}); delete it or give another work_dir")
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, request)
 
 
-def prepare_with_datatrove(
-    source: str | Path = DEFAULT_SOURCE,
-    out_dir: str | Path | None = None,
-    work_dir: str | Path | None = None,
-    tokenizer: str | Path | None = None,
-    vocab_size: int | None = None,
-    tasks: int = 1,
-    workers: int | None = None,
-    executor: str = "local",
-    slurm: SlurmOptions | None = None,
-    val_fraction: float = 0.05,
-    seed: int = 0,
-    text_field: str = "text",
-    near_duplicates: bool | None = None,
-    model_vocab_size: int | None = None,
-    shard_chars: int = 64 << 20,
-    tokenizer_sample_chars: int | None = None,
-    minhash_buckets: int | None = None,
-    minhash_hashes_per_bucket: int | None = None,
-) -> Path:
-    """Prepare `source` into out_dir (shards + manifest.json, as `prepare` writes them) with
-    datatrove; returns the manifest's path. With ``executor="slurm"`` the jobs are submitted and
-    the path is where the manifest appears once the last one has run.
+def run_datatrove(source: str, out_dir: Path, work_dir: str | Path | None, given,
+                  request: dict[str, Any], workers: int | None, executor: str,
+                  slurm: SlurmOptions | None) -> Path:
+    """Prepare the local corpus `source` into out_dir for `request` (built and checked by
+    `prepare`), with the `given` tokenizer or a BPE trained as `request["tokenizer"]` says;
+    returns the manifest's path. On Slurm it appears once the last job has run."""
+    from depthattn.data.engine.stages import Stage, build_stages
 
-    tasks: how many parts the corpus is read in (at most its number of files; a `datasets`
-        folder or the default corpus: any); workers: tasks at once on this machine (local;
-        default: the CPUs). work_dir: signatures, samples, task shards and logs (default
-        out_dir/.datatrove; on a cluster, a folder every node sees, as out_dir).
-    minhash_buckets, minhash_hashes_per_bucket: the LSH of the near-duplicate search (default
-        14 x 8); only with near duplicates.
-    The other arguments mean what they mean for `prepare`, except that the split holds each
-    document out with probability val_fraction (by a hash of seed and name) rather than
-    filling the share group by group, and near copies are those of datatrove's MinHash LSH
-    (word 3-grams; Jaccard, not `prepare`'s containment; no grouping of related documents).
-    Exact copies are dropped in every case.
-    """
-    from depthattn.data.pipeline import available_cpus
-
-    _require_datatrove()
-    started = time.time()
-    default = str(source) == DEFAULT_SOURCE
-    vocab_size, tokenizer_sample_chars = bpe_options(tokenizer, vocab_size,
-                                                     tokenizer_sample_chars)
-    # resolved: tasks may run in another working directory (a Slurm job's)
-    source = DEFAULT_SOURCE if default else str(Path(source).resolve())
-    check_arguments(source, 1 if workers is None else workers, val_fraction, seed, shard_chars,
-                    1, tokenizer_sample_chars)
-    near_duplicates = default if near_duplicates is None else near_duplicates
-    _check_engine_arguments(source, tasks, workers, executor, slurm,
-                            (minhash_buckets, minhash_hashes_per_bucket), near_duplicates)
-    workers = available_cpus() if workers is None else workers
-    given = load_tokenizer(tokenizer) if tokenizer is not None else None
-    check_tokenizer_choice(given, vocab_size, model_vocab_size)
-    if out_dir is None:
-        base = default_out_dir(source, tokenizer, vocab_size)
-        out_dir = base.with_name(f"{base.name}-datatrove{tasks}")
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir {out_dir} exists and is not a folder")
-    work_dir = Path(work_dir).resolve() if work_dir is not None else out_dir / ".datatrove"
-    _check_folders(source, out_dir, work_dir)
-    minhash = ({"n_grams": MINHASH_NGRAMS,
-                "num_buckets": minhash_buckets or MINHASH_BUCKETS,
-                "hashes_per_bucket": minhash_hashes_per_bucket or MINHASH_HASHES_PER_BUCKET}
-               if near_duplicates else None)
-    request: dict[str, Any] = {
-        "engine": "datatrove", "tasks": tasks,
-        "source": corpus.DEFAULT_SOURCE_ID if default else str(Path(source).resolve()),
-        "input": corpus.ARCHIVE_SHA256 if default else input_fingerprint(Path(source)),
-        "tokenizer": ({"train_vocab_size": vocab_size, "sample_chars": tokenizer_sample_chars}
-                      if given is None else {"sha256": tokenizer_sha256(given)}),
-        "val_fraction": val_fraction, "seed": seed, "text_field": text_field,
-        "near_duplicates": minhash, "shard_chars": shard_chars, "pack_version": PACK_VERSION,
-    }
+    launched_at = time.time()
+    out_dir = out_dir.resolve()
+    resolved = str(Path(source).resolve())  # tasks may run in another working directory
+    work_dir = Path(work_dir).resolve() if work_dir is not None else out_dir / WORK_DIR
+    _check_folders(resolved, out_dir, work_dir)
     manifest_file = out_dir / MANIFEST_NAME
     if is_prepared(out_dir, request):
         return manifest_file
-    if default:
-        corpus.load_default_corpus()  # downloaded once here, not by every task at once
-    _check_first_document(source, text_field, tasks)
+    _check_documents(source, request["text_field"], request["seed"], request["val_fraction"])
     if executor == "slurm":
         _refuse_while_jobs_run(work_dir)
     _claim_work_dir(work_dir, {**request, "out_dir": str(out_dir)})
@@ -235,16 +191,17 @@ def prepare_with_datatrove(
     else:
         _check_trained_tokenizer_folder(out_dir, request)
 
-    from depthattn.data.scale.stages import Stage, build_stages
-
+    trained = request["tokenizer"].get("train_vocab_size")
     stages: list[Stage] = build_stages(
-        source=source, text_field=text_field, out_dir=out_dir, work_dir=work_dir, tasks=tasks,
+        source=resolved, text_field=request["text_field"], out_dir=out_dir, work_dir=work_dir,
+        tasks=request["tasks"],
         train_tokenizer=given is None and not (out_dir / TOKENIZER_DIR).exists(),
-        vocab_size=vocab_size, tokenizer_record=_tokenizer_record(request),
-        sample_chars=tokenizer_sample_chars, seed=seed, val_fraction=val_fraction,
-        shard_chars=shard_chars, minhash=minhash, request=request, launched_at=started)
+        vocab_size=trained, tokenizer_record=_tokenizer_record(request),
+        sample_chars=request["tokenizer"].get("sample_chars"), seed=request["seed"],
+        val_fraction=request["val_fraction"], shard_chars=request["shard_chars"],
+        minhash=request["near_duplicates"], request=request, launched_at=launched_at)
     if executor == "local":
-        _run_locally(stages, work_dir, workers)
+        _run_locally(stages, work_dir, available_cpus() if workers is None else workers)
         if not manifest_file.exists():  # every task was marked done, but the outputs are gone
             raise FileNotFoundError(
                 f"the work folder {work_dir} says every task is done, but {manifest_file} is "
@@ -256,6 +213,12 @@ def prepare_with_datatrove(
     return manifest_file
 
 
+def available_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):  # respects taskset/cgroup limits, unlike cpu_count
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _tokenizer_record(request: dict[str, Any]) -> dict[str, Any]:
     """What a tokenizer trained here was trained on, kept beside it."""
     return {"engine": "datatrove", "tasks": request["tasks"], "input": request["input"],
@@ -264,14 +227,12 @@ def _tokenizer_record(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_trained_tokenizer_folder(out_dir: Path, request: dict[str, Any]) -> None:
-    from depthattn.data.scale.tokenizer_steps import TRAINING_RECORD
-
     folder = out_dir / TOKENIZER_DIR
     if folder.exists():
         record_path = folder / TRAINING_RECORD
         stored = read_json(record_path) if record_path.exists() else None
         if stored != _tokenizer_record(request):
-            raise ValueError(f"{folder} holds a tokenizer made for other inputs "
+            raise DepthAttnError(f"{folder} holds a tokenizer made for other inputs "
                              f"({stored or 'not trained here'}); use another out_dir or "
                              f"delete {out_dir}")
 
@@ -299,7 +260,7 @@ def _refuse_while_jobs_run(work_dir: Path) -> None:
     listed = subprocess.run(["squeue", "--noheader", "--format=%i", f"--jobs={','.join(ids)}"],
                             capture_output=True, text=True, check=False).stdout.split()
     if listed:
-        raise ValueError(f"the Slurm jobs {', '.join(listed)} of this preparation are still "
+        raise DepthAttnError(f"the Slurm jobs {', '.join(listed)} of this preparation are still "
                          f"queued or running; submit again once they have ended (scancel them "
                          f"to start over)")
 

@@ -18,12 +18,13 @@ from datatrove.pipeline.base import PipelineStep
 from tokenizers import Tokenizer
 
 from depthattn.data.files import remove_stale_temp_files
-from depthattn.data.pack import token_dtype
-from depthattn.data.scale.split import is_validation
+from depthattn.data.manifest import MAX_LISTED_DOCUMENTS
+from depthattn.data.split import is_validation
 from depthattn.data.tokenizer import (
     backend_json,
     eos_token_id,
     load_tokenizer,
+    token_dtype,
     tokenizer_sha256,
     tokenizer_vocab_size,
 )
@@ -33,7 +34,6 @@ from depthattn.utils.file_manifest import sha256_file
 TASKS_DIR = "tasks"
 SUMMARY = "summary.json"
 SPLITS = ("train", "validation")
-MAX_LISTED_DOCUMENTS = 10_000  # as `prepare`: document names are listed up to this many
 _BATCH_CHARS = 1 << 20  # characters of text encoded at once
 
 
@@ -87,7 +87,7 @@ class WriteTokenShards(PipelineStep):
 
         def encode() -> None:
             nonlocal batch_chars
-            # no BOS/EOS from a post-processor: the separators are placed here, as `prepare`
+            # no BOS/EOS from a post-processor: the separators are placed here
             encodings = backend.encode_batch_fast([t for _, t in batch], add_special_tokens=False)
             for (split, text), enc in zip(batch, encodings):
                 shard = split.current

@@ -18,15 +18,14 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from depthattn.data.prepared import TOKENIZER_DIR
-from depthattn.data.scale.split import is_validation, sample_draw
+from depthattn.data.prepared import TOKENIZER_DIR, TRAINING_RECORD
+from depthattn.data.split import is_validation, sample_draw
 from depthattn.data.tokenizer import save_tokenizer, train_bpe
 from depthattn.utils.atomic import atomic_dir, atomic_write, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = "tokenizer_sample"
-TRAINING_RECORD = "depthattn_training.json"  # as `prepare` writes beside a trained tokenizer
 
 
 def sample_file(work_dir: str | Path, rank: int) -> Path:
