@@ -29,7 +29,7 @@ from depthattn.hf.cache import DepthAttnCache
 from depthattn.model.cache import KVCache
 from depthattn.model.generate import generate as core_generate
 from tests.conftest import randomize_, tiny_config
-from tests.model.test_qwen3_parity import hf_model, ours_from
+from tests.model.test_decoder import hf_model, ours_from
 
 ATOL = 1e-5
 # Cached vs uncached generation: ten steps of float32 rounding in differently shaped attention

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from depthattn.model.mask import attention_mask_for
+from depthattn.model.attention import attention_mask_for
 from depthattn.ops.kv_quant import (
     STORAGE_DTYPE,
     check_kv_format,

@@ -13,11 +13,11 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.methods import build_method, resolve_config, set_depth_mix_impl
 from depthattn.methods.base import ForwardContext
+from depthattn.model.attention import attention_mask_for
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.config import ModelConfig
 from depthattn.model.looped import Application, LoopInjection, applications
-from depthattn.model.mask import attention_mask_for
 from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import RotaryEmbedding
 from depthattn.ops.chunked_cross_entropy import (

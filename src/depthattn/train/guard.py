@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from depthattn.utils.errors import DepthAttnError
 
-class NonFiniteTraining(RuntimeError):
+
+class NonFiniteTraining(DepthAttnError):
     """Too many non-finite steps in a row; the message names the step and the last good
     checkpoint."""
 
