@@ -156,7 +156,7 @@ def test_a_paper_only_run_prepares_no_corpus(mini_wheel, monkeypatch):
     def no_corpus(*args, **kwargs):
         raise AssertionError("a corpus was prepared for a paper-only run")
 
-    monkeypatch.setattr("depthattn.data.resolve.resolve_data", no_corpus)
+    monkeypatch.setattr("depthattn.data.prepare_text.resolve_data", no_corpus)
     _, args = parse_command(["--tasks", "depthattn_arc_easy", "--model", "hf"])
     (paper,) = args.include_path
     assert (Path(paper) / "depthattn_arc_easy.yaml").is_file()

@@ -13,8 +13,8 @@ import pytest
 
 from depthattn.data import corpus
 from depthattn.data.clean import clean_text
-from depthattn.data.files import sha256_file
 from depthattn.utils.errors import DepthAttnError
+from depthattn.utils.file_manifest import sha256_file
 
 
 def make_archive(path: Path, files: dict[str, str]) -> Path:

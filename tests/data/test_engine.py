@@ -17,12 +17,12 @@ from depthattn.cli import main
 from depthattn.data import TokenStream
 from depthattn.data.clean import clean_text
 from depthattn.data.engine.run import SlurmOptions
-from depthattn.data.engine.shard_writer import WriteTokenShards
+from depthattn.data.engine.shards import WriteTokenShards
 from depthattn.data.engine.tokenizer_steps import TokenizerSample, sample_file
 from depthattn.data.prepare_text import prepare
+from depthattn.data.prepared import verify_prepared
 from depthattn.data.split import is_validation, sample_draw
 from depthattn.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe
-from depthattn.data.verify import verify_prepared
 from tests.conftest import make_text
 
 VOCAB = 300
@@ -155,23 +155,23 @@ def test_the_tokenizer_sample_is_each_tasks_smallest_draws_of_training_documents
 
 
 def test_an_interrupted_manifest_stage_finds_its_moved_shards(corpus, tmp_path, monkeypatch):
-    from depthattn.data.engine import manifest_step
+    from depthattn.data.engine import shards
 
     folder, _, _ = corpus
     tok_path = save_tokenizer(train_bpe([make_text(i, 200) for i in range(8)], VOCAB),
                               tmp_path / "tok")
-    original = manifest_step.finish_prepared
+    original = shards.finish_prepared
 
     def fail_after_the_moves(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(manifest_step, "finish_prepared", fail_after_the_moves)
+    monkeypatch.setattr(shards, "finish_prepared", fail_after_the_moves)
     kwargs = {"out_dir": tmp_path / "out", "tokenizer": tok_path, "tasks": 2, "num_workers": 1}
     with pytest.raises(OSError, match="disk full"):
         prepare(folder, **kwargs)
     assert list((tmp_path / "out").glob("train-*.npy"))  # moved, not yet listed
     assert not (tmp_path / "out" / "manifest.json").exists()
-    monkeypatch.setattr(manifest_step, "finish_prepared", original)
+    monkeypatch.setattr(shards, "finish_prepared", original)
     verify_prepared(prepare(folder, **kwargs))
 
 
@@ -194,7 +194,7 @@ def test_outputs_removed_after_a_run_are_named(corpus, tmp_path):
 def test_the_ledger_refuses_a_corpus_that_changed_between_stages(tmp_path):
     from datatrove.data import Document
 
-    from depthattn.data.engine.ledger import DocumentLedger
+    from depthattn.data.engine.reader import DocumentLedger
 
     docs = [Document(text="x", id=f"d{i}") for i in range(5)]
     list(DocumentLedger(str(tmp_path), check=False).run(iter(docs), rank=3))

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from depthattn.data import prepare
-from depthattn.data.prepare_default import (
+from depthattn.data.corpus import (
     _trained_tokenizer,
     default_groups,
     tokenizer_sample,

@@ -27,7 +27,7 @@ import json, resource, sys
 from pathlib import Path
 
 from depthattn.data.engine import reader
-from depthattn.data.manifest import read_manifest
+from depthattn.data.prepared import read_manifest
 from depthattn.data.prepare_text import prepare
 
 args = json.loads(sys.argv[1])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from depthattn.data import TokenStream
+from depthattn.data.prepared import verify_prepared
 from depthattn.data.token_import import import_tokens
 from depthattn.data.tokenizer import save_tokenizer, train_bpe
-from depthattn.data.verify import verify_prepared
 from tests.conftest import make_text
 
 VOCAB = 300

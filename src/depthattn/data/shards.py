@@ -1,4 +1,5 @@
-"""Read-only access to one split of a prepared folder as a single memory-mapped token stream."""
+"""The `.npy` token shards: one split of a prepared folder read as a single memory-mapped stream,
+and the checks and writes the preparations share."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from depthattn.data.manifest import (
+from depthattn.data.prepared import (
     check_split,
     check_tokenizer_hash,
     manifest_path,
     read_manifest,
 )
 from depthattn.data.tokenizer import check_vocab_fits
+from depthattn.utils.atomic import atomic_write
 from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
@@ -36,20 +38,23 @@ def finished_length(path: Path, dtype: np.dtype) -> int | None:
     return int(array.shape[0])
 
 
-class TokenStream:
-    """The shards of one split, concatenated in order, without loading them into memory.
+def save_tokens(path: Path, tokens: np.ndarray) -> None:
+    """Write a shard atomically."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+            np.save(f, tokens, allow_pickle=False)
 
-    Windows may cross a shard boundary; that is no different from crossing a document boundary
-    inside a shard (documents are EOS-separated in both cases).
-    """
+    atomic_write(path, write)
+
+
+class TokenStream:
+    """The shards of one split, concatenated in order, memory-mapped (a window may cross a shard
+    boundary as it crosses a document boundary: both are EOS-separated)."""
 
     def __init__(self, path: str | Path, split: str = "train",
                  tokenizer_sha256: str | None = None, model_vocab_size: int | None = None) -> None:
-        """Open `split` of the prepared folder (or manifest) at `path`.
-
-        With `tokenizer_sha256`, refuse shards made by another tokenizer; with
-        `model_vocab_size`, refuse ids the model's embedding cannot hold.
-        """
+        """Open `split` of the prepared folder (or manifest) at `path`, refusing shards of another
+        tokenizer than `tokenizer_sha256` and ids beyond `model_vocab_size`, where given."""
         self.manifest_path = manifest_path(path)
         self.manifest = read_manifest(self.manifest_path)
         if tokenizer_sha256 is not None:

@@ -1,15 +1,7 @@
-"""Reading a user's corpus: a text file, a folder of .txt and .jsonl files, JSONL, or a `datasets` folder.
-
-Document boundaries matter because the split is by document:
-- a folder (searched recursively): each `.txt` file one document, each `.jsonl` file one
-  document per line, files in path order; other files are not read;
-- a `.jsonl` file: one document per line, from the field "text" (configurable);
-- a folder written by `datasets.Dataset.save_to_disk` (it has `dataset_info.json` or
-  `dataset_dict.json`): one document per row of column "text"; for a DatasetDict all splits
-  are read in order, since the split here is ours;
-- any other file is read as plain text, with documents separated by blank lines.
-
-Every kind is read as a stream (`iter_local_source`): one document in memory at a time.
+"""Reading a user's corpus as a stream of documents (the split is by document): a folder (its
+`.txt` files one document each, `.jsonl` files one per line, in path order), a `.jsonl` file (one
+per line, field "text"), a `datasets` folder (one per row, every split in order), or any other
+file as plain text (documents separated by blank lines).
 """
 
 from __future__ import annotations
@@ -18,6 +10,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.text_files import read_utf8
@@ -58,12 +51,8 @@ def _is_blank(line: str) -> bool:
 
 
 def iter_text_file(path: Path) -> Iterator[Document]:
-    """Paragraphs separated by blank lines (lines of spaces and tabs only), line by line.
-
-    Same documents as splitting the whole text on the pattern ``\\n[ \\t]*\\n(?:[ \\t]*\\n)*``:
-    a blank line separates only when a line precedes it, and a paragraph ends without the
-    newline before the blank line (the last one keeps its final newline).
-    """
+    """Paragraphs separated by blank lines (spaces and tabs only), read line by line: the
+    documents of splitting the whole text on ``\\n[ \\t]*\\n(?:[ \\t]*\\n)*``."""
     parts: list[str] = []
     first, index = True, 0
     for _, line in _utf8_lines(path):
@@ -123,23 +112,29 @@ def is_datasets_folder(path: Path) -> bool:
                               or (path / "dataset_dict.json").exists())
 
 
-def iter_datasets_folder(path: Path, field: str = "text",
-                         shard: tuple[int, int] | None = None) -> Iterator[Document]:
-    """One document per row; ``shard=(index, count)``: only that contiguous share of each
-    split's rows (as `Dataset.shard` cuts them), rows keeping their numbers."""
+def open_datasets_folder(path: Path, column: str, hint: str = "") -> list[tuple[str, Any]]:
+    """(split, Dataset) of a `datasets` folder (split "" for a single Dataset), memory-mapped;
+    refuses one without `column`."""
     try:
         import datasets  # optional dependency, only for this input kind
     except ImportError as e:
         raise ImportError(
             f"{path} is a Hugging Face `datasets` folder; reading it needs the `datasets` "
             f"package (pip install datasets)") from e
-    loaded = datasets.load_from_disk(str(path))  # memory-mapped Arrow files
-    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
-    for split, dataset in parts:
-        if field not in dataset.column_names:
+    loaded = datasets.load_from_disk(str(path))
+    parts = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    for _, dataset in parts:
+        if column not in dataset.column_names:
             raise DepthAttnError(
-                f"{path} has no column {field!r} (columns: {dataset.column_names})")
-    for split, dataset in parts:
+                f"{path} has no column {column!r} (columns: {dataset.column_names}){hint}")
+    return parts
+
+
+def iter_datasets_folder(path: Path, field: str = "text",
+                         shard: tuple[int, int] | None = None) -> Iterator[Document]:
+    """One document per row; ``shard=(index, count)``: only that contiguous share of each
+    split's rows (as `Dataset.shard` cuts them), rows keeping their numbers."""
+    for split, dataset in open_datasets_folder(path, field):
         prefix = f"{path.name}/{split}" if split else path.name
         i = 0
         if shard is not None:

@@ -1,13 +1,6 @@
-"""Deterministic train/validation splits, by document, from names and sizes alone.
-
-- grouped (the default corpus, `split_groups`): whole groups of related documents go to one
-  side, considered in the order of a hash of (seed, group name), until validation holds
-  `val_fraction` of the characters; so the split does not depend on how files were listed, and
-  one document more or less does not reshuffle the rest;
-- hashed (the datatrove engine, `is_validation`): each document is held out with probability
-  `val_fraction` by a hash of (seed, name), so every task decides for its own documents with
-  nothing shared; the expected share of characters is the same;
-- drawn (token imports, `held_out`): a fixed number of items drawn by the seed.
+"""Deterministic train/validation splits, by document, from names and sizes alone: grouped (the
+default corpus, `split_groups`), hashed per document (the datatrove engine, `is_validation`), or
+a number of items drawn by the seed (token imports, `held_out`); see docs/data.md.
 """
 
 from __future__ import annotations
@@ -30,15 +23,16 @@ def group_rank(seed: int, first_name: str) -> bytes:
     return hashlib.sha256(f"{seed}:{first_name}".encode()).digest()
 
 
-def validation_groups(sizes: Sequence[int], ranks: Sequence[bytes],
-                      val_fraction: float) -> set[int]:
-    """Indices of the groups that go to validation, from their sizes (characters) and ranks.
-
-    Validation gets about `val_fraction` of the characters, and at least one group; training
-    keeps at least one group.
-    """
+def check_val_fraction(val_fraction: float) -> None:
     if not 0 < val_fraction < 1:
         raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
+def validation_groups(sizes: Sequence[int], ranks: Sequence[bytes],
+                      val_fraction: float) -> set[int]:
+    """Indices of the groups that go to validation, taken in rank order, from their sizes
+    (characters): about `val_fraction` of the characters; at least one group on each side."""
+    check_val_fraction(val_fraction)
     if len(sizes) < 2:
         raise DepthAttnError(
             f"the corpus has {len(sizes)} independent document group(s) after its copies are "
@@ -99,8 +93,7 @@ def check_both_sides(train: int, validation: int, val_fraction: float) -> None:
 def held_out(count: int, val_fraction: float, seed: int, what: str) -> np.ndarray:
     """Sorted indices of the `count` items (files or documents) that go to validation:
     round(val_fraction * count) of them, at least one, and never all; drawn by `seed` alone."""
-    if not 0 < val_fraction < 1:
-        raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if count < 2:
         raise DepthAttnError(f"the input has {count} {what}; a split by {what} needs at least 2 "
                          f"(one for training, one for validation)")

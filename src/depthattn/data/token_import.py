@@ -1,20 +1,21 @@
 """`import_tokens`: pre-tokenized corpora -> the prepared folder training reads, without
-re-tokenizing (`depthattn prepare --tokens ...`).
+re-tokenizing (`depthattn prepare --tokens ...`; see docs/data.md).
 
-The tokenizer the ids came from must be given: it is copied into the folder (training and
-evaluation decode with it), and the inputs are checked against it before anything is written:
-the EOS id the files separate documents with must be the tokenizer's EOS token, token files
-must hold it somewhere (files made with another tokenizer rarely do), and every id must be below
-its vocabulary size. Validation holds out a fraction of the documents (EOS-delimited,
-or rows of a `datasets` folder) or of the input files, drawn by the seed.
+The inputs are checked against the given tokenizer before anything is written (its EOS id, found
+in the token files; every id below its vocabulary size). Shards are written straight from the
+memory-mapped inputs: documents lying back to back with their EOS between them are copied as
+one block, through a bounded buffer, hashed on the way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from depthattn.data.defaults import DEFAULT_SHARD_TOKENS, DEFAULT_TOKEN_COLUMN, SPLIT_BY
-from depthattn.data.files import cache_dir, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME, MAX_LISTED_DOCUMENTS
 from depthattn.data.prepared import (
+    MANIFEST_NAME,
+    MAX_LISTED_DOCUMENTS,
+    cache_dir,
     check_not_built_with_other,
     finish_prepared,
     is_prepared,
+    remove_stale_temp_files,
     store_given_tokenizer,
 )
-from depthattn.data.split import held_out
-from depthattn.data.token_shards import Documents, plan, write_shards
+from depthattn.data.shards import finished_length
+from depthattn.data.split import check_val_fraction, held_out
 from depthattn.data.token_sources import (
     TokenArray,
     check_inputs,
@@ -46,17 +49,20 @@ from depthattn.data.tokenizer import (
     load_tokenizer,
     token_dtype,
     tokenizer_sha256,
+    tokenizer_vocab_size,
 )
+from depthattn.utils.atomic import atomic_write
 from depthattn.utils.errors import DepthAttnError
+from depthattn.utils.file_manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 
 IMPORT_VERSION = 1  # bump when the shards for the same inputs change
+_BLOCK = 1 << 22  # tokens per write
 
 
 def _check_arguments(val_fraction: float, split_by: str, seed: int, shard_tokens: int) -> None:
-    if not 0 < val_fraction < 1:
-        raise DepthAttnError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if split_by not in SPLIT_BY:
         raise DepthAttnError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     if seed < 0:
@@ -139,6 +145,104 @@ def _names(arrays: list[TokenArray], docs: Documents, index: np.ndarray) -> list
     return [f"{arrays[a].name}:{int(i - first[a])}" for a, i in zip(docs.array[index], index)]
 
 
+@dataclass(frozen=True)
+class Documents:
+    """Every document of the inputs, in order: which array, and its span there."""
+
+    array: np.ndarray  # int32 index into the list of TokenArrays
+    start: np.ndarray  # int64
+    end: np.ndarray  # int64
+    separated: np.ndarray  # bool: EOS follows at `end` inside the array
+
+    @classmethod
+    def of(cls, arrays: Sequence[TokenArray]) -> Documents:
+        return cls(np.concatenate([np.full(len(a.starts), i, np.int32)
+                                   for i, a in enumerate(arrays)]),
+                   np.concatenate([a.starts for a in arrays]),
+                   np.concatenate([a.ends for a in arrays]),
+                   np.concatenate([a.separated for a in arrays]))
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def lengths(self, index: np.ndarray) -> np.ndarray:
+        """Tokens each document takes in a shard, EOS included."""
+        return self.end[index] - self.start[index] + 1
+
+
+def plan(docs: Documents, index: np.ndarray, shard_tokens: int) -> list[np.ndarray]:
+    """Split the documents `index` (in order) into shards: a shard takes the documents that
+    start within its `shard_tokens`; a document is never cut."""
+    if not len(index):
+        return []
+    lengths = docs.lengths(index)
+    first = np.cumsum(lengths) - lengths  # offset of each document in the split
+    _, shard = np.unique(first // shard_tokens, return_inverse=True)
+    bounds = np.flatnonzero(np.diff(shard)) + 1
+    return np.split(index, bounds)
+
+
+def _runs(docs: Documents, index: np.ndarray) -> list[tuple[int, int, int, bool]]:
+    """(array, start, end, separated) of maximal back-to-back runs of the documents `index`."""
+    a, s, e, sep = docs.array[index], docs.start[index], docs.end[index], docs.separated[index]
+    joined = (a[1:] == a[:-1]) & (s[1:] == e[:-1] + 1) & sep[:-1]
+    firsts = np.r_[0, np.flatnonzero(~joined) + 1]
+    lasts = np.r_[firsts[1:] - 1, len(index) - 1]
+    return [(int(a[f]), int(s[f]), int(e[la]), bool(sep[la])) for f, la in zip(firsts, lasts)]
+
+
+def _write(path: Path, arrays: Sequence[TokenArray], docs: Documents, index: np.ndarray,
+           dtype: np.dtype, eos_id: int, bar: tqdm) -> str:
+    """Write one shard; returns its sha256."""
+    n = int(docs.lengths(index).sum())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": (n,)})
+    digest = hashlib.sha256()
+    eos = np.array([eos_id], dtype)
+
+    def put(f, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=dtype).tobytes()  # ids < vocab: a safe cast
+        f.write(data)
+        digest.update(data)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header.getvalue())
+            digest.update(header.getvalue())
+            for array, start, end, separated in _runs(docs, index):
+                tokens = arrays[array].tokens
+                stop = end + 1 if separated else end  # the run's own trailing EOS, if it has one
+                for lo in range(start, stop, _BLOCK):
+                    put(f, tokens[lo:min(lo + _BLOCK, stop)])
+                    bar.update(min(lo + _BLOCK, stop) - lo)
+                if not separated:
+                    put(f, eos)
+
+    atomic_write(path, write)
+    return digest.hexdigest()
+
+
+def write_shards(out_dir: Path, names: Sequence[str], shards: Sequence[np.ndarray],
+                 arrays: Sequence[TokenArray], docs: Documents, dtype: np.dtype, eos_id: int,
+                 progress: bool = True) -> list[tuple[int, str]]:
+    """Write each shard not yet finished; returns (tokens, sha256) per shard."""
+    results = []
+    todo = sum(int(docs.lengths(s).sum()) for n, s in zip(names, shards)
+               if finished_length(out_dir / n, dtype) is None)
+    with tqdm(total=todo, unit="tok", unit_scale=True, desc="writing shards",
+              disable=not progress) as bar:
+        for name, index in zip(names, shards, strict=True):
+            path = out_dir / name
+            n = int(docs.lengths(index).sum())
+            if finished_length(path, dtype) == n:
+                results.append((n, sha256_file(path)))
+            else:
+                results.append((n, _write(path, arrays, docs, index, dtype, eos_id, bar)))
+    return results
+
+
 def import_tokens(
     inputs: list[str | Path],
     tokenizer: str | Path,
@@ -153,17 +257,11 @@ def import_tokens(
     progress: bool = True,
     model_vocab_size: int | None = None,
 ) -> Path:
-    """Write train/validation shards from token files; returns the path of manifest.json.
-
-    inputs: .npy / .bin files (flat ids, documents separated by `eos_id`) and `datasets`
-        folders (one document per row of `column`), read in the given order.
-    tokenizer: the tokenizer.json (or Hugging Face tokenizer folder) the ids come from.
-    eos_id: the separator in the files (default: the tokenizer's EOS id; must equal it).
-    dtype: of .bin files, uint16 (default, nanoGPT's) or uint32; for .npy, a check.
-    val_fraction, split_by, seed: hold out that fraction of the documents or of the files.
-    shard_tokens: tokens per output shard (a document is never cut).
-    model_vocab_size: if given, refuse before reading unless the tokenizer's ids fit the model.
-    """
+    """Write train/validation shards from `inputs` (in order: .npy / .bin files of flat ids
+    separated by `eos_id`, default and must be the tokenizer's EOS; `datasets` folders, a
+    document per row of `column`) made with `tokenizer`; returns the path of manifest.json.
+    dtype: of .bin files (default uint16), a check for .npy; split_by: hold out a fraction of
+    the "documents" or of the "files"; shard_tokens: per shard (a document is never cut)."""
     started = time.perf_counter()
     paths = [Path(p) for p in inputs]
     _check_arguments(val_fraction, split_by, seed, shard_tokens)
@@ -171,7 +269,7 @@ def import_tokens(
     tok = load_tokenizer(tokenizer)
     eos = _check_eos(tok, eos_id)
     sha = tokenizer_sha256(tok)
-    vocab = max(len(tok), max(tok.get_vocab().values()) + 1)
+    vocab = tokenizer_vocab_size(tok)
     if model_vocab_size is not None:
         check_vocab_fits(vocab, model_vocab_size)
     out_dir = Path(out_dir) if out_dir is not None else default_tokens_out_dir(paths, sha)
@@ -206,8 +304,7 @@ def import_tokens(
 
     # --- tokenizer, shards, then the manifest ---
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in remove_stale_temp_files(out_dir):
-        logger.info("removed %s, left by an interrupted run", path.name)
+    remove_stale_temp_files(out_dir)
     store_given_tokenizer(out_dir, tok)
     tag = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     splits = {}

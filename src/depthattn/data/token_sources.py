@@ -1,12 +1,6 @@
-"""Pre-tokenized inputs, read memory-mapped: `.npy`, raw `.bin`, and `datasets` token folders.
-
-- `.npy` (1-D uint16/uint32) and `.bin` (nanoGPT's format: the raw ids, no header) are flat
-  streams in which documents are separated by the EOS id (a trailing EOS is optional);
-- a folder written by `datasets.Dataset.save_to_disk` holds one document per row, in a column of
-  token-id lists; a row's own trailing EOS is not doubled.
-
-Each input becomes `TokenArray`s: a memory-mapped array and the [start, end) spans of its
-documents. Reading touches the data once, in chunks, so memory does not grow with the corpus.
+"""Pre-tokenized inputs, read memory-mapped: `.npy` and nanoGPT's raw `.bin` (flat ids, documents
+separated by the EOS id) and `datasets` token folders (one document per row). Each becomes
+`TokenArray`s: the array and the spans of its documents, read once in chunks.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from depthattn.data.defaults import TOKEN_DTYPES
-from depthattn.data.sources import is_datasets_folder
+from depthattn.data.sources import is_datasets_folder, open_datasets_folder
 from depthattn.utils.errors import DepthAttnError
 
 logger = logging.getLogger(__name__)
@@ -99,16 +93,10 @@ def flat_documents(name: str, tokens: np.ndarray, eos: np.ndarray) -> TokenArray
 
 
 def _integer_list_chunks(path: Path, column: str):
-    import datasets  # optional dependency, only for this input kind
     import pyarrow as pa
 
-    loaded = datasets.load_from_disk(str(path))
-    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
-    for split, dataset in parts:
-        if column not in dataset.column_names:
-            raise DepthAttnError(f"{path} has no column {column!r} (columns: "
-                             f"{dataset.column_names}); give the token column with "
-                             f"--token-column")
+    for split, dataset in open_datasets_folder(path, column, "; give the token column with "
+                                               "--token-column"):
         col = dataset.data.table.column(column)  # memory-mapped arrow, no copy
         kind = col.type
         if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) \

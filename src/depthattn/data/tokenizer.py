@@ -1,10 +1,5 @@
-"""Byte-level BPE tokenizer: train on the corpus, save/load as tokenizer.json, hash for manifests.
-
-A trained tokenizer is saved as a Hugging Face tokenizer folder (tokenizer.json plus
-tokenizer_config.json), so `AutoTokenizer.from_pretrained(folder)` and lm-eval load it as they
-load any model's tokenizer. Any local Hugging Face tokenizer folder (e.g. a Qwen3 checkpoint's)
-is accepted in its place, as long as it is a fast tokenizer (has a tokenizer.json).
-"""
+"""Byte-level BPE tokenizer: trained on the corpus, saved as a Hugging Face tokenizer folder,
+hashed for manifests; any local fast (tokenizer.json) Hugging Face tokenizer is accepted instead."""
 
 from __future__ import annotations
 
@@ -103,11 +98,8 @@ def backend_json(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 of the canonical tokenizer.json: same ids, same hash.
-
-    Padding and truncation settings live in tokenizer.json too but change no token id, and
-    transformers toggles them at call time, so they are left out.
-    """
+    """sha256 of the canonical tokenizer.json: same ids, same hash (padding and truncation,
+    which transformers toggles at call time and which change no id, left out)."""
     spec = json.loads(backend_json(tokenizer))
     spec.pop("padding", None)
     spec.pop("truncation", None)
@@ -124,13 +116,13 @@ def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Number of ids the tokenizer can emit (base vocabulary plus added tokens)."""
-    return len(tokenizer)
+    """Number of ids the tokenizer can emit (base vocabulary plus added tokens, or one past
+    its largest id where that is more)."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The dtype of the shards' ids: uint16 holds ids below 65536; larger vocabularies need
-    uint32."""
+    """The dtype of the shards' ids: uint16 below 65536 ids, else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 

@@ -22,8 +22,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from depthattn.data.files import cache_dir
-from depthattn.data.manifest import manifest_path
+from depthattn.data.prepared import cache_dir, manifest_path
 from depthattn.eval.tasks import (
     CORPUS_TASKS,
     NOT_OFFLINE,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from depthattn.analysis.plots import plot_final_bars, plot_val_curves
-from depthattn.data.resolve import resolve_data
+from depthattn.data.prepare_text import resolve_data
 from depthattn.experiments.tables import Results, method_rows, pairwise, render_markdown
 from depthattn.methods.registry import get_method
 from depthattn.train import train

@@ -109,7 +109,7 @@ class RunDir:
         (the same tokens: preparation is deterministic), else None when not on this machine."""
         # imported here: the data package loads transformers' tokenizers, which reading a run's
         # model (serialization, `import depthattn`) must not pay for
-        from depthattn.data.resolve import find_prepared, resolve_data
+        from depthattn.data.prepare_text import find_prepared, resolve_data
         from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
 
         if not self.is_run():

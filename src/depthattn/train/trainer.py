@@ -3,7 +3,7 @@ atomic checkpoints; ``resume=True`` continues a run exactly (same batches, same 
 after the process was killed at any point (it restarts from the newest checkpoint that
 verifies). SIGTERM / SIGINT write a checkpoint and stop (``signals``); a non-finite step is
 skipped (``guard``); memory, disk, data and tokenizer are checked before any work
-(``preflight``, ``depthattn.data.verify``); one process at a time trains a run (``lock``).
+(``preflight``, ``depthattn.data.prepared``); one process at a time trains a run (``lock``).
 
 ``Trainer.__init__`` sets a run up (data, model, optimizer, the checkpoint it resumes from),
 ``Trainer.train_step`` is one optimizer step, ``Trainer.train`` the loop around it that logs,
@@ -32,10 +32,10 @@ from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 from depthattn.data.loader import IGNORE_INDEX, TrainBatches, ValidationBatches
-from depthattn.data.resolve import resolve_data
+from depthattn.data.prepared import verify_prepared
+from depthattn.data.prepare_text import resolve_data
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import check_vocab_fits
-from depthattn.data.verify import verify_prepared
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity, nll_result
 from depthattn.io import model_from_state, save_model
 from depthattn.model.decoder import CausalLM

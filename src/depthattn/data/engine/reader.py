@@ -1,14 +1,15 @@
 """The first steps of every datatrove stage that reads the corpus: this task's share of the
-documents, read as `depthattn.data.sources` reads them, then cleaned (`clean.clean_text`).
+documents, read as `depthattn.data.sources` reads them and cleaned, then the ledger that checks
+each stage reads the same ones (datatrove's dedup filters name documents by their position).
 
-Tasks share a corpus by file: a folder's files (`sources.folder_files`: its `.txt` and `.jsonl`
-files, sorted by path) go to tasks in turn, and a `datasets` folder by contiguous row ranges
-(`Dataset.shard`). A single text or JSONL file cannot be shared: task 0 reads it all. Every stage that reads the corpus must see the same documents in the same
-order in each task, since datatrove's MinHash filter names documents by their position there.
+Tasks share a folder by file (in turn, sorted by path), a `datasets` folder by contiguous row
+ranges (`Dataset.shard`); a single text or JSONL file goes to task 0 whole.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from depthattn.data.sources import (
     iter_folder,
     iter_local_source,
 )
+from depthattn.utils.atomic import write_json_atomic
+
+LEDGER_DIR = "ledger"
 
 
 def shareable_parts(source: str) -> int:
@@ -70,3 +74,39 @@ class ReadCorpus(PipelineStep):
                 continue
             with self.track_time():
                 yield TroveDocument(text=text, id=doc.name)
+
+
+def ledger_file(work_dir: str | Path, rank: int) -> Path:
+    return Path(work_dir) / LEDGER_DIR / f"{rank:05d}.json"
+
+
+class DocumentLedger(PipelineStep):
+    """Pass-through: how many documents, and a hash of their names in order (written by the
+    first stage, checked by the shards stage)."""
+
+    name = "🧾 document ledger"
+    type = "📖 - READER"
+
+    def __init__(self, work_dir: str, check: bool) -> None:
+        super().__init__()
+        self.work_dir, self.check = work_dir, check
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1
+            ) -> DocumentsPipeline:
+        path = ledger_file(self.work_dir, rank)
+        expected = json.loads(path.read_text()) if self.check else None
+        digest, count = hashlib.sha256(), 0
+        for doc in data:
+            digest.update(doc.id.encode() + b"\n")
+            count += 1
+            yield doc
+        seen = {"documents": count, "names_sha256": digest.hexdigest()}
+        if not self.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, seen)
+        elif seen != expected:
+            raise RuntimeError(
+                f"task {rank} read other documents than in the first stage ({seen['documents']} "
+                f"now, {expected['documents']} then; names differ: "
+                f"{seen['names_sha256'] != expected['names_sha256']}): the corpus changed "
+                f"between the stages; delete {self.work_dir} and prepare again")

@@ -1,12 +1,6 @@
-"""`run_datatrove`: the stages of `depthattn.data.engine`, built and run on a datatrove
-executor: locally, one stage after the other, or submitted to Slurm as a chain of array jobs,
-each depending on the one before. `prepare` checks the arguments (`check_engine_arguments`)
-before any work.
-
-A rerun of the same command resumes: datatrove skips the tasks it marked complete in the work
-folder, and a finished manifest with the same request returns at once. The work folder belongs
-to one request (`request.json`); another one is refused rather than mixed in.
-"""
+"""`run_datatrove`: the stages of `depthattn.data.engine`, run locally one after the other, or
+submitted to Slurm as a chain of array jobs. A rerun resumes (datatrove skips the tasks it marked
+complete); the work folder belongs to one request (`request.json`), another is refused."""
 
 from __future__ import annotations
 
@@ -22,12 +16,13 @@ from typing import Any
 
 from depthattn.data.clean import clean_text
 from depthattn.data.engine.reader import shareable_parts
-from depthattn.data.files import read_json, remove_stale_temp_files
-from depthattn.data.manifest import MANIFEST_NAME
 from depthattn.data.prepared import (
+    MANIFEST_NAME,
     TOKENIZER_DIR,
-    TRAINING_RECORD,
+    has_trained_tokenizer,
     is_prepared,
+    read_json,
+    remove_stale_temp_files,
     store_given_tokenizer,
 )
 from depthattn.data.sources import iter_local_source
@@ -128,11 +123,9 @@ def _check_folders(source: str, out_dir: Path, work_dir: Path) -> None:
 
 
 def _check_documents(source: str, text_field: str, seed: int, val_fraction: float) -> None:
-    """Read the corpus until it shows a training and a validation document (the split's rule
-    needs names alone): a missing field or column, text that is not UTF-8, an empty corpus or
-    one too small for the split fail here rather than inside a task (on Slurm, in a job's log).
-    A corpus split so unevenly that the first million documents stay on one side is left to
-    the manifest stage's check."""
+    """Read the corpus until it shows a training and a validation document, so that a bad
+    field, non-UTF-8 text or a corpus too small for the split fail here, not inside a task
+    (beyond a million documents on one side, the manifest stage's check decides)."""
     read, sides = 0, set()
     for doc in iter_local_source(Path(source), text_field):  # as given: named so in errors
         read += 1
@@ -166,9 +159,8 @@ def _claim_work_dir(work_dir: Path, request: dict[str, Any]) -> None:
 def run_datatrove(source: str, out_dir: Path, work_dir: str | Path | None, given,
                   request: dict[str, Any], workers: int | None, executor: str,
                   slurm: SlurmOptions | None) -> Path:
-    """Prepare the local corpus `source` into out_dir for `request` (built and checked by
-    `prepare`), with the `given` tokenizer or a BPE trained as `request["tokenizer"]` says;
-    returns the manifest's path. On Slurm it appears once the last job has run."""
+    """Prepare the local corpus `source` into out_dir for `request` (checked by `prepare`);
+    returns the manifest's path (on Slurm, where it appears once the last job has run)."""
     from depthattn.data.engine.stages import Stage, build_stages
 
     launched_at = time.time()
@@ -184,12 +176,11 @@ def run_datatrove(source: str, out_dir: Path, work_dir: str | Path | None, given
         _refuse_while_jobs_run(work_dir)
     _claim_work_dir(work_dir, {**request, "out_dir": str(out_dir)})
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in remove_stale_temp_files(out_dir):
-        logger.info("removed %s, left by an interrupted run", path.name)
+    remove_stale_temp_files(out_dir)
     if given is not None:
         store_given_tokenizer(out_dir, given)
     else:
-        _check_trained_tokenizer_folder(out_dir, request)
+        has_trained_tokenizer(out_dir, _tokenizer_record(request))
 
     trained = request["tokenizer"].get("train_vocab_size")
     stages: list[Stage] = build_stages(
@@ -224,17 +215,6 @@ def _tokenizer_record(request: dict[str, Any]) -> dict[str, Any]:
     return {"engine": "datatrove", "tasks": request["tasks"], "input": request["input"],
             "text_field": request["text_field"], "seed": request["seed"],
             "val_fraction": request["val_fraction"], **request["tokenizer"]}
-
-
-def _check_trained_tokenizer_folder(out_dir: Path, request: dict[str, Any]) -> None:
-    folder = out_dir / TOKENIZER_DIR
-    if folder.exists():
-        record_path = folder / TRAINING_RECORD
-        stored = read_json(record_path) if record_path.exists() else None
-        if stored != _tokenizer_record(request):
-            raise DepthAttnError(f"{folder} holds a tokenizer made for other inputs "
-                             f"({stored or 'not trained here'}); use another out_dir or "
-                             f"delete {out_dir}")
 
 
 def _run_locally(stages, work_dir: Path, workers: int) -> None:

@@ -1,8 +1,19 @@
-"""The stages of a preparation on datatrove (see the package doc): which steps, over how many
-tasks, reading and writing which folders."""
+"""The stages of a preparation on datatrove, each a pipeline over N tasks or one:
+
+1. signatures (N): read + clean -> ledger -> [tokenizer sample] -> MinHash signatures;
+2. buckets (one task per MinHash band): duplicate pairs;
+3. clusters (1): the documents to drop;
+4. tokenizer (1, when none is given): the BPE on the tasks' samples;
+5. shards (N): read + clean -> ledger check -> drop copies -> split -> token shards;
+6. manifest (1): the shards under their final names, then manifest.json.
+
+Without near-duplicate removal, datatrove's exact-dedup stages take the place of 1-3 and of the
+filter in 5: exact copies are dropped either way. MinHash's words are `spelling_words`.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +34,44 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupSignature,
 )
 from datatrove.utils.hashing import HashConfig
+from datatrove.utils.word_tokenizers import WordTokenizer
 
-from depthattn.data.engine.ledger import DocumentLedger
-from depthattn.data.engine.manifest_step import WriteManifest
-from depthattn.data.engine.reader import ReadCorpus
-from depthattn.data.engine.shard_writer import WriteTokenShards
+from depthattn.data.engine.reader import DocumentLedger, ReadCorpus
+from depthattn.data.engine.shards import WriteManifest, WriteTokenShards
 from depthattn.data.engine.tokenizer_steps import TokenizerSample, TrainTokenizer
-from depthattn.data.engine.words import SpellingWords
 from depthattn.data.prepared import TOKENIZER_DIR
 
 # sha1, not datatrove's default xxhash: xxhash >= 4 refuses the str datatrove 0.10 passes it
 HASHES = HashConfig(precision=64, hash_fc="sha1")
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[a-z]+")
+_DOUBLE = re.compile(r"(.)\1")
+_OLD_LETTERS = str.maketrans("vj", "ui")  # early modern printing used u/v and i/j alike
+
+
+def spelling_words(text: str) -> list[str]:
+    """Lower-case letter words by spelling key, so a First Folio's words meet their modern
+    spelling: u/v and i/j merged, a final e dropped, doubled letters undoubled ("Heauen" ->
+    "heaun", "heaven" -> "heavn"; "selfe" -> "self")."""
+    return [_DOUBLE.sub(r"\1", w.rstrip("e"))
+            for w in _WORD.findall(text.lower().translate(_OLD_LETTERS))]
+
+
+class SpellingWords(WordTokenizer):
+    """datatrove's English word tokenizers need spaCy or NLTK and their data."""
+
+    def __init__(self) -> None:
+        super().__init__("en")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return spelling_words(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s for s in _SENTENCE_END.split(text) if s]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"[^.!?]+[.!?]*", text)]
 
 
 def document_text(doc: TroveDocument) -> str:

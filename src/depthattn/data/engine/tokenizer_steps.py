@@ -1,10 +1,7 @@
-"""The tokenizer at scale: each task keeps a hash-drawn sample of its training documents
-(`TokenizerSample`, a pass-through step of the first stage), and one task trains the BPE on the
-samples of all (`TrainTokenizer`).
-
-Each task's sample is its training documents of smallest `split.sample_draw`, up to
-ceil(sample_chars / tasks) characters (the last one cut), held in a heap of at most that many
-characters; so the tokenizer sees at most `sample_chars` characters, spread over the corpus."""
+"""The tokenizer at scale: each task keeps a sample of its training documents (`TokenizerSample`,
+a pass-through step of the first stage: those of smallest `split.sample_draw`, up to
+ceil(sample_chars / tasks) characters, the last one cut), and one task trains the BPE on the
+samples of all (`TrainTokenizer`)."""
 
 from __future__ import annotations
 
@@ -18,10 +15,10 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from depthattn.data.prepared import TOKENIZER_DIR, TRAINING_RECORD
+from depthattn.data.prepared import TOKENIZER_DIR, save_trained_tokenizer
 from depthattn.data.split import is_validation, sample_draw
-from depthattn.data.tokenizer import save_tokenizer, train_bpe
-from depthattn.utils.atomic import atomic_dir, atomic_write, write_json_atomic
+from depthattn.data.tokenizer import train_bpe
+from depthattn.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +97,7 @@ class TrainTokenizer(PipelineStep):
                                     f"not finish")
         with self.track_time():
             tokenizer = train_bpe(_sample_texts(self.work_dir, self.tasks), self.vocab_size)
-
-        def write(staging: Path) -> None:
-            save_tokenizer(tokenizer, staging)
-            write_json_atomic(staging / TRAINING_RECORD, self.record)
-
-        atomic_dir(folder, write, replace=True)
+        save_trained_tokenizer(folder, tokenizer, self.record, replace=True)
         logger.info("trained the tokenizer on the samples of %d tasks into %s", self.tasks,
                     folder)
         return

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from depthattn.data.files import cache_dir, sha256_file, sha256_text
-from depthattn.data.manifest import manifest_path
+from depthattn.data.prepared import cache_dir, manifest_path, sha256_text
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import load_tokenizer
 from depthattn.utils.atomic import write_text_atomic
 from depthattn.utils.errors import DepthAttnError
+from depthattn.utils.file_manifest import sha256_file
 
 CORPUS_TASKS = ("corpus_cloze", "corpus_continuation")
 FORMAT_VERSION = 1

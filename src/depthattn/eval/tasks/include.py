@@ -46,7 +46,7 @@ def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
     on first use. data: the corpus the corpus tasks come from (default: the default corpus,
     prepared as `depthattn prepare` does)."""
     from depthattn.data.defaults import DEFAULT_SOURCE
-    from depthattn.data.resolve import resolve_data
+    from depthattn.data.prepare_text import resolve_data
     from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
     from depthattn.eval.tasks.corpus import ensure_corpus_tasks
     from depthattn.eval.tasks.paper import ensure_paper_tasks

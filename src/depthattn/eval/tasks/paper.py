@@ -20,9 +20,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from depthattn.data.files import cache_dir, sha256_file, sha256_text
+from depthattn.data.prepared import cache_dir, sha256_text
 from depthattn.utils.atomic import write_bytes_atomic, write_text_atomic
 from depthattn.utils.errors import DepthAttnError
+from depthattn.utils.file_manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from depthattn.data import prepare, train_bpe
-from depthattn.data.verify import verify_prepared
+from depthattn.data.prepared import verify_prepared
 
 
 @pytest.fixture
