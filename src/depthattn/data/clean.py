@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-# Gutenberg files open with "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***" and close with
-# "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***"; the licence text lies outside the markers.
-# Older files write "THE" instead of "THIS" and vary the number of stars, hence the loose pattern.
+# "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***" ... "*** END OF ...": the licence lies
+# outside; older files write "THE" for "THIS" and vary the stars, hence the loose pattern.
 _START = re.compile(r"^\*{3,}\s*START OF.*$", re.MULTILINE | re.IGNORECASE)
 _END = re.compile(r"^\*{3,}\s*END OF.*$", re.MULTILINE | re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n{4,}")

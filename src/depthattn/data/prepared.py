@@ -3,11 +3,9 @@ and the steps every preparation shares (one tokenizer per folder, no shards of e
 
     manifest.json                      written last: its presence means "finished"
     tokenizer/tokenizer.json, ...      the tokenizer that produced the ids
-    train-00000-<fingerprint>.npy      flat token ids, documents separated by EOS
-    validation-00000-<fingerprint>.npy
+    train-00000-<fingerprint>.npy      flat token ids, documents separated by EOS (validation-...)
 
-Every file is written atomically (``depthattn.utils.atomic``), so a file with its final name is
-complete. The manifest's fields are described in docs/data.md.
+Every file is written atomically (``depthattn.utils.atomic``): one with its final name is complete.
 """
 
 from __future__ import annotations

@@ -24,11 +24,6 @@ class Document:
     text: str
 
 
-def _read_text(path: Path) -> str:
-    # strict: text decoded with replacement characters would train on garbage without a word
-    return read_utf8(path, "corpus file")
-
-
 def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line with its "\\n") of a UTF-8 file, split on "\\n" only, as reading the
     whole file and splitting would: JSON strings may hold U+2028 and other characters that
@@ -89,7 +84,7 @@ def iter_folder(path: Path, text_field: str = "text",
             for doc in iter_jsonl(p, text_field):
                 yield Document(name=f"{name}:{doc.name.rpartition(':')[2]}", text=doc.text)
         else:
-            yield Document(name=name, text=_read_text(p))
+            yield Document(name=name, text=read_utf8(p, "corpus file"))  # strict, not replaced
 
 
 def iter_jsonl(path: Path, field: str = "text") -> Iterator[Document]:

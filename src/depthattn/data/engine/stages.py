@@ -8,7 +8,7 @@
 6. manifest (1): the shards under their final names, then manifest.json.
 
 Without near-duplicate removal, datatrove's exact-dedup stages take the place of 1-3 and of the
-filter in 5: exact copies are dropped either way. MinHash's words are `spelling_words`.
+filter in 5: exact copies are dropped either way. MinHash's words are `SpellingWords`.
 """
 
 from __future__ import annotations
@@ -50,22 +50,18 @@ _DOUBLE = re.compile(r"(.)\1")
 _OLD_LETTERS = str.maketrans("vj", "ui")  # early modern printing used u/v and i/j alike
 
 
-def spelling_words(text: str) -> list[str]:
+class SpellingWords(WordTokenizer):
     """Lower-case letter words by spelling key, so a First Folio's words meet their modern
     spelling: u/v and i/j merged, a final e dropped, doubled letters undoubled ("Heauen" ->
-    "heaun", "heaven" -> "heavn"; "selfe" -> "self")."""
-    return [_DOUBLE.sub(r"\1", w.rstrip("e"))
-            for w in _WORD.findall(text.lower().translate(_OLD_LETTERS))]
-
-
-class SpellingWords(WordTokenizer):
-    """datatrove's English word tokenizers need spaCy or NLTK and their data."""
+    "heaun", "heaven" -> "heavn"; "selfe" -> "self"). (datatrove's own English word
+    tokenizers need spaCy or NLTK and their data.)"""
 
     def __init__(self) -> None:
         super().__init__("en")
 
     def word_tokenize(self, text: str) -> list[str]:
-        return spelling_words(text)
+        return [_DOUBLE.sub(r"\1", w.rstrip("e"))
+                for w in _WORD.findall(text.lower().translate(_OLD_LETTERS))]
 
     def sent_tokenize(self, text: str) -> list[str]:
         return [s for s in _SENTENCE_END.split(text) if s]
