@@ -40,8 +40,7 @@ import json, resource, sys, time
 from datatrove.utils.logging import logger
 logger.remove()  # the per-task logs, not the measurement
 from depthattn.data.prepare_text import prepare
-from depthattn.data.prepared import read_manifest
-from depthattn.data.prepared import verify_prepared
+from depthattn.data.prepared import read_manifest, verify_prepared
 started = time.perf_counter()
 manifest = prepare(sys.argv[1], out_dir=sys.argv[2], num_workers=int(sys.argv[3]),
                    tasks=int(sys.argv[4]), progress=False)
