@@ -1,15 +1,6 @@
-"""`depthattn eval RUN_OR_DIR --tasks ...`: zero-shot accuracy through lm-evaluation-harness.
-
-    from depthattn.eval.zeroshot import evaluate_zeroshot
-    rows = evaluate_zeroshot("runs/tiny", "paper", limit=50, out_dir="runs/tiny/zeroshot")
-
-Task names (see depthattn.eval.tasks): "paper" = arc_easy, arc_challenge, hellaswag, piqa, sciq,
-winogrande, lambada, run offline with lm-eval's stock definitions on local copies of their data;
-corpus_cloze / corpus_continuation, built from the run's held-out documents; any other lm-eval
-task name, whose dataset then comes from the Hugging Face cache or network.
-
-Every check (task names, tokenizer against the model, the data behind each task) runs before
-any document is scored.
+"""`depthattn eval RUN_OR_DIR --tasks ...`: zero-shot accuracy through lm-evaluation-harness
+(task names: depthattn.eval.tasks). Every check (task names, tokenizer against the model, the
+data behind each task) runs before any document is scored.
 """
 
 from __future__ import annotations

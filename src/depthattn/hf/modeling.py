@@ -1,11 +1,8 @@
-"""``DepthAttnForCausalLM``: the core decoder as a Hugging Face ``PreTrainedModel``.
+"""``DepthAttnForCausalLM``: the core decoder as a Hugging Face ``PreTrainedModel`` (docs/design.md).
 
-No second copy of the model (architecture decision 1): ``self.model`` is the core ``Decoder``
-and ``self.lm_head`` the same ``nn.Linear`` as in ``CausalLM``, so parameter names are Qwen3's
-(``model.embed_tokens.weight``, ..., ``lm_head.weight``). ``forward`` takes
-``Qwen3ForCausalLM.forward``'s arguments with their meaning, and ``generate`` is transformers'
-own: its cache is a ``DepthAttnCache`` (a ``transformers.Cache`` holding Depth-Attention's mixed
-values), which generate creates, reorders for beam search and grows.
+No second copy of the model: ``self.model`` is the core ``Decoder`` and ``self.lm_head`` the
+same ``nn.Linear`` as in ``CausalLM``, so parameter names are Qwen3's. ``forward`` takes
+``Qwen3ForCausalLM.forward``'s arguments; ``generate`` is transformers' own, with our cache.
 """
 
 from __future__ import annotations
