@@ -135,20 +135,17 @@ def cost_report(config: ModelConfig, seq_len: int | None = None, dtype: str = "b
                       backbone=backbone_cost(config, seq_len), added=method_cost(config))
 
 
-# --- printing ------------------------------------------------------------------------------------
+def _short(n: float, sep: str = "") -> str:
+    """1234567 → '1.23M' (``sep`` between number and suffix)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{sep}{suffix}"
+    return f"{n:.3g}"
+
+
 def _count(n: float) -> str:
     """1234567 → '1,234,567 (1.23 M)'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n:,.0f} ({n / scale:.3g} {suffix})"
-    return f"{n:,.0f}"
-
-
-def _short(n: float) -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
+    return f"{n:,.0f}" + (f" ({_short(n, ' ')})" if abs(n) >= 1e3 else "")
 
 
 def format_cost_report(report: CostReport) -> str:

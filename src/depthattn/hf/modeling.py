@@ -66,7 +66,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    # --- the core model, sharing these modules -----------------------------------------------
     def core(self) -> CausalLM:
         """A ``CausalLM`` whose ``model`` and ``lm_head`` ARE this model's modules (no copy), for
         the core API: ``generate``, ``KVCache.for_model``, ``capture_depth_weights``..."""
@@ -124,7 +123,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                              f"loop_injection it was trained with")
         return (model, info) if want_info else model
 
-    # --- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
@@ -203,7 +201,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             return attention_mask
         return static_padding_mask(attention_mask, cache.max_len)
 
-    # --- generation: transformers' own, with our cache ------------------------------------------
     def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict,
                                       *args: Any, **kwargs: Any) -> Any:
         """transformers prepares a ``DynamicCache`` or, with ``cache_implementation="static"``,
@@ -230,7 +227,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                                  f"cache_implementation unset")
         return result
 
-    # --- activation checkpointing: the core's -------------------------------------------------
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func: Callable = checkpoint,
                                     every_n_layers: int = 1) -> None:

@@ -54,6 +54,16 @@ def resolve_task_names(tasks: str | list[str], lm_eval_tasks: list[str] | None =
     return out
 
 
+def resolve_tasks(tasks: str | list[str]) -> list[str]:
+    """``resolve_task_names`` against lm-eval's index, built (seconds) only for a name not ours."""
+    requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    if all(t.strip() in OUR_NAMES for t in requested):
+        return resolve_task_names(tasks)
+    from lm_eval.tasks import TaskManager
+
+    return resolve_task_names(tasks, TaskManager().all_tasks)
+
+
 def lm_eval_name(name: str) -> str:
     """The name our task YAMLs give a task (paper tasks carry a prefix)."""
     return f"{TASK_PREFIX}{name}" if name in PAPER_TASKS else name
@@ -108,4 +118,4 @@ def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
 
 
 __all__ = ["CORPUS_TASKS", "NOT_OFFLINE", "OUR_NAMES", "PAPER", "PAPER_TASKS", "check_corpus_source",
-           "lm_eval_name", "named_tasks", "resolve_task_names", "task_folders"]
+           "lm_eval_name", "named_tasks", "resolve_task_names", "resolve_tasks", "task_folders"]
