@@ -22,9 +22,8 @@ Conventions (every number is per token of a forward pass):
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from depthattn.methods import MethodCost, get_method, method_options, resolve_config
 from depthattn.model.config import ModelConfig
@@ -194,9 +193,5 @@ def format_cost_table(reports: list[CostReport]) -> str:
     return "\n".join(text)
 
 
-def print_cost_table(reports: list[CostReport], file: TextIO | None = None) -> None:
-    print(format_cost_table(reports), file=file or sys.stdout)
-
-
 __all__ = ["BYTES_PER_ELEMENT", "BackboneCost", "CostReport", "backbone_cost", "cost_report",
-           "format_cost_report", "format_cost_table", "method_cost", "print_cost_table"]
+           "format_cost_report", "format_cost_table", "method_cost"]

@@ -80,10 +80,6 @@ def _load_tasks(names: list[str], task_manager) -> dict[str, Any]:
     return tasks
 
 
-def _split(task) -> str:
-    return task.config.test_split if task.has_test_docs() else task.config.validation_split
-
-
 def require_lm_eval() -> None:
     """One clear error when the evaluation extra is not installed."""
     import importlib.util
@@ -151,7 +147,8 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
 def _row(name: str, task, results: dict) -> dict[str, Any]:
     key = lm_eval_name(name)
     metrics = results["results"][key]
-    row: dict[str, Any] = {"task": name, "split": _split(task),
+    split = task.config.test_split if task.has_test_docs() else task.config.validation_split
+    row: dict[str, Any] = {"task": name, "split": split,
                            "n_docs": int(results["n-samples"][key]["effective"])}
     for metric in METRICS:
         if f"{metric},none" in metrics:
