@@ -14,7 +14,7 @@ import pytest
 
 from depthattn.cli import main
 from depthattn.cli.harness import DETAILS, parse_command
-from depthattn.eval.tasks.include import named_tasks
+from depthattn.eval.tasks import named_tasks
 from depthattn.eval.tasks.paper import PAPER_TASKS, ensure_paper_tasks, paper_root
 from tests.conftest import tiny_model
 from tests.eval import conftest as zeroshot

@@ -1,4 +1,4 @@
-"""Looking inside models: depth-attention weights (and, later, cost accounting and statistics)."""
+"""Looking inside models: depth-attention weights, cost accounting, statistics and plots."""
 
 from depthattn.analysis.depth_weights import DepthWeights, capture_depth_weights
 

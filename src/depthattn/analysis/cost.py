@@ -22,9 +22,8 @@ Conventions (every number is per token of a forward pass):
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from depthattn.methods import MethodCost, get_method, method_options, resolve_config
 from depthattn.model.config import ModelConfig
@@ -135,20 +134,17 @@ def cost_report(config: ModelConfig, seq_len: int | None = None, dtype: str = "b
                       backbone=backbone_cost(config, seq_len), added=method_cost(config))
 
 
-# --- printing ------------------------------------------------------------------------------------
+def _short(n: float, sep: str = "") -> str:
+    """1234567 → '1.23M' (``sep`` between number and suffix)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{sep}{suffix}"
+    return f"{n:.3g}"
+
+
 def _count(n: float) -> str:
     """1234567 → '1,234,567 (1.23 M)'."""
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n:,.0f} ({n / scale:.3g} {suffix})"
-    return f"{n:,.0f}"
-
-
-def _short(n: float) -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return f"{n:.3g}"
+    return f"{n:,.0f}" + (f" ({_short(n, ' ')})" if abs(n) >= 1e3 else "")
 
 
 def format_cost_report(report: CostReport) -> str:
@@ -197,9 +193,5 @@ def format_cost_table(reports: list[CostReport]) -> str:
     return "\n".join(text)
 
 
-def print_cost_table(reports: list[CostReport], file: TextIO | None = None) -> None:
-    print(format_cost_table(reports), file=file or sys.stdout)
-
-
 __all__ = ["BYTES_PER_ELEMENT", "BackboneCost", "CostReport", "backbone_cost", "cost_report",
-           "format_cost_report", "format_cost_table", "method_cost", "print_cost_table"]
+           "format_cost_report", "format_cost_table", "method_cost"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from depthattn.analysis.depth_maps import DepthMap
-from depthattn.analysis.plots import pyplot
+from depthattn.analysis.plots import pyplot, write
 
 
 def _heatmap(ax, depth: DepthMap, title: str, annotate: bool):
@@ -50,10 +50,7 @@ def plot_depth_map(depth: DepthMap, path: Path, title: str = "mean depth weight"
     ax_entropy.set_xlabel("nats")
     ax_entropy.set_title("depth-softmax entropy", fontsize=9)
     ax_entropy.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return write(fig, path)
 
 
 def plot_depth_map_evolution(steps: Sequence[int], maps: Sequence[DepthMap], path: Path) -> Path:
@@ -72,7 +69,4 @@ def plot_depth_map_evolution(steps: Sequence[int], maps: Sequence[DepthMap], pat
     ax.set_ylabel("entropy (nats)")
     ax.set_title("depth-softmax entropy", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return write(fig, path)

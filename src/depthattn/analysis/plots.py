@@ -23,6 +23,11 @@ def save(fig, ax, path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return write(fig, path)
+
+
+def write(fig, path: Path) -> Path:
+    """Tight layout, then the PNG; the figure is closed."""
     fig.tight_layout()
     fig.savefig(path)
     pyplot().close(fig)
@@ -64,10 +69,7 @@ def plot_final_bars(finals: Mapping[str, Sequence[float]], path: Path,
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return write(fig, path)
 
 
 def plot_sweep(field: str, values: Sequence, rows: Sequence[Mapping], baseline: str,

@@ -9,7 +9,7 @@ from depthattn.analysis.cost import (
     BYTES_PER_ELEMENT,
     cost_report,
     format_cost_report,
-    print_cost_table,
+    format_cost_table,
 )
 from depthattn.methods import method_names
 from depthattn.model.config import PRESETS, ModelConfig
@@ -47,7 +47,7 @@ def run_flops(args: argparse.Namespace) -> None:
                                args.dtype, label=name) for name in method_names()]
         print(f"{args.preset}: T = {reports[0].backbone.seq_len}, {args.dtype}; KV cache and "
               f"state in elements per token")
-        print_cost_table(reports)
+        print(format_cost_table(reports))
         return
     config = ModelConfig.from_preset(args.preset, method=args.method, method_options=options)
     report = cost_report(config, args.seq, args.dtype, label=f"{args.preset} / {args.method}")

@@ -4,7 +4,7 @@ process where
   - transformers' Auto classes know depthattn, so `--model hf --model_args pretrained=DIR`
     loads a folder written by `save_pretrained` (`depthattn convert --from-run`);
   - the folders of our tasks that --tasks names are appended to --include_path, built on first
-    use (depthattn.eval.tasks.include).
+    use (depthattn.eval.tasks).
 
 `main` hands everything after `lm-eval` to run_lm_eval unparsed: argparse cannot hold options it
 does not know in a REMAINDER that starts with one. Our only option, --depthattn-data, is taken
@@ -99,7 +99,7 @@ def _from_config(args: argparse.Namespace) -> dict[str, Any]:
 def parse_command(argv: list[str]) -> tuple[Any, argparse.Namespace]:
     """lm-eval's CLI and its namespace for `argv`, our task folders appended to the include
     path; builds the data of the tasks of ours that --tasks names, and nothing else."""
-    from depthattn.eval.tasks.include import check_corpus_source, task_folders
+    from depthattn.eval.tasks import check_corpus_source, task_folders
 
     data, rest = split_data_option(argv)
     if data is not None:

@@ -1,4 +1,4 @@
-"""Evaluation: validation perplexity (and, later, zero-shot tasks through lm-eval)."""
+"""Evaluation: validation perplexity, looped depth scaling and zero-shot tasks through lm-eval."""
 
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity
 

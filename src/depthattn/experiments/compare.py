@@ -71,16 +71,11 @@ def check_tasks(tasks: str | None) -> None:
     """A missing lm-eval or unknown task names fail before any training."""
     if not tasks:
         return
-    from depthattn.eval.tasks import OUR_NAMES, resolve_task_names
+    from depthattn.eval.tasks import resolve_tasks
     from depthattn.eval.zeroshot import require_lm_eval
 
     require_lm_eval()
-    if all(t.strip() in OUR_NAMES for t in tasks.split(",")):
-        resolve_task_names(tasks)
-    else:
-        from lm_eval.tasks import TaskManager
-
-        resolve_task_names(tasks, TaskManager().all_tasks)
+    resolve_tasks(tasks)
 
 
 def plan_comparison(base: TrainConfig, methods: list[str], seeds: list[int],

@@ -1,11 +1,8 @@
 """`depthattn demo`: Depth-Attention on the tiny preset, next to vanilla with the same weights.
 
-Builds both models, runs a forward, decodes with the KV cache (checking it against the full
-forward), prints the depth-attention weights of one token and the cache sizes. The weights are
-random: this shows the mechanics, not a trained model (training arrives with `depthattn train`).
-A looped geometry (``overrides`` such as ``loop_layers``) mixes over applications, not layers
-(docs/method.md §7): its rows and source slots are then labelled by application e, with the layer whose
-weights run and the iteration.
+Forward, cached decoding checked against the full forward, one token's depth weights, cache
+sizes. The weights are random: this shows the mechanics, not a trained model. A looped geometry
+mixes over applications e, not layers (docs/method.md §7), and is labelled so.
 """
 
 from __future__ import annotations

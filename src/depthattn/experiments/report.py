@@ -24,7 +24,7 @@ import torch
 
 from depthattn.analysis.analyze_run import analyze_run
 from depthattn.analysis.invariance import invariance_markdown, invariance_table
-from depthattn.analysis.plots import pyplot
+from depthattn.analysis.plots import pyplot, write
 from depthattn.data.loader import ValidationBatches
 from depthattn.data.shards import TokenStream
 from depthattn.eval.perplexity import evaluate_perplexity_cached
@@ -127,10 +127,7 @@ def plot_kv_cache(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("KV-cache storage format: loss through the cache")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return write(fig, path)
 
 
 def _figure(path: Path, out_dir: Path) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from depthattn.analysis.plots import plot_sweep
-from depthattn.analysis.stats import fmt
 from depthattn.experiments.compare import check_tasks, plan_comparison, run_compare
+from depthattn.experiments.tables import diff_cells
 from depthattn.model.config import ModelConfig
 from depthattn.train.config import TrainConfig, field_names
 from depthattn.utils.atomic import write_json_atomic, write_text_atomic
@@ -66,12 +66,9 @@ def run_sweep(base: TrainConfig, methods: list[str], seeds: list[int], out_dir: 
     reports = [run_compare(config, methods, seeds, out_dir / f"{field}={value}", baseline,
                            tasks, task_limit) for config, value in zip(configs, values)]
 
-    rows = []
-    for value, report in zip(values, reports):
-        for row in report["rows"]:
-            diff = row.get("diff_vs_baseline")
-            rows.append({"value": value, "method": row["method"], "val_loss": row["val_loss"],
-                         "diff_vs_baseline": diff})
+    rows = [{"value": value, "method": row["method"], "val_loss": row["val_loss"],
+             "diff_vs_baseline": row.get("diff_vs_baseline")}
+            for value, report in zip(values, reports) for row in report["rows"]]
     figure = plot_sweep(field, values, rows, baseline, out_dir / f"sweep_{field}.png")
     summary = {"field": field, "values": values, "baseline": baseline, "methods": methods,
                "seeds": seeds, "rows": rows, "plot": str(figure),
@@ -92,13 +89,8 @@ def render_sweep(summary: dict[str, Any]) -> str:
              f"| {field} | method | val loss (mean ± std) | Δ vs {baseline} | 95% CI | p |",
              "|---|---|---|---|---|---:|"]
     for row in summary["rows"]:
-        loss, diff = row["val_loss"], row["diff_vs_baseline"]
-        delta = ci = p = "–"
-        if diff:
-            delta = f"{diff['mean']:+.4f} ± {fmt(diff['std'])}"
-            ci = "–" if diff["ci_low"] is None else \
-                f"[{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}]"
-            p = fmt(diff["p_value"], 4)
+        loss = row["val_loss"]
+        delta, ci, p = diff_cells(row["diff_vs_baseline"], 4)
         lines.append(f"| {row['value']} | {row['method']} | {loss['mean']:.4f} ± "
                      f"{loss['std']:.4f} | {delta} | {ci} | {p} |")
     lines += ["", f"Plot: {Path(summary['plot']).name}", ""]

@@ -65,6 +65,14 @@ def _interval(low: float | None, high: float | None, digits: int = 4) -> str:
     return "–" if low is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
+def diff_cells(diff: dict[str, Any] | None, p_digits: int) -> tuple[str, str, str]:
+    """The Δ (mean ± std), 95% CI and p cells of a paired difference; "–" without one."""
+    if not diff:
+        return "–", "–", "–"
+    return (f"{diff['mean']:+.4f} ± {fmt(diff['std'])}", _interval(diff["ci_low"], diff["ci_high"]),
+            fmt(diff["p_value"], p_digits))
+
+
 def pairwise_markdown(pairs: list[dict[str, Any]]) -> list[str]:
     lines = ["| method | vs | Δ val loss (mean ± std) | 95% CI (bootstrap) | p (paired t) | "
              "d_z [95% CI] | lower on |",
@@ -95,12 +103,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for row in report["rows"]:
         loss, ppl, tps = row["val_loss"], row["val_ppl"], row["tokens_per_s"]
-        diff = row.get("diff_vs_baseline")
-        delta = ci = p = "–"
-        if diff:
-            delta = f"{diff['mean']:+.4f} ± {fmt(diff['std'])}"
-            ci = _interval(diff["ci_low"], diff["ci_high"])
-            p = fmt(diff["p_value"], 3)
+        delta, ci, p = diff_cells(row.get("diff_vs_baseline"), 3)
         lines.append(f"| {row['method']} | {row['num_parameters']:,} | {loss['n']} | "
                      f"{loss['mean']:.4f} ± {loss['std']:.4f} | {ppl['mean']:.2f} ± "
                      f"{ppl['std']:.2f} | {delta} | {ci} | {p} | {tps['mean']:,.0f} |")

@@ -1,11 +1,8 @@
-"""The Hugging Face layer: ``DepthAttnConfig`` (model_type ``depthattn``) and
-``DepthAttnForCausalLM`` wrapping the core modules (its cache: ``DepthAttnCache``, a
-``transformers.Cache``), registered with ``AutoConfig`` /
-``AutoModelForCausalLM`` / ``AutoTokenizer`` so that ``from_pretrained(dir)`` works without
-``trust_remote_code``; export of training runs (``depthattn.hf.export``).
+"""The Hugging Face layer: ``DepthAttnConfig`` and ``DepthAttnForCausalLM`` over the core modules,
+registered with the Auto classes so that ``from_pretrained(dir)`` needs no ``trust_remote_code``.
 
-Importing this package is cheap: the classes load on first use, and the Auto registration runs
-when transformers' Auto modules are imported (``depthattn.hf.auto``).
+Importing it is cheap: the classes load on first use, the Auto registration when transformers'
+Auto modules are imported (``depthattn.hf.auto``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """Auto-class registration that costs nothing at ``import depthattn``.
 
-Importing ``transformers.modeling_utils`` takes seconds, so ``import depthattn`` must not do
-it (docs/design.md gives the import times measured with and without the plain ``register``
-calls, which import the Auto modules and our model class). Instead, each registration runs when
-the Auto module it extends is imported (or at once if it already is): ``AutoConfig`` with ``configuration_auto``, ``AutoModelForCausalLM`` with
-``modeling_auto``, ``AutoTokenizer`` with ``tokenization_auto``. After ``import depthattn``,
-``AutoModelForCausalLM.from_pretrained(dir)`` therefore works without ``trust_remote_code``.
+Importing ``transformers.modeling_utils`` takes seconds (docs/design.md), so ``import depthattn``
+must not do it: each registration runs when the Auto module it extends is imported (or at once
+if it already is). After ``import depthattn``, ``AutoModelForCausalLM.from_pretrained(dir)``
+works without ``trust_remote_code``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The KV cache of mixed values as a ``transformers.Cache``: the core's caches
-(``depthattn.model.cache``) adapted to the API through which transformers' ``generate``
-creates, grows, reorders (beam search), repeats, selects, crops and resets them.
-
-- ``DepthAttnCache``, the default: keys and values in transformers' ``DynamicLayer``s, so every
-  operation on them is transformers' own; the padding record is the core's ``PaddingRecord``
-  (as in ``KVCache``), and follows each operation.
-- ``DepthAttnStaticCache``, for ``generate(..., cache_implementation="static")`` and its
-  compiled decoding: a core ``StaticKVCache``.
-"""
+"""The KV cache of mixed values as a ``transformers.Cache`` (docs/method.md, docs/design.md):
+``DepthAttnCache`` keeps keys and values in transformers' ``DynamicLayer``s and the padding in the
+core's ``PaddingRecord``; ``DepthAttnStaticCache`` wraps a core ``StaticKVCache`` for
+``cache_implementation="static"``."""
 
 from __future__ import annotations
 

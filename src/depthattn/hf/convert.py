@@ -1,19 +1,7 @@
-"""`depthattn convert`: Qwen3 checkpoints ↔ depthattn, and the authors' released checkpoints.
-
-- ``--from-qwen3 DIR --method depth_attention [--stride S --recent-window W]``: any local Qwen3
-  folder → a depthattn Hugging Face folder, no weight changed (Depth-Attention has no
-  parameters). A retrofitted Depth-Attention model is NOT the pretrained model any more: its
-  weights never saw the depth mix, so it needs continued training before use.
-- ``--to-qwen3 DIR``: a vanilla depthattn model (keys normalised before RoPE, as Qwen3) back to
-  a ``Qwen3ForCausalLM`` folder; other methods have no Qwen3 equivalent and are refused.
-- ``--from-run RUN_DIR``: a training run (its ``model/``, else its newest checkpoint) → a
-  Hugging Face folder, with the tokenizer of the run's prepared data when it is on this machine.
-- ``--from-official DIR``: the authors' format (docs/design.md §3) → a depthattn Hugging Face
-  folder with the same outputs as their code on full sequences (and correct cached decoding,
-  which theirs lacks). ``depthattn.io.load_model`` reads their folders as they are (its
-  docstring says how); this writes one out in ours.
-
-Every source is read by ``depthattn.io.load_model``.
+"""`depthattn convert`: Qwen3 checkpoints ↔ depthattn, and the authors' released checkpoints
+(docs/usage.md; the authors' format: docs/design.md §3). Every source is read by
+``depthattn.io.load_model``; a retrofitted Depth-Attention model is no longer the pretrained
+model (its weights never saw the depth mix) and needs continued training before use.
 """
 
 from __future__ import annotations
@@ -36,7 +24,6 @@ logger = logging.getLogger(__name__)
 GENERATION_CONFIG_NAME = "generation_config.json"
 
 
-# --- shared helpers -------------------------------------------------------------------------
 def _copy_tokenizer(src: Path, out: Path) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
@@ -64,7 +51,6 @@ def _save_hf(core: CausalLM, out: Path, src: Path, token_ids: dict[str, Any]) ->
     return out
 
 
-# --- Qwen3 → depthattn ----------------------------------------------------------------------
 def from_qwen3(src: str | Path, out: str | Path, method: str = "depth_attention",
                overrides: dict[str, Any] | None = None, **method_options: Any) -> Path:
     """A local Qwen3 folder → a depthattn Hugging Face folder; weights unchanged.
@@ -90,7 +76,6 @@ def from_qwen3(src: str | Path, out: str | Path, method: str = "depth_attention"
     return _save_hf(core, out, src, _token_ids(raw))
 
 
-# --- depthattn → Qwen3 ----------------------------------------------------------------------
 def to_qwen3(src: str | Path, out: str | Path) -> Path:
     """A vanilla depthattn model (any folder ``load_model`` reads) → a Qwen3 folder."""
     from transformers import GenerationConfig
@@ -125,7 +110,6 @@ def to_qwen3(src: str | Path, out: str | Path) -> Path:
     return out
 
 
-# --- the authors' checkpoints ---------------------------------------------------------------
 def from_official(src: str | Path, out: str | Path) -> Path:
     """The authors' checkpoint folder → a depthattn Hugging Face folder with the same outputs
     as their code on full sequences (and correct cached decoding, which theirs lacks)."""

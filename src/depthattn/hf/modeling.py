@@ -1,11 +1,8 @@
-"""``DepthAttnForCausalLM``: the core decoder as a Hugging Face ``PreTrainedModel``.
+"""``DepthAttnForCausalLM``: the core decoder as a Hugging Face ``PreTrainedModel`` (docs/design.md).
 
-No second copy of the model (architecture decision 1): ``self.model`` is the core ``Decoder``
-and ``self.lm_head`` the same ``nn.Linear`` as in ``CausalLM``, so parameter names are Qwen3's
-(``model.embed_tokens.weight``, ..., ``lm_head.weight``). ``forward`` takes
-``Qwen3ForCausalLM.forward``'s arguments with their meaning, and ``generate`` is transformers'
-own: its cache is a ``DepthAttnCache`` (a ``transformers.Cache`` holding Depth-Attention's mixed
-values), which generate creates, reorders for beam search and grows.
+No second copy of the model: ``self.model`` is the core ``Decoder`` and ``self.lm_head`` the
+same ``nn.Linear`` as in ``CausalLM``, so parameter names are Qwen3's. ``forward`` takes
+``Qwen3ForCausalLM.forward``'s arguments; ``generate`` is transformers' own, with our cache.
 """
 
 from __future__ import annotations
@@ -69,7 +66,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    # --- the core model, sharing these modules -----------------------------------------------
     def core(self) -> CausalLM:
         """A ``CausalLM`` whose ``model`` and ``lm_head`` ARE this model's modules (no copy), for
         the core API: ``generate``, ``KVCache.for_model``, ``capture_depth_weights``..."""
@@ -127,7 +123,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                              f"loop_injection it was trained with")
         return (model, info) if want_info else model
 
-    # --- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
@@ -206,7 +201,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             return attention_mask
         return static_padding_mask(attention_mask, cache.max_len)
 
-    # --- generation: transformers' own, with our cache ------------------------------------------
     def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict,
                                       *args: Any, **kwargs: Any) -> Any:
         """transformers prepares a ``DynamicCache`` or, with ``cache_implementation="static"``,
@@ -233,7 +227,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                                  f"cache_implementation unset")
         return result
 
-    # --- activation checkpointing: the core's -------------------------------------------------
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func: Callable = checkpoint,
                                     every_n_layers: int = 1) -> None:

@@ -1,12 +1,8 @@
 """Atomic, durable file writes: a file with its final name is always complete.
 
-Each write goes to a sibling temporary name, is flushed to the disk (``fsync`` of the file),
-moved into place with ``os.replace`` (atomic on POSIX and Windows) and the rename itself is made
-durable (``fsync`` of the parent directory). On any error the temporary file is removed. So "the
-file exists" can safely mean "that step is finished", an interrupted write never replaces a good
-file with half of a new one, and a power cut right after a write cannot undo it: without the
-fsyncs the kernel may persist the rename before the data, leaving a complete-looking name over
-empty blocks.
+Write to a sibling temporary name, ``fsync`` it, ``os.replace`` it into place, ``fsync`` the
+parent directory; on any error the temporary file is removed. Without the fsyncs the kernel may
+persist the rename before the data, leaving a complete-looking name over empty blocks.
 """
 
 from __future__ import annotations

@@ -1,13 +1,25 @@
 """Task names for `depthattn eval --tasks`: the paper's (offline), the corpus ones, and any
-other lm-eval task (which then needs its dataset from the Hugging Face cache or network)."""
+other lm-eval task (which then needs its dataset from the Hugging Face cache or network); and
+the folders `depthattn lm-eval` must include for the tasks of ours a `--tasks` list names.
+
+Our tasks have stable lm-eval names: `depthattn_<task>` for the paper's and `corpus_cloze` /
+`corpus_continuation`. Their YAMLs live in hash-named cache folders, built on first use, only
+for what the list names. Entries match as in lm-eval (fnmatch): `depthattn_*` names every
+paper task.
+"""
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import logging
+from pathlib import Path
 
 from depthattn.eval.tasks.corpus import CORPUS_TASKS
 from depthattn.eval.tasks.paper import ALIASES, NOT_OFFLINE, PAPER_TASKS, TASK_PREFIX
 from depthattn.utils.errors import DepthAttnError
+
+logger = logging.getLogger(__name__)
 
 PAPER = tuple(PAPER_TASKS)
 OUR_NAMES = ("paper", *PAPER, *ALIASES, *CORPUS_TASKS, *NOT_OFFLINE)  # no lm-eval index needed
@@ -42,10 +54,68 @@ def resolve_task_names(tasks: str | list[str], lm_eval_tasks: list[str] | None =
     return out
 
 
+def resolve_tasks(tasks: str | list[str]) -> list[str]:
+    """``resolve_task_names`` against lm-eval's index, built (seconds) only for a name not ours."""
+    requested = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    if all(t.strip() in OUR_NAMES for t in requested):
+        return resolve_task_names(tasks)
+    from lm_eval.tasks import TaskManager
+
+    return resolve_task_names(tasks, TaskManager().all_tasks)
+
+
 def lm_eval_name(name: str) -> str:
     """The name our task YAMLs give a task (paper tasks carry a prefix)."""
     return f"{TASK_PREFIX}{name}" if name in PAPER_TASKS else name
 
+PAPER_NAMES = {f"{TASK_PREFIX}{name}": name for name in PAPER_TASKS}  # lm-eval name -> ours
 
-__all__ = ["CORPUS_TASKS", "NOT_OFFLINE", "OUR_NAMES", "PAPER", "PAPER_TASKS", "lm_eval_name",
-           "resolve_task_names"]
+
+def named_tasks(entries: list[str]) -> tuple[list[str], list[str]]:
+    """(paper tasks, corpus tasks) that `entries` (names or patterns) name, in our order."""
+    ours = [*PAPER_NAMES, *CORPUS_TASKS]
+    matched = {name for entry in entries for name in fnmatch.filter(ours, entry.strip())}
+    return ([PAPER_NAMES[n] for n in PAPER_NAMES if n in matched],
+            [n for n in CORPUS_TASKS if n in matched])
+
+
+def check_corpus_source(data: str) -> None:
+    """What `depthattn train data=...` accepts: 'default', a prepared folder (or its
+    manifest.json) or a corpus to prepare; anything else fails here, before any work."""
+    from depthattn.data.defaults import DEFAULT_SOURCE
+
+    if data != DEFAULT_SOURCE and not Path(data).exists():
+        raise DepthAttnError(f"corpus data {data!r} does not exist: give 'default', a prepared "
+                         f"folder (or its manifest.json), or a corpus to prepare (a text file, a "
+                         f"folder of .txt files, a .jsonl file or a `datasets` folder)")
+
+
+def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
+    """The task folders (paper, then corpus) for the tasks of ours named in `entries`, built
+    on first use. data: the corpus the corpus tasks come from (default: the default corpus,
+    prepared as `depthattn prepare` does)."""
+    from depthattn.data.defaults import DEFAULT_SOURCE
+    from depthattn.data.prepare_text import resolve_data
+    from depthattn.data.tokenizer import DEFAULT_VOCAB_SIZE
+    from depthattn.eval.tasks.corpus import ensure_corpus_tasks
+    from depthattn.eval.tasks.paper import ensure_paper_tasks
+
+    paper, corpus = named_tasks(entries)
+    if data is not None and not corpus:
+        raise DepthAttnError(f"corpus data ({data!r}) is for {' and '.join(CORPUS_TASKS)}, and the "
+                         f"tasks ({','.join(entries)}) name neither")
+    folders = []
+    if paper:
+        folders.append(ensure_paper_tasks(paper))
+    if corpus:
+        data = data or DEFAULT_SOURCE
+        check_corpus_source(data)
+        # The vocabulary only decides which prepared folder is reused: the tasks' documents
+        # are decoded text, the same for every tokenizer.
+        folders.append(ensure_corpus_tasks(resolve_data(data, DEFAULT_VOCAB_SIZE)))
+    logger.info("our task folders: %s", ", ".join(map(str, folders)) or "none named")
+    return folders
+
+
+__all__ = ["CORPUS_TASKS", "NOT_OFFLINE", "OUR_NAMES", "PAPER", "PAPER_TASKS", "check_corpus_source",
+           "lm_eval_name", "named_tasks", "resolve_task_names", "resolve_tasks", "task_folders"]

