@@ -23,7 +23,12 @@ from depthattn.data.engine.run import (
     minhash_request,
     run_datatrove,
 )
-from depthattn.data.prepared import MANIFEST_NAME, PACK_VERSION, cache_dir, manifest_path
+from depthattn.data.prepared import (
+    MANIFEST_NAME,
+    PACK_VERSION,
+    cache_dir,
+    manifest_path,
+)
 from depthattn.data.split import check_val_fraction
 from depthattn.data.tokenizer import (
     DEFAULT_VOCAB_SIZE,

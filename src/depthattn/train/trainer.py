@@ -32,8 +32,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 from depthattn.data.loader import IGNORE_INDEX, TrainBatches, ValidationBatches
-from depthattn.data.prepared import verify_prepared
 from depthattn.data.prepare_text import resolve_data
+from depthattn.data.prepared import verify_prepared
 from depthattn.data.shards import TokenStream
 from depthattn.data.tokenizer import check_vocab_fits
 from depthattn.eval.perplexity import EvalResult, evaluate_perplexity, nll_result
