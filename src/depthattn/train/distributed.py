@@ -1,16 +1,8 @@
-"""The processes of one training job: torchrun's environment, the process group and device mesh,
-and the few collectives through which every rank takes the same decision.
-
-Without torchrun (no ``RANK`` / ``WORLD_SIZE`` in the environment) training is one plain process
-and none of this runs. Under torchrun (``torchrun --nproc-per-node N -m depthattn train ...``,
-multi-node with ``--nnodes`` and a c10d rendezvous) every process joins one process group (NCCL
-on GPUs, gloo on CPU) and a device mesh for data parallelism:
-
-- ``dp_replicate = 1``: a 1-D mesh ``("dp_shard",)`` of all ranks: FSDP2 shards everything over
-  all of them;
-- ``dp_replicate = R > 1``: a 2-D mesh ``("dp_replicate", "dp_shard")`` of shape
-  (R, world / R): HSDP, parameters sharded within a group of world / R ranks (one node, say)
-  and replicated across the R groups, so the all-gathers stay inside a node.
+"""The processes of one training job: torchrun's environment, the process group (NCCL on GPUs,
+gloo on CPU) and the device mesh, and the few collectives through which every rank takes the same
+decision. Without torchrun (no ``RANK`` / ``WORLD_SIZE``) training is one plain process and none
+of this runs. The mesh is ``("dp_shard",)`` (FSDP) or, with ``dp_replicate`` R > 1,
+``("dp_replicate", "dp_shard")`` of shape (R, world / R): HSDP (docs/distributed.md).
 """
 
 from __future__ import annotations

@@ -1,28 +1,13 @@
-"""FSDP2 (``fully_shard``) for a depthattn model, in torchtitan's order: activation checkpointing,
-then ``torch.compile`` per block, then ``fully_shard`` per block, root last.
+"""FSDP2 (``fully_shard``) for a depthattn model, in torchtitan's order: activation checkpointing
+(the decoder's own, so it wraps the compiled block), then ``torch.compile`` per block, then
+``fully_shard`` per block, root last (the groups: docs/distributed.md).
 
-Groups (each one all-gather before it runs, one reduce-scatter of its gradients after):
-
-- every decoder layer ``model.layers[i]``;
-- ``model.embed_tokens`` when the embeddings are not tied to the head;
-- the root (``CausalLM``): the final norm and the LM head, plus what lives outside the blocks:
-  the cross-layer parameters of mHC, hyper-connections, DenseFormer, attention residuals
-  (``model.cross_layer.*``) and a looped model's injection adapter. The head joins the root
-  because the training loss reads ``lm_head.weight`` inside the chunked cross-entropy rather than
-  calling the head; ``CausalLM.loss`` is registered as a forward method, so calling it gathers
-  the root like ``forward`` does. Tied embeddings stay in the root for the same reason.
-
-Zero-dimensional parameters (the scalar gates of mHC, hyper-connections and attention residuals)
-cannot be sharded: they stay whole on every rank, and ``average_replicated_grads`` averages their
-gradients over the ranks after backward, as DDP would.
-
-A looped block runs r times per forward. Its layers keep their gathered weights from the first
-application to the end of backward (``reshard_after_forward=False``): one all-gather per step
-instead of 2r, at the price of k unsharded layers held through the step. Their gradients are
-reduce-scattered after each application's backward (r times) and accumulate in the shards.
-
-Activation checkpointing is the decoder's own (``Decoder.activation_checkpointing``: each
-application is recomputed in backward, non-reentrant), so it wraps the compiled block.
+The root (``CausalLM``) holds the final norm, the LM head and what lives outside the blocks
+(``model.cross_layer.*``, a looped model's injection adapter): the training loss reads
+``lm_head.weight`` inside the chunked cross-entropy rather than calling the head, so
+``CausalLM.loss`` is registered as a forward method that gathers the root. 0-dim parameters
+(scalar gates) cannot be sharded: they stay whole, their gradients averaged as DDP would. A
+looped block's layers stay gathered through the step (one all-gather instead of 2r).
 """
 
 from __future__ import annotations
