@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthattn.io import load_model
+from depthattn.io import is_sharded, load_model
 from depthattn.train import TrainConfig, train
-from depthattn.train.checkpoint import export_sharded, is_sharded
+from depthattn.train.checkpoint import export_sharded
 from depthattn.train.metrics import read_metrics
 from depthattn.train.run_dir import RunDir
 

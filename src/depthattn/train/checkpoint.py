@@ -53,7 +53,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from depthattn.io import CONFIG_NAME, SHARDS_DIR, is_sharded, load_model, save_model
+from depthattn.io import CONFIG_NAME, SHARDS_DIR, load_model, save_model
 from depthattn.model.decoder import CausalLM
 from depthattn.train.distributed import Distributed
 from depthattn.utils.atomic import (
@@ -222,13 +222,14 @@ class ShardedCheckpointer:
         shards = {"model": model_state, "optimizer": optim_state}
         rank0_files = {"config": model.config.to_dict(), "scheduler": scheduler.state_dict(),
                        "rng": rng_state(), "state": {"step": step, **state}}
+        shards_dir = str(staging / SHARDS_DIR)
+        future = None
         if self.async_save:
-            future = dcp.async_save(shards, checkpoint_id=str(staging / SHARDS_DIR),
-                                    process_group=self._group)
-            self._pending = _Pending(future, staging, final, step, rank0_files)
+            future = dcp.async_save(shards, checkpoint_id=shards_dir, process_group=self._group)
         else:
-            dcp.save(shards, checkpoint_id=str(staging / SHARDS_DIR))
-            self._pending = _Pending(None, staging, final, step, rank0_files)
+            dcp.save(shards, checkpoint_id=shards_dir)
+        self._pending = _Pending(future, staging, final, step, rank0_files)
+        if future is None:
             self.finish()
         return final
 
@@ -276,15 +277,6 @@ def load_sharded(path: Path, model: CausalLM, optimizer: torch.optim.Optimizer,
     return state
 
 
-def load_full_state(model: CausalLM, optimizer: torch.optim.Optimizer,
-                    model_state: dict[str, torch.Tensor],
-                    optim_state: dict[str, Any]) -> None:
-    """Load whole (unsharded, name-keyed) model and optimizer state into a sharded model: each
-    rank keeps its own shards. How a single-process checkpoint resumes under torchrun."""
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                   options=StateDictOptions(full_state_dict=True))
-
-
 def full_model_state(model: CausalLM, dist: Distributed) -> dict[str, torch.Tensor] | None:
     """The whole state of a sharded model on rank 0's CPU (None elsewhere); collective."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -296,9 +288,3 @@ def export_sharded(path: str | Path, out: str | Path) -> Path:
     """The model of a DCP checkpoint as a depthattn model folder (config.json +
     model.safetensors) that ``load_model``, ``convert`` and the Hugging Face class read."""
     return save_model(load_model(path), out)
-
-
-__all__ = ["ShardedCheckpointer", "check_same_model", "checkpoint_name", "export_sharded",
-           "full_model_state", "is_sharded", "load_checkpoint", "load_full_state",
-           "load_sharded", "load_training_state", "prune_checkpoints", "read_state",
-           "save_checkpoint"]

@@ -30,7 +30,6 @@ class Distributed:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    dp_replicate: int = 1
     mesh: Any = None  # torch.distributed.device_mesh.DeviceMesh; None: no process group
     comm_device: torch.device = CPU  # where collective tensors live
 
@@ -43,10 +42,6 @@ class Distributed:
     def is_main(self) -> bool:
         """Rank 0: the one process that logs, shows progress and writes run-level files."""
         return self.rank == 0
-
-    @property
-    def dp_shard(self) -> int:
-        return self.world_size // self.dp_replicate
 
     def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
         """``values`` summed (or their max) over the ranks, in float64; as given when alone."""
@@ -125,13 +120,9 @@ def setup(device: torch.device, dp_replicate: int = 1,
     mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
     if rank != 0:
         logging.getLogger("depthattn").setLevel(logging.WARNING)  # rank 0 speaks for the job
-    return Distributed(rank, local_rank, world, dp_replicate, mesh, device), device
+    return Distributed(rank, local_rank, world, mesh, device), device
 
 
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-__all__ = ["Distributed", "check_layout", "launched_by_torchrun", "setup", "teardown",
-           "world_size_from_environment"]

@@ -19,12 +19,6 @@ from torch import nn
 from depthattn.model.decoder import CausalLM
 
 
-def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters FSDP2 cannot shard (0-dim), in ``named_parameters`` order: the same order
-    on every rank, which the gradient all-reduces need."""
-    return [p for p in model.parameters() if p.dim() == 0]
-
-
 def shard_model(model: CausalLM, mesh, param_dtype: torch.dtype | None = None,
                 reduce_dtype: torch.dtype | None = torch.float32, cpu_offload: bool = False,
                 compile_blocks: bool = False) -> list[nn.Parameter]:
@@ -45,7 +39,8 @@ def shard_model(model: CausalLM, mesh, param_dtype: torch.dtype | None = None,
               "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     decoder = model.model
     looped = {app.layer for app in decoder.applications if app.iteration is not None}
-    whole = replicated_parameters(model)
+    # what FSDP2 cannot shard (0-dim), in the same order on every rank for the all-reduce
+    whole = [p for p in model.parameters() if p.dim() == 0]
     for i, block in enumerate(decoder.layers):
         if compile_blocks:
             block.compile()
@@ -82,19 +77,13 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Ten
     sharded = [p for p in with_grad if isinstance(p, DTensor)]
     whole = [p for p in with_grad if not isinstance(p, DTensor)]
     squares = torch.zeros((), dtype=torch.float32)
-    if sharded:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in sharded])
-        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-        squares = squares.to(norm.device) + norm.float() ** 2
-    if whole:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in whole])
-        squares = squares.to(norm.device) + norm.float() ** 2
+    for group in (sharded, whole):
+        if group:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group])
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+            squares = squares.to(norm.device) + norm.float() ** 2
     total = squares.sqrt()
     for group in (sharded, whole):
         if group and max_norm != float("inf"):
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
     return total
-
-
-__all__ = ["average_replicated_grads", "clip_grad_norm", "replicated_parameters",
-           "shard_model"]

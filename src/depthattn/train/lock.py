@@ -37,11 +37,6 @@ class Holder:
         return f"pid {self.pid} on host {self.host} (since {self.since})"
 
 
-def this_process() -> Holder:
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return Holder(os.getpid(), socket.gethostname(), now)
-
-
 def is_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this host (signal 0: checked, nothing is sent)."""
     try:
@@ -49,7 +44,7 @@ def is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it runs, as another user
-        return True
+        pass
     return True
 
 
@@ -88,7 +83,8 @@ class RunLock:
                 log.warning("%s: taking over the lock of %s, which no longer runs", folder,
                             holder)
                 self.path.unlink()
-            me = this_process()
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            me = Holder(os.getpid(), socket.gethostname(), now)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:  # another host took it meanwhile
@@ -166,6 +162,3 @@ def hold_run_lock(run: RunDir, dist: Distributed) -> Iterator[None]:
     finally:
         if dist.is_main:
             lock.release()
-
-
-__all__ = ["Holder", "RunLock", "hold_run_lock", "is_alive"]

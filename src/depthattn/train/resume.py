@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
-from depthattn.io import load_model
+from depthattn.io import is_sharded, load_model
 from depthattn.model.decoder import CausalLM
 from depthattn.train.checkpoint import (
-    is_sharded,
     load_checkpoint,
-    load_full_state,
     load_sharded,
     read_state,
 )
@@ -112,7 +114,8 @@ def load_any_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Opti
     plain_scheduler = build_scheduler(plain_optimizer, config)
     state = load_checkpoint(path, plain, plain_optimizer, plain_scheduler)
     model_state, optim_state = get_state_dict(plain, plain_optimizer)
-    load_full_state(model, optimizer, model_state, optim_state)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))  # each rank keeps its shards
     scheduler.load_state_dict(plain_scheduler.state_dict())
     return state
 
@@ -165,8 +168,3 @@ def initialise_from(model: CausalLM, source: str) -> None:
     log.info("initialised from %s (method %s)%s", source, loaded.config.method,
              f"; {len(missing)} parameter tensor(s) of {model.config.method} keep their "
              f"fresh initialisation" if missing else "")
-
-
-__all__ = ["GEOMETRY_FIELDS", "RESUMABLE_CHANGES", "changed_fields", "check_geometry",
-           "check_run_dir", "check_step_size", "initialise_from", "load_any_checkpoint",
-           "resume_point"]

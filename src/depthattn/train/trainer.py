@@ -11,13 +11,13 @@ logs, shows progress and writes the run's files."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -176,14 +176,11 @@ class Trainer:
                                     seed=config.seed, rank=dist.rank, world_size=self.world,
                                     max_seq_len=max_seq_len, accumulation=self.accumulation)
         # Intermediate evaluations may use a sample of windows; the final one reads them all.
-        self.val_batches = ValidationBatches(val_stream, config.seq_len, config.micro_batch_size,
-                                             rank=dist.rank, world_size=self.world,
-                                             max_windows=config.eval_windows or None,
-                                             max_seq_len=max_seq_len)
-        self.final_val_batches = ValidationBatches(val_stream, config.seq_len,
-                                                   config.micro_batch_size, rank=dist.rank,
-                                                   world_size=self.world,
-                                                   max_seq_len=max_seq_len)
+        validation = functools.partial(ValidationBatches, val_stream, config.seq_len,
+                                       config.micro_batch_size, rank=dist.rank,
+                                       world_size=self.world, max_seq_len=max_seq_len)
+        self.val_batches = validation(max_windows=config.eval_windows or None)
+        self.final_val_batches = validation()
 
     def _setup_model(self, from_scratch: bool) -> None:
         """The model (sharded under torchrun), AdamW and its schedule, the non-finite guard, the
@@ -205,9 +202,8 @@ class Trainer:
         # Training goes through CausalLM.loss (chunked cross-entropy: no full logits); evaluation
         # through forward. Compiling the bound method compiles the whole loss, decoder included;
         # a sharded model compiles block by block instead (shard_model).
-        self.whole_compile = config.compile and not dist.enabled
         self.train_loss = self.model.loss
-        if self.whole_compile:
+        if config.compile and not dist.enabled:
             # one graph per depth r (Dynamo specialises on it), + evaluation's, + a shorter batch's
             graphs = len(training_depths(config, self.model_config)) + 2
             self.train_loss = _with_recompile_limit(torch.compile(self.model.loss), graphs)
@@ -380,17 +376,15 @@ class Trainer:
         result = RunResult(self.run.path, self.config.steps, self.val, self.parameters,
                            self.throughput)
         if self.dist.is_main:
-            write_json_atomic(self.run.summary_file, self._summary(result))
-        self.dist.barrier()
-        return result
-
-    def _summary(self, result: RunResult) -> dict[str, Any]:
-        return {"method": self.model_config.method,
+            write_json_atomic(self.run.summary_file, {
+                "method": self.model_config.method,
                 "method_options": self.model_config.method_options, "seed": self.config.seed,
                 "steps": result.step, "world_size": self.world,
                 "tokens": result.step * self.tokens_per_step,
                 "num_parameters": result.num_parameters, "tokens_per_s": result.tokens_per_s,
-                "skipped_steps": self.guard.skipped_steps, **result.val.as_dict()}
+                "skipped_steps": self.guard.skipped_steps, **result.val.as_dict()})
+        self.dist.barrier()
+        return result
 
     def _last_good(self, if_none: str) -> str:
         good = self.run.latest_checkpoint()
