@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-SHARDS_DIR = "dcp"  # a distributed checkpoint's DCP folder (depthattn.train.sharded_checkpoint)
+SHARDS_DIR = "dcp"  # a distributed checkpoint's DCP folder (depthattn.train.checkpoint)
 
 FolderKind = Literal["run", "dcp", "depthattn", "hf", "qwen3", "official"]
 # What each kind is, as the error for a folder of no kind lists them.

@@ -53,18 +53,17 @@ def install(fault: str) -> None:
 
         Trainer.train_step = faulty_train_step
     elif kind == "kill_in_checkpoint":
-        from depthattn.train import checkpoint, sharded_checkpoint
+        from depthattn.train import checkpoint
 
         staging = f".{checkpoint.checkpoint_name(step)}.tmp-"
-        for module in (checkpoint, sharded_checkpoint):
-            write_manifest = module.write_file_manifest
+        write_manifest = checkpoint.write_file_manifest
 
-            def faulty_write_manifest(folder: Path, write_manifest=write_manifest):
-                if Path(folder).name.startswith(staging):
-                    _kill()
-                return write_manifest(folder)
+        def faulty_write_manifest(folder: Path):
+            if Path(folder).name.startswith(staging):
+                _kill()
+            return write_manifest(folder)
 
-            module.write_file_manifest = faulty_write_manifest
+        checkpoint.write_file_manifest = faulty_write_manifest
     else:
         raise ValueError(f"unknown fault {fault!r}")
 

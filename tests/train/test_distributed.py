@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthattn.io import load_model
+from depthattn.io import is_sharded, load_model
 from depthattn.train import TrainConfig, train
+from depthattn.train.checkpoint import export_sharded
 from depthattn.train.metrics import read_metrics
 from depthattn.train.run_dir import RunDir
-from depthattn.train.sharded_checkpoint import export_sharded, is_sharded
 
 STEPS, CHECKPOINT_EVERY = 6, 3
 LOSS_RTOL = 1e-5  # fp32: the same sums over another split of the batch

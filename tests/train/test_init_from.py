@@ -10,7 +10,7 @@ from depthattn.io import load_model, save_model
 from depthattn.model.config import ModelConfig
 from depthattn.model.decoder import CausalLM
 from depthattn.train import train
-from depthattn.train.init_from import initialise_from
+from depthattn.train.resume import initialise_from
 
 GEOMETRY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 4, "num_heads": 4,
             "num_kv_heads": 2, "head_dim": 8}

@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _dry_run(config, args: argparse.Namespace) -> int:
     from depthattn.train.distributed import world_size_from_environment
-    from depthattn.train.plan import format_plan, plan_training
+    from depthattn.train.preflight import format_plan, plan_training
     from depthattn.utils.devices import resolve_device
 
     world = args.world_size if args.world_size is not None else world_size_from_environment()

@@ -263,21 +263,17 @@ def _parse_config_text(path: Path, text: str) -> Any:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as error:
-            raise DepthAttnError(f"config file {path} is not valid TOML: {error}") from None
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DepthAttnError(f"config file {path} is not valid JSON: {error}") from None
-    import yaml
+        parse, syntax_error, kind = tomllib.loads, tomllib.TOMLDecodeError, "TOML"
+    elif path.suffix == ".json":
+        parse, syntax_error, kind = json.loads, json.JSONDecodeError, "JSON"
+    else:
+        import yaml
 
+        parse, syntax_error, kind = (lambda t: yaml.safe_load(t) or {}), yaml.YAMLError, "YAML"
     try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise DepthAttnError(f"config file {path} is not valid YAML: {error}") from None
+        return parse(text)
+    except syntax_error as error:
+        raise DepthAttnError(f"config file {path} is not valid {kind}: {error}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

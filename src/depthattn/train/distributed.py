@@ -1,16 +1,8 @@
-"""The processes of one training job: torchrun's environment, the process group and device mesh,
-and the few collectives through which every rank takes the same decision.
-
-Without torchrun (no ``RANK`` / ``WORLD_SIZE`` in the environment) training is one plain process
-and none of this runs. Under torchrun (``torchrun --nproc-per-node N -m depthattn train ...``,
-multi-node with ``--nnodes`` and a c10d rendezvous) every process joins one process group (NCCL
-on GPUs, gloo on CPU) and a device mesh for data parallelism:
-
-- ``dp_replicate = 1``: a 1-D mesh ``("dp_shard",)`` of all ranks: FSDP2 shards everything over
-  all of them;
-- ``dp_replicate = R > 1``: a 2-D mesh ``("dp_replicate", "dp_shard")`` of shape
-  (R, world / R): HSDP, parameters sharded within a group of world / R ranks (one node, say)
-  and replicated across the R groups, so the all-gathers stay inside a node.
+"""The processes of one training job: torchrun's environment, the process group (NCCL on GPUs,
+gloo on CPU) and the device mesh, and the few collectives through which every rank takes the same
+decision. Without torchrun (no ``RANK`` / ``WORLD_SIZE``) training is one plain process and none
+of this runs. The mesh is ``("dp_shard",)`` (FSDP) or, with ``dp_replicate`` R > 1,
+``("dp_replicate", "dp_shard")`` of shape (R, world / R): HSDP (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -38,7 +30,6 @@ class Distributed:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    dp_replicate: int = 1
     mesh: Any = None  # torch.distributed.device_mesh.DeviceMesh; None: no process group
     comm_device: torch.device = CPU  # where collective tensors live
 
@@ -51,10 +42,6 @@ class Distributed:
     def is_main(self) -> bool:
         """Rank 0: the one process that logs, shows progress and writes run-level files."""
         return self.rank == 0
-
-    @property
-    def dp_shard(self) -> int:
-        return self.world_size // self.dp_replicate
 
     def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
         """``values`` summed (or their max) over the ranks, in float64; as given when alone."""
@@ -133,13 +120,9 @@ def setup(device: torch.device, dp_replicate: int = 1,
     mesh = init_device_mesh(device.type, shape, mesh_dim_names=names)
     if rank != 0:
         logging.getLogger("depthattn").setLevel(logging.WARNING)  # rank 0 speaks for the job
-    return Distributed(rank, local_rank, world, dp_replicate, mesh, device), device
+    return Distributed(rank, local_rank, world, mesh, device), device
 
 
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-__all__ = ["Distributed", "check_layout", "launched_by_torchrun", "setup", "teardown",
-           "world_size_from_environment"]

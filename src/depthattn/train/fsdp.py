@@ -1,28 +1,13 @@
-"""FSDP2 (``fully_shard``) for a depthattn model, in torchtitan's order: activation checkpointing,
-then ``torch.compile`` per block, then ``fully_shard`` per block, root last.
+"""FSDP2 (``fully_shard``) for a depthattn model, in torchtitan's order: activation checkpointing
+(the decoder's own, so it wraps the compiled block), then ``torch.compile`` per block, then
+``fully_shard`` per block, root last (the groups: docs/distributed.md).
 
-Groups (each one all-gather before it runs, one reduce-scatter of its gradients after):
-
-- every decoder layer ``model.layers[i]``;
-- ``model.embed_tokens`` when the embeddings are not tied to the head;
-- the root (``CausalLM``): the final norm and the LM head, plus what lives outside the blocks:
-  the cross-layer parameters of mHC, hyper-connections, DenseFormer, attention residuals
-  (``model.cross_layer.*``) and a looped model's injection adapter. The head joins the root
-  because the training loss reads ``lm_head.weight`` inside the chunked cross-entropy rather than
-  calling the head; ``CausalLM.loss`` is registered as a forward method, so calling it gathers
-  the root like ``forward`` does. Tied embeddings stay in the root for the same reason.
-
-Zero-dimensional parameters (the scalar gates of mHC, hyper-connections and attention residuals)
-cannot be sharded: they stay whole on every rank, and ``average_replicated_grads`` averages their
-gradients over the ranks after backward, as DDP would.
-
-A looped block runs r times per forward. Its layers keep their gathered weights from the first
-application to the end of backward (``reshard_after_forward=False``): one all-gather per step
-instead of 2r, at the price of k unsharded layers held through the step. Their gradients are
-reduce-scattered after each application's backward (r times) and accumulate in the shards.
-
-Activation checkpointing is the decoder's own (``Decoder.activation_checkpointing``: each
-application is recomputed in backward, non-reentrant), so it wraps the compiled block.
+The root (``CausalLM``) holds the final norm, the LM head and what lives outside the blocks
+(``model.cross_layer.*``, a looped model's injection adapter): the training loss reads
+``lm_head.weight`` inside the chunked cross-entropy rather than calling the head, so
+``CausalLM.loss`` is registered as a forward method that gathers the root. 0-dim parameters
+(scalar gates) cannot be sharded: they stay whole, their gradients averaged as DDP would. A
+looped block's layers stay gathered through the step (one all-gather instead of 2r).
 """
 
 from __future__ import annotations
@@ -32,12 +17,6 @@ import torch.distributed as dist
 from torch import nn
 
 from depthattn.model.decoder import CausalLM
-
-
-def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters FSDP2 cannot shard (0-dim), in ``named_parameters`` order: the same order
-    on every rank, which the gradient all-reduces need."""
-    return [p for p in model.parameters() if p.dim() == 0]
 
 
 def shard_model(model: CausalLM, mesh, param_dtype: torch.dtype | None = None,
@@ -60,7 +39,8 @@ def shard_model(model: CausalLM, mesh, param_dtype: torch.dtype | None = None,
               "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     decoder = model.model
     looped = {app.layer for app in decoder.applications if app.iteration is not None}
-    whole = replicated_parameters(model)
+    # what FSDP2 cannot shard (0-dim), in the same order on every rank for the all-reduce
+    whole = [p for p in model.parameters() if p.dim() == 0]
     for i, block in enumerate(decoder.layers):
         if compile_blocks:
             block.compile()
@@ -97,19 +77,13 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Ten
     sharded = [p for p in with_grad if isinstance(p, DTensor)]
     whole = [p for p in with_grad if not isinstance(p, DTensor)]
     squares = torch.zeros((), dtype=torch.float32)
-    if sharded:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in sharded])
-        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-        squares = squares.to(norm.device) + norm.float() ** 2
-    if whole:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in whole])
-        squares = squares.to(norm.device) + norm.float() ** 2
+    for group in (sharded, whole):
+        if group:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in group])
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+            squares = squares.to(norm.device) + norm.float() ** 2
     total = squares.sqrt()
     for group in (sharded, whole):
         if group and max_norm != float("inf"):
             torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
     return total
-
-
-__all__ = ["average_replicated_grads", "clip_grad_norm", "replicated_parameters",
-           "shard_model"]

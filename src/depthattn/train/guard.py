@@ -1,13 +1,7 @@
-"""The non-finite guard: a step whose loss or gradient norm is NaN or infinite is skipped (no
-optimizer update), counted, and after ``max_bad_steps`` such steps in a row the run stops.
-
-One bad batch or a rare overflow should not poison the weights (AdamW would write the NaN into
-every parameter and both moment estimates, for good); a run that keeps diverging should stop
-early and say where, not burn its budget producing NaN.
-
-The check comes before the optimizer update, so it cannot wait for the next logged step: it is
-the one point where a training step waits for the device (whether both numbers are finite).
-Their values are read only when one is not.
+"""The non-finite guard: a step whose loss or gradient norm is NaN or infinite is skipped (AdamW
+would write the NaN into every weight and moment for good), counted, and after
+``max_bad_steps`` such steps in a row the run stops. The check is the one point where a step
+waits for the device; the values are read only when one is not finite.
 """
 
 from __future__ import annotations

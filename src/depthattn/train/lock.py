@@ -1,18 +1,8 @@
-"""One writer per run directory. While a process trains a run, ``RUN/.lock`` names it (pid, host,
-start time); a second ``train`` into that run is refused with that name, instead of both writing
-checkpoints and metrics into the same folder.
-
-A lock whose process no longer runs (killed, crashed) is stale. On the host that wrote it,
-``os.kill(pid, 0)`` tells whether the process still runs, and a stale lock is taken over. From
-another host nothing can tell, so the run is refused, and the message says which file to remove
-once that process is known to be gone.
-
-The lock file is created exclusively (``O_EXCL``: it fails where a lock is already there). Two
-processes of one host that both find a stale lock take turns (an ``flock`` on the run directory
-around the look and the takeover), so only one of them takes it over.
-
-Under torchrun the lock is the job's: rank 0 takes it, every rank learns the outcome
-(``hold_run_lock``).
+"""One writer per run directory: ``RUN/.lock`` names the process that trains the run (pid, host,
+start time), and a second ``train`` into it is refused with that name. A stale lock (its
+process gone) is taken over on the host that wrote it, refused from another host; the file is
+created with ``O_EXCL``, and takeovers on one host take turns under an ``flock``
+(docs/reliability.md). Under torchrun rank 0 takes the lock for the job (``hold_run_lock``).
 """
 
 from __future__ import annotations
@@ -47,11 +37,6 @@ class Holder:
         return f"pid {self.pid} on host {self.host} (since {self.since})"
 
 
-def this_process() -> Holder:
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return Holder(os.getpid(), socket.gethostname(), now)
-
-
 def is_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this host (signal 0: checked, nothing is sent)."""
     try:
@@ -59,7 +44,7 @@ def is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it runs, as another user
-        return True
+        pass
     return True
 
 
@@ -98,7 +83,8 @@ class RunLock:
                 log.warning("%s: taking over the lock of %s, which no longer runs", folder,
                             holder)
                 self.path.unlink()
-            me = this_process()
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            me = Holder(os.getpid(), socket.gethostname(), now)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:  # another host took it meanwhile
@@ -176,6 +162,3 @@ def hold_run_lock(run: RunDir, dist: Distributed) -> Iterator[None]:
     finally:
         if dist.is_main:
             lock.release()
-
-
-__all__ = ["Holder", "RunLock", "hold_run_lock", "is_alive"]

@@ -1,18 +1,14 @@
-"""Training a looped model at random depth (Huginn, Geiping et al., 2025, arXiv
-2502.05171 §3.3): how many iterations r the looped block runs at each optimizer step, and
-through how many of them the gradient flows.
-
-Huginn's rule, λ the Poisson rate and r̄ = ``TrainConfig.loop_mean_rate``:
+"""Training a looped model at random depth (Huginn, Geiping et al., 2025, arXiv 2502.05171
+§3.3): the iterations r the looped block runs at each optimizer step, and through how many of
+them the gradient flows. With r̄ = ``TrainConfig.loop_mean_rate``:
 
     λ ~ LogNormal(μ = ln r̄ − σ²/2, σ),    r = Poisson(λ) + 1,    r = min(r, r_max) if capped
 
-μ is chosen so that the rate has mean E[λ] = exp(μ + σ²/2) = r̄; the + 1 keeps r ≥ 1, so
-E[r] = r̄ + 1 before the cap (Huginn trains r̄ = 32, mean 33 iterations). σ = 0.5 is Huginn's.
+so E[λ] = r̄ and E[r] = r̄ + 1 before the cap (Huginn: r̄ = 32, σ = 0.5).
 
-r is a pure function of (seed, step): a generator of its own, seeded by
-``default_rng([seed, step, LOOP_DEPTH_STREAM])``, so it draws nothing from, and does not depend
-on, the data order (``default_rng([seed, step])``) or torch's RNG; a resumed run, or steps
-visited in any order, see the same r. Every micro batch of a step runs at that step's r.
+r is a pure function of (seed, step), from a generator of its own
+(``default_rng([seed, step, LOOP_DEPTH_STREAM])``), apart from the data order and torch's RNG:
+a resumed run sees the same r. Every micro batch of a step runs at that step's r.
 """
 
 from __future__ import annotations

@@ -1,24 +1,32 @@
 """Starting a run, or resuming one: what the run directory must hold, which configuration
-fields may change, which checkpoint a run resumes from, and loading it into a plain or a sharded
-model."""
+fields may change, which checkpoint a run resumes from, loading it into a plain or a sharded
+model, and ``init_from``: a fresh run's weights copied from an existing model (continued
+pretraining, or a Qwen3 / authors'-format checkpoint retrofitted as Depth-Attention)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
+from depthattn.io import is_sharded, load_model
 from depthattn.model.decoder import CausalLM
-from depthattn.train.checkpoint import STATE_FILE, load_checkpoint
+from depthattn.train.checkpoint import (
+    load_checkpoint,
+    load_sharded,
+    read_state,
+)
 from depthattn.train.config import TrainConfig
 from depthattn.train.distributed import Distributed
 from depthattn.train.optim import build_optimizer, build_scheduler
 from depthattn.train.run_dir import RunDir
-from depthattn.train.sharded_checkpoint import is_sharded, load_full_state, load_sharded
 from depthattn.utils.errors import DepthAttnError
 
 log = logging.getLogger(__name__)
@@ -81,7 +89,7 @@ def resume_point(run: RunDir) -> Path | None:
 def check_step_size(checkpoint: Path, tokens_per_step: int, world: int) -> None:
     """A run resumed on another number of processes must keep its tokens per step, or the data
     and the schedule would no longer be those of the run it continues."""
-    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    state = read_state(checkpoint)
     saved = state.get("tokens_per_step", state["tokens"] // max(1, state["step"]))
     if saved != tokens_per_step:
         raise DepthAttnError(
@@ -106,10 +114,57 @@ def load_any_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Opti
     plain_scheduler = build_scheduler(plain_optimizer, config)
     state = load_checkpoint(path, plain, plain_optimizer, plain_scheduler)
     model_state, optim_state = get_state_dict(plain, plain_optimizer)
-    load_full_state(model, optimizer, model_state, optim_state)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))  # each rank keeps its shards
     scheduler.load_state_dict(plain_scheduler.state_dict())
     return state
 
 
-__all__ = ["RESUMABLE_CHANGES", "changed_fields", "check_run_dir", "check_step_size",
-           "load_any_checkpoint", "resume_point"]
+# Fields that decide the shape of a weight, or what a weight means.
+GEOMETRY_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                   "num_kv_heads", "head_dim", "tie_embeddings", "prelude_layers",
+                   "loop_layers")
+ADDED_BY_METHOD = ("model.cross_layer.", "model.loop_injection.")
+
+
+def check_geometry(source: str, theirs, ours) -> None:
+    """Raise naming every geometry field in which the source differs from the run's model."""
+    differences = [f"{name} {getattr(theirs, name)!r} (this run: {getattr(ours, name)!r})"
+                   for name in GEOMETRY_FIELDS if getattr(theirs, name) != getattr(ours, name)]
+    if differences:
+        hint = (" The vocabulary comes from the run's tokenizer: prepare the data with the "
+                "source model's tokenizer." if any(d.startswith("vocab_size") for d in
+                                                   differences) else "")
+        raise DepthAttnError(f"init_from {source} has another geometry than this run's model: "
+                         f"{'; '.join(differences)}.{hint}")
+
+
+@torch.no_grad()
+def initialise_from(model: CausalLM, source: str) -> None:
+    """Copy the weights of ``source`` (any folder ``load_model`` reads) into ``model`` before it
+    is sharded or trained. The geometry must match; the method may differ, and the parameters
+    only it adds (``ADDED_BY_METHOD``) keep their fresh initialisation."""
+    loaded = load_model(source)
+    check_geometry(source, loaded.config, model.config)
+    theirs, ours = loaded.state_dict(), model.state_dict()
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    not_added = [k for k in missing if not k.startswith(ADDED_BY_METHOD)]
+    if not_added or unexpected:
+        parts = []
+        if not_added:
+            parts.append(f"missing {', '.join(not_added[:4])}")
+        if unexpected:
+            parts.append(f"not in this model: {', '.join(unexpected[:4])} (method "
+                         f"{loaded.config.method!r} has parameters {model.config.method!r} "
+                         f"lacks)")
+        raise DepthAttnError(f"init_from {source} does not fit this run's model: "
+                         f"{'; '.join(parts)}")
+    for name, tensor in theirs.items():
+        if ours[name].shape != tensor.shape:
+            raise DepthAttnError(f"init_from {source}: {name} has shape {tuple(tensor.shape)}, "
+                             f"this run's model {tuple(ours[name].shape)}")
+        ours[name].copy_(tensor)
+    log.info("initialised from %s (method %s)%s", source, loaded.config.method,
+             f"; {len(missing)} parameter tensor(s) of {model.config.method} keep their "
+             f"fresh initialisation" if missing else "")

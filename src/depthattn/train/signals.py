@@ -1,8 +1,6 @@
-"""SIGTERM and SIGINT during training: finish the step, write a checkpoint, then stop with a
-message that says how to resume (schedulers send SIGTERM before they preempt a job; Ctrl-C sends
-SIGINT). A second signal of the same kind acts as it would without this handler (SIGINT:
-KeyboardInterrupt, SIGTERM: the process ends), for a user who does not want to wait; the
-checkpoint being written then is simply never renamed into place.
+"""SIGTERM (a scheduler about to preempt) and SIGINT (Ctrl-C) during training: finish the step,
+write a checkpoint, stop with a message that says how to resume. A second signal of the same
+kind acts as it would without this handler.
 """
 
 from __future__ import annotations

@@ -1,30 +1,23 @@
 """The training loop: data → model → AdamW with warmup + cosine → metrics, evaluation and
-atomic checkpoints; ``resume=True`` continues a run exactly (same batches, same losses), also
-after the process was killed at any point (it restarts from the newest checkpoint that
-verifies). SIGTERM / SIGINT write a checkpoint and stop (``signals``); a non-finite step is
-skipped (``guard``); memory, disk, data and tokenizer are checked before any work
-(``preflight``, ``depthattn.data.prepared``); one process at a time trains a run (``lock``).
+atomic checkpoints, resumable exactly (same batches, same losses) after any interruption
+(docs/reliability.md); one process at a time trains a run (``lock``). ``Trainer.__init__`` sets a run up, ``Trainer.train_step`` is one
+optimizer step, ``Trainer.train`` the loop around it that logs, evaluates and checkpoints.
 
-``Trainer.__init__`` sets a run up (data, model, optimizer, the checkpoint it resumes from),
-``Trainer.train_step`` is one optimizer step, ``Trainer.train`` the loop around it that logs,
-evaluates and checkpoints.
-
-Under torchrun the same loop runs on every rank (``distributed``): the model is sharded with
-FSDP2 (``fsdp``), each rank reads its slice of the global batch, checkpoints are sharded
-(``sharded_checkpoint``), and every decision (skip a step, stop on a signal, stop a diverging
-run) is taken from all-reduced numbers, so all ranks take it together. Rank 0 alone logs, shows
-progress and writes the run's files."""
+Under torchrun every rank runs the same loop on its slice of the global batch, the model
+sharded with FSDP2 (docs/distributed.md); every decision (skip a step, stop on a signal, stop a
+diverging run) is taken from all-reduced numbers, so all ranks take it together. Rank 0 alone
+logs, shows progress and writes the run's files."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -40,12 +33,15 @@ from depthattn.eval.perplexity import EvalResult, evaluate_perplexity, nll_resul
 from depthattn.io import model_from_state, save_model
 from depthattn.model.decoder import CausalLM
 from depthattn.train import distributed
-from depthattn.train.checkpoint import save_checkpoint
+from depthattn.train.checkpoint import (
+    ShardedCheckpointer,
+    full_model_state,
+    save_checkpoint,
+)
 from depthattn.train.config import TrainConfig
 from depthattn.train.distributed import Distributed
 from depthattn.train.fsdp import average_replicated_grads, clip_grad_norm, shard_model
 from depthattn.train.guard import NonFiniteGuard, NonFiniteTraining
-from depthattn.train.init_from import initialise_from
 from depthattn.train.lock import hold_run_lock
 from depthattn.train.loop_depth import LoopDepth, loop_depth_at, training_depths
 from depthattn.train.metrics import MetricsLog, NullMetrics
@@ -54,11 +50,11 @@ from depthattn.train.preflight import check_disk, check_memory, count_parameters
 from depthattn.train.resume import (
     check_run_dir,
     check_step_size,
+    initialise_from,
     load_any_checkpoint,
     resume_point,
 )
 from depthattn.train.run_dir import RunDir
-from depthattn.train.sharded_checkpoint import ShardedCheckpointer, full_model_state
 from depthattn.train.signals import StopOnSignal, TrainingStopped
 from depthattn.utils.atomic import write_json_atomic
 from depthattn.utils.devices import autocast_dtype, resolve_device
@@ -161,9 +157,8 @@ class Trainer:
                  config.steps, self.tokens_per_step)
 
     def _setup_data(self) -> None:
-        """The prepared data (rank 0 prepares what needs preparing while the others wait), the
-        model config its tokenizer implies, this rank's training batches and validation
-        windows."""
+        """The prepared data (rank 0 prepares it while the others wait), the model config its
+        tokenizer implies, this rank's training batches and validation windows."""
         config, dist = self.config, self.dist
         manifest = resolve_data(config.data, config.vocab_size,
                                 progress=config.progress) if dist.is_main else None
@@ -180,20 +175,16 @@ class Trainer:
                                     config.micro_batch_size * self.accumulation,
                                     seed=config.seed, rank=dist.rank, world_size=self.world,
                                     max_seq_len=max_seq_len, accumulation=self.accumulation)
-        # Intermediate evaluations may use a sample of windows; the final one reads the whole
-        # split.
-        self.val_batches = ValidationBatches(val_stream, config.seq_len, config.micro_batch_size,
-                                             rank=dist.rank, world_size=self.world,
-                                             max_windows=config.eval_windows or None,
-                                             max_seq_len=max_seq_len)
-        self.final_val_batches = ValidationBatches(val_stream, config.seq_len,
-                                                   config.micro_batch_size, rank=dist.rank,
-                                                   world_size=self.world,
-                                                   max_seq_len=max_seq_len)
+        # Intermediate evaluations may use a sample of windows; the final one reads them all.
+        validation = functools.partial(ValidationBatches, val_stream, config.seq_len,
+                                       config.micro_batch_size, rank=dist.rank,
+                                       world_size=self.world, max_seq_len=max_seq_len)
+        self.val_batches = validation(max_windows=config.eval_windows or None)
+        self.final_val_batches = validation()
 
     def _setup_model(self, from_scratch: bool) -> None:
-        """The model (sharded under torchrun), AdamW and its schedule, the non-finite guard,
-        the loss function a step calls (compiled when asked)."""
+        """The model (sharded under torchrun), AdamW and its schedule, the non-finite guard, the
+        loss a step calls (compiled when asked)."""
         config, dist = self.config, self.dist
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = CausalLM(self.model_config).to(self.device)
@@ -211,16 +202,14 @@ class Trainer:
         # Training goes through CausalLM.loss (chunked cross-entropy: no full logits); evaluation
         # through forward. Compiling the bound method compiles the whole loss, decoder included;
         # a sharded model compiles block by block instead (shard_model).
-        self.whole_compile = config.compile and not dist.enabled
         self.train_loss = self.model.loss
-        if self.whole_compile:
+        if config.compile and not dist.enabled:
             # one graph per depth r (Dynamo specialises on it), + evaluation's, + a shorter batch's
             graphs = len(training_depths(config, self.model_config)) + 2
             self.train_loss = _with_recompile_limit(torch.compile(self.model.loss), graphs)
         self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                          if self.amp_dtype is not None else contextlib.nullcontext())
 
-    # --- one step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> StepOutput:
         """Optimizer step ``step`` (0-based): forward and backward over its micro batches,
         gradients clipped, AdamW unless the step is not finite, the schedule advanced."""
@@ -264,7 +253,6 @@ class Trainer:
             return clip_grad_norm(list(self.model.parameters()), max_norm)
         return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
 
-    # --- the loop ---------------------------------------------------------------------------
     def train(self) -> RunResult:
         """The steps from where the run stands to ``config.steps``, then the final evaluation,
         the exported model and summary.json."""
@@ -304,8 +292,8 @@ class Trainer:
         return self._finish()
 
     def log(self, step: int, output: StepOutput) -> None:
-        """The record of a skipped step, or every ``log_every`` steps the metrics: the point
-        where the step's loss and gradient norm are read from the device."""
+        """The record of a skipped step, or every ``log_every`` steps the metrics (where the
+        loss and gradient norm are read from the device)."""
         config = self.config
         self._interval_tokens += self.tokens_per_step
         if output.skipped is not None:
@@ -363,24 +351,20 @@ class Trainer:
     @contextlib.contextmanager
     def _resumable_on_failure(self) -> Iterator[None]:
         """A checkpoint that cannot be written (a full disk, say) ends the run with one line
-        that names the last good checkpoint and how to resume from it: nothing before it is
-        lost."""
+        that names the last good checkpoint and how to resume from it."""
         try:
             yield
         # RuntimeError: torch.save's; CheckpointException: DCP's, raised on every rank
         except (OSError, RuntimeError, SafetensorError, CheckpointException) as error:
             reason = " ".join(str(error).split()) or type(error).__name__
-            good = self.run.latest_checkpoint()
-            where = (f"the last good checkpoint is {good}" if good is not None
-                     else "no checkpoint was written before it")
+            where = self._last_good("no checkpoint was written before it")
             raise DepthAttnError(f"writing a checkpoint into {self.run.checkpoints_dir} failed "
                              f"({reason}); {where}. Resume with: depthattn train --resume "
                              f"run_dir={self.run.path}") from error
 
-    # --- the end ----------------------------------------------------------------------------
     def _finish(self) -> RunResult:
-        """The final evaluation (if the loop had no step left to run), the model exported
-        whole into ``run_dir/model`` and summary.json."""
+        """The final evaluation (if no step was left to run), ``run_dir/model`` and
+        summary.json."""
         if self.val is None:  # resumed a run that had already finished
             self.val = self.evaluate(final=True)
         if not self.dist.enabled:
@@ -392,22 +376,22 @@ class Trainer:
         result = RunResult(self.run.path, self.config.steps, self.val, self.parameters,
                            self.throughput)
         if self.dist.is_main:
-            write_json_atomic(self.run.summary_file, self._summary(result))
-        self.dist.barrier()
-        return result
-
-    def _summary(self, result: RunResult) -> dict[str, Any]:
-        return {"method": self.model_config.method,
+            write_json_atomic(self.run.summary_file, {
+                "method": self.model_config.method,
                 "method_options": self.model_config.method_options, "seed": self.config.seed,
                 "steps": result.step, "world_size": self.world,
                 "tokens": result.step * self.tokens_per_step,
                 "num_parameters": result.num_parameters, "tokens_per_s": result.tokens_per_s,
-                "skipped_steps": self.guard.skipped_steps, **result.val.as_dict()}
+                "skipped_steps": self.guard.skipped_steps, **result.val.as_dict()})
+        self.dist.barrier()
+        return result
+
+    def _last_good(self, if_none: str) -> str:
+        good = self.run.latest_checkpoint()
+        return f"the last good checkpoint is {good}" if good is not None else if_none
 
     def _diverged_message(self, step: int, reason: str) -> str:
-        good = self.run.latest_checkpoint()
-        where = (f"the last good checkpoint is {good}" if good is not None
-                 else "no checkpoint was written yet")
+        where = self._last_good("no checkpoint was written yet")
         return (f"training stopped at step {step}: {self.guard.streak} steps in a row were "
                 f"skipped (max_bad_steps {self.guard.max_bad_steps}; the last: {reason}); "
                 f"{where}. Lower lr, raise warmup_ratio or check the data before resuming")
@@ -419,9 +403,8 @@ def _every(interval: int, step: int) -> bool:
 
 
 def _with_recompile_limit(compiled, graphs: int):
-    """``compiled`` allowed at least ``graphs`` graphs: past Dynamo's recompile limit (8) a
-    sampled-depth run would fall back to eager for every further r. The limit is a global
-    setting, so it is raised only during the calls."""
+    """``compiled`` allowed ``graphs`` graphs: past Dynamo's recompile limit (8) a sampled-depth
+    run would fall back to eager. The limit is global, so it is raised only during the calls."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     limit = max(graphs, getattr(config, name))

@@ -9,7 +9,7 @@ import pytest
 
 from depthattn.cli import main
 from depthattn.train import TrainConfig
-from depthattn.train.plan import plan_training
+from depthattn.train.preflight import plan_training
 
 
 def test_dry_run_prints_the_plan_without_training(capsys, tmp_path):
