@@ -1,7 +1,8 @@
 """The training loop: data → model → AdamW with warmup + cosine → metrics, evaluation and
 atomic checkpoints, resumable exactly (same batches, same losses) after any interruption
-(docs/reliability.md); one process at a time trains a run (``lock``). ``Trainer.__init__`` sets a run up, ``Trainer.train_step`` is one
-optimizer step, ``Trainer.train`` the loop around it that logs, evaluates and checkpoints.
+(docs/reliability.md); one process at a time trains a run (``lock``). ``Trainer.__init__``
+sets a run up, ``Trainer.train_step`` is one optimizer step, ``Trainer.train`` the loop around
+it that logs, evaluates and checkpoints.
 
 Under torchrun every rank runs the same loop on its slice of the global batch, the model
 sharded with FSDP2 (docs/distributed.md); every decision (skip a step, stop on a signal, stop a
