@@ -35,6 +35,11 @@ class DepthWeights:
     def weights(self) -> dict[int, torch.Tensor]:
         return {layer: torch.cat(chunks, dim=2) for layer, chunks in self._chunks.items()}
 
+    @property
+    def layers(self) -> list[int]:
+        """The layers (applications) that mixed, ascending."""
+        return sorted(self._chunks)
+
 
 @contextmanager
 def capture_depth_weights(model: nn.Module) -> Iterator[DepthWeights]:
