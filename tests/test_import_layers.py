@@ -125,3 +125,14 @@ def test_methods_read_only_the_config_and_schedule_of_the_model():
         if name.startswith("depthattn.methods"):
             model = {e for e in edges if e.startswith("depthattn.model")}
             assert model <= allowed, (name, sorted(model - allowed))
+
+
+@pytest.mark.parametrize("layer", ["model", "methods"])
+def test_the_core_imports_no_application_layer(layer):
+    """model and methods (the core) never import train, eval, analysis, experiments, hf, io or
+    the CLI: those sit on the core, not under it."""
+    above = {"train", "eval", "analysis", "experiments", "hf", "io", "cli"}
+    for name, edges in import_graph().items():
+        if name == f"depthattn.{layer}" or name.startswith(f"depthattn.{layer}."):
+            bad = sorted(e for e in edges if e.count(".") >= 1 and e.split(".")[1] in above)
+            assert not bad, f"{name} imports {bad}"
