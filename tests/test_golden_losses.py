@@ -3,6 +3,11 @@
 The pinned numbers were printed by the code before the package was reshaped (d558664): a
 refactoring that moves code must reproduce them bit for bit. A change that alters the maths
 on purpose updates them and says why in its commit.
+
+Bit for bit holds on the kind of CPU the numbers were recorded on (``RECORDED_ON``): another
+vendor's or another instruction set's matrix kernels round differently (an AMD EPYC and an
+Intel Xeon print different quickstart losses from the same code). Elsewhere the losses must
+agree to ``OTHER_CPU_RTOL``, far tighter than any change of the maths moves them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
@@ -20,6 +26,10 @@ from depthattn.train import TrainConfig, train
 
 VOCAB = 96
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
+
+# (CPU vendor, torch's CPU capability, torch version) of the machine that printed GOLDEN
+RECORDED_ON = ("GenuineIntel", "AVX512", "2.13.0")
+OTHER_CPU_RTOL = 1e-5
 
 # case → training losses of steps 1..4 and the final validation loss, as float.hex
 GOLDEN: dict[str, list[str]] = {
@@ -127,7 +137,22 @@ def golden_losses(case: str, folder: Path, run_dir: Path) -> list[float]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_losses_equal_the_pinned_ones(case: str, token_folder: Path, tmp_path: Path) -> None:
     losses = golden_losses(case, token_folder, tmp_path / "run")
-    assert [x.hex() for x in losses] == GOLDEN[case]
+    if this_cpu() == RECORDED_ON:
+        assert [x.hex() for x in losses] == GOLDEN[case]
+    else:
+        pinned = [float.fromhex(x) for x in GOLDEN[case]]
+        assert losses == pytest.approx(pinned, rel=OTHER_CPU_RTOL, abs=0)
+
+
+def this_cpu() -> tuple[str, str, str]:
+    vendor = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    return vendor, torch.backends.cpu.get_cpu_capability(), torch.__version__.split("+")[0]
 
 
 def test_every_registered_method_is_pinned() -> None:
