@@ -126,7 +126,7 @@ def folder_kind(path: str | Path) -> FolderKind:
         return "depthattn"
     if raw.get("model_type") not in _MODEL_TYPES:
         raise DepthAttnError(f"{path} holds a {raw.get('model_type')!r} model, which depthattn does "
-                         f"not read. {_accepted()}")
+                             f"not read. {_accepted()}")
     return _MODEL_TYPES[raw["model_type"]]
 
 
@@ -177,7 +177,7 @@ def _with_changes(fields: dict[str, Any], method: str | None,
     taken = sorted({"method", "method_options"} & set(overrides))
     if taken:
         raise DepthAttnError(f"{', '.join(taken)} cannot be an override: give the method as "
-                         f"method= and its options as method_options=")
+                             f"method= and its options as method_options=")
     fields = {**fields, **overrides}
     if method is not None:
         fields.update(method=method, method_options=dict(method_options or {}))
@@ -211,9 +211,9 @@ def _check_state(config: ModelConfig, expected: dict[str, torch.Tensor],
     adapter = "model.loop_injection.weight"
     if adapter in expected and adapter not in state:
         raise DepthAttnError(f"the checkpoint has no {adapter}: its config asks for "
-                         f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
-                         f"weights were not trained with one; load it with the loop_injection "
-                         f"it was trained with")
+                             f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
+                             f"weights were not trained with one; load it with the loop_injection "
+                             f"it was trained with")
     wanted = set(expected) - ({"lm_head.weight"} if config.tie_embeddings else set())
     missing = sorted(wanted - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -222,13 +222,13 @@ def _check_state(config: ModelConfig, expected: dict[str, torch.Tensor],
         hint = (f"; method {config.method!r} adds parameters the checkpoint does not have "
                 f"(choose a parameter-free method: vanilla, depth_attention)" if added else "")
         raise DepthAttnError(f"the checkpoint does not match the model: missing "
-                         f"{missing[:5] or 'none'}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5] or 'none'}"
-                         f"{'...' if len(unexpected) > 5 else ''}{hint}")
+                             f"{missing[:5] or 'none'}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {unexpected[:5] or 'none'}"
+                             f"{'...' if len(unexpected) > 5 else ''}{hint}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise DepthAttnError(f"{name} has shape {tuple(tensor.shape)} but the config implies "
-                             f"{tuple(expected[name].shape)}")
+                                 f"{tuple(expected[name].shape)}")
 
 
 # --- one reader of config.json per kind: ModelConfig fields ----------------------------------
@@ -291,7 +291,7 @@ def _official(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         bad.append(f"rope_parameters.rope_type={rope.get('rope_type')!r} (allowed: 'default')")
     if bad:
         raise DepthAttnError(f"unsupported option(s) in the official config{where}: "
-                         f"{'; '.join(bad)}")
+                             f"{'; '.join(bad)}")
     unknown = sorted(set(raw) - _OFFICIAL_KNOWN - set(_OFFICIAL_REQUIRED))
     if unknown:
         logger.warning("ignoring config keys not used by the authors' Depth-Attention model: %s",

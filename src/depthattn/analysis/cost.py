@@ -158,7 +158,8 @@ def format_cost_report(report: CostReport) -> str:
         f"    added by method   {_count(a.added_params)}"
         f"  ({100 * a.added_params / report.total_params:.4g} % of total)",
         f"  FLOPs / token       {_count(report.total_flops_per_token)}"
-        f"  (matmuls {_short(b.matmul_flops_per_token)}, attention {_short(b.attention_flops_per_token)})",
+        f"  (matmuls {_short(b.matmul_flops_per_token)}, attention "
+        f"{_short(b.attention_flops_per_token)})",
         f"    added by method   {_count(a.added_flops_per_token)}"
         f"  ({100 * report.added_flops_fraction:.4g} % of total)",
         f"  KV cache / token    {b.kv_cache_per_token:,} elements = {kv_bytes:,} bytes",

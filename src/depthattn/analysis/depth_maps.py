@@ -83,7 +83,7 @@ def depth_map(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     model.train(was_training)
     if not sources:
         raise DepthAttnError(f"method {config.method!r} computes no depth weights: depth maps need "
-                         f"a model with Depth-Attention")
+                             f"a model with Depth-Attention")
     if tokens == 0:
         raise DepthAttnError("the batches hold no tokens")
     mean = weight_sum / tokens

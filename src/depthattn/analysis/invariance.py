@@ -28,7 +28,7 @@ def invariance_errors(model: torch.nn.Module, sequence: torch.Tensor, other: tor
     T, P = sequence.shape[0], other.shape[0] - sequence.shape[0]
     if P < 1:
         raise DepthAttnError(f"other ({other.shape[0]} tokens) must be longer than the sequence "
-                         f"({T}) so that the sequence is padded")
+                             f"({T}) so that the sequence is padded")
     alone = model(sequence[None]).float()[0]  # (T, V)
 
     pad = torch.zeros(P, dtype=sequence.dtype, device=sequence.device)

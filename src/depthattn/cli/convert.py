@@ -55,16 +55,16 @@ def run_convert(args: argparse.Namespace) -> None:
     if args.from_qwen3:
         if options and args.method != "depth_attention":
             raise DepthAttnError("--stride/--recent-window/--sources apply to --method "
-                             "depth_attention only")
+                                 "depth_attention only")
         path = from_qwen3(args.from_qwen3, out, args.method, overrides=overrides, **options)
     else:
         if overrides:
             raise DepthAttnError(f"model overrides ({', '.join(args.overrides)}) only apply to "
-                             f"--from-qwen3")
+                                 f"--from-qwen3")
         if options or args.method != "depth_attention":
             given = [f"--{k.replace('_', '-')}" for k in options]
             raise DepthAttnError(f"{', '.join(given) or '--method'} only applies to --from-qwen3"
-                             + (" (--from-official reads the method from the checkpoint)"
+                                 + (" (--from-official reads the method from the checkpoint)"
                                 if args.from_official else ""))
         if args.tokenizer is not None and not args.from_run:
             raise DepthAttnError("--tokenizer only applies to --from-run")

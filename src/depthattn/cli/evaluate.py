@@ -54,12 +54,12 @@ def run_eval(args: argparse.Namespace) -> None:
         return
     if len(paths) > 1:
         raise DepthAttnError(f"one PATH at a time ({len(paths)} given): several paths apply "
-                         f"with --loops")
+                             f"with --loops")
     args.path = paths[0]
     if args.tasks:  # zero-shot accuracy through lm-eval
         if args.kv_cache is not None or args.prefill_chunk is not None:
             raise DepthAttnError("--kv-cache and --prefill-chunk apply to the perplexity "
-                             "evaluation, not to --tasks")
+                                 "evaluation, not to --tasks")
         run_zeroshot(args)
         return
     from depthattn.eval.run import evaluate_path

@@ -72,7 +72,7 @@ def split_data_option(argv: list[str]) -> tuple[str | None, list[str]]:
             value = next(args, None)
             if value is None or value.startswith("-"):
                 raise DepthAttnError(f"{DATA_OPTION} needs a value: a prepared folder, a corpus or "
-                                 f"'default'")
+                                     f"'default'")
         if data is not None:
             raise DepthAttnError(f"{DATA_OPTION} given twice ({data!r} and {value!r}): give it once")
         data = value
@@ -115,7 +115,7 @@ def parse_command(argv: list[str]) -> tuple[Any, argparse.Namespace]:
     if not hasattr(args, "tasks"):  # `ls`, or no command: nothing of ours is named
         if data is not None:
             raise DepthAttnError(f"{DATA_OPTION} is for the corpus tasks named in --tasks; this "
-                             f"lm-eval command takes no --tasks")
+                                 f"lm-eval command takes no --tasks")
         return cli, args
     config = _from_config(args)
     folders = task_folders(_strings(args.tasks or config.get("tasks")), data)

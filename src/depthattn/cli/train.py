@@ -38,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, args.overrides)
     if not args.dry_run and (args.world_size is not None or args.device_type is not None):
         raise DepthAttnError("--world-size and --device-type only shape a --dry-run plan; a real "
-                         "run takes its world size from torchrun")
+                             "run takes its world size from torchrun")
     if args.dry_run:
         return _dry_run(config, args)
     run = RunDir(config.run_dir)

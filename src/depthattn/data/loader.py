@@ -27,7 +27,7 @@ def check_seq_len(seq_len: int, num_tokens: int, split: str, max_seq_len: int | 
         raise DepthAttnError(f"seq_len must be at least 1, got {seq_len}")
     if max_seq_len is not None and seq_len > max_seq_len:
         raise DepthAttnError(f"seq_len {seq_len} is larger than the model allows "
-                         f"(max_seq_len {max_seq_len})")
+                             f"(max_seq_len {max_seq_len})")
     if need_full_window and seq_len + 1 > num_tokens:
         raise DepthAttnError(
             f"seq_len {seq_len} needs windows of {seq_len + 1} tokens, but the {split} split has "
@@ -54,7 +54,7 @@ class TrainBatches:
         _check_batches(rank, world_size, batch_size)
         if accumulation < 1 or batch_size % accumulation:
             raise DepthAttnError(f"accumulation ({accumulation}) must be at least 1 and divide "
-                             f"batch_size ({batch_size}): the rows of one rank's step")
+                                 f"batch_size ({batch_size}): the rows of one rank's step")
         self.accumulation = accumulation
         if seed < 0:
             raise DepthAttnError(f"seed must be non-negative, got {seed}")

@@ -83,7 +83,7 @@ def bpe_options(tokenizer, vocab_size: int | None,
                  if value is not None]
         if stray:
             raise DepthAttnError(f"{' and '.join(stray)} set the BPE that prepare trains; with a "
-                             f"tokenizer given ({tokenizer}) none is trained")
+                                 f"tokenizer given ({tokenizer}) none is trained")
     return (DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size,
             DEFAULT_TOKENIZER_SAMPLE_CHARS if tokenizer_sample_chars is None
             else tokenizer_sample_chars)
@@ -120,9 +120,9 @@ def _check_default_corpus_options(**options: Any) -> None:
     given = [f"{name}={value!r}" for name, value in options.items() if value is not None]
     if given:
         raise DepthAttnError(f"the default corpus takes none of {', '.join(given)}: it is a fixed "
-                         f"set of text files, prepared in one process with its copies listed "
-                         f"(docs/data.md); these options set how the datatrove engine reads "
-                         f"other corpora")
+                             f"set of text files, prepared in one process with its copies listed "
+                             f"(docs/data.md); these options set how the datatrove engine reads "
+                             f"other corpora")
 
 
 def prepare(

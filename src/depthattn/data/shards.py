@@ -82,7 +82,7 @@ class TokenStream:
         self.num_tokens = int(self.offsets[-1])
         if self.num_tokens != info["num_tokens"]:
             raise DepthAttnError(f"{self.manifest_path}: {split} shards hold {self.num_tokens} tokens, "
-                             f"the manifest says {info['num_tokens']}")
+                                 f"the manifest says {info['num_tokens']}")
 
     @property
     def vocab_size(self) -> int:

@@ -96,6 +96,6 @@ def held_out(count: int, val_fraction: float, seed: int, what: str) -> np.ndarra
     check_val_fraction(val_fraction)
     if count < 2:
         raise DepthAttnError(f"the input has {count} {what}; a split by {what} needs at least 2 "
-                         f"(one for training, one for validation)")
+                             f"(one for training, one for validation)")
     n_val = min(max(1, round(val_fraction * count)), count - 1)
     return np.sort(np.random.default_rng(seed).choice(count, n_val, replace=False))

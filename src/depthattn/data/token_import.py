@@ -112,11 +112,11 @@ def _read(inputs: list[Path], dtype: str | None, column: str, eos_id: int, vocab
                 largest, found = dataset_documents(path, column, eos_id, bar)
             if largest >= vocab:
                 raise DepthAttnError(f"{path} holds token id {largest}, but the tokenizer has "
-                                 f"{vocab} tokens (ids 0..{vocab - 1}); give the tokenizer "
-                                 f"the files were made with")
+                                     f"{vocab} tokens (ids 0..{vocab - 1}); give the tokenizer "
+                                     f"the files were made with")
             if not sum(len(a.starts) for a in found):
                 raise DepthAttnError(f"{path} holds no documents (only EOS ids {eos_id} or empty "
-                                 f"rows)")
+                                     f"rows)")
             arrays += found
             owner += [i] * len(found)
     if flats and not separators:

@@ -37,7 +37,7 @@ class TokenArray:
 def _check_dtype(dtype: str, where: str) -> np.dtype:
     if dtype not in TOKEN_DTYPES:
         raise DepthAttnError(f"{where}: token dtype {dtype!r} is not supported; allowed: "
-                         f"{', '.join(TOKEN_DTYPES)}")
+                             f"{', '.join(TOKEN_DTYPES)}")
     return np.dtype(dtype)
 
 
@@ -47,7 +47,7 @@ def open_flat(path: Path, dtype: str | None) -> np.ndarray:
         array = np.load(path, mmap_mode="r")
         if array.dtype.name not in TOKEN_DTYPES or array.ndim != 1:
             raise DepthAttnError(f"{path} holds {array.dtype}{array.shape}; a token file must be "
-                             f"1-D {' or '.join(TOKEN_DTYPES)}")
+                                 f"1-D {' or '.join(TOKEN_DTYPES)}")
         if dtype is not None and dtype != array.dtype.name:
             raise DepthAttnError(f"{path} holds {array.dtype} ids, but --token-dtype is {dtype}")
     elif path.suffix == ".bin":
@@ -55,15 +55,15 @@ def open_flat(path: Path, dtype: str | None) -> np.ndarray:
         size = path.stat().st_size
         if size % np_dtype.itemsize:
             raise DepthAttnError(f"{path} has {size} bytes, not a multiple of {np_dtype.itemsize} "
-                             f"({np_dtype.name}); is --token-dtype right?")
+                                 f"({np_dtype.name}); is --token-dtype right?")
         if size >= 4 and int(np.fromfile(path, np.int32, 1)[0]) in _LLMC_MAGICS:
             raise DepthAttnError(f"{path} starts with llm.c's .bin header (magic "
-                             f"{int(np.fromfile(path, np.int32, 1)[0])}); only raw id files "
-                             f"(nanoGPT's format) are supported")
+                                 f"{int(np.fromfile(path, np.int32, 1)[0])}); only raw id files "
+                                 f"(nanoGPT's format) are supported")
         array = np.memmap(path, dtype=np_dtype, mode="r") if size else np.empty(0, np_dtype)
     else:
         raise DepthAttnError(f"{path}: unknown token file type {path.suffix!r}; allowed: .npy, "
-                         f".bin, or a `datasets` folder")
+                             f".bin, or a `datasets` folder")
     if array.size == 0:
         raise DepthAttnError(f"{path} holds no tokens")
     return array
@@ -120,7 +120,7 @@ def dataset_documents(path: Path, column: str, eos_id: int,
         if values.size:
             if values.min() < 0:
                 raise DepthAttnError(f"{path}: column {column!r} holds a negative id "
-                                 f"({int(values.min())})")
+                                     f"({int(values.min())})")
             largest = max(largest, int(values.max()))
         # a row that ends with EOS already has its separator
         separated = np.zeros(len(starts), bool)
@@ -147,6 +147,6 @@ def check_inputs(paths: list[Path], dtype: str | None) -> None:
         if path.is_dir():
             if not is_datasets_folder(path):
                 raise DepthAttnError(f"{path} is a folder but not a `datasets` folder (no "
-                                 f"dataset_info.json or dataset_dict.json)")
+                                     f"dataset_info.json or dataset_dict.json)")
         else:
             open_flat(path, dtype)

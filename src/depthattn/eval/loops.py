@@ -33,7 +33,7 @@ def parse_loops(text: str) -> list[int]:
             value = 0
         if not item.isdigit() or value < 1:
             raise DepthAttnError(f"--loops: {item!r} is not a positive integer (give loop iteration "
-                             f"counts separated by commas, e.g. --loops 1,2,4,8)")
+                                 f"counts separated by commas, e.g. --loops 1,2,4,8)")
         if value in values:
             raise DepthAttnError(f"--loops: {value} is given twice")
         values.append(value)
@@ -53,7 +53,7 @@ def check_looped(paths: Sequence[str | Path]) -> None:
         config = load_model(path).config
         if not config.looped:
             raise DepthAttnError(f"{path}: --loops needs a looped model, and this one has "
-                             f"loop_layers={config.loop_layers}")
+                                 f"loop_layers={config.loop_layers}")
 
 
 def evaluate_loops(paths: Sequence[str | Path], loops: Sequence[int],

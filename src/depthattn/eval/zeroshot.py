@@ -48,7 +48,7 @@ def _task_dirs(names: list[str], path_or_model, data: str | Path | None, seed: i
             data = RunDir(path_or_model).data_manifest(prepare=True)  # None: not a run
         if data is None:
             raise DepthAttnError(f"{', '.join(CORPUS_TASKS)} are built from prepared data: pass "
-                             f"--data (a prepared folder) for a model that is not a run")
+                                 f"--data (a prepared folder) for a model that is not a run")
         dirs.append(ensure_corpus_tasks(manifest_path(data), seed=seed))
     return dirs
 
@@ -74,7 +74,7 @@ def _load_tasks(names: list[str], task_manager) -> dict[str, Any]:
                 f"copy a Hugging Face datasets cache that has it to HF_DATASETS_CACHE") from error
         if len(loaded) != 1:
             raise DepthAttnError(f"{name!r} is an lm-eval group of {len(loaded)} tasks: name the "
-                             f"tasks one by one ({', '.join(sorted(loaded))})")
+                                 f"tasks one by one ({', '.join(sorted(loaded))})")
         tasks[name] = next(iter(loaded.values()))
     return tasks
 

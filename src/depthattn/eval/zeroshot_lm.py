@@ -58,12 +58,12 @@ class DepthAttnLM(TemplateLM):
         self.max_seq_len = int(max_seq_len or model.config.max_seq_len)
         if self.max_seq_len > model.config.max_seq_len:
             raise DepthAttnError(f"max_seq_len ({self.max_seq_len}) exceeds the model's "
-                             f"({model.config.max_seq_len})")
+                                 f"({model.config.max_seq_len})")
         bos = tokenizer.bos_token_id if add_bos_token else None
         self.bos_token_id = None if bos is None else int(bos)
         if tokenizer.eos_token_id is None:
             raise DepthAttnError("the tokenizer has no EOS token: lm-eval conditions empty contexts "
-                             "on it; set eos_token in its tokenizer_config.json")
+                                 "on it; set eos_token in its tokenizer_config.json")
 
     # --- tokenization (TemplateLM does the context/continuation split) ------------------------
 
@@ -111,7 +111,7 @@ class DepthAttnLM(TemplateLM):
                     raise DepthAttnError("an empty continuation cannot be scored")
                 if len(cont) > self.max_seq_len:
                     raise DepthAttnError(f"a continuation of {len(cont)} tokens does not fit "
-                                     f"max_seq_len ({self.max_seq_len})")
+                                         f"max_seq_len ({self.max_seq_len})")
                 inputs.append((ctx + cont)[-(self.max_seq_len + 1):-1])
                 conts.append(cont)
             T = max(len(x) for x in inputs)

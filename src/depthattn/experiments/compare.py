@@ -122,8 +122,8 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
             changed = changed_fields(run, cfg)
             if changed:
                 raise DepthAttnError(f"{run_dir} was trained with another configuration (differs in "
-                                 f"{', '.join(changed)}); remove it or choose another output "
-                                 f"folder")
+                                     f"{', '.join(changed)}); remove it or choose another output "
+                                     f"folder")
         summary = json.loads(run.summary_file.read_text())
         curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
                  for m in read_metrics(run_dir) if "val_loss" in m]

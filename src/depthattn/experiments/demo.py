@@ -51,8 +51,8 @@ def run_demo(preset: str = "tiny", seq_len: int = 256, new_tokens: int = 8, seed
     for fixed in ("method", "method_options"):
         if fixed in overrides:
             raise DepthAttnError(f"the demo's model override {fixed}={overrides[fixed]!r} is not "
-                             f"allowed: it always runs depth_attention next to vanilla (set "
-                             f"--stride, --recent-window and --sources instead)")
+                                 f"allowed: it always runs depth_attention next to vanilla (set "
+                                 f"--stride, --recent-window and --sources instead)")
     torch.manual_seed(seed)
     options: dict[str, Any] = {"stride": stride, "recent_window": recent_window}
     if sources is not None:
@@ -116,7 +116,8 @@ def run_demo(preset: str = "tiny", seq_len: int = 256, new_tokens: int = 8, seed
     bytes_vanilla = KVCache.for_model(vanilla, 1, cache_len).nbytes
     slots_note = f"; {config.num_applications} slots, one per application" if config.looped else ""
     print(f"\nKV cache for 1 x {cache_len} tokens (fp32{slots_note}): depth_attention "
-          f"{bytes_depth:,} B, vanilla {bytes_vanilla:,} B, ratio {bytes_depth / bytes_vanilla:.3f}")
+          f"{bytes_depth:,} B, vanilla {bytes_vanilla:,} B, ratio "
+          f"{bytes_depth / bytes_vanilla:.3f}")
     return {"forward_ratio": t_depth / t_vanilla, "decode_max_abs_err": decode_err,
             "cache_bytes_depth": bytes_depth, "cache_bytes_vanilla": bytes_vanilla,
             "same_tokens_as_full_forward": bool((full == out[:, 16:]).all()),

@@ -34,11 +34,11 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
         raise DepthAttnError(f"--sweep {text!r} repeats a value")
     if field in NOT_SWEPT:
         raise DepthAttnError(f"--sweep field {field!r} names the runs, not a setting of them; "
-                         f"compare methods with --methods and seeds with --seeds")
+                             f"compare methods with --methods and seeds with --seeds")
     allowed = _sweepable()
     if field not in allowed:
         raise DepthAttnError(f"--sweep field {field!r} is neither a training nor a model field; "
-                         f"allowed: {', '.join(sorted(allowed))}")
+                             f"allowed: {', '.join(sorted(allowed))}")
     return field, values
 
 

@@ -167,7 +167,7 @@ class DepthAttnStaticCache(Cache):
 
     def _unsupported(self, what: str) -> None:
         raise DepthAttnError(f"{what} is not supported by the static cache; use the default "
-                         f"(DepthAttnCache) for this generation mode")
+                             f"(DepthAttnCache) for this generation mode")
 
     def crop(self, *args: Any, **kwargs: Any) -> None:
         self._unsupported("crop (assisted or speculative decoding)")

@@ -70,7 +70,7 @@ class DepthAttnConfig(PretrainedConfig):
         if self.tie_word_embeddings is not None and \
                 bool(self.tie_word_embeddings) != bool(self.tie_embeddings):
             raise DepthAttnError(f"tie_word_embeddings ({self.tie_word_embeddings}) contradicts "
-                             f"tie_embeddings ({self.tie_embeddings}); set tie_embeddings")
+                                 f"tie_embeddings ({self.tie_embeddings}); set tie_embeddings")
         self.tie_word_embeddings = self.tie_embeddings
         super().__post_init__(**kwargs)
 

@@ -60,15 +60,17 @@ def from_qwen3(src: str | Path, out: str | Path, method: str = "depth_attention"
     raw = read_config_json(src)
     if raw.get("model_type") != "qwen3":
         raise DepthAttnError(f"{src} holds a {raw.get('model_type')!r} model; --from-qwen3 needs "
-                         f"model_type 'qwen3' (use --from-official for the authors' Llama-format "
-                         f"checkpoints)")
+                             f"model_type 'qwen3' (use --from-official for the authors' "
+                             f"Llama-format "
+                             f"checkpoints)")
     taken = sorted({"method", "method_options"} & set(overrides or {}))
     if taken:
         raise DepthAttnError(f"{', '.join(taken)} cannot be a model override here: the method and "
-                         f"its options are from_qwen3's own arguments (--method, --stride, ...)")
+                             f"its options are from_qwen3's own arguments (--method, --stride, "
+                             f"...)")
     if (overrides or {}).get("loop_injection") == "concat":  # not in the Qwen3 weights
         raise DepthAttnError("loop_injection 'concat' adds an adapter that a Qwen3 checkpoint does "
-                         "not hold; convert with 'none' or 'add'")
+                             "not hold; convert with 'none' or 'add'")
     core = load_model(src, method=method, method_options=method_options, overrides=overrides)
     if method != "vanilla":
         logger.warning("retrofitted %s onto pretrained Qwen3 weights: the model needs continued "
@@ -85,11 +87,11 @@ def to_qwen3(src: str | Path, out: str | Path) -> Path:
     config = model.config
     if config.method != "vanilla":
         raise DepthAttnError(f"{src} runs method {config.method!r}; only 'vanilla' has a Qwen3 "
-                         f"equivalent (--to-qwen3 would silently drop the method)")
+                             f"equivalent (--to-qwen3 would silently drop the method)")
     if config.k_norm_position != "before_rope":
         raise DepthAttnError(f"{src} normalises keys {config.k_norm_position.replace('_', ' ')} "
-                         f"(k_norm_position={config.k_norm_position!r}); Qwen3 normalises them "
-                         f"before RoPE, so the converted model would compute something else")
+                             f"(k_norm_position={config.k_norm_position!r}); Qwen3 normalises them "
+                             f"before RoPE, so the converted model would compute something else")
     qwen3 = config.to_qwen3()
     # a Hugging Face folder of ours names its token ids; our own folders have none
     token_ids = _token_ids(read_config_json(src) if (src / CONFIG_NAME).is_file() else {})
@@ -118,5 +120,5 @@ def from_official(src: str | Path, out: str | Path) -> Path:
     if raw.get("model_type") != "llama":
         hint = " (use --from-qwen3)" if raw.get("model_type") == "qwen3" else ""
         raise DepthAttnError(f"{src} holds a {raw.get('model_type')!r} model, not the authors' "
-                         f"format (model_type 'llama'){hint}")
+                             f"format (model_type 'llama'){hint}")
     return _save_hf(load_model(src), out, src, _token_ids(raw))

@@ -118,9 +118,9 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         missing = sorted(k for k in info.get("missing_keys", ()) if "loop_injection" in k)
         if missing:
             raise DepthAttnError(f"the checkpoint has no {', '.join(missing)}: its config asks for "
-                             f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
-                             f"weights were not trained with one; load it with the "
-                             f"loop_injection it was trained with")
+                                 f"loop_injection='concat' (the Linear(2D -> D) adapter), but its "
+                                 f"weights were not trained with one; load it with the "
+                                 f"loop_injection it was trained with")
         return (model, info) if want_info else model
 
     def forward(self, input_ids: torch.Tensor | None = None,
@@ -144,7 +144,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         and none given, a new one is returned. ``output_hidden_states``: Qwen3's L + 1 states."""
         if output_attentions if output_attentions is not None else self.config.output_attentions:
             raise DepthAttnError("output_attentions=True is not supported: attention runs in "
-                             "PyTorch's scaled_dot_product_attention, which returns no weights")
+                                 "PyTorch's scaled_dot_product_attention, which returns no weights")
         unknown = sorted(set(kwargs) - set(LOSS_KWARGS) - set(IGNORED_KWARGS))
         if unknown:
             raise DepthAttnError(f"forward got unexpected argument(s) {', '.join(unknown)}")
@@ -153,11 +153,11 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         cache = past_key_values if cache is None else cache
         if cache is not None and not isinstance(cache, OUR_CACHES):
             raise DepthAttnError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
-                             f"it stores Depth-Attention's mixed values and the padding), not "
-                             f"{type(cache).__name__}")
+                                 f"it stores Depth-Attention's mixed values and the padding), not "
+                                 f"{type(cache).__name__}")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise DepthAttnError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
-                             f"shape {tuple(attention_mask.shape)}")
+                                 f"shape {tuple(attention_mask.shape)}")
         checkpointing = self.model.activation_checkpointing and self.training \
             and torch.is_grad_enabled()
         if use_cache is None:
@@ -222,9 +222,10 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                                                          self.dtype)
             elif isinstance(made, Cache):
                 raise DepthAttnError(f"cache_implementation="
-                                 f"{generation_config.cache_implementation!r} is not supported: "
-                                 f"depthattn models decode with their DepthAttnCache; leave "
-                                 f"cache_implementation unset")
+                                     f"{generation_config.cache_implementation!r} is not "
+                                     f"supported: "
+                                     f"depthattn models decode with their DepthAttnCache; leave "
+                                     f"cache_implementation unset")
         return result
 
     def _set_gradient_checkpointing(self, enable: bool = True,
@@ -237,10 +238,10 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
         if enable and keywords.get("use_reentrant", False):
             raise DepthAttnError("use_reentrant=True is not supported: Depth-Attention's sources "
-                             "reach later layers outside the checkpointed arguments, so "
-                             "reentrant checkpointing would drop their gradients; use "
-                             "gradient_checkpointing_kwargs={'use_reentrant': False} (the "
-                             "default)")
+                                 "reach later layers outside the checkpointed arguments, so "
+                                 "reentrant checkpointing would drop their gradients; use "
+                                 "gradient_checkpointing_kwargs={'use_reentrant': False} (the "
+                                 "default)")
         if gradient_checkpointing_func is checkpoint:  # bare: torch asks for use_reentrant
             gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
         self.model.activation_checkpointing = enable
@@ -260,4 +261,4 @@ def _check_cache_position(cache_position: torch.Tensor | None, cache: Any, num_n
     expected = torch.arange(past, past + num_new, device=cache_position.device)
     if cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
         raise DepthAttnError(f"cache_position {cache_position.tolist()} contradicts the cache, which "
-                         f"holds {past} tokens: the new tokens' slots are {expected.tolist()}")
+                             f"holds {past} tokens: the new tokens' slots are {expected.tolist()}")

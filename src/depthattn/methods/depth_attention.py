@@ -74,11 +74,11 @@ class DepthAttentionOptions(MethodOptions):
         require_int("depth_attention option recent_window", self.recent_window, 0)
         if self.sources not in SOURCE_RULES:
             raise DepthAttnError(f"depth_attention option sources ({self.sources!r}) must be one "
-                             f"of {', '.join(SOURCE_RULES)}")
+                                 f"of {', '.join(SOURCE_RULES)}")
         if self.sources == "recurrent" and not config.looped:
             # without a looped block there are no iterations to read: it would be `applications`
             raise DepthAttnError("depth_attention option sources 'recurrent' needs a looped model "
-                             "(loop_layers > 0); without one every layer uses 'applications'")
+                                 "(loop_layers > 0); without one every layer uses 'applications'")
         return dataclasses.replace(self, stride=stride)
 
 

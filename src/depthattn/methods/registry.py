@@ -70,8 +70,8 @@ def get_method(name: str) -> MethodSpec:
         return _combined_spec(name)
     if name not in _METHODS:
         raise DepthAttnError(f"method ({name!r}) is unknown; allowed: {', '.join(method_names())}, "
-                         f"or two of them joined by '+' (e.g. depth_attention+mhc)"
-                         f"{did_you_mean(name, method_names())}")
+                             f"or two of them joined by '+' (e.g. depth_attention+mhc)"
+                             f"{did_you_mean(name, method_names())}")
     return _METHODS[name]
 
 
@@ -93,10 +93,10 @@ def resolve_options(name: str, options: Mapping[str, Any], config: ModelConfig) 
     if unknown:
         listed = ", ".join(allowed) if allowed else "none (this method takes no options)"
         raise DepthAttnError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
-                         f"{name!r}; allowed: {listed}{did_you_mean(unknown[0], allowed)}")
+                             f"{name!r}; allowed: {listed}{did_you_mean(unknown[0], allowed)}")
     if config.looped and spec.cls.looped_refusal:
         raise DepthAttnError(f"method {name!r} cannot run a looped model (loop_layers="
-                         f"{config.loop_layers}): {spec.cls.looped_refusal}")
+                             f"{config.loop_layers}): {spec.cls.looped_refusal}")
     return spec.options(**options).resolved(config)
 
 

@@ -54,12 +54,14 @@ class ValueResidualOptions(MethodOptions):
     def resolved(self, config: ModelConfig) -> ValueResidualOptions:
         if self.mode not in MODES:
             raise DepthAttnError(f"value_residual option mode ({self.mode!r}) must be one of "
-                             f"{', '.join(MODES)}")
+                                 f"{', '.join(MODES)}")
         if self.mode != "fixed" and config.looped and config.prelude_layers == 0:
             raise DepthAttnError(f"value_residual mode {self.mode!r} cannot run a looped model "
-                             f"without a prelude: its λ_l (l >= 1) belong to distinct layers, and "
-                             f"the looped layer 0's later iterations would need one of their own; "
-                             f"set prelude_layers >= 1 or mode='fixed'")
+                                 f"without a prelude: its λ_l (l >= 1) belong to distinct "
+                                 f"layers, and "
+                                 f"the looped layer 0's later iterations would need one of their "
+                                 f"own; "
+                                 f"set prelude_layers >= 1 or mode='fixed'")
         return self
 
 

@@ -185,7 +185,7 @@ class _Buffers:
         max_len = config.max_seq_len if max_len is None else max_len
         if not 1 <= max_len <= config.max_seq_len:
             raise DepthAttnError(f"cache max_len ({max_len}) must be between 1 and the model's "
-                             f"max_seq_len ({config.max_seq_len})")
+                                 f"max_seq_len ({config.max_seq_len})")
         weight = model.lm_head.weight
         return cls(config.num_applications, batch_size, max_len, config.num_kv_heads,
                    config.head_dim, dtype=dtype or weight.dtype, device=device or weight.device,
@@ -201,8 +201,8 @@ class _Buffers:
     def _check_fits(self, num_new: int) -> None:
         if self.length + num_new > self.max_len:
             raise DepthAttnError(f"the cache holds {self.length} tokens and {num_new} more do not "
-                             f"fit in its max_len ({self.max_len}); build it with a larger "
-                             f"max_len")
+                                 f"fit in its max_len ({self.max_len}); build it with a larger "
+                                 f"max_len")
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
                layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:

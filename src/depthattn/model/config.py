@@ -85,14 +85,14 @@ class ModelConfig:
                 raise DepthAttnError(f"{name} ({value!r}) must be a positive number")
         if self.k_norm_position not in K_NORM_POSITIONS:
             raise DepthAttnError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
-                             f"{', '.join(K_NORM_POSITIONS)}")
+                                 f"{', '.join(K_NORM_POSITIONS)}")
         self._check_loop()
         if not isinstance(self.method, str):
             raise DepthAttnError(f"method ({self.method!r}) must be a method name, e.g. "
-                             f"'depth_attention'")
+                                 f"'depth_attention'")
         if not isinstance(self.method_options, dict):
             raise DepthAttnError(f"method_options ({self.method_options!r}) must be a mapping of "
-                             f"option names to values")
+                                 f"option names to values")
 
     def _check_loop(self) -> None:
         require_int("prelude_layers", self.prelude_layers, 0)
@@ -100,15 +100,15 @@ class ModelConfig:
         require_int("loop_iterations", self.loop_iterations, 1)
         if self.loop_layers == 0 and self.loop_iterations != 1:
             raise DepthAttnError(f"loop_iterations ({self.loop_iterations}) needs a looped block: "
-                             f"set loop_layers (k >= 1), or leave loop_iterations at 1")
+                                 f"set loop_layers (k >= 1), or leave loop_iterations at 1")
         if self.prelude_layers + self.loop_layers > self.num_layers:
             raise DepthAttnError(f"prelude_layers + loop_layers ({self.prelude_layers} + "
-                             f"{self.loop_layers} = {self.prelude_layers + self.loop_layers}) "
-                             f"exceeds num_layers ({self.num_layers})")
+                                 f"{self.loop_layers} = {self.prelude_layers + self.loop_layers}) "
+                                 f"exceeds num_layers ({self.num_layers})")
         if self.loop_injection not in LOOP_INJECTIONS:
             raise DepthAttnError(f"loop_injection ({self.loop_injection!r}) must be one of "
-                             f"{', '.join(LOOP_INJECTIONS)}"
-                             f"{did_you_mean(self.loop_injection, LOOP_INJECTIONS)}")
+                                 f"{', '.join(LOOP_INJECTIONS)}"
+                                 f"{did_you_mean(self.loop_injection, LOOP_INJECTIONS)}")
 
     @property
     def looped(self) -> bool:
@@ -128,7 +128,7 @@ class ModelConfig:
         ``ModelConfig.from_preset("tiny", method="depth_attention", method_options={"stride": 2})``."""
         if name not in PRESETS:
             raise DepthAttnError(f"preset ({name!r}) is unknown; allowed: {', '.join(PRESETS)}"
-                             f"{did_you_mean(name, PRESETS)}")
+                                 f"{did_you_mean(name, PRESETS)}")
         fields = {**PRESETS[name], **overrides}
         _reject_unknown_fields(fields)
         return cls(**fields)
@@ -168,8 +168,9 @@ class ModelConfig:
         """The ``transformers.Qwen3Config`` of the same geometry (the method is not represented)."""
         if self.looped:
             raise DepthAttnError(f"a looped model (loop_layers={self.loop_layers}) has no Qwen3Config: "
-                             f"Qwen3 applies each layer once; its weights are a Qwen3 state dict "
-                             f"of num_layers ({self.num_layers}) layers all the same")
+                                 f"Qwen3 applies each layer once; its weights are a Qwen3 state "
+                                 f"dict "
+                                 f"of num_layers ({self.num_layers}) layers all the same")
         return qwen3_config_from_fields(self.to_dict())
 
 
@@ -178,7 +179,8 @@ def _reject_unknown_fields(fields: dict[str, Any]) -> None:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise DepthAttnError(f"unknown ModelConfig field(s) {', '.join(map(repr, unknown))}; "
-                         f"allowed: {', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")
+                             f"allowed: "
+                             f"{', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")
 
 
 # Paper presets (docs/design.md lists their sources). The 360M-710M rows are MHA; 1.5B/3B are the

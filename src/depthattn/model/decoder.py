@@ -48,7 +48,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        config = resolve_config(config)
+        config = resolve_config(config)  # the method's options validated, defaults filled
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
@@ -79,7 +79,7 @@ class Decoder(nn.Module):
         require_int("loop_iterations", loop_iterations, 1)
         if not self.config.looped:
             raise DepthAttnError(f"loop_iterations ({loop_iterations}) needs a looped block: set "
-                             f"loop_layers (k >= 1), or leave loop_iterations at 1")
+                                 f"loop_layers (k >= 1), or leave loop_iterations at 1")
         return applications(self.config, loop_iterations)
 
     def forward(self, input_ids: torch.Tensor | None = None,
@@ -107,15 +107,17 @@ class Decoder(nn.Module):
                                       inputs_embeds)
         if cache is not None and loop_iterations not in (None, self.config.loop_iterations):
             raise DepthAttnError(f"loop_iterations ({loop_iterations}) differs from the configured "
-                             f"{self.config.loop_iterations}, and the cache holds the configured "
-                             f"depth's applications: call set_loop_iterations({loop_iterations}) "
-                             f"and start a new cache to decode at another depth")
+                                 f"{self.config.loop_iterations}, and the cache holds the "
+                                 f"configured "
+                                 f"depth's applications: call "
+                                 f"set_loop_iterations({loop_iterations}) "
+                                 f"and start a new cache to decode at another depth")
         apps, method = self.schedule(loop_iterations), self.cross_layer
         first_grad_iteration = self._first_grad_iteration(apps, backprop_iterations)
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         if checkpointing and cache is not None:
             raise DepthAttnError("activation checkpointing recomputes blocks in backward, which "
-                             "would write the cache twice: pass no cache when training with it")
+                                 "would write the cache twice: pass no cache when training with it")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
         if cache is not None:
@@ -166,7 +168,7 @@ class Decoder(nn.Module):
             return 0
         if not self.config.looped:
             raise DepthAttnError(f"backprop_iterations ({backprop_iterations}) counts iterations of "
-                             f"a looped block, and this model is not looped (loop_layers = 0)")
+                                 f"a looped block, and this model is not looped (loop_layers = 0)")
         require_int("backprop_iterations", backprop_iterations, 1, hint=" (None = all)")
         r = 1 + max(app.iteration for app in apps if app.iteration is not None)
         return max(0, r - backprop_iterations)
@@ -182,15 +184,16 @@ class Decoder(nn.Module):
         """Validate before any work starts; return the new tokens' padding mask as bool."""
         if (input_ids is None) == (inputs_embeds is None):
             raise DepthAttnError("pass exactly one of input_ids (batch, seq) and inputs_embeds "
-                             "(batch, seq, hidden_size)")
+                                 "(batch, seq, hidden_size)")
         if inputs_embeds is not None:
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
                 raise DepthAttnError(f"inputs_embeds must have shape (batch, seq, hidden_size="
-                                 f"{self.config.hidden_size}); got {tuple(inputs_embeds.shape)}")
+                                     f"{self.config.hidden_size}); got "
+                                     f"{tuple(inputs_embeds.shape)}")
             B, T = inputs_embeds.shape[:2]
         elif input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
             raise DepthAttnError(f"input_ids must be an integer tensor of shape (batch, seq); got "
-                             f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
+                                 f"shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}")
         else:
             B, T = input_ids.shape
         if T == 0:
@@ -201,16 +204,16 @@ class Decoder(nn.Module):
         past = cache.length if cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise DepthAttnError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
-                             f"max_seq_len ({self.config.max_seq_len})")
+                                 f"max_seq_len ({self.config.max_seq_len})")
         if cache is not None and past and cache.batch_size != B:
             raise DepthAttnError(f"input batch ({B}) differs from the cache's batch size "
-                             f"({cache.batch_size})")
+                                 f"({cache.batch_size})")
         if input_ids is not None:
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
                 raise DepthAttnError(f"token id {bad} is out of range: ids must be in "
-                                 f"[0, vocab_size={self.config.vocab_size})")
+                                     f"[0, vocab_size={self.config.vocab_size})")
         if position_ids is not None and tuple(position_ids.shape) != (B, T):
             raise DepthAttnError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
         if attention_mask is None:
@@ -220,13 +223,13 @@ class Decoder(nn.Module):
             allowed.add((B, cache.max_len))  # over every slot, as generate passes it
         if tuple(attention_mask.shape) not in allowed:
             raise DepthAttnError(f"attention_mask shape {tuple(attention_mask.shape)} must be "
-                             f"{' or '.join(str(s) for s in sorted(allowed))}")
+                                 f"{' or '.join(str(s) for s in sorted(allowed))}")
         if past and attention_mask.shape[1] > T \
                 and not torch.equal(attention_mask[:, :past].bool(), cache.past_valid()):
             raise DepthAttnError(f"attention_mask's first {past} columns (the cached tokens) "
-                             f"contradict the padding the cache recorded; pass the mask of the "
-                             f"earlier calls extended by the new tokens, or only the new "
-                             f"tokens' columns ({B}, {T})")
+                                 f"contradict the padding the cache recorded; pass the mask of the "
+                                 f"earlier calls extended by the new tokens, or only the new "
+                                 f"tokens' columns ({B}, {T})")
         return _new_columns(attention_mask, cache, T)
 
 
@@ -272,9 +275,8 @@ class CausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        config = resolve_config(config)  # the method's options validated, defaults filled
-        self.config = config
         self.model = Decoder(config)
+        config = self.config = self.model.config  # the method's options resolved
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -342,7 +344,7 @@ class CausalLM(nn.Module):
         """
         if tuple(targets.shape) != tuple(input_ids.shape):
             raise DepthAttnError(f"targets shape {tuple(targets.shape)} must equal input_ids shape "
-                             f"{tuple(input_ids.shape)}")
+                                 f"{tuple(input_ids.shape)}")
         hidden = self.model(input_ids, attention_mask, loop_iterations=loop_iterations,
                             backprop_iterations=backprop_iterations)  # (B, T, D)
         # lm_head.weight is the embedding matrix when tied, so both uses get its gradient.

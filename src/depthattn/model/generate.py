@@ -21,7 +21,7 @@ from depthattn.utils.errors import DepthAttnError
 def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise DepthAttnError(f"temperature ({temperature!r}) must be > 0 (use do_sample=False for "
-                         f"greedy decoding)")
+                             f"greedy decoding)")
     if top_k is not None:
         require_int("top_k", top_k, 1, hint=" or None")
     if top_p is not None and not 0 < top_p <= 1:
@@ -67,7 +67,7 @@ def check_left_padded(attention_mask: torch.Tensor) -> None:
     mask = attention_mask.bool()
     if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
         raise DepthAttnError("attention_mask has padding after a real token (right padding); "
-                         "generate needs left-padded prompts (tokenizer.padding_side = 'left')")
+                             "generate needs left-padded prompts (tokenizer.padding_side = 'left')")
 
 
 @torch.no_grad()
@@ -113,7 +113,7 @@ def generate(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Ten
     limit = model.config.max_seq_len
     if T + max_new_tokens > limit:
         raise DepthAttnError(f"prompt length ({T}) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"max_seq_len ({limit})")
+                             f"max_seq_len ({limit})")
     if max_new_tokens == 0:
         return input_ids
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []),

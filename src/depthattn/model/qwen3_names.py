@@ -43,7 +43,7 @@ def rope_theta_from_hf(raw: Mapping[str, Any], default: float | None = None) -> 
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
         raise DepthAttnError(f"rope_parameters.rope_type ({rope_type!r}) is not supported; "
-                         f"allowed: 'default' (unscaled RoPE)")
+                             f"allowed: 'default' (unscaled RoPE)")
     theta = params.get("rope_theta", raw.get("rope_theta", default))
     if theta is None:
         raise DepthAttnError("the config names no rope_theta")

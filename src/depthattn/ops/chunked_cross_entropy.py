@@ -115,10 +115,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         raise DepthAttnError(f"weight must be (vocab, hidden); got shape {tuple(weight.shape)}")
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
         raise DepthAttnError(f"hidden's last dim must be weight's hidden size ({weight.shape[1]}); "
-                         f"got hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}")
+                             f"got hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}")
     if tuple(targets.shape) != tuple(hidden.shape[:-1]):
         raise DepthAttnError(f"targets shape {tuple(targets.shape)} must be hidden's leading dims "
-                         f"{tuple(hidden.shape[:-1])}")
+                             f"{tuple(hidden.shape[:-1])}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise DepthAttnError(f"targets must be integer class ids; got dtype {targets.dtype}")
     grad = torch.is_grad_enabled()

@@ -29,7 +29,7 @@ FLOAT8_E4M3_MAX = 448.0
 def check_kv_format(kv_format: str | None) -> None:
     if kv_format is not None and kv_format not in KV_FORMATS:
         raise DepthAttnError(f"kv_format ({kv_format!r}) is unknown; allowed: None (the model's "
-                         f"dtype), {', '.join(KV_FORMATS)}")
+                             f"dtype), {', '.join(KV_FORMATS)}")
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -165,8 +165,8 @@ def load_training_state(path: Path) -> dict[str, Any]:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         what = f"it refers to {found.group(1)}" if found else str(error).strip().splitlines()[-1]
         raise DepthAttnError(f"{file} holds objects other than tensors and plain data ({what}); "
-                         f"refusing to unpickle it, since such a file can run code when "
-                         f"loaded") from None
+                             f"refusing to unpickle it, since such a file can run code when "
+                             f"loaded") from None
 
 
 def load_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Optimizer,

@@ -117,8 +117,8 @@ class TrainConfig:
         """The loop fields alone; ``check_loop_training`` checks them against the model."""
         if self.loop_sampling not in LOOP_SAMPLINGS:
             raise DepthAttnError(f"loop_sampling ({self.loop_sampling!r}) must be one of "
-                             f"{', '.join(LOOP_SAMPLINGS)}"
-                             f"{did_you_mean(self.loop_sampling, LOOP_SAMPLINGS)}")
+                                 f"{', '.join(LOOP_SAMPLINGS)}"
+                                 f"{did_you_mean(self.loop_sampling, LOOP_SAMPLINGS)}")
         require_number("loop_mean_rate", self.loop_mean_rate, 0.0)
         require_number("loop_sigma", self.loop_sigma, 0.0, strict=True)
         require_int("loop_max_iterations", self.loop_max_iterations, 0, hint=" (0 = no cap)")
@@ -127,8 +127,8 @@ class TrainConfig:
             for name in ("loop_mean_rate", "loop_max_iterations"):
                 if getattr(self, name):
                     raise DepthAttnError(f"{name} ({getattr(self, name)!r}) is read only by "
-                                     f"loop_sampling 'poisson_lognormal', not 'fixed': set "
-                                     f"loop_sampling or leave {name} at 0")
+                                         f"loop_sampling 'poisson_lognormal', not 'fixed': set "
+                                         f"loop_sampling or leave {name} at 0")
 
     def check_loop_training(self, model_config) -> None:
         """The loop fields against the model they train; ``model_config()`` runs it."""
@@ -137,21 +137,22 @@ class TrainConfig:
             used = (f"loop_sampling {self.loop_sampling!r}" if sampled
                     else f"backprop_iterations ({self.backprop_iterations})")
             raise DepthAttnError(f"{used} needs a looped model, and this one is not (loop_layers "
-                             f"= 0): set loop_layers (and prelude_layers) in model_overrides, "
-                             f"or leave loop_sampling 'fixed' and backprop_iterations 0")
+                                 f"= 0): set loop_layers (and prelude_layers) in model_overrides, "
+                                 f"or leave loop_sampling 'fixed' and backprop_iterations 0")
         if sampled and self.loop_rate(model_config) <= 0:
             raise DepthAttnError(f"loop_mean_rate 0 takes the rate from the model's loop_iterations "
-                             f"- 1 = {model_config.loop_iterations - 1}, and the rate must be "
-                             f"> 0: set loop_mean_rate > 0 or loop_iterations >= 2")
+                                 f"- 1 = {model_config.loop_iterations - 1}, and the rate must be "
+                                 f"> 0: set loop_mean_rate > 0 or loop_iterations >= 2")
         b = self.backprop_iterations
         truncated = b and (sampled or b < model_config.loop_iterations)
         if truncated and model_config.loop_injection == "none":
             # The first iteration that takes gradients then starts from a state computed under
             # no_grad: nothing before the loop (prelude, embeddings) would learn through it.
             raise DepthAttnError(f"backprop_iterations ({b}) cuts the gradient before the looped "
-                             f"block, and loop_injection 'none' gives the prelude and the "
-                             f"embeddings no other way to the loss: use loop_injection 'add' or "
-                             f"'concat' (Huginn's), or backprop_iterations 0 (all)")
+                                 f"block, and loop_injection 'none' gives the prelude and the "
+                                 f"embeddings no other way to the loss: use loop_injection 'add' "
+                                 f"or "
+                                 f"'concat' (Huginn's), or backprop_iterations 0 (all)")
 
     def loop_rate(self, model_config) -> float:
         """r̄ of ``poisson_lognormal``: loop_mean_rate, or loop_iterations − 1 when 0 (the
@@ -217,7 +218,7 @@ def check_field_types(config: TrainConfig) -> None:
         value = getattr(config, f.name)
         if not admits(value):
             raise DepthAttnError(f"{f.name} ({value!r}) must be {kind}, not "
-                             f"{type(value).__name__}")
+                                 f"{type(value).__name__}")
 
 
 def field_names() -> list[str]:
@@ -246,13 +247,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     data = _parse_config_text(path, read_utf8(path, "config file"))
     if not isinstance(data, dict):
         raise DepthAttnError(f"config file {path} must hold a table of fields, not "
-                         f"{type(data).__name__}")
+                             f"{type(data).__name__}")
     data = data.get("train", data)
     unknown = sorted(set(data) - set(field_names()))
     if unknown:
         hints = "".join(did_you_mean(name, field_names()) for name in unknown[:1])
         raise DepthAttnError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}{hints}; "
-                         f"allowed: {', '.join(field_names())}")
+                             f"allowed: {', '.join(field_names())}")
     return data
 
 
@@ -285,8 +286,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip().replace("-", "_")
     if key not in field_names():
         raise DepthAttnError(f"override {key!r} is not a training field"
-                         f"{did_you_mean(key, field_names())}; allowed: "
-                         f"{', '.join(field_names())}")
+                             f"{did_you_mean(key, field_names())}; allowed: "
+                             f"{', '.join(field_names())}")
     return key, parse_value(raw)
 
 

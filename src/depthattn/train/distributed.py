@@ -85,7 +85,7 @@ def world_size_from_environment() -> int:
 def check_layout(world_size: int, dp_replicate: int) -> None:
     if world_size % dp_replicate:
         raise DepthAttnError(f"dp_replicate ({dp_replicate}) must divide the world size "
-                         f"({world_size} processes): the mesh is dp_replicate x dp_shard")
+                             f"({world_size} processes): the mesh is dp_replicate x dp_shard")
 
 
 def setup(device: torch.device, dp_replicate: int = 1,
@@ -96,7 +96,7 @@ def setup(device: torch.device, dp_replicate: int = 1,
     if not launched_by_torchrun():
         if dp_replicate != 1:
             raise DepthAttnError(f"dp_replicate ({dp_replicate}) needs several processes: launch "
-                             f"with torchrun, or leave dp_replicate at 1")
+                                 f"with torchrun, or leave dp_replicate at 1")
         return Distributed(), device
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -106,8 +106,8 @@ def setup(device: torch.device, dp_replicate: int = 1,
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DepthAttnError(f"LOCAL_RANK {local_rank} has no GPU: this node has "
-                             f"{torch.cuda.device_count()}; start at most that many processes "
-                             f"per node (--nproc-per-node)")
+                                 f"{torch.cuda.device_count()}; start at most that many processes "
+                                 f"per node (--nproc-per-node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":

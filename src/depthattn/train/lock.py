@@ -66,7 +66,7 @@ class RunLock:
             return None
         except (ValueError, KeyError, TypeError) as error:
             raise DepthAttnError(f"{self.path} does not name the process that trains the run "
-                             f"({error!r}); if none does, remove it and train again") from None
+                                 f"({error!r}); if none does, remove it and train again") from None
 
     def acquire(self) -> None:
         """Take the lock, creating the run directory if needed; raise ValueError naming the
@@ -89,7 +89,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:  # another host took it meanwhile
                 raise DepthAttnError(f"run_dir {folder} was locked meanwhile by {self.holder()}; "
-                                 f"choose another run_dir") from None
+                                     f"choose another run_dir") from None
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 file.write(json.dumps(vars(me)) + "\n")
         self._held = me
@@ -99,15 +99,15 @@ class RunLock:
         folder = self.run.path
         if holder.host != socket.gethostname():
             raise DepthAttnError(f"run_dir {folder} is locked by {holder}, another host, so whether "
-                             f"that process still trains it cannot be checked from here; if it "
-                             f"no longer runs, remove {self.path} and train again")
+                                 f"that process still trains it cannot be checked from here; if it "
+                                 f"no longer runs, remove {self.path} and train again")
         # Our own pid in a lock this process does not hold: an earlier process had that pid (a
         # restarted container numbers its processes alike).
         ours = holder.pid == os.getpid() and self.path.resolve() not in _HELD_HERE
         if not ours and is_alive(holder.pid):
             raise DepthAttnError(f"run_dir {folder} is being trained by {holder}; wait for it to "
-                             f"end or stop it, or choose another run_dir (if pid {holder.pid} "
-                             f"does not train this run, remove {self.path})")
+                                 f"end or stop it, or choose another run_dir (if pid {holder.pid} "
+                                 f"does not train this run, remove {self.path})")
 
     def release(self) -> None:
         """Remove the lock file if it is still ours, and the folders ``acquire`` created if

@@ -59,18 +59,18 @@ def check_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> None:
         if others:
             listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
             raise DepthAttnError(f"run_dir {run.path} holds something else than a training run "
-                             f"({len(others)} entries: {listed}) and no train_config.json; "
-                             f"choose a new or empty folder")
+                                 f"({len(others)} entries: {listed}) and no train_config.json; "
+                                 f"choose a new or empty folder")
         return
     if not resume:
         raise DepthAttnError(f"run_dir {run.path} already holds a run; pass resume (--resume) to "
-                         f"continue it, or choose another run_dir")
+                             f"continue it, or choose another run_dir")
     changed = changed_fields(run, config)
     if changed:
         saved = run.read_config()
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
         raise DepthAttnError(f"cannot resume {run.path} with a different configuration ({diffs}); "
-                         f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
+                             f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")
 
 
 def resume_point(run: RunDir) -> Path | None:
@@ -81,8 +81,8 @@ def resume_point(run: RunDir) -> Path | None:
         log.warning("skipping corrupt checkpoint %s", reason)
     if checkpoint is None and skipped:
         raise DepthAttnError(f"no checkpoint of {run.path} verifies, so the run cannot resume: "
-                         f"{'; '.join(skipped)}. Move the checkpoints away to train it again "
-                         f"from the start")
+                             f"{'; '.join(skipped)}. Move the checkpoints away to train it again "
+                             f"from the start")
     return checkpoint
 
 
@@ -136,7 +136,7 @@ def check_geometry(source: str, theirs, ours) -> None:
                 "source model's tokenizer." if any(d.startswith("vocab_size") for d in
                                                    differences) else "")
         raise DepthAttnError(f"init_from {source} has another geometry than this run's model: "
-                         f"{'; '.join(differences)}.{hint}")
+                             f"{'; '.join(differences)}.{hint}")
 
 
 @torch.no_grad()
@@ -159,11 +159,11 @@ def initialise_from(model: CausalLM, source: str) -> None:
                          f"{loaded.config.method!r} has parameters {model.config.method!r} "
                          f"lacks)")
         raise DepthAttnError(f"init_from {source} does not fit this run's model: "
-                         f"{'; '.join(parts)}")
+                             f"{'; '.join(parts)}")
     for name, tensor in theirs.items():
         if ours[name].shape != tensor.shape:
             raise DepthAttnError(f"init_from {source}: {name} has shape {tuple(tensor.shape)}, "
-                             f"this run's model {tuple(ours[name].shape)}")
+                                 f"this run's model {tuple(ours[name].shape)}")
         ours[name].copy_(tensor)
     log.info("initialised from %s (method %s)%s", source, loaded.config.method,
              f"; {len(missing)} parameter tensor(s) of {model.config.method} keep their "

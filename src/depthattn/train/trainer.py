@@ -103,11 +103,12 @@ def check_config(config: TrainConfig, dist: Distributed, device: torch.device) -
     config.grad_accumulation_for(dist.world_size)  # the global batch splits over the ranks
     if config.fsdp_cpu_offload and not (dist.enabled and device.type == "cuda"):
         raise DepthAttnError("fsdp_cpu_offload keeps a sharded GPU run's state in CPU memory: it "
-                         "needs torchrun and device cuda")
+                             "needs torchrun and device cuda")
     if config.async_checkpoint and not dist.enabled:
         raise DepthAttnError("async_checkpoint writes the sharded checkpoints of a torchrun job; a "
-                         "single process writes its checkpoints whole: launch with torchrun, or "
-                         "leave async_checkpoint false")
+                             "single process writes its checkpoints whole: launch with torchrun, "
+                             "or "
+                             "leave async_checkpoint false")
 
 
 class Trainer:
@@ -360,8 +361,8 @@ class Trainer:
             reason = " ".join(str(error).split()) or type(error).__name__
             where = self._last_good("no checkpoint was written before it")
             raise DepthAttnError(f"writing a checkpoint into {self.run.checkpoints_dir} failed "
-                             f"({reason}); {where}. Resume with: depthattn train --resume "
-                             f"run_dir={self.run.path}") from error
+                                 f"({reason}); {where}. Resume with: depthattn train --resume "
+                                 f"run_dir={self.run.path}") from error
 
     def _finish(self) -> RunResult:
         """The final evaluation (if no step was left to run), ``run_dir/model`` and

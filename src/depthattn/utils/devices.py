@@ -17,7 +17,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as error:
         raise DepthAttnError(f"device ({device!r}) is not a torch device name: use auto, cpu, "
-                         f"cuda or cuda:N ({error})") from None
+                             f"cuda or cuda:N ({error})") from None
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

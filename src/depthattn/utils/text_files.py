@@ -17,5 +17,5 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
     except UnicodeDecodeError as error:
         byte = data[error.start]
         raise DepthAttnError(f"{what} {path} is not UTF-8 text: byte 0x{byte:02x} at offset "
-                         f"{error.start} ({error.reason}); convert it to UTF-8, e.g. "
-                         f"`iconv -f latin1 -t utf-8`") from None
+                             f"{error.start} ({error.reason}); convert it to UTF-8, e.g. "
+                             f"`iconv -f latin1 -t utf-8`") from None

@@ -64,10 +64,10 @@ def check_engine_arguments(source: str, tasks: int, workers: int | None, executo
         raise DepthAttnError(f"executor {executor!r} is unknown; allowed: {', '.join(EXECUTORS)}")
     if (executor == "slurm") != (slurm is not None):
         raise DepthAttnError("the slurm executor needs SlurmOptions (a partition at least), and "
-                         "only it takes them")
+                             "only it takes them")
     if executor == "slurm" and workers is not None:
         raise DepthAttnError(f"workers ({workers}) are the tasks run at once by the local "
-                         f"executor; on Slurm every task is a job of its own")
+                             f"executor; on Slurm every task is a job of its own")
     if workers is not None and workers < 1:
         raise DepthAttnError(f"num_workers must be at least 1, got {workers}")
     if not isinstance(tasks, int) or tasks < 1:
@@ -75,10 +75,10 @@ def check_engine_arguments(source: str, tasks: int, workers: int | None, executo
     given = [v for v in minhash if v is not None]
     if given and not near_duplicates:
         raise DepthAttnError("minhash_buckets and minhash_hashes_per_bucket set the near-duplicate "
-                         "search: they need near_duplicates (--near-duplicates)")
+                             "search: they need near_duplicates (--near-duplicates)")
     if any(v < 1 for v in given):
         raise DepthAttnError(f"minhash buckets and hashes per bucket must be positive, got "
-                         f"{minhash}")
+                             f"{minhash}")
     parts = shareable_parts(source)
     if parts == 0:
         raise DepthAttnError(f"the corpus folder {source} has no .txt or .jsonl files")
@@ -90,7 +90,7 @@ def check_engine_arguments(source: str, tasks: int, workers: int | None, executo
             f"of more files")
     if slurm is not None and (slurm.cpus_per_task < 1 or slurm.mem_per_cpu_gb < 1):
         raise DepthAttnError(f"slurm cpus_per_task ({slurm.cpus_per_task}) and mem_per_cpu_gb "
-                         f"({slurm.mem_per_cpu_gb}) must be positive")
+                             f"({slurm.mem_per_cpu_gb}) must be positive")
 
 
 def minhash_request(near_duplicates: bool, buckets: int | None,
@@ -109,7 +109,7 @@ def _check_folders(source: str, out_dir: Path, work_dir: Path) -> None:
         for what, folder in (("out_dir", out_dir), ("work_dir", work_dir)):
             if folder.is_relative_to(Path(source)):
                 raise DepthAttnError(f"{what} {folder} is inside the corpus folder {source}: its "
-                                 f"files would be read as corpus; put it elsewhere")
+                                     f"files would be read as corpus; put it elsewhere")
 
     def device(path: Path) -> int:
         while not path.exists():
@@ -118,8 +118,8 @@ def _check_folders(source: str, out_dir: Path, work_dir: Path) -> None:
 
     if device(out_dir) != device(work_dir):
         raise DepthAttnError(f"work_dir {work_dir} and out_dir {out_dir} are on different "
-                         f"filesystems; the shards are moved from one to the other: give a "
-                         f"work_dir on the filesystem of out_dir")
+                             f"filesystems; the shards are moved from one to the other: give a "
+                             f"work_dir on the filesystem of out_dir")
 
 
 def _check_documents(source: str, text_field: str, seed: int, val_fraction: float) -> None:
@@ -150,7 +150,7 @@ def _claim_work_dir(work_dir: Path, request: dict[str, Any]) -> None:
         if held != request:
             changed = sorted(k for k in set(held) | set(request) if held.get(k) != request.get(k))
             raise DepthAttnError(f"{work_dir} holds the work of another preparation (it differs in "
-                             f"{', '.join(changed)}); delete it or give another work_dir")
+                                 f"{', '.join(changed)}); delete it or give another work_dir")
         return
     work_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, request)
@@ -241,8 +241,8 @@ def _refuse_while_jobs_run(work_dir: Path) -> None:
                             capture_output=True, text=True, check=False).stdout.split()
     if listed:
         raise DepthAttnError(f"the Slurm jobs {', '.join(listed)} of this preparation are still "
-                         f"queued or running; submit again once they have ended (scancel them "
-                         f"to start over)")
+                             f"queued or running; submit again once they have ended (scancel them "
+                             f"to start over)")
 
 
 def _submit_to_slurm(stages, work_dir: Path, slurm: SlurmOptions) -> None:

@@ -180,8 +180,8 @@ class WriteManifest(PipelineStep):
         stale = [s["rank"] for s in summaries if s["tokenizer_sha256"] != sha]
         if stale:
             raise DepthAttnError(f"tasks {stale[:5]} tokenized with another tokenizer than "
-                             f"{out / TOKENIZER_DIR} (sha256 {sha[:16]}…); delete "
-                             f"{Path(self.work_dir) / 'tasks'} and run again")
+                                 f"{out / TOKENIZER_DIR} (sha256 {sha[:16]}…); delete "
+                                 f"{Path(self.work_dir) / 'tasks'} and run again")
         counts = [sum(s["splits"][name]["num_documents"] for s in summaries) for name in SPLITS]
         check_both_sides(*counts, self.request["val_fraction"])  # before anything is moved
         splits = {name: self._split(name, summaries, out) for name in SPLITS}

@@ -49,8 +49,8 @@ def resolve_task_names(tasks: str | list[str], lm_eval_tasks: list[str] | None =
             lines.append(f"  {n!r}: " + (f"did you mean {', '.join(close)}?" if close
                                          else "no close match"))
         raise DepthAttnError("unknown task name(s):\n" + "\n".join(lines)
-                         + f"\nours: paper ({', '.join(PAPER)}), {', '.join(CORPUS_TASKS)}; "
-                         "any lm-eval task name is accepted too")
+                             + f"\nours: paper ({', '.join(PAPER)}), {', '.join(CORPUS_TASKS)}; "
+                             "any lm-eval task name is accepted too")
     return out
 
 
@@ -86,8 +86,9 @@ def check_corpus_source(data: str) -> None:
 
     if data != DEFAULT_SOURCE and not Path(data).exists():
         raise DepthAttnError(f"corpus data {data!r} does not exist: give 'default', a prepared "
-                         f"folder (or its manifest.json), or a corpus to prepare (a text file, a "
-                         f"folder of .txt files, a .jsonl file or a `datasets` folder)")
+                             f"folder (or its manifest.json), or a corpus to prepare (a text "
+                             f"file, a "
+                             f"folder of .txt files, a .jsonl file or a `datasets` folder)")
 
 
 def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
@@ -103,7 +104,7 @@ def task_folders(entries: list[str], data: str | None = None) -> list[Path]:
     paper, corpus = named_tasks(entries)
     if data is not None and not corpus:
         raise DepthAttnError(f"corpus data ({data!r}) is for {' and '.join(CORPUS_TASKS)}, and the "
-                         f"tasks ({','.join(entries)}) name neither")
+                             f"tasks ({','.join(entries)}) name neither")
     folders = []
     if paper:
         folders.append(ensure_paper_tasks(paper))

@@ -73,7 +73,7 @@ def continuation_items(docs: list[str], n: int, context_words: int, continuation
     usable = [d for d, words in enumerate(spans) if len(words) >= length]
     if len(usable) < 2:
         raise DepthAttnError("corpus_continuation needs at least 2 validation documents of "
-                         f"{length}+ words; the corpus has {len(usable)}")
+                             f"{length}+ words; the corpus has {len(usable)}")
     rng = random.Random(seed)
 
     def span(d: int, k: int, count: int) -> str:

@@ -128,7 +128,7 @@ class AttnResOptions(MethodOptions):
         bias = self.recency_bias
         if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not math.isfinite(bias):
             raise DepthAttnError(f"attnres option recency_bias ({bias!r}) must be a finite number "
-                             f"(the paper uses 3.0)")
+                                 f"(the paper uses 3.0)")
         return self
 
 

@@ -77,11 +77,11 @@ class BlockAttnResOptions(MethodOptions):
             else self.block_size
         if not is_int(size) or size < 2 or size % 2:
             raise DepthAttnError(f"block_attnres option block_size ({size!r}) must be an even "
-                             f"integer >= 2 (sublayers per block, two per layer; blocks start "
-                             f"at a layer's attention)")
+                                 f"integer >= 2 (sublayers per block, two per layer; blocks start "
+                                 f"at a layer's attention)")
         if not isinstance(self.final_aggregator, bool):
             raise DepthAttnError(f"block_attnres option final_aggregator "
-                             f"({self.final_aggregator!r}) must be true or false")
+                                 f"({self.final_aggregator!r}) must be true or false")
         return BlockAttnResOptions(block_size=size, final_aggregator=self.final_aggregator)
 
 

@@ -47,12 +47,12 @@ def split_parts(name: str) -> list[str]:
 def check_combinable(parts: list[str], classes: list[type[CrossLayerMethod]]) -> None:
     if len(parts) != 2 or len(set(parts)) != 2:
         raise DepthAttnError(f"method ({SEPARATOR.join(parts)!r}) combines two different methods, "
-                         f"e.g. 'depth_attention+mhc'")
+                             f"e.g. 'depth_attention+mhc'")
     shared = hooks_used(classes[0]) & hooks_used(classes[1])
     if shared:
         raise DepthAttnError(f"methods {parts[0]!r} and {parts[1]!r} cannot be combined: both use "
-                         f"{', '.join(sorted(shared))}; combine a method that works inside "
-                         f"attention with one that works on the residual stream")
+                             f"{', '.join(sorted(shared))}; combine a method that works inside "
+                             f"attention with one that works on the residual stream")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class CombinedOptions(MethodOptions):
         unknown = sorted(set(options) - set(parts))
         if unknown:
             raise DepthAttnError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
-                             f"{name!r}; allowed: {', '.join(parts)}")
+                                 f"{name!r}; allowed: {', '.join(parts)}")
         resolved = {}
         for part in parts:
             given = options.get(part, {})
@@ -78,7 +78,7 @@ class CombinedOptions(MethodOptions):
                 given = dataclasses.asdict(given)
             if not isinstance(given, Mapping):
                 raise DepthAttnError(f"options of {part!r} in a combined method must be a mapping, "
-                                 f"got {given!r}")
+                                     f"got {given!r}")
             resolved[part] = resolve_options(part, given, config)
         return cls(parts=resolved)
 

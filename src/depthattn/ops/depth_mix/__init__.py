@@ -64,15 +64,15 @@ def _triton(q: torch.Tensor):
     """The Triton kernel, imported on first use, or a ValueError saying why it cannot run."""
     if not _triton_installed():
         raise DepthAttnError("depth-mix impl 'triton' needs the triton package, which is not "
-                         "installed")
+                             "installed")
     interpreted = q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
     if q.device.type != "cuda" and not interpreted:
         raise DepthAttnError(f"depth-mix impl 'triton' cannot run on {q.device}: it needs a CUDA "
-                         "device (or CPU tensors under TRITON_INTERPRET=1, Triton's "
-                         "interpreter)")
+                             "device (or CPU tensors under TRITON_INTERPRET=1, Triton's "
+                             "interpreter)")
     if q.dtype == torch.float64:
         raise DepthAttnError("depth-mix impl 'triton' computes in float32 and does not take "
-                         "float64 inputs; use 'auto' or 'reference'")
+                             "float64 inputs; use 'auto' or 'reference'")
     from depthattn.ops.depth_mix.triton_kernel import depth_mix_triton
 
     return depth_mix_triton

@@ -191,10 +191,10 @@ def depth_mix_triton(q: torch.Tensor, source_keys: list[torch.Tensor],
     tensors = [q, *source_keys, key, *source_values, value]
     if any(t.stride(-1) != 1 for t in tensors):
         raise DepthAttnError("depth_mix_triton needs unit stride in the head dimension; got strides "
-                         f"{[t.stride() for t in tensors]}")
+                             f"{[t.stride() for t in tensors]}")
     if len({t.device for t in tensors}) != 1:
         raise DepthAttnError(f"depth_mix_triton needs every tensor on one device; got "
-                         f"{sorted({str(t.device) for t in tensors})}")
+                             f"{sorted({str(t.device) for t in tensors})}")
     # Each output and gradient is written at its input's offsets into an ``empty_like`` buffer,
     # which has the input's strides only when the input is dense: a tensor with gaps (a slice of
     # a wider one) would be written past the buffer's end, so it is copied first.
