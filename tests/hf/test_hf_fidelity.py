@@ -460,14 +460,6 @@ def test_loss_and_logits_to_keep_equal_qwen3():
     assert torch.allclose(last, got.logits[:, -1:], atol=ATOL)
 
 
-def test_output_attentions_is_refused():
-    """SDPA computes no attention weights: one clear error, not silently missing weights."""
-    model = our_model(**METHODS["depth_attention"])
-    ids, _ = prompts(padded=False)
-    with pytest.raises(ValueError, match="attention"):
-        model(ids, output_attentions=True)
-
-
 # --- 9. the core API's own checks ---------------------------------------------------------------
 
 

@@ -55,7 +55,8 @@ def test_config_validates_with_core_messages():
 
 def test_wraps_the_core_modules_and_keeps_qwen3_names(make_model, make_ids):
     core, hf = hf_from_core(make_model, method="depth_attention")
-    assert hf.model is core.model and hf.lm_head is core.lm_head  # no second copy
+    assert hf.model.decoder is core.model and hf.lm_head is core.lm_head  # no second copy
+    assert hf.model.layers is core.model.layers  # one module dict: the same modules
     assert list(hf.state_dict()) == list(core.state_dict())
     assert "model.embed_tokens.weight" in hf.state_dict()
     assert "model.layers.0.self_attn.q_proj.weight" in hf.state_dict()

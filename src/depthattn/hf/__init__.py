@@ -18,6 +18,11 @@ _LAZY = {
     "DepthAttnCache": "depthattn.hf.cache",
     "DepthAttnConfig": "depthattn.hf.configuration",
     "DepthAttnForCausalLM": "depthattn.hf.modeling",
+    "DepthAttnForQuestionAnswering": "depthattn.hf.modeling",
+    "DepthAttnForSequenceClassification": "depthattn.hf.modeling",
+    "DepthAttnForTokenClassification": "depthattn.hf.modeling",
+    "DepthAttnModel": "depthattn.hf.modeling",
+    "DepthAttnStaticCache": "depthattn.hf.cache",
     "DepthAttnPreTrainedModel": "depthattn.hf.modeling",
     "export_run": "depthattn.hf.export",
 }
@@ -31,5 +36,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'depthattn.hf' has no attribute {name!r}")
 
 
-__all__ = ["DepthAttnCache", "DepthAttnConfig", "DepthAttnForCausalLM", "DepthAttnPreTrainedModel",
-           "export_run", "register_auto_classes"]
+__all__ = ["DepthAttnCache", "DepthAttnConfig", "DepthAttnForCausalLM",
+           "DepthAttnForQuestionAnswering", "DepthAttnForSequenceClassification",
+           "DepthAttnForTokenClassification", "DepthAttnModel", "DepthAttnPreTrainedModel",
+           "DepthAttnStaticCache", "export_run", "register_auto_classes"]

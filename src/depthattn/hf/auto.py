@@ -25,13 +25,20 @@ def _register_config() -> None:
     AutoConfig.register(DepthAttnConfig.model_type, DepthAttnConfig, exist_ok=True)
 
 
-def _register_model() -> None:
-    from transformers.models.auto.modeling_auto import AutoModelForCausalLM
+def _initializing(name: str) -> bool:
+    return getattr(getattr(sys.modules.get(name), "__spec__", None), "_initializing", False)
 
-    from depthattn.hf.configuration import DepthAttnConfig
-    from depthattn.hf.modeling import DepthAttnForCausalLM
 
-    AutoModelForCausalLM.register(DepthAttnConfig, DepthAttnForCausalLM, exist_ok=True)
+def _register_model(layers_loaded: bool = False) -> None:
+    # Our models import transformers.modeling_layers, which itself imports the Auto modules.
+    # While either is being imported, the one in progress registers when it is done (the hook
+    # below, or the last line of depthattn.hf.modeling).
+    if _initializing("depthattn.hf.modeling") or \
+            (not layers_loaded and _initializing("transformers.modeling_layers")):
+        return
+    from depthattn.hf.modeling import register_models
+
+    register_models()
 
 
 def _register_tokenizer() -> None:
@@ -50,6 +57,7 @@ _REGISTRATIONS = {
     _PREFIX + "configuration_auto": _register_config,
     _PREFIX + "modeling_auto": _register_model,
     _PREFIX + "tokenization_auto": _register_tokenizer,
+    "transformers.modeling_layers": lambda: _register_model(layers_loaded=True),
 }
 
 

@@ -1,7 +1,8 @@
-"""The KV cache of mixed values as a ``transformers.Cache`` (docs/method.md, docs/design.md):
-``DepthAttnCache`` keeps keys and values in transformers' ``DynamicLayer``s and the padding in the
-core's ``PaddingRecord``; ``DepthAttnStaticCache`` wraps a core ``StaticKVCache`` for
-``cache_implementation="static"``."""
+"""The KV cache of mixed values as transformers' caches (docs/method.md, docs/design.md):
+``DepthAttnCache`` is a ``DynamicCache`` (keys and values in its ``DynamicLayer``s) that keeps the
+padding in the core's ``PaddingRecord``; ``DepthAttnStaticCache`` is a ``StaticCache`` for
+``cache_implementation="static"`` whose storage is a core ``StaticKVCache``. Both have a vanilla
+cache's shape: one layer per layer application (L_eff), H_kv heads of d."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache
 
 from depthattn.model.cache import PaddingRecord, StaticKVCache
 from depthattn.utils.errors import DepthAttnError
 
 
-class DepthAttnCache(Cache):
+class DepthAttnCache(DynamicCache):
     """A growing cache for ``DepthAttnForCausalLM``: one ``DynamicLayer`` per layer
     application, L_eff of them for a looped model (docs/method.md §7), num_layers otherwise.
 
@@ -31,7 +32,8 @@ class DepthAttnCache(Cache):
             if config is None:
                 raise DepthAttnError("DepthAttnCache needs the model's config or num_layers")
             num_layers = config.num_applications
-        super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
+        super().__init__()  # no config: transformers would size it by num_hidden_layers
+        self.layers = [DynamicLayer() for _ in range(num_layers)]
         self.record = PaddingRecord()
 
     # --- what Decoder.forward reads: the record's; update is Cache.update, the layers' ---------
@@ -86,9 +88,11 @@ class DepthAttnCache(Cache):
         self.record.reset()
 
 
-class DepthAttnStaticCache(Cache):
+class DepthAttnStaticCache(StaticCache):
     """A core ``StaticKVCache`` (allocated at the first forward, when the batch is known) that
     says it is compileable, so that transformers compiles the forward of the decoding steps.
+    A ``StaticCache`` to transformers' checks; its storage and slots are the core cache's, so
+    ``StaticCache.__init__`` (which would allocate its own layers) is not run.
     The attention mask transformers tracks grows by a column per step; ``static_padding_mask``
     gives the forward a (B, max_len) one instead, so that every step has the same shapes."""
 
@@ -96,7 +100,7 @@ class DepthAttnStaticCache(Cache):
 
     def __init__(self, config: Any, max_len: int, dtype: torch.dtype = torch.float32) -> None:
         """config: the core ``ModelConfig`` (layers, kv heads, head dim); dtype: the model's."""
-        super().__init__(layers=[])
+        Cache.__init__(self, layers=[])
         self.config, self.max_len, self.dtype = config, max_len, dtype
         self.inner: StaticKVCache | None = None
 

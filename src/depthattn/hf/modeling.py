@@ -1,8 +1,12 @@
-"""``DepthAttnForCausalLM``: the core decoder as a Hugging Face ``PreTrainedModel`` (docs/design.md).
+"""The core decoder as Hugging Face ``PreTrainedModel``s (docs/design.md): ``DepthAttnModel``
+(Qwen3Model's place: the base model, ``last_hidden_state``), ``DepthAttnForCausalLM`` and the
+task heads Qwen3 has (sequence and token classification, question answering).
 
-No second copy of the model: ``self.model`` is the core ``Decoder`` and ``self.lm_head`` the
-same ``nn.Linear`` as in ``CausalLM``, so parameter names are Qwen3's. ``forward`` takes
-``Qwen3ForCausalLM.forward``'s arguments; ``generate`` is transformers' own, with our cache.
+No second copy of the model: ``DepthAttnModel``'s modules ARE a core ``Decoder``'s, so parameter
+names are Qwen3's. Attention goes through transformers' attention interface
+(``config._attn_implementation``: eager, sdpa, or a registered function such as a serving
+engine's); the depth mix runs before it, so whatever the function reads or caches is the mixed
+value. ``generate`` is transformers' own, with our cache.
 """
 
 from __future__ import annotations
@@ -16,10 +20,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_layers import (
+    GenericForQuestionAnswering,
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache, static_padding_mask
 from depthattn.hf.configuration import DepthAttnConfig
+from depthattn.model.block import Block
 from depthattn.model.cache import KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM, Decoder
 from depthattn.utils.checks import require_int
@@ -29,11 +41,50 @@ from depthattn.utils.errors import DepthAttnError
 # the output field and generate's keyword follow the installed version.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ \
     else "past_key_values"
-# keywords transformers passes to forward that need nothing from us (loss options, and the
-# slots generate tracks, which the cache knows: checked, not used)
-LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
-IGNORED_KWARGS = ("cache_position",)
+# keywords of the loss (ForCausalLMLoss's), taken by the LM head and never passed on
+LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
+# transformers' keywords for packed (padding-free) batches, read by flash attention: eager and
+# sdpa find the sequences in position_ids instead
+PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache, StaticKVCache)
+
+
+def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, attention_mask: torch.Tensor | None,
+                    scaling: float | None = None, dropout: float = 0.0, is_causal: bool = False,
+                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen3's eager attention, which returns the weights (B, H, T, T_kv): softmax in float32
+    of the scaled scores plus a float mask (the core's boolean mask, or its causal flag, made
+    one), times the values. Other keywords (a trainer's packing hints) are not needed."""
+    T, S = query.shape[2], key.shape[2]
+    if attention_mask is None and is_causal:
+        attention_mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scores = query @ key.transpose(2, 3) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def attention_interface(config: DepthAttnConfig) -> Callable:
+    """The attention function ``config._attn_implementation`` names: eager (above), sdpa
+    (transformers'), or one registered with ``AttentionInterface`` (a serving engine's), which
+    receives the core's mask: a 4-D bool (True = may attend) or float tensor, or None with
+    ``is_causal``."""
+    implementation = config._attn_implementation or "sdpa"
+    if implementation == "eager":
+        return eager_attention
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+class DepthAttnDecoderLayer(Block, GradientCheckpointingLayer):
+    """The core ``Block``, checkpointed the transformers way: ``gradient_checkpointing_enable``
+    sets ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on it."""
 
 
 class DepthAttnPreTrainedModel(PreTrainedModel):
@@ -41,8 +92,10 @@ class DepthAttnPreTrainedModel(PreTrainedModel):
     config: DepthAttnConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["DepthAttnDecoderLayer"]
     _supports_sdpa = True
+    _supports_attention_backend = True  # registered attention functions (serving engines)
+    _can_compile_fullgraph = True
     supports_gradient_checkpointing = True
 
     @torch.no_grad()
@@ -55,21 +108,136 @@ class DepthAttnPreTrainedModel(PreTrainedModel):
         elif module is not self and hasattr(module, "reset_parameters"):
             module.reset_parameters()
 
+    def _set_gradient_checkpointing(self, enable: bool = True,
+                                    gradient_checkpointing_func: Callable = checkpoint,
+                                    every_n_layers: int = 1) -> None:
+        """``gradient_checkpointing_enable()`` lands here: every ``every_n_layers``-th block is
+        recomputed in backward, through the function transformers built (its kwargs, CPU
+        offload). Reentrant checkpointing only for methods whose blocks take everything they
+        differentiate through their arguments (vanilla)."""
+        require_int("every_n_layers", every_n_layers, 1)
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        method = self.config.method
+        if enable and keywords.get("use_reentrant", False) and method != "vanilla":
+            raise DepthAttnError(f"use_reentrant=True is not supported for method {method!r}: "
+                                 f"its blocks read earlier blocks' activations outside their "
+                                 f"arguments (the depth stash, the stream's history), whose "
+                                 f"gradients reentrant checkpointing would drop; use "
+                                 f"gradient_checkpointing_kwargs={{'use_reentrant': False}}")
+        if gradient_checkpointing_func is checkpoint:  # bare: torch asks for use_reentrant
+            gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+        layers = [m for m in self.modules() if isinstance(m, DepthAttnDecoderLayer)]
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = enable and i % every_n_layers == 0
+            layer._gradient_checkpointing_func = gradient_checkpointing_func
+
+
+class DepthAttnModel(DepthAttnPreTrainedModel):
+    """Qwen3Model's place: embeddings → blocks (with the cross-layer method) → final norm, as
+    ``BaseModelOutputWithPast`` (``last_hidden_state``, the cache, hidden states, attentions).
+
+    Its modules are those of ``self.decoder``, the core ``Decoder`` that runs the forward: one
+    module dict, shared, so replacing a module on either replaces it on both."""
+
+    def __init__(self, config: DepthAttnConfig) -> None:
+        super().__init__(config)
+        self.adopt(Decoder(config.to_model_config(), block_class=DepthAttnDecoderLayer))
+        self.post_init()
+
+    def adopt(self, decoder: Decoder) -> None:
+        """Make ``decoder``'s modules this model's (no copy); its blocks gain transformers'
+        checkpointing (``DepthAttnDecoderLayer`` adds no state to ``Block``)."""
+        if decoder._parameters or decoder._buffers:
+            raise RuntimeError("a Decoder keeps its parameters in its modules")
+        for layer in decoder.layers:
+            if type(layer) is Block:
+                layer.__class__ = DepthAttnDecoderLayer
+        self.__dict__["decoder"] = decoder  # not a child: its children are ours
+        self._modules = decoder._modules
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embed_tokens = value
+
+    def forward(self, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None,
+                past_key_values: Cache | KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                use_cache: bool | None = None,
+                output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None,
+                return_dict: bool | None = None,
+                cache: Cache | KVCache | None = None,
+                **kwargs: Any) -> BaseModelOutputWithPast | tuple:
+        """``Qwen3Model.forward``: input_ids (B, T) or inputs_embeds (B, T, D) → the final-normed
+        hidden states. attention_mask: (B, T), or (B, past + T) with a cache, 0 at padding; or a
+        prepared 4-D mask. position_ids that restart at 0 within a row pack several sequences
+        (padding-free batches). ``past_key_values`` (``cache`` in transformers >= 5.24): a
+        ``DepthAttnCache`` (or a core ``KVCache``), appended to; with ``use_cache`` (default:
+        the config's, off while checkpointing in training) and none given, a new one is
+        returned. ``output_hidden_states``: L + 1 states; ``output_attentions``: each layer's
+        weights (eager attention computes them; sdpa returns None)."""
+        cache = _one_cache(past_key_values, cache)
+        _check_cache_position(kwargs.pop("cache_position", None), cache,
+                              (input_ids if input_ids is not None else inputs_embeds).shape[1])
+        implementation = self.config._attn_implementation or "sdpa"
+        if implementation in ("eager", "sdpa"):
+            unknown = sorted(set(kwargs) - set(PACKING_KWARGS))
+            if unknown:
+                raise DepthAttnError(f"forward got unexpected argument(s) {', '.join(unknown)}")
+            if any(k in kwargs for k in PACKING_KWARGS) and position_ids is None:
+                raise DepthAttnError("packed inputs (cu_seq_lens_*) need their position_ids, "
+                                     "restarting at 0 for each sequence")
+            kwargs = {}  # eager and sdpa find packed sequences in position_ids
+        checkpointing = self.training and torch.is_grad_enabled() and any(
+            layer.gradient_checkpointing for layer in self.layers)
+        if use_cache is None:
+            use_cache = bool(self.config.use_cache) and not checkpointing
+        if checkpointing and cache is not None:
+            raise DepthAttnError("gradient checkpointing recomputes blocks in backward, which "
+                                 "would write the cache twice: pass no cache when training "
+                                 "with it")
+        if cache is None and use_cache and not checkpointing:
+            cache = DepthAttnCache(self.config)
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        weights: list | None = [] if output_attentions else None
+        states: list[torch.Tensor] | None = [] if output_hidden_states else None
+        hidden = self.decoder(input_ids, attention_mask, cache, position_ids,
+                              inputs_embeds=inputs_embeds, hidden_states=states,
+                              attention=attention_interface(self.config),
+                              attention_kwargs=kwargs, attention_weights=weights)
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden, hidden_states=None if states is None else tuple(states),
+            attentions=None if weights is None else tuple(weights), **{CACHE_FIELD: cache})
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        return output if return_dict else output.to_tuple()
+
 
 class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: DepthAttnConfig) -> None:
         super().__init__(config)
-        self.core_config = config.to_model_config()
-        self.model = Decoder(self.core_config)
+        self.model = DepthAttnModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @property
+    def core_config(self) -> Any:
+        """The core ``ModelConfig`` (the method's options resolved)."""
+        return self.model.decoder.config
 
     def core(self) -> CausalLM:
         """A ``CausalLM`` whose ``model`` and ``lm_head`` ARE this model's modules (no copy), for
         the core API: ``generate``, ``KVCache.for_model``, ``capture_depth_weights``..."""
-        return CausalLM.from_modules(self.core_config, self.model, self.lm_head)
+        return CausalLM.from_modules(self.core_config, self.model.decoder, self.lm_head)
 
     @classmethod
     def from_core(cls, model: CausalLM, **config_kwargs: Any) -> DepthAttnForCausalLM:
@@ -77,15 +245,9 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         config = DepthAttnConfig.from_model_config(model.config, **config_kwargs)
         with torch.device("meta"):
             wrapper = cls(config)
-        wrapper.model = model.model
+        wrapper.model.adopt(model.model)
         wrapper.lm_head = model.lm_head
         return wrapper.train(model.training)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.embed_tokens = value
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
@@ -96,16 +258,14 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
         """transformers' resize, then the core config follows (the new ids are accepted at once)."""
         embeddings = super().resize_token_embeddings(*args, **kwargs)
-        self.core_config = self.config.to_model_config()
-        self.model.config = self.core_config
+        self.model.decoder.config = self.config.to_model_config()
         return embeddings
 
     def set_loop_iterations(self, iterations: int) -> None:
         """Test-time depth of a looped model (``Decoder.set_loop_iterations``); the Hugging Face
         config follows, so that save_pretrained and new caches see the new L_eff."""
-        self.model.set_loop_iterations(iterations)
+        self.model.decoder.set_loop_iterations(iterations)
         self.config.loop_iterations = iterations
-        self.core_config = self.model.config
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> DepthAttnForCausalLM:
@@ -126,7 +286,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
-                past_key_values: DepthAttnCache | KVCache | None = None,
+                past_key_values: Cache | KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None,
                 use_cache: bool | None = None,
@@ -134,44 +294,16 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                 output_hidden_states: bool | None = None,
                 return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0,
-                cache: DepthAttnCache | KVCache | None = None,
+                cache: Cache | KVCache | None = None,
                 **kwargs: Any) -> CausalLMOutputWithPast | tuple:
-        """``Qwen3ForCausalLM.forward``: input_ids (B, T) or inputs_embeds (B, T, D) → logits;
-        ``loss`` (shifted cross-entropy, -100 ignored) with ``labels``. attention_mask: (B, T),
-        or (B, past + T) with a cache, 0 at padding. ``past_key_values`` (``cache`` in
-        transformers >= 5.24): a ``DepthAttnCache`` (or a core ``KVCache``), appended to; with
-        ``use_cache`` (default: the config's, off while checkpointing activations in training)
-        and none given, a new one is returned. ``output_hidden_states``: Qwen3's L + 1 states."""
-        if output_attentions if output_attentions is not None else self.config.output_attentions:
-            raise DepthAttnError("output_attentions=True is not supported: attention runs in "
-                                 "PyTorch's scaled_dot_product_attention, which returns no weights")
-        unknown = sorted(set(kwargs) - set(LOSS_KWARGS) - set(IGNORED_KWARGS))
-        if unknown:
-            raise DepthAttnError(f"forward got unexpected argument(s) {', '.join(unknown)}")
-        if cache is not None and past_key_values is not None:
-            raise DepthAttnError("pass the cache as past_key_values or as cache, not both")
-        cache = past_key_values if cache is None else cache
-        if cache is not None and not isinstance(cache, OUR_CACHES):
-            raise DepthAttnError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
-                                 f"it stores Depth-Attention's mixed values and the padding), not "
-                                 f"{type(cache).__name__}")
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise DepthAttnError(f"attention_mask must be the 2-D (batch, seq) padding mask, got "
-                                 f"shape {tuple(attention_mask.shape)}")
-        checkpointing = self.model.activation_checkpointing and self.training \
-            and torch.is_grad_enabled()
-        if use_cache is None:
-            use_cache = bool(self.config.use_cache) and not checkpointing
-        if cache is None and use_cache:
-            cache = DepthAttnCache(self.config)
-        _check_cache_position(kwargs.get("cache_position"), cache,
-                              (input_ids if input_ids is not None else inputs_embeds).shape[1])
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        states: list[torch.Tensor] | None = [] if output_hidden_states else None
-
-        hidden = self.model(input_ids, attention_mask, cache, position_ids,
-                            inputs_embeds=inputs_embeds, hidden_states=states)  # (B, T, D)
+        """``Qwen3ForCausalLM.forward``: ``DepthAttnModel.forward``'s arguments → logits;
+        ``loss`` (shifted cross-entropy, -100 ignored) with ``labels``, or with ``shift_labels``
+        (already shifted, as context-parallel and packed trainers pass them)."""
+        loss_kwargs = {k: kwargs.pop(k) for k in LOSS_KWARGS if k in kwargs}
+        outputs = self.model(input_ids, attention_mask, position_ids, None, inputs_embeds,
+                             use_cache, output_attentions, output_hidden_states, True,
+                             cache=_one_cache(past_key_values, cache), **kwargs)
+        hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]  # positions to keep
         else:
@@ -179,13 +311,13 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(hidden)
         loss = None
-        if labels is not None:
-            loss_kwargs = {k: v for k, v in kwargs.items() if k in LOSS_KWARGS}
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels,
                                       vocab_size=self.config.vocab_size, **loss_kwargs)
         output = CausalLMOutputWithPast(loss=loss, logits=logits,
-                                        hidden_states=None if states is None else tuple(states),
-                                        **{CACHE_FIELD: cache})
+                                        hidden_states=outputs.hidden_states,
+                                        attentions=outputs.attentions,
+                                        **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         return output if return_dict else output.to_tuple()
@@ -228,28 +360,30 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                                      f"cache_implementation unset")
         return result
 
-    def _set_gradient_checkpointing(self, enable: bool = True,
-                                    gradient_checkpointing_func: Callable = checkpoint,
-                                    every_n_layers: int = 1) -> None:
-        """``gradient_checkpointing_enable()`` / ``activation_checkpointing_enable()`` land here:
-        the core decoder recomputes every ``every_n_layers``-th block in backward, through the
-        function transformers built (its kwargs, CPU offload)."""
-        require_int("every_n_layers", every_n_layers, 1)
-        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
-        if enable and keywords.get("use_reentrant", False):
-            raise DepthAttnError("use_reentrant=True is not supported: Depth-Attention's sources "
-                                 "reach later layers outside the checkpointed arguments, so "
-                                 "reentrant checkpointing would drop their gradients; use "
-                                 "gradient_checkpointing_kwargs={'use_reentrant': False} (the "
-                                 "default)")
-        if gradient_checkpointing_func is checkpoint:  # bare: torch asks for use_reentrant
-            gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
-        self.model.activation_checkpointing = enable
-        self.model.checkpoint_every = every_n_layers
-        if enable:
-            self.model.checkpoint_function = gradient_checkpointing_func
-        else:
-            self.model.__dict__.pop("checkpoint_function", None)  # back to the class default
+
+def _one_cache(past_key_values: Any, cache: Any) -> Any:
+    """The cache, passed under either of transformers' names; ours only."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise DepthAttnError("pass the cache as past_key_values or as cache, not both")
+    cache = past_key_values if cache is None else cache
+    if cache is not None and not isinstance(cache, OUR_CACHES):
+        raise DepthAttnError(f"the cache must be a DepthAttnCache (depthattn.hf.DepthAttnCache: "
+                             f"it stores Depth-Attention's mixed values and the padding), not "
+                             f"{type(cache).__name__}")
+    return cache
+
+
+class DepthAttnForSequenceClassification(GenericForSequenceClassification,
+                                         DepthAttnPreTrainedModel):
+    """Qwen3's sequence classification head (the last real token's state) on ``DepthAttnModel``."""
+
+
+class DepthAttnForTokenClassification(GenericForTokenClassification, DepthAttnPreTrainedModel):
+    """Qwen3's token classification head on ``DepthAttnModel``."""
+
+
+class DepthAttnForQuestionAnswering(GenericForQuestionAnswering, DepthAttnPreTrainedModel):
+    """Qwen3's extractive question-answering head (span start and end) on ``DepthAttnModel``."""
 
 
 def _check_cache_position(cache_position: torch.Tensor | None, cache: Any, num_new: int) -> None:
@@ -262,3 +396,21 @@ def _check_cache_position(cache_position: torch.Tensor | None, cache: Any, num_n
     if cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
         raise DepthAttnError(f"cache_position {cache_position.tolist()} contradicts the cache, which "
                              f"holds {past} tokens: the new tokens' slots are {expected.tolist()}")
+
+
+def register_models() -> None:
+    """AutoModel and the AutoModelFor* classes of our heads, for DepthAttnConfig."""
+    from transformers.models.auto import modeling_auto as auto
+
+    for auto_class, model_class in (
+            (auto.AutoModel, DepthAttnModel),
+            (auto.AutoModelForCausalLM, DepthAttnForCausalLM),
+            (auto.AutoModelForSequenceClassification, DepthAttnForSequenceClassification),
+            (auto.AutoModelForTokenClassification, DepthAttnForTokenClassification),
+            (auto.AutoModelForQuestionAnswering, DepthAttnForQuestionAnswering)):
+        auto_class.register(DepthAttnConfig, model_class, exist_ok=True)
+
+
+# Registered here too: an Auto module imported while this module was loading left it to us
+# (depthattn.hf.auto).
+register_models()

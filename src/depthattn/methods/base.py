@@ -16,7 +16,7 @@ the schedule of applications); the method itself is the model's, never the call'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
@@ -69,11 +69,21 @@ class ForwardContext:
 
     def __init__(self, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
                  is_causal: bool, cache: LayerCache | None = None,
-                 applications: Sequence[Application] = ()) -> None:
+                 applications: Sequence[Application] = (),
+                 attention: Callable | None = None, attention_kwargs: dict | None = None,
+                 attention_weights: list | None = None) -> None:
         self.cos, self.sin = cos, sin  # (B, T, d) RoPE tables at the new positions
-        self.attn_mask = attn_mask  # (B, 1, T, T_kv) bool, True = may attend; None: is_causal
-        self.is_causal = is_causal  # with attn_mask None: causal over the new tokens, or all
+        # (B or 1, 1, T, T_kv): bool, True = may attend, or float, added to the scores; None:
+        # is_causal says whether the new tokens attend causally or to every key
+        self.attn_mask = attn_mask
+        self.is_causal = is_causal
         self.cache = cache
+        # The attention function (depthattn.model.attention.sdpa_attention when None; the
+        # Hugging Face layer passes transformers' attention interface), the keywords to pass
+        # it through, and a list that receives each application's attention weights, if wanted.
+        self.attention = attention
+        self.attention_kwargs = attention_kwargs or {}
+        self.attention_weights = attention_weights
         # The schedule of this call: application e runs layer applications[e].layer (a looped
         # model's depth may differ from call to call; docs/method.md §7).
         self.applications = applications

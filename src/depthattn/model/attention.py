@@ -1,5 +1,12 @@
 """Qwen3 attention with the cross-layer value hook: q/k/v proj → q/k norm → RoPE →
-[method mixes v] → cache → causal SDPA → o_proj; and the SDPA masks (causal, padding).
+[method mixes v] → cache → attention function (SDPA by default) → o_proj; and the SDPA masks
+(causal, padding, packed sequences).
+
+The attention function has the signature of transformers' attention interface
+(``ALL_ATTENTION_FUNCTIONS``): ``fn(module, query, key, value, attention_mask, *, scaling,
+dropout, is_causal, **kwargs) -> (output (B, T, H, d), weights or None)``, so the Hugging Face
+layer can hand in eager, SDPA or a serving engine's paged attention. The depth mix runs before
+it: whatever the function caches or reads is the mixed value.
 
 Notation: B batch, T new tokens, H query heads, H_kv kv heads, d head dim.
 """
@@ -14,14 +21,34 @@ from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardCont
 from depthattn.model.config import ModelConfig
 from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import apply_rope
+from depthattn.utils.errors import DepthAttnError
+
+
+def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                   value: torch.Tensor, attention_mask: torch.Tensor | None,
+                   scaling: float | None = None, dropout: float = 0.0, is_causal: bool = False,
+                   **kwargs: object) -> tuple[torch.Tensor, None]:
+    """The core's attention function: PyTorch's scaled_dot_product_attention, the kv heads
+    shared by their query groups (GQA). query (B, H, T, d), key/value (B, H_kv, T_kv, d) →
+    ((B, T, H, d), None)."""
+    if kwargs:
+        raise DepthAttnError(f"the SDPA attention function takes no {', '.join(sorted(kwargs))}")
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                         dropout_p=dropout, is_causal=is_causal, scale=scaling,
+                                         enable_gqa=True)
+    return out.transpose(1, 2), None
 
 
 class Attention(nn.Module):
+    is_causal = True  # what transformers' attention functions read of the module
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.num_key_value_groups = config.num_heads // config.num_kv_heads
         self.head_dim = d = config.head_dim
+        self.scaling = d ** -0.5
         self.k_norm_after_rope = config.k_norm_position == "after_rope"
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * d, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * d, bias=False)
@@ -58,9 +85,12 @@ class Attention(nn.Module):
 
         if ctx.cache is not None:
             k, v = ctx.cache.update(k, v, e)  # (B, H_kv, T_kv, d): the cache keeps ṽ, slot e
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask,
-                                             is_causal=ctx.is_causal, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * d))
+        attention = ctx.attention or sdpa_attention
+        out, weights = attention(self, q, k, v, ctx.attn_mask, scaling=self.scaling,
+                                 is_causal=ctx.is_causal, **ctx.attention_kwargs)  # (B, T, H, d)
+        if ctx.attention_weights is not None:
+            ctx.attention_weights.append(weights)
+        return self.o_proj(out.reshape(B, T, self.num_heads * d))
 
 
 # Attention masks for SDPA: causal over absolute positions, padding keys hidden.
@@ -87,3 +117,17 @@ def attention_mask_for(q_len: int, past_len: int, key_valid: torch.Tensor | None
         # stays finite. Its output is never read by a real token.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask, False
+
+
+def packed_sequence_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Several sequences packed in one row (padding-free batches): a new sequence starts where
+    the position does not follow the one before (usually at 0). Returns the (B, 1, T, T) causal
+    mask that keeps each sequence to itself, or None when every row holds one sequence."""
+    first = position_ids[:, :1] - 1
+    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1  # (B, T)
+    if not bool(starts[:, 1:].any()):
+        return None
+    sequence = starts.long().cumsum(-1)  # (B, T) which sequence each token belongs to
+    T = position_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    return (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.methods import build_method, resolve_config, set_depth_mix_impl
 from depthattn.methods.base import ForwardContext
-from depthattn.model.attention import attention_mask_for
+from depthattn.model.attention import attention_mask_for, packed_sequence_mask
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.config import ModelConfig
@@ -46,12 +46,14 @@ class Decoder(nn.Module):
     # not through the block's arguments, and reentrant checkpointing would drop their gradients.
     checkpoint_function: Callable = staticmethod(functools.partial(checkpoint, use_reentrant=False))
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, block_class: type[Block] = Block) -> None:
+        """block_class: ``Block`` or a subclass of it (the Hugging Face layer's adds transformers'
+        gradient checkpointing)."""
         super().__init__()
         config = resolve_config(config)  # the method's options validated, defaults filled
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(block_class(config, i) for i in range(config.num_layers))
         self.applications = applications(config)  # the order the blocks run, e = 0 .. L_eff − 1
         # Input injection of a looped model; `model.loop_injection.weight` for concat only.
         self.loop_injection = LoopInjection(config) if config.looped else None
@@ -88,8 +90,18 @@ class Decoder(nn.Module):
                 inputs_embeds: torch.Tensor | None = None,
                 hidden_states: list[torch.Tensor] | None = None,
                 loop_iterations: int | None = None,
-                backprop_iterations: int | None = None) -> torch.Tensor:
+                backprop_iterations: int | None = None,
+                attention: Callable | None = None, attention_kwargs: dict | None = None,
+                attention_weights: list | None = None) -> torch.Tensor:
         """input_ids (B, T), or inputs_embeds (B, T, D) instead → hidden states (B, T, D).
+
+        attention_mask: the (B, T) padding mask (1 = real token; see ``CausalLM``), or a
+        prepared 4-D mask (B or 1, 1, T, T_kv), bool (True = may attend) or float (added to the
+        scores), used as it is. position_ids that restart within a row (several sequences packed
+        in one row, no padding mask, no cache) keep each sequence to itself.
+        attention: the attention function (``depthattn.model.attention.sdpa_attention`` when
+        None), called with ``attention_kwargs``; attention_weights: a list that receives what
+        it returns as weights, one entry per application.
 
         hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
         each block but the last hands on (the method's readout of its residual stream), and the
@@ -120,6 +132,8 @@ class Decoder(nn.Module):
                                  "would write the cache twice: pass no cache when training with it")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
+        if position_ids is not None:
+            position_ids = position_ids.expand(B, T)  # (1, T) is shared by every row
         if cache is not None:
             positions = cache.begin(new_valid, T, B, x.device)
             attn_mask, is_causal = cache.attention_mask()
@@ -130,12 +144,20 @@ class Decoder(nn.Module):
             else:
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
             attn_mask, is_causal = attention_mask_for(T, 0, key_valid, x.device)
+            if position_ids is not None and attention_mask is None:
+                packed = packed_sequence_mask(position_ids)
+                if packed is not None:
+                    attn_mask, is_causal = packed, False
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attn_mask, is_causal = attention_mask, False  # prepared by the caller
         if position_ids is not None:
             positions = position_ids
 
         cos, sin = self.rotary_emb(positions, x.dtype)
         ctx = ForwardContext(cos=cos, sin=sin, attn_mask=attn_mask, is_causal=is_causal,
-                             cache=cache, applications=apps)
+                             cache=cache, applications=apps, attention=attention,
+                             attention_kwargs=attention_kwargs,
+                             attention_weights=attention_weights)
         stream = method.init_stream(x, ctx)
         if hidden_states is not None:
             hidden_states.append(x)
@@ -198,13 +220,24 @@ class Decoder(nn.Module):
             B, T = input_ids.shape
         if T == 0:
             raise DepthAttnError("the input has no tokens (seq length 0); pass at least one")
+        prepared = attention_mask is not None and attention_mask.dim() == 4
         if torch.compiler.is_compiling():
             # a compiled step reads nothing back from the device: checked when called eagerly
-            return None if attention_mask is None else _new_columns(attention_mask, cache, T)
+            if attention_mask is None or prepared:
+                return None
+            return _new_columns(attention_mask, cache, T)
         past = cache.length if cache is not None else 0
-        if past + T > self.config.max_seq_len:
-            raise DepthAttnError(f"sequence length ({past + T} = {past} cached + {T} new) exceeds "
-                                 f"max_seq_len ({self.config.max_seq_len})")
+        if position_ids is not None and tuple(position_ids.shape) not in ((B, T), (1, T)):
+            raise DepthAttnError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T}) "
+                                 f"or (1, {T})")
+        if cache is not None or position_ids is None:
+            if past + T > self.config.max_seq_len:
+                raise DepthAttnError(f"sequence length ({past + T} = {past} cached + {T} new) "
+                                     f"exceeds max_seq_len ({self.config.max_seq_len})")
+        elif int(position_ids.max()) >= self.config.max_seq_len:
+            # packed rows may be longer than max_seq_len: the limit is on positions
+            raise DepthAttnError(f"position {int(position_ids.max())} is out of range: positions "
+                                 f"must be below max_seq_len ({self.config.max_seq_len})")
         if cache is not None and past and cache.batch_size != B:
             raise DepthAttnError(f"input batch ({B}) differs from the cache's batch size "
                                  f"({cache.batch_size})")
@@ -214,9 +247,16 @@ class Decoder(nn.Module):
                 bad = low if low < 0 else high
                 raise DepthAttnError(f"token id {bad} is out of range: ids must be in "
                                      f"[0, vocab_size={self.config.vocab_size})")
-        if position_ids is not None and tuple(position_ids.shape) != (B, T):
-            raise DepthAttnError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T})")
         if attention_mask is None:
+            return None
+        if prepared:
+            kv_len = cache.max_len if cache is not None and cache.fixed_shape else past + T
+            batch, heads, rows, cols = attention_mask.shape
+            if batch not in (1, B) or heads not in (1, self.config.num_heads) \
+                    or (rows, cols) != (T, kv_len):
+                raise DepthAttnError(f"a 4-D attention_mask must have shape ({B} or 1, 1 or "
+                                     f"{self.config.num_heads}, {T}, {kv_len}) (batch, heads, "
+                                     f"new tokens, keys); got {tuple(attention_mask.shape)}")
             return None
         allowed = {(B, T), (B, past + T)}
         if cache is not None and cache.fixed_shape:
