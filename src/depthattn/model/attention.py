@@ -119,12 +119,22 @@ def attention_mask_for(q_len: int, past_len: int, key_valid: torch.Tensor | None
     return mask, False
 
 
+def sequence_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: where a sequence starts in a row of packed sequences (the position does not
+    follow the one before; the first token always)."""
+    return torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+
+
+def is_packed(position_ids: torch.Tensor) -> bool:
+    """Whether some row holds more than one sequence."""
+    return bool(sequence_starts(position_ids)[:, 1:].any())
+
+
 def packed_sequence_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
     """Several sequences packed in one row (padding-free batches): a new sequence starts where
     the position does not follow the one before (usually at 0). Returns the (B, 1, T, T) causal
     mask that keeps each sequence to itself, or None when every row holds one sequence."""
-    first = position_ids[:, :1] - 1
-    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1  # (B, T)
+    starts = sequence_starts(position_ids)  # (B, T)
     if not bool(starts[:, 1:].any()):
         return None
     sequence = starts.long().cumsum(-1)  # (B, T) which sequence each token belongs to

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.methods import build_method, resolve_config, set_depth_mix_impl
 from depthattn.methods.base import ForwardContext
-from depthattn.model.attention import attention_mask_for, packed_sequence_mask
+from depthattn.model.attention import attention_mask_for, is_packed, packed_sequence_mask
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.config import ModelConfig
@@ -230,6 +230,11 @@ class Decoder(nn.Module):
         if position_ids is not None and tuple(position_ids.shape) not in ((B, T), (1, T)):
             raise DepthAttnError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T}) "
                                  f"or (1, {T})")
+        if cache is not None and position_ids is not None and not prepared \
+                and is_packed(position_ids):
+            raise DepthAttnError("position_ids restart within a row (several sequences packed in "
+                                 "one row): a cache would let later tokens attend across them; "
+                                 "pass no cache (use_cache=False) with packed rows")
         if cache is not None or position_ids is None:
             if past + T > self.config.max_seq_len:
                 raise DepthAttnError(f"sequence length ({past + T} = {past} cached + {T} new) "
