@@ -226,15 +226,30 @@ def test_gradient_checkpointing_is_transformers_own(method):
     assert not any(layer.gradient_checkpointing for layer in model.model.layers)
 
 
-def test_reentrant_checkpointing_works_for_vanilla_and_is_refused_for_depth_attention():
-    vanilla = model_for("vanilla").train()
-    vanilla.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+@pytest.mark.parametrize("method", method_names())
+def test_reentrant_checkpointing_gives_the_plain_gradients_or_is_refused(method):
+    """Reentrant checkpointing differentiates through a block's tensor arguments: methods whose
+    stream is a dataclass of tensors get it passed as tensors, and their gradients equal the
+    plain ones; methods that read the depth stash are refused by name."""
+    model = model_for(method).train()
+    if model.model.cross_layer.reads_context_activations:
+        with pytest.raises(ValueError, match="use_reentrant=True is not supported"):
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": True})
+        return
     x = ids()
-    vanilla(x, labels=x).loss.backward()
-    assert vanilla.model.layers[0].self_attn.q_proj.weight.grad is not None
-    with pytest.raises(ValueError, match="use_reentrant=True is not supported"):
-        model_for("depth_attention").gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": True})
+
+    def grads():
+        model.zero_grad()
+        model(x, labels=x).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() == {n for n, _ in model.named_parameters()}
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -31,9 +31,23 @@ try:
 except SuiteUnavailable as e:
     pytest.skip(f"transformers' test battery is unavailable: {e}", allow_module_level=True)
 
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3ForQuestionAnswering,
+    Qwen3ForSequenceClassification,
+    Qwen3ForTokenClassification,
+    Qwen3Model,
+)
 
-from depthattn.hf import DepthAttnConfig, DepthAttnForCausalLM
+from depthattn.hf import (
+    DepthAttnConfig,
+    DepthAttnForCausalLM,
+    DepthAttnForQuestionAnswering,
+    DepthAttnForSequenceClassification,
+    DepthAttnForTokenClassification,
+    DepthAttnModel,
+)
 
 ModelTesterMixin = common.ModelTesterMixin
 GenerationTesterMixin = common.GenerationTesterMixin  # our stand-in (no generation tests)
@@ -62,34 +76,27 @@ KINDS = {
 # Tests that do not apply, with the reason: to every kind ("*") or to one.
 DEEPER = "transformers caps its testers at 2 layers for its CI's time; this kind needs more"
 NOT_APPLICABLE = {
-    "*": {"test_training_gradient_checkpointing_use_reentrant_true":
-          "use_reentrant=True is refused by design: Depth-Attention's sources reach later "
-          "layers outside the checkpointed arguments, whose gradients it would drop"},
-    "depth_attention": {"test_num_layers_is_small": DEEPER},
-    "looped": {"test_num_layers_is_small": DEEPER},
+    "*": {},
+    "depth_attention": {
+        "test_num_layers_is_small": DEEPER,
+        "test_training_gradient_checkpointing_use_reentrant_true":
+            "use_reentrant=True is refused by design: Depth-Attention's sources reach later "
+            "layers outside the checkpointed arguments, whose gradients it would drop"},
+    "looped": {
+        "test_num_layers_is_small": DEEPER,
+        "test_attention_outputs":
+            "counts attention maps by num_hidden_layers (3), while a looped model applies its "
+            "layers L_eff = 4 times and returns one map per application"},
 }
-# Tests of every kind that also ask for attention weights: run as for a model without them.
-# output_attentions=True is refused by design (attention runs in PyTorch's
-# scaled_dot_product_attention, which returns none), so their other checks still run.
-WITHOUT_ATTENTION_WEIGHTS = (
-    "test_attention_outputs",  # nothing else: skipped by the battery itself
-    "test_model_outputs_equivalence",
-    "test_retain_grad_hidden_states_attentions",
-    "test_eager_matches_sdpa_inference_24_fp32_pad_left_output_attentions",
-)
-# Known gaps of DepthAttnForCausalLM against transformers' conventions, every kind.
-NO_CHECKPOINTING_LAYER = ("activation checkpointing is the core decoder's own: no block is a "
-                          "transformers GradientCheckpointingLayer")
-KNOWN_GAPS = {
-    "test_correct_missing_keys":
-        "no base PreTrainedModel: `model` (base_model_prefix) is the core Decoder, an nn.Module "
-        "without save_pretrained",
-    "test_gradient_checkpointing_enable_disable": NO_CHECKPOINTING_LAYER,
-    "test_training_gradient_checkpointing": NO_CHECKPOINTING_LAYER,
-    "test_training_gradient_checkpointing_use_reentrant_false": NO_CHECKPOINTING_LAYER,
-    "test_causal_lm_loss_honors_shift_labels":
-        "forward refuses the shift_labels keyword that transformers' causal-LM loss takes",
-}
+# Known gaps of our models against transformers' conventions: expected failures (strict).
+KNOWN_GAPS: dict[str, str] = {}
+
+
+# transformers' tables of in-tree model classes, in the order of ``model_classes``
+TABLES = ("MODEL_MAPPING_NAMES", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+          "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+          "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+          "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES")
 
 
 class TinyCausalLMTester:
@@ -137,20 +144,19 @@ class Battery(ModelTesterMixin, GenerationTesterMixin):
     test_can_init_all_missing_weights_before_2023 = True
 
     def setUp(self):
-        self.all_model_classes = (self.model_class,)
+        self.all_model_classes = self.model_classes
         self.model_tester = TinyCausalLMTester(self, self.config_class, self.config_kwargs)
         self.config_tester = ConfigTester(self, config_class=self.config_class)
         if self.model_class.__name__ not in common.get_values(
                 common.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-            # the battery knows a causal LM by its class name in transformers' table (labels
-            # for training tests, the shifted-labels test)
-            names = mock.patch.dict(common.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                    {self.config_class.model_type: self.model_class.__name__})
-            names.start()
-            self.addCleanup(names.stop)
-        if self._testMethodName in WITHOUT_ATTENTION_WEIGHTS and \
-                self.model_class is DepthAttnForCausalLM:
-            self.has_attentions = False
+            # the battery knows a model's kind by its class name in transformers' tables of
+            # in-tree models (base models are not trained; each head gets its labels): ours are
+            # registered with the Auto classes instead, so they are added for the test
+            for table, model_class in zip(TABLES, self.model_classes):
+                names = mock.patch.dict(getattr(common, table),
+                                        {self.config_class.model_type: model_class.__name__})
+                names.start()
+                self.addCleanup(names.stop)
 
     def test_config(self):
         self.config_tester.run_common_tests()
@@ -170,6 +176,8 @@ class Qwen3BatteryTest(Battery, unittest.TestCase):
     """The control: transformers' own Qwen3 with the same geometry."""
 
     model_class = Qwen3ForCausalLM
+    model_classes = (Qwen3Model, Qwen3ForCausalLM, Qwen3ForSequenceClassification,
+                     Qwen3ForTokenClassification, Qwen3ForQuestionAnswering)
     config_class = Qwen3Config
 
 
@@ -197,6 +205,9 @@ def _depthattn_test(kind: str) -> type:
         "__module__": __name__, "__qualname__": name,
         "__doc__": f"DepthAttnForCausalLM, {kind}: {KINDS[kind]}",
         "model_class": DepthAttnForCausalLM, "config_class": DepthAttnConfig,
+        "model_classes": (DepthAttnModel, DepthAttnForCausalLM,
+                          DepthAttnForSequenceClassification, DepthAttnForTokenClassification,
+                          DepthAttnForQuestionAnswering),
         "config_kwargs": KINDS[kind]})
     for test, reason in {**NOT_APPLICABLE["*"], **NOT_APPLICABLE.get(kind, {})}.items():
         _marked(cls, test, pytest.mark.skip(reason=reason))

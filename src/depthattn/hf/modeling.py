@@ -11,8 +11,9 @@ value. ``generate`` is transformers' own, with our cache.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache, static_padding_mask
 from depthattn.hf.configuration import DepthAttnConfig
+from depthattn.methods.base import CrossLayerMethod
 from depthattn.model.attention import is_packed
 from depthattn.model.block import Block
 from depthattn.model.cache import KVCache, StaticKVCache
@@ -83,6 +85,46 @@ def attention_interface(config: DepthAttnConfig) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
+def stream_as_tensors(checkpoint_function: Callable) -> Callable:
+    """Reentrant checkpointing differentiates through the tensors among a block's arguments
+    and outputs only; a method's stream may be a dataclass of tensors (hyper-connections'
+    streams, DenseFormer's outputs so far). Pass it in and out as its tensors."""
+
+    def run(function: Callable, stream: Any, *rest: Any) -> Any:
+        tensors, rebuild = flatten_tensors(stream)
+        rebuild_output: list[Callable] = []
+
+        def block(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out, rebuild_out = flatten_tensors(function(rebuild(list(flat)), *rest))
+            rebuild_output[:] = [rebuild_out]
+            return tuple(out)
+
+        out = checkpoint_function(block, *tensors)
+        return rebuild_output[0](list(out))
+
+    return run
+
+
+def flatten_tensors(obj: Any) -> tuple[list[torch.Tensor], Callable[[list], Any]]:
+    """The tensors in ``obj`` (a tensor, or tuples, lists, mappings and dataclasses of them),
+    and a function that builds the same structure from a list of replacements, in order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj], lambda flat: flat.pop(0)
+    if isinstance(obj, (tuple, list)):
+        parts = [flatten_tensors(item) for item in obj]
+        return [t for ts, _ in parts for t in ts], \
+            lambda flat: type(obj)(rebuild(flat) for _, rebuild in parts)
+    if isinstance(obj, Mapping):
+        parts = {key: flatten_tensors(item) for key, item in obj.items()}
+        return [t for ts, _ in parts.values() for t in ts], \
+            lambda flat: type(obj)({key: rebuild(flat) for key, (_, rebuild) in parts.items()})
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        tensors, rebuild_fields = flatten_tensors(fields)
+        return tensors, lambda flat: dataclasses.replace(obj, **rebuild_fields(flat))
+    return [], lambda flat: obj
+
+
 class DepthAttnDecoderLayer(Block, GradientCheckpointingLayer):
     """The core ``Block``, checkpointed the transformers way: ``gradient_checkpointing_enable``
     sets ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on it."""
@@ -106,8 +148,16 @@ class DepthAttnPreTrainedModel(PreTrainedModel):
         Hugging Face applies this children first, so a method module has the last word."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if getattr(module, "bias", None) is not None:  # the task heads' (Qwen3's rule)
+                nn.init.zeros_(module.bias)
         elif module is not self and hasattr(module, "reset_parameters"):
             module.reset_parameters()
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """transformers' resize, then the core config follows (the new ids are accepted at once)."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.base_model.decoder.config = self.config.to_model_config()
+        return embeddings
 
     def _set_gradient_checkpointing(self, enable: bool = True,
                                     gradient_checkpointing_func: Callable = checkpoint,
@@ -118,15 +168,18 @@ class DepthAttnPreTrainedModel(PreTrainedModel):
         differentiate through their arguments (vanilla)."""
         require_int("every_n_layers", every_n_layers, 1)
         keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
-        method = self.config.method
-        if enable and keywords.get("use_reentrant", False) and method != "vanilla":
-            raise DepthAttnError(f"use_reentrant=True is not supported for method {method!r}: "
-                                 f"its blocks read earlier blocks' activations outside their "
-                                 f"arguments (the depth stash, the stream's history), whose "
-                                 f"gradients reentrant checkpointing would drop; use "
-                                 f"gradient_checkpointing_kwargs={{'use_reentrant': False}}")
         if gradient_checkpointing_func is checkpoint:  # bare: torch asks for use_reentrant
             gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+        elif keywords.get("use_reentrant", False):
+            method = next(m for m in self.modules() if isinstance(m, CrossLayerMethod))
+            if enable and method.reads_context_activations:
+                raise DepthAttnError(f"use_reentrant=True is not supported for method "
+                                     f"{self.config.method!r}: its blocks read earlier blocks' "
+                                     f"activations through the depth stash, outside their "
+                                     f"arguments, whose gradients reentrant checkpointing would "
+                                     f"drop; use gradient_checkpointing_kwargs="
+                                     f"{{'use_reentrant': False}}")
+            gradient_checkpointing_func = stream_as_tensors(gradient_checkpointing_func)
         layers = [m for m in self.modules() if isinstance(m, DepthAttnDecoderLayer)]
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = enable and i % every_n_layers == 0
@@ -259,12 +312,6 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.lm_head = value
-
-    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
-        """transformers' resize, then the core config follows (the new ids are accepted at once)."""
-        embeddings = super().resize_token_embeddings(*args, **kwargs)
-        self.model.decoder.config = self.config.to_model_config()
-        return embeddings
 
     def set_loop_iterations(self, iterations: int) -> None:
         """Test-time depth of a looped model (``Decoder.set_loop_iterations``); the Hugging Face

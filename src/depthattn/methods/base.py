@@ -134,6 +134,10 @@ class CrossLayerMethod(nn.Module):
     # Why this method cannot run a looped config (docs/method.md §7), or None when it can: its hooks are
     # then called with application indices e = 0 .. L_eff − 1 in place of layer indices.
     looped_refusal: ClassVar[str | None] = None
+    # Whether a block reads activations of earlier blocks through the call's context (the depth
+    # stash) rather than through the stream it is handed: reentrant activation checkpointing,
+    # which differentiates through a block's tensor arguments only, would drop their gradients.
+    reads_context_activations: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, options: MethodOptions) -> None:
         super().__init__()

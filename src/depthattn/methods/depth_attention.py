@@ -84,6 +84,8 @@ class DepthAttentionOptions(MethodOptions):
 
 @register("depth_attention", options=DepthAttentionOptions)
 class DepthAttention(CrossLayerMethod):
+    reads_context_activations = True  # the depth stash
+
     def __init__(self, config: ModelConfig, options: DepthAttentionOptions) -> None:
         super().__init__(config, options)
         # The schedule's length (L_eff) → S(e) for e = 0 .. L_eff − 1, and the applications

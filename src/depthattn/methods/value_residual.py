@@ -70,6 +70,8 @@ class ValueResidual(CrossLayerMethod):
     """Lives inside attention (`mix_values`); in ``gated`` mode the stream hook also reads the
     attention sublayer's input, which `mix_values` does not receive."""
 
+    reads_context_activations = True  # layer 0's value, from the depth stash
+
     # Weight decay follows the default rule: λ (a vector; modded-nanogpt trains it without
     # decay) and the gate biases are not decayed, the gate matrices W_l are.
 

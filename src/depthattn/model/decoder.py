@@ -230,7 +230,7 @@ class Decoder(nn.Module):
         if position_ids is not None and tuple(position_ids.shape) not in ((B, T), (1, T)):
             raise DepthAttnError(f"position_ids shape {tuple(position_ids.shape)} must be ({B}, {T}) "
                                  f"or (1, {T})")
-        if cache is not None and position_ids is not None and not prepared \
+        if cache is not None and position_ids is not None and attention_mask is None \
                 and is_packed(position_ids):
             raise DepthAttnError("position_ids restart within a row (several sequences packed in "
                                  "one row): a cache would let later tokens attend across them; "

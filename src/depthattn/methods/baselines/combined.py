@@ -98,6 +98,8 @@ class Combined(CrossLayerMethod):
                                     for name, cls in part_classes.items()})
         self._owner = {hook: name for name, cls in part_classes.items()
                        for hook in hooks_used(cls)}
+        self.reads_context_activations = any(cls.reads_context_activations
+                                             for cls in part_classes.values())
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Each part decides for its own parameters (``parts.<part>.<name>``)."""
