@@ -32,8 +32,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache, static_padding_mask
 from depthattn.hf.configuration import DepthAttnConfig
-from depthattn.methods.base import CrossLayerMethod
-from depthattn.model.attention import is_packed
+from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
+from depthattn.model.attention import Attention, is_packed
 from depthattn.model.block import Block
 from depthattn.model.cache import KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM, Decoder
@@ -50,6 +50,9 @@ LOSS_KWARGS = ("num_items_in_batch", "ignore_index", "shift_labels")
 # sdpa find the sequences in position_ids instead
 PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache, StaticKVCache)
+# attention functions that read no mask: a serving engine's paged attention keeps each
+# sequence's tokens in its own blocks (and gets every request's tokens packed in one row)
+UNMASKED_ATTENTION = ("vllm",)
 
 
 def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -72,17 +75,6 @@ def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return (weights @ value).transpose(1, 2).contiguous(), weights
-
-
-def attention_interface(config: DepthAttnConfig) -> Callable:
-    """The attention function ``config._attn_implementation`` names: eager (above), sdpa
-    (transformers'), or one registered with ``AttentionInterface`` (a serving engine's), which
-    receives the core's mask: a 4-D bool (True = may attend) or float tensor, or None with
-    ``is_causal``."""
-    implementation = config._attn_implementation or "sdpa"
-    if implementation == "eager":
-        return eager_attention
-    return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 def stream_as_tensors(checkpoint_function: Callable) -> Callable:
@@ -125,9 +117,31 @@ def flatten_tensors(obj: Any) -> tuple[list[torch.Tensor], Callable[[list], Any]
     return [], lambda flat: obj
 
 
+class DepthAttnAttention(Attention):
+    """The core attention, calling the function ``config._attn_implementation`` names in
+    transformers' attention interface (eager, sdpa, or a registered one), after the depth mix.
+    Serving engines' Transformers backends find the attention call by reading this forward:
+    the interface lookup and one call of it, with ``scaling=self.scaling``. ``config`` is the
+    model's Hugging Face config (set by ``DepthAttnModel``; not a module)."""
+
+    config: DepthAttnConfig
+
+    def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                ctx: ForwardContext, application: int | None = None) -> torch.Tensor:
+        query, key, value = self.queries_keys_values(x, method, ctx, application)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention)
+        out, weights = attention_interface(self, query, key, value, ctx.attn_mask,
+                                           scaling=self.scaling, is_causal=ctx.is_causal,
+                                           **ctx.attention_kwargs)
+        return self.output(out, weights, ctx)
+
+
 class DepthAttnDecoderLayer(Block, GradientCheckpointingLayer):
     """The core ``Block``, checkpointed the transformers way: ``gradient_checkpointing_enable``
     sets ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on it."""
+
+    attention_class = DepthAttnAttention
 
 
 class DepthAttnPreTrainedModel(PreTrainedModel):
@@ -206,6 +220,9 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
         for layer in decoder.layers:
             if type(layer) is Block:
                 layer.__class__ = DepthAttnDecoderLayer
+            if type(layer.self_attn) is Attention:
+                layer.self_attn.__class__ = DepthAttnAttention
+            layer.self_attn.__dict__["config"] = self.config  # the one config, not a copy
         self.__dict__["decoder"] = decoder  # not a child: its children are ours
         self._modules = decoder._modules
 
@@ -268,8 +285,8 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
         states: list[torch.Tensor] | None = [] if output_hidden_states else None
         hidden = self.decoder(input_ids, attention_mask, cache, position_ids,
                               inputs_embeds=inputs_embeds, hidden_states=states,
-                              attention=attention_interface(self.config),
-                              attention_kwargs=kwargs, attention_weights=weights)
+                              attention_kwargs=kwargs, attention_weights=weights,
+                              masks=implementation not in UNMASKED_ATTENTION)
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden, hidden_states=None if states is None else tuple(states),
             attentions=None if weights is None else tuple(weights), **{CACHE_FIELD: cache})

@@ -63,6 +63,17 @@ class Attention(nn.Module):
         """x: (B, T, D), the normed input of q_proj, k_proj and v_proj; or an
         ``AttentionInput`` whose keys and values read streams of their own (MUDDFormer).
         application: the index e of this application (looped models), default the layer's."""
+        q, k, v = self.queries_keys_values(x, method, ctx, application)
+        attention = ctx.attention or sdpa_attention
+        out, weights = attention(self, q, k, v, ctx.attn_mask, scaling=self.scaling,
+                                 is_causal=ctx.is_causal, **ctx.attention_kwargs)  # (B, T, H, d)
+        return self.output(out, weights, ctx)
+
+    def queries_keys_values(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                            ctx: ForwardContext, application: int | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, d) and the keys and values attention reads (B, H_kv, T_kv, d): the
+        values mixed by the method, and with a cache, the cached ones before them."""
         e = self.layer_idx if application is None else application
         if isinstance(x, AttentionInput):
             x, x_k, x_v = x.query, x.key, x.value
@@ -85,12 +96,16 @@ class Attention(nn.Module):
 
         if ctx.cache is not None:
             k, v = ctx.cache.update(k, v, e)  # (B, H_kv, T_kv, d): the cache keeps ṽ, slot e
-        attention = ctx.attention or sdpa_attention
-        out, weights = attention(self, q, k, v, ctx.attn_mask, scaling=self.scaling,
-                                 is_causal=ctx.is_causal, **ctx.attention_kwargs)  # (B, T, H, d)
+        return q, k, v
+
+    def output(self, out: torch.Tensor, weights: torch.Tensor | None,
+               ctx: ForwardContext) -> torch.Tensor:
+        """o_proj of the attention output ((B, T, H, d), or (B·T, H·d) as serving engines
+        return it); the weights go to ``ctx.attention_weights`` when it collects them."""
         if ctx.attention_weights is not None:
             ctx.attention_weights.append(weights)
-        return self.o_proj(out.reshape(B, T, self.num_heads * d))
+        B, T = ctx.cos.shape[:2]
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
 
 
 # Attention masks for SDPA: causal over absolute positions, padding keys hidden.

@@ -22,10 +22,12 @@ from depthattn.model.norm import RMSNorm
 
 
 class Block(nn.Module):
+    attention_class: type[Attention] = Attention  # the Hugging Face layer's calls its interface
+
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = self.attention_class(config, layer_idx)
         self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -92,7 +92,7 @@ class Decoder(nn.Module):
                 loop_iterations: int | None = None,
                 backprop_iterations: int | None = None,
                 attention: Callable | None = None, attention_kwargs: dict | None = None,
-                attention_weights: list | None = None) -> torch.Tensor:
+                attention_weights: list | None = None, masks: bool = True) -> torch.Tensor:
         """input_ids (B, T), or inputs_embeds (B, T, D) instead → hidden states (B, T, D).
 
         attention_mask: the (B, T) padding mask (1 = real token; see ``CausalLM``), or a
@@ -101,7 +101,8 @@ class Decoder(nn.Module):
         in one row, no padding mask, no cache) keep each sequence to itself.
         attention: the attention function (``depthattn.model.attention.sdpa_attention`` when
         None), called with ``attention_kwargs``; attention_weights: a list that receives what
-        it returns as weights, one entry per application.
+        it returns as weights, one entry per application. masks=False: the attention function
+        reads no mask (a serving engine's paged attention), so none is built.
 
         hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
         each block but the last hands on (the method's readout of its residual stream), and the
@@ -144,12 +145,14 @@ class Decoder(nn.Module):
             else:
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
             attn_mask, is_causal = attention_mask_for(T, 0, key_valid, x.device)
-            if position_ids is not None and attention_mask is None:
+            if position_ids is not None and attention_mask is None and masks:
                 packed = packed_sequence_mask(position_ids)
                 if packed is not None:
                     attn_mask, is_causal = packed, False
         if attention_mask is not None and attention_mask.dim() == 4:
             attn_mask, is_causal = attention_mask, False  # prepared by the caller
+        if not masks:
+            attn_mask, is_causal = None, True
         if position_ids is not None:
             positions = position_ids
 
