@@ -28,7 +28,7 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from depthattn import CausalLM
-from depthattn.hf import DepthAttnForCausalLM, DepthAttnModel
+from depthattn.hf import DepthAttnConfig, DepthAttnForCausalLM, DepthAttnModel
 from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache
 from depthattn.methods.registry import method_names
 from tests.conftest import randomize_, tiny_config
@@ -343,3 +343,33 @@ def test_qwen3_reference_still_matches_with_the_interface():
     x = ids(2, 9)
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, qwen(x).logits, rtol=0, atol=0)
+
+
+def test_a_static_caches_layers_are_its_buffers():
+    """transformers reads a static cache's ``layers`` (shapes, contents): they were empty."""
+    model = model_for("depth_attention")
+    x = ids(2, 5)
+    with torch.no_grad():
+        out = model.generate(x, max_new_tokens=3, do_sample=False, cache_implementation="static",
+                             return_dict_in_generate=True)
+        dynamic = model.generate(x, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out.sequences, dynamic)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    assert len(cache.layers) == 6 and cache.get_seq_length() == 7
+    layer = cache.layers[0]
+    assert layer.keys.shape == (2, 2, cache.max_len, 16)
+    assert layer.keys is cache.inner.keys[0] and layer.values is cache.inner.values[0]
+    assert layer.keys[:, :, :7].abs().sum() > 0 and layer.keys[:, :, 7:].abs().sum() == 0
+
+
+def test_tie_word_embeddings_set_on_a_built_config_ties_the_model(tmp_path):
+    """transformers' tools set ``config.tie_word_embeddings``; the saved config then loaded with
+    "contradicts tie_embeddings". Both names are one setting once the config is built."""
+    model = model_for()
+    model.config.tie_word_embeddings = True
+    assert model.config.tie_embeddings is True
+    model.config.save_pretrained(tmp_path)
+    config = DepthAttnConfig.from_pretrained(tmp_path)
+    assert config.tie_embeddings is True and config.tie_word_embeddings is True
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        DepthAttnConfig(tie_word_embeddings=True, tie_embeddings=False)

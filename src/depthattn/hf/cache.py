@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache
+from transformers.cache_utils import (
+    Cache,
+    DynamicCache,
+    DynamicLayer,
+    StaticCache,
+    StaticLayer,
+)
 
 from depthattn.model.cache import PaddingRecord, StaticKVCache
 from depthattn.utils.errors import DepthAttnError
@@ -127,7 +133,20 @@ class DepthAttnStaticCache(StaticCache):
             self.inner = StaticKVCache(self.config.num_applications, batch_size, self.max_len,
                                        self.config.num_kv_heads, self.config.head_dim,
                                        dtype=self.dtype, device=device)
+            self.layers = [self._layer_view(e) for e in range(self.config.num_applications)]
         return self.inner.begin(new_valid, num_new, batch_size, device)
+
+    def _layer_view(self, e: int) -> StaticLayer:
+        """Application e's buffers as transformers' ``StaticLayer`` (what its callers read of a
+        static cache's layers): the core cache's tensors themselves, written in place."""
+        layer = StaticLayer(self.max_len)
+        keys, values = self.inner.keys[e], self.inner.values[e]
+        layer.keys, layer.values, layer.is_initialized = keys, values, True
+        layer.dtype, layer.device = keys.dtype, keys.device
+        layer.batch_size, layer.num_heads = keys.shape[:2]
+        layer.k_head_dim = layer.v_head_dim = keys.shape[-1]
+        layer.cumulative_length = self.inner.slot  # the slots written (a device tensor)
+        return layer
 
     def attention_mask(self) -> tuple[torch.Tensor, bool]:
         return self.inner.attention_mask()
@@ -167,7 +186,7 @@ class DepthAttnStaticCache(StaticCache):
             self.inner.select_rows(beam_idx)
 
     def reset(self) -> None:
-        self.inner = None
+        self.inner, self.layers = None, []
 
     def _unsupported(self, what: str) -> None:
         raise DepthAttnError(f"{what} is not supported by the static cache; use the default "

@@ -73,6 +73,21 @@ class DepthAttnConfig(PretrainedConfig):
                                  f"tie_embeddings ({self.tie_embeddings}); set tie_embeddings")
         self.tie_word_embeddings = self.tie_embeddings
         super().__post_init__(**kwargs)
+        self.__dict__["_tie_names_linked"] = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.pop("_tie_names_linked", None)  # a state of this object, not a setting
+        return out
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Once built, tie_embeddings and Hugging Face's tie_word_embeddings are one setting:
+        setting either sets both (transformers' tests and tools set tie_word_embeddings)."""
+        super().__setattr__(name, value)
+        if self.__dict__.get("_tie_names_linked") and value is not None and \
+                name in ("tie_embeddings", "tie_word_embeddings"):
+            other = "tie_word_embeddings" if name == "tie_embeddings" else "tie_embeddings"
+            super().__setattr__(other, bool(value))
 
     # L_eff, the cache's layer count: ModelConfig's own definition, read from the same fields
     num_applications = ModelConfig.num_applications
