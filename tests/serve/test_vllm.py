@@ -32,6 +32,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from depthattn import CausalLM  # noqa: E402
 from depthattn.hf import DepthAttnForCausalLM  # noqa: E402
+from depthattn.methods.registry import method_names  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 RUNNER = Path(__file__).with_name("vllm_runner.py")
@@ -74,11 +75,12 @@ def prompts(folders) -> list[list[int]]:
     return [tokenizer(text)["input_ids"] for text in TEXTS]
 
 
-def run_vllm(folder: Path, prompts: list[list[int]], tmp_path: Path) -> dict:
+def run_vllm(folder: Path, prompts: list[list[int]], tmp_path: Path,
+             max_tokens: int = MAX_TOKENS) -> dict:
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     out = tmp_path / f"{folder.name}.json"
     done = subprocess.run([sys.executable, str(RUNNER), str(folder), str(out),
-                           str(tmp_path / "prompts.json"), "--max-tokens", str(MAX_TOKENS)],
+                           str(tmp_path / "prompts.json"), "--max-tokens", str(max_tokens)],
                           env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(out.read_text())
@@ -192,3 +194,30 @@ def test_vllm_serve_answers_a_completion_request(folders, served):
         server.terminate()
         server.wait(timeout=60)
     assert answer["choices"][0]["text"] == served["depth_attention"]["batch"][0]["text"]
+
+
+@pytest.mark.parametrize("method", [*method_names(), "depth_attention+denseformer"])
+def test_every_method_runs_in_vllm(folders, tmp_path, method):
+    """Every registered method (random weights, 4 layers): the log-probabilities vLLM gives the
+    tokens it chose are ours for the same tokens (teacher-forced, so near-ties do not matter)."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(folders["vanilla"])
+    core = CausalLM(tiny_config(method=method, vocab_size=len(tokenizer), hidden_size=128,
+                                num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                                max_seq_len=256))
+    with torch.no_grad():  # away from the initialisation, where some methods are the identity
+        for p in core.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model = DepthAttnForCausalLM.from_core(core.eval())
+    model.save_pretrained(tmp_path / method)
+    tokenizer.save_pretrained(tmp_path / method)
+    prompts = [[5, 17, 33, 8, 90, 12], [44, 3, 9]]
+    served = run_vllm(tmp_path / method, prompts, tmp_path, max_tokens=4)
+    for prompt, got in zip(prompts, served["batch"]):
+        with torch.no_grad():
+            logprobs = torch.log_softmax(
+                model(torch.tensor([prompt + got["tokens"]])).logits[0].float(), -1)
+        for step, top in enumerate(got["logprobs"]):
+            for token, value in top.items():
+                assert abs(value - float(logprobs[len(prompt) - 1 + step, int(token)])) \
+                    <= LOGPROB_ATOL, (method, step, token)
