@@ -201,24 +201,25 @@ def test_shift_labels_gives_the_labels_loss():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def gradients(model: DepthAttnForCausalLM) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient of the loss on a fixed batch."""
+    model.zero_grad()
+    x = ids()
+    model(x, labels=x).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.parametrize("method", ["vanilla", "depth_attention"])
 def test_gradient_checkpointing_is_transformers_own(method):
     """Blocks are ``GradientCheckpointingLayer``s, so transformers' checks and every_n_layers
     apply; the gradients equal those without checkpointing."""
     model = model_for(method).train()
     assert all(isinstance(layer, GradientCheckpointingLayer) for layer in model.model.layers)
-    x = ids()
-
-    def grads():
-        model.zero_grad()
-        model(x, labels=x).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain = grads()
+    plain = gradients(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert model.is_gradient_checkpointing
     assert all(layer.gradient_checkpointing for layer in model.model.layers)
-    checkpointed = grads()
+    checkpointed = gradients(model)
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6)
@@ -237,16 +238,9 @@ def test_reentrant_checkpointing_gives_the_plain_gradients_or_is_refused(method)
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": True})
         return
-    x = ids()
-
-    def grads():
-        model.zero_grad()
-        model(x, labels=x).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain = grads()
+    plain = gradients(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    checkpointed = grads()
+    checkpointed = gradients(model)
     assert plain.keys() == checkpointed.keys() == {n for n, _ in model.named_parameters()}
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=0, atol=1e-6)

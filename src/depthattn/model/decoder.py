@@ -13,7 +13,11 @@ from torch.utils.checkpoint import checkpoint
 
 from depthattn.methods import build_method, resolve_config, set_depth_mix_impl
 from depthattn.methods.base import ForwardContext
-from depthattn.model.attention import attention_mask_for, is_packed, packed_sequence_mask
+from depthattn.model.attention import (
+    attention_mask_for,
+    is_packed,
+    packed_sequence_mask,
+)
 from depthattn.model.block import Block
 from depthattn.model.cache import DecoderCache
 from depthattn.model.config import ModelConfig
