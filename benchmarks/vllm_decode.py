@@ -44,7 +44,7 @@ def write_folders(shape: str, root: Path) -> dict[str, Path]:
     from depthattn.hf import DepthAttnForCausalLM
 
     fields = SHAPES[shape]
-    fields = dict(PRESETS[fields].to_dict()) if isinstance(fields, str) else dict(fields)
+    fields = dict(PRESETS[fields] if isinstance(fields, str) else fields)
     backend = Tokenizer(models.WordLevel({f"<{i}>": i for i in range(256)}, unk_token="<0>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<1>")
@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--context", type=int, default=32)
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="float32")

@@ -268,12 +268,11 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
             kwargs = {}  # eager and sdpa find packed sequences in position_ids
         checkpointing = self.training and torch.is_grad_enabled() and any(
             layer.gradient_checkpointing for layer in self.layers)
-        packed = position_ids is not None \
-            and (attention_mask is None or attention_mask.dim() == 4) \
-            and not torch.compiler.is_compiling() and is_packed(position_ids.expand(
-                (input_ids if input_ids is not None else inputs_embeds).shape[0], -1))
         if use_cache is None:  # packed rows are not cached (the core refuses it when asked)
-            use_cache = bool(self.config.use_cache) and not checkpointing and not packed
+            use_cache = bool(self.config.use_cache) and not checkpointing and not (
+                position_ids is not None
+                and (attention_mask is None or attention_mask.dim() == 4)
+                and not torch.compiler.is_compiling() and is_packed(position_ids))
         if checkpointing and cache is not None:
             raise DepthAttnError("gradient checkpointing recomputes blocks in backward, which "
                                  "would write the cache twice: pass no cache when training "
