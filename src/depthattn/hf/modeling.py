@@ -62,22 +62,21 @@ def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                     value: torch.Tensor, attention_mask: torch.Tensor | None,
                     scaling: float | None = None, dropout: float = 0.0, is_causal: bool = False,
                     **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen3's eager attention, which returns the weights (B, H, T, T_kv): softmax in float32
-    of the scaled scores plus a float mask (the core's boolean mask, or its causal flag, made
-    one), times the values. Other keywords (a trainer's packing hints) are not needed."""
+    """Qwen3's eager attention, which returns the weights (B, H, T, T_kv). It adds a float
+    mask to the scores, so the core's boolean mask (True = may attend), or its causal flag,
+    becomes one. Other keywords (a trainer's packing hints) are not needed."""
+    # imported here: Qwen3's module imports transformers' Auto classes, which import ours
+    from transformers.models.qwen3.modeling_qwen3 import eager_attention_forward
+
     T, S = query.shape[2], key.shape[2]
     if attention_mask is None and is_causal:
         attention_mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
-    groups = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-    scores = query @ key.transpose(2, 3) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    elif attention_mask is not None:
-        scores = scores + attention_mask
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    return (weights @ value).transpose(1, 2).contiguous(), weights
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
+                                     device=query.device).masked_fill(
+            ~attention_mask, torch.finfo(query.dtype).min)
+    return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                   dropout=dropout)
 
 
 def stream_as_tensors(checkpoint_function: Callable) -> Callable:
@@ -137,7 +136,7 @@ class DepthAttnAttention(Attention):
         out, weights = attention_interface(self, query, key, value, ctx.attn_mask,
                                            scaling=self.scaling, is_causal=ctx.is_causal,
                                            **ctx.attention_kwargs)
-        return self.output(out, weights, ctx)
+        return self.output(out, weights, query, ctx)
 
 
 class DepthAttnDecoderLayer(Block, GradientCheckpointingLayer):

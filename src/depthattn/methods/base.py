@@ -16,7 +16,7 @@ the schedule of applications); the method itself is the model's, never the call'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
@@ -70,7 +70,7 @@ class ForwardContext:
     def __init__(self, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
                  is_causal: bool, cache: LayerCache | None = None,
                  applications: Sequence[Application] = (),
-                 attention: Callable | None = None, attention_kwargs: dict | None = None,
+                 attention_kwargs: dict | None = None,
                  attention_weights: list | None = None) -> None:
         self.cos, self.sin = cos, sin  # (B, T, d) RoPE tables at the new positions
         # (B or 1, 1, T, T_kv): bool, True = may attend, or float, added to the scores; None:
@@ -78,10 +78,8 @@ class ForwardContext:
         self.attn_mask = attn_mask
         self.is_causal = is_causal
         self.cache = cache
-        # The attention function (depthattn.model.attention.sdpa_attention when None; the
-        # Hugging Face layer passes transformers' attention interface), the keywords to pass
-        # it through, and a list that receives each application's attention weights, if wanted.
-        self.attention = attention
+        # Keywords for the attention function (a serving engine's), and a list that receives
+        # each application's attention weights, if wanted.
         self.attention_kwargs = attention_kwargs or {}
         self.attention_weights = attention_weights
         # The schedule of this call: application e runs layer applications[e].layer (a looped

@@ -1,12 +1,13 @@
 """Qwen3 attention with the cross-layer value hook: q/k/v proj → q/k norm → RoPE →
-[method mixes v] → cache → attention function (SDPA by default) → o_proj; and the SDPA masks
-(causal, padding, packed sequences).
+[method mixes v] → cache → attention function → o_proj; and the SDPA masks (causal, padding,
+packed sequences).
 
 The attention function has the signature of transformers' attention interface
 (``ALL_ATTENTION_FUNCTIONS``): ``fn(module, query, key, value, attention_mask, *, scaling,
-dropout, is_causal, **kwargs) -> (output (B, T, H, d), weights or None)``, so the Hugging Face
-layer can hand in eager, SDPA or a serving engine's paged attention. The depth mix runs before
-it: whatever the function caches or reads is the mixed value.
+dropout, is_causal, **kwargs) -> (output (B, T, H, d), weights or None)``. The core's is
+``sdpa_attention``; the Hugging Face layer's ``DepthAttnAttention`` overrides ``forward`` to call
+the one its config names (eager, SDPA, a serving engine's paged attention). The depth mix runs
+before it: whatever the function caches or reads is the mixed value.
 
 Notation: B batch, T new tokens, H query heads, H_kv kv heads, d head dim.
 """
@@ -64,10 +65,10 @@ class Attention(nn.Module):
         ``AttentionInput`` whose keys and values read streams of their own (MUDDFormer).
         application: the index e of this application (looped models), default the layer's."""
         q, k, v = self.queries_keys_values(x, method, ctx, application)
-        attention = ctx.attention or sdpa_attention
-        out, weights = attention(self, q, k, v, ctx.attn_mask, scaling=self.scaling,
-                                 is_causal=ctx.is_causal, **ctx.attention_kwargs)  # (B, T, H, d)
-        return self.output(out, weights, ctx)
+        out, weights = sdpa_attention(self, q, k, v, ctx.attn_mask, scaling=self.scaling,
+                                      is_causal=ctx.is_causal,
+                                      **ctx.attention_kwargs)  # (B, T, H, d)
+        return self.output(out, weights, q, ctx)
 
     def queries_keys_values(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
                             ctx: ForwardContext, application: int | None = None
@@ -98,13 +99,14 @@ class Attention(nn.Module):
             k, v = ctx.cache.update(k, v, e)  # (B, H_kv, T_kv, d): the cache keeps ṽ, slot e
         return q, k, v
 
-    def output(self, out: torch.Tensor, weights: torch.Tensor | None,
+    def output(self, out: torch.Tensor, weights: torch.Tensor | None, query: torch.Tensor,
                ctx: ForwardContext) -> torch.Tensor:
-        """o_proj of the attention output ((B, T, H, d), or (B·T, H·d) as serving engines
-        return it); the weights go to ``ctx.attention_weights`` when it collects them."""
+        """o_proj of the attention output for ``query`` (B, H, T, d): (B, T, H, d), or
+        (B·T, H·d) as serving engines return it. The weights go to ``ctx.attention_weights``
+        when it collects them."""
         if ctx.attention_weights is not None:
             ctx.attention_weights.append(weights)
-        B, T = ctx.cos.shape[:2]
+        B, _, T, _ = query.shape
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
 
 
@@ -149,10 +151,9 @@ def packed_sequence_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
     """Several sequences packed in one row (padding-free batches): a new sequence starts where
     the position does not follow the one before (usually at 0). Returns the (B, 1, T, T) causal
     mask that keeps each sequence to itself, or None when every row holds one sequence."""
-    starts = sequence_starts(position_ids)  # (B, T)
-    if not bool(starts[:, 1:].any()):
+    if not is_packed(position_ids):
         return None
-    sequence = starts.long().cumsum(-1)  # (B, T) which sequence each token belongs to
+    sequence = sequence_starts(position_ids).long().cumsum(-1)  # (B, T) which sequence each token belongs to
     T = position_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
     return (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]

@@ -94,8 +94,7 @@ class Decoder(nn.Module):
                 inputs_embeds: torch.Tensor | None = None,
                 hidden_states: list[torch.Tensor] | None = None,
                 loop_iterations: int | None = None,
-                backprop_iterations: int | None = None,
-                attention: Callable | None = None, attention_kwargs: dict | None = None,
+                backprop_iterations: int | None = None, attention_kwargs: dict | None = None,
                 attention_weights: list | None = None, masks: bool = True) -> torch.Tensor:
         """input_ids (B, T), or inputs_embeds (B, T, D) instead → hidden states (B, T, D).
 
@@ -103,10 +102,9 @@ class Decoder(nn.Module):
         prepared 4-D mask (B or 1, 1, T, T_kv), bool (True = may attend) or float (added to the
         scores), used as it is. position_ids that restart within a row (several sequences packed
         in one row, no padding mask, no cache) keep each sequence to itself.
-        attention: the attention function (``depthattn.model.attention.sdpa_attention`` when
-        None), called with ``attention_kwargs``; attention_weights: a list that receives what
-        it returns as weights, one entry per application. masks=False: the attention function
-        reads no mask (a serving engine's paged attention), so none is built.
+        attention_kwargs: passed to each block's attention function; attention_weights: a list
+        that receives what it returns as weights, one entry per application. masks=False: the
+        attention function reads no mask (a serving engine's paged attention), so none is built.
 
         hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
         each block but the last hands on (the method's readout of its residual stream), and the
@@ -162,8 +160,7 @@ class Decoder(nn.Module):
 
         cos, sin = self.rotary_emb(positions, x.dtype)
         ctx = ForwardContext(cos=cos, sin=sin, attn_mask=attn_mask, is_causal=is_causal,
-                             cache=cache, applications=apps, attention=attention,
-                             attention_kwargs=attention_kwargs,
+                             cache=cache, applications=apps, attention_kwargs=attention_kwargs,
                              attention_weights=attention_weights)
         stream = method.init_stream(x, ctx)
         if hidden_states is not None:
@@ -201,11 +198,6 @@ class Decoder(nn.Module):
         require_int("backprop_iterations", backprop_iterations, 1, hint=" (None = all)")
         r = 1 + max(app.iteration for app in apps if app.iteration is not None)
         return max(0, r - backprop_iterations)
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        """transformers' name for it (``is_gradient_checkpointing`` reads it)."""
-        return self.activation_checkpointing
 
     def check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                      cache: DecoderCache | None, position_ids: torch.Tensor | None,
