@@ -370,9 +370,12 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
         ``loss`` (shifted cross-entropy, -100 ignored) with ``labels``, or with ``shift_labels``
         (already shifted, as context-parallel and packed trainers pass them)."""
         loss_kwargs = {k: kwargs.pop(k) for k in LOSS_KWARGS if k in kwargs}
-        outputs = self.model(input_ids, attention_mask, position_ids, None, inputs_embeds,
-                             use_cache, output_attentions, output_hidden_states, True,
-                             cache=_one_cache(past_key_values, cache), **kwargs)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, past_key_values=past_key_values,
+                             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             **kwargs)
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]  # positions to keep
