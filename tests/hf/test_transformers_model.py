@@ -292,10 +292,19 @@ def test_packed_rows_give_each_sequence_its_own_logits(case, attn):
     torch.testing.assert_close(packed, alone, rtol=0, atol=ATOL)
 
 
-def test_packed_positions_beyond_max_seq_len_and_cached_packed_rows_are_refused():
-    model = model_for(max_seq_len=10)
-    with pytest.raises(ValueError, match="position 10 is out of range"):
-        model(ids(1, 11), position_ids=torch.arange(11)[None], use_cache=False)
+def test_positions_past_max_position_embeddings_run_as_in_qwen3():
+    """max_position_embeddings is the trained context (scaled RoPE reads it), not a limit:
+    Qwen3 runs past it, and so does the Hugging Face model (a core CausalLM refuses)."""
+    short, longer = model_for(max_seq_len=10), model_for(max_seq_len=32)
+    longer.load_state_dict(short.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(short(ids(1, 11)).logits, longer(ids(1, 11)).logits)
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        CausalLM(tiny_config(max_seq_len=10))(ids(1, 11))
+
+
+def test_cached_packed_rows_are_refused():
+    model = model_for()
     packed = torch.cat([torch.arange(4), torch.arange(3)])[None]
     with pytest.raises(ValueError, match="packed in one row"):
         model(ids(1, 7), position_ids=packed, use_cache=True)

@@ -18,7 +18,7 @@ def sublayer_runner(model: CausalLM, ids: torch.Tensor
     and the head (final norm + lm_head)."""
     dec = model.model
     B, T = ids.shape
-    cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), dec.embed_tokens.weight.dtype)
+    cos, sin = dec.rotary_emb(dec.embed_tokens.weight, torch.arange(T).expand(B, T))
     ctx = ForwardContext(cos=cos, sin=sin, attn_mask=None, is_causal=True,
                          applications=dec.applications)
 

@@ -52,7 +52,7 @@ def unrolled_logits(model: CausalLM, ids: torch.Tensor, order: list[int],
     dec, cfg = model.model, model.config
     B, T = ids.shape
     x = dec.embed_tokens(ids)
-    cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), x.dtype)
+    cos, sin = dec.rotary_emb(x, torch.arange(T).expand(B, T))
     stash: list[tuple[torch.Tensor, torch.Tensor]] = []
     prelude_output = None
     for e, i in enumerate(order):

@@ -61,8 +61,8 @@ class DepthAttnCache(DynamicCache):
               device: torch.device) -> torch.Tensor:
         return self.record.begin(new_valid, num_new, batch_size, device)
 
-    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
-        return self.record.attention_mask()
+    def attention_mask(self, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
+        return self.record.attention_mask(window)
 
     def end(self) -> None:
         self.record.end()
@@ -148,8 +148,8 @@ class DepthAttnStaticCache(StaticCache):
         layer.cumulative_length = self.inner.slot  # the slots written (a device tensor)
         return layer
 
-    def attention_mask(self) -> tuple[torch.Tensor, bool]:
-        return self.inner.attention_mask()
+    def attention_mask(self, window: int | None = None) -> tuple[torch.Tensor, bool]:
+        return self.inner.attention_mask(window)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +163,8 @@ class DepthAttnStaticCache(StaticCache):
     def is_compileable(self) -> bool:
         return True
 
-    # per layer, as transformers asks (it has no layer objects here): full attention everywhere
+    # per layer, as transformers asks (it has no layer objects here): every layer keeps every
+    # slot (a sliding-window layer masks the older ones), as full attention does
     @property
     def is_linear(self) -> list[bool]:
         return [False] * self.config.num_applications

@@ -39,6 +39,9 @@ class DepthAttnConfig(PretrainedConfig):
     head_dim: int | None = None
     max_seq_len: int = 2048
     rope_theta: float = 10000.0
+    rope_parameters: dict[str, Any] | None = None
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
     rms_norm_eps: float = 1e-6
     init_std: float = 0.02
     tie_embeddings: bool = False
@@ -51,6 +54,8 @@ class DepthAttnConfig(PretrainedConfig):
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     tie_word_embeddings: bool | None = None  # Hugging Face's name; follows tie_embeddings
+    # Qwen3's switch: False drops sliding_window (every layer full); None: sliding_window decides
+    use_sliding_window: bool | None = None
     use_cache: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -62,6 +67,19 @@ class DepthAttnConfig(PretrainedConfig):
         for alias, name in ALIASES.items():
             if alias in kwargs:
                 setattr(self, name, kwargs.pop(alias))
+        # Hugging Face keeps θ inside rope_parameters (older configs: rope_scaling)
+        if self.rope_parameters is None and kwargs.get("rope_scaling"):
+            self.rope_parameters = kwargs.pop("rope_scaling")
+        if self.rope_parameters and "rope_theta" in self.rope_parameters:
+            self.rope_theta = self.rope_parameters["rope_theta"]
+        if self.use_sliding_window is False:
+            self.sliding_window = None
+        elif self.use_sliding_window and self.sliding_window is None:
+            raise DepthAttnError("use_sliding_window is True but sliding_window is None; set "
+                                 "sliding_window (tokens each sliding layer sees)")
+        if self.layer_types is None:  # spelled out, as Qwen3's config does
+            kind = "full_attention" if self.sliding_window is None else "sliding_attention"
+            self.layer_types = [kind] * self.num_layers
         # ModelConfig validates every field and fills derived values (head_dim, the method's
         # geometry-dependent defaults such as Depth-Attention's stride = L // 2).
         core = resolve_config(self.to_model_config())

@@ -133,9 +133,10 @@ class DepthAttnAttention(Attention):
         query, key, value = self.queries_keys_values(x, method, ctx, application)
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention)
-        out, weights = attention_interface(self, query, key, value, ctx.attn_mask,
-                                           scaling=self.scaling, is_causal=ctx.is_causal,
-                                           **ctx.attention_kwargs)
+        mask, is_causal = ctx.mask_for(self.sliding_window)
+        out, weights = attention_interface(self, query, key, value, mask, scaling=self.scaling,
+                                           sliding_window=self.sliding_window,
+                                           is_causal=is_causal, **ctx.attention_kwargs)
         return self.output(out, weights, query, ctx)
 
 
@@ -225,6 +226,7 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
             if type(layer.self_attn) is Attention:
                 layer.self_attn.__class__ = DepthAttnAttention
             layer.self_attn.__dict__["config"] = self.config  # the one config, not a copy
+        decoder.limit_positions = False  # transformers' convention (see Decoder)
         self.__dict__["decoder"] = decoder  # not a child: its children are ours
         self._modules = decoder._modules
 

@@ -71,12 +71,16 @@ class ForwardContext:
                  is_causal: bool, cache: LayerCache | None = None,
                  applications: Sequence[Application] = (),
                  attention_kwargs: dict | None = None,
-                 attention_weights: list | None = None) -> None:
+                 attention_weights: list | None = None,
+                 window_mask: torch.Tensor | None = None) -> None:
         self.cos, self.sin = cos, sin  # (B, T, d) RoPE tables at the new positions
         # (B or 1, 1, T, T_kv): bool, True = may attend, or float, added to the scores; None:
         # is_causal says whether the new tokens attend causally or to every key
         self.attn_mask = attn_mask
         self.is_causal = is_causal
+        # the same for sliding-window layers (their window applied); None: no such layer, or
+        # the attention function reads no mask
+        self.window_mask = window_mask
         self.cache = cache
         # Keywords for the attention function (a serving engine's), and a list that receives
         # each application's attention weights, if wanted.
@@ -90,6 +94,13 @@ class ForwardContext:
         self.depth_stash: dict[int, KeyValue] = {}
         # Value residual's gated λ_e (B, H_kv, T, 1), formed on the stream before attention.
         self.value_residual_shares: dict[int, torch.Tensor] = {}
+
+    def mask_for(self, window: int | None) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) of a layer attending to its last ``window`` tokens (None:
+        all)."""
+        if window is None or self.window_mask is None:
+            return self.attn_mask, self.is_causal
+        return self.window_mask, False
 
 
 # --- what a method declares about itself -------------------------------------------------------

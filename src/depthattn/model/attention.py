@@ -46,6 +46,7 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.sliding_window = config.layer_window(layer_idx)  # None: full attention
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.num_key_value_groups = config.num_heads // config.num_kv_heads
         self.head_dim = d = config.head_dim
@@ -65,8 +66,9 @@ class Attention(nn.Module):
         ``AttentionInput`` whose keys and values read streams of their own (MUDDFormer).
         application: the index e of this application (looped models), default the layer's."""
         q, k, v = self.queries_keys_values(x, method, ctx, application)
-        out, weights = sdpa_attention(self, q, k, v, ctx.attn_mask, scaling=self.scaling,
-                                      is_causal=ctx.is_causal,
+        mask, is_causal = ctx.mask_for(self.sliding_window)
+        out, weights = sdpa_attention(self, q, k, v, mask, scaling=self.scaling,
+                                      is_causal=is_causal,
                                       **ctx.attention_kwargs)  # (B, T, H, d)
         return self.output(out, weights, q, ctx)
 
@@ -112,28 +114,39 @@ class Attention(nn.Module):
 
 # Attention masks for SDPA: causal over absolute positions, padding keys hidden.
 def attention_mask_for(q_len: int, past_len: int, key_valid: torch.Tensor | None,
-                       device: torch.device) -> tuple[torch.Tensor | None, bool]:
+                       device: torch.device, window: int | None = None
+                       ) -> tuple[torch.Tensor | None, bool]:
     """Mask for ``q_len`` new queries after ``past_len`` cached tokens.
 
     key_valid: (B, past_len + q_len) bool, False at padding, or None when nothing is padded.
+    window: a sliding-window layer's span (each query sees its last ``window`` tokens).
     Returns (attn_mask, is_causal) for ``scaled_dot_product_attention``: the cheapest form that
     is exact — no mask at all when SDPA's own causal flag suffices.
     """
-    if key_valid is None:
+    if key_valid is None and window is None:
         if past_len == 0:
             return None, True  # plain causal: SDPA's fused path
         if q_len == 1:
             return None, False  # one new token sees every cached token
     kv_len = past_len + q_len
     query_pos = torch.arange(past_len, kv_len, device=device)
-    mask = torch.arange(kv_len, device=device)[None, :] <= query_pos[:, None]  # (T, T_kv)
-    mask = mask[None, None]  # (1, 1, T, T_kv)
+    mask = visible_slots(query_pos, kv_len, window)[None, None]  # (1, 1, T, T_kv)
     if key_valid is not None:
         mask = mask & key_valid[:, None, None, :]  # (B, 1, T, T_kv)
         # A padding query may see no key at all (left padding); let it see everything so SDPA
         # stays finite. Its output is never read by a real token.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask, False
+
+
+def visible_slots(query_slots: torch.Tensor, kv_len: int, window: int | None) -> torch.Tensor:
+    """(T, T_kv) bool: the key slots each query slot sees, causally, and within its last
+    ``window`` slots when a window is given (None: all earlier ones)."""
+    key_slots = torch.arange(kv_len, device=query_slots.device)[None, :]
+    visible = key_slots <= query_slots[:, None]
+    if window is not None:
+        visible = visible & (key_slots > query_slots[:, None] - window)
+    return visible
 
 
 def sequence_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -147,13 +160,15 @@ def is_packed(position_ids: torch.Tensor) -> bool:
     return bool(sequence_starts(position_ids)[:, 1:].any())
 
 
-def packed_sequence_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+def packed_sequence_mask(position_ids: torch.Tensor, window: int | None = None
+                         ) -> torch.Tensor | None:
     """Several sequences packed in one row (padding-free batches): a new sequence starts where
     the position does not follow the one before (usually at 0). Returns the (B, 1, T, T) causal
-    mask that keeps each sequence to itself, or None when every row holds one sequence."""
+    mask (within ``window`` when given) that keeps each sequence to itself, or None when every
+    row holds one sequence."""
     if not is_packed(position_ids):
         return None
     sequence = sequence_starts(position_ids).long().cumsum(-1)  # (B, T) which sequence each token belongs to
     T = position_ids.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril()
+    causal = visible_slots(torch.arange(T, device=position_ids.device), T, window)
     return (causal & (sequence[:, :, None] == sequence[:, None, :]))[:, None]

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from depthattn.model.attention import attention_mask_for
+from depthattn.model.attention import attention_mask_for, visible_slots
 from depthattn.ops.kv_quant import (
     STORAGE_DTYPE,
     check_kv_format,
@@ -61,9 +61,10 @@ class DecoderCache(Protocol):
         (B, num_new)."""
         ...
 
-    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
+    def attention_mask(self, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for SDPA: the tokens of ``begin`` over the keys ``update``
-        returns."""
+        returns; with ``window``, a sliding-window layer's (each token sees its last
+        ``window`` slots)."""
         ...
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor,
@@ -102,6 +103,7 @@ class PaddingRecord:
         self.has_padding = False  # once padding is cached, every later call needs a mask
         self._staged: torch.Tensor | None = None  # (B, length + T): valid with the call's tokens
         self._mask: tuple[torch.Tensor | None, bool] = (None, True)
+        self._call: tuple = ()  # attention_mask_for's arguments for the call in progress
 
     @property
     def length(self) -> int:
@@ -126,12 +128,12 @@ class PaddingRecord:
                          if self.valid is None else self.valid.sum(-1))
         positions, _ = new_positions(next_position, new_valid)
         self._staged = new_valid if self.valid is None else torch.cat([self.valid, new_valid], 1)
-        self._mask = attention_mask_for(num_new, past, self._staged if self.has_padding else None,
-                                        device)
+        self._call = (num_new, past, self._staged if self.has_padding else None, device)
+        self._mask = attention_mask_for(*self._call)
         return positions
 
-    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
-        return self._mask
+    def attention_mask(self, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
+        return self._mask if window is None else attention_mask_for(*self._call, window)
 
     def end(self) -> None:
         self.valid, self._staged = self._staged, None
@@ -258,8 +260,8 @@ class KVCache(_Buffers):
         self._check_fits(num_new)
         return self.record.begin(new_valid, num_new, batch_size, device)
 
-    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
-        return self.record.attention_mask()
+    def attention_mask(self, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
+        return self.record.attention_mask(window)
 
     def _write(self, buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         end = self.length + x.shape[2]
@@ -292,7 +294,6 @@ class StaticKVCache(_Buffers):
         # False at padding and at the unwritten slots, which attention must not see
         self.key_valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self._slot_range = torch.arange(max_len, device=device)
         self._new_slots = self.slot[None]  # (T,) the slots of the call in progress
         if self.slot.device.type == "cuda":  # CUDA graphs may keep these addresses
             for t in (*self.keys, *self.values, *self.key_scales, *self.value_scales,
@@ -327,11 +328,11 @@ class StaticKVCache(_Buffers):
         self.next_position.add_(advance)
         return positions
 
-    def attention_mask(self) -> tuple[torch.Tensor, bool]:
-        """(B, 1, T, max_len) bool: causal over slots, padding and unwritten slots hidden. A
-        padding query that sees nothing sees everything instead, so SDPA stays finite (its output
-        is never read by a real token)."""
-        causal = self._slot_range[None, :] <= self._new_slots[:, None]  # (T, max_len)
+    def attention_mask(self, window: int | None = None) -> tuple[torch.Tensor, bool]:
+        """(B, 1, T, max_len) bool: causal over slots (within ``window``), padding and unwritten
+        slots hidden. A padding query that sees nothing sees everything instead, so SDPA stays
+        finite (its output is never read by a real token)."""
+        causal = visible_slots(self._new_slots, self.max_len, window)  # (T, max_len)
         mask = causal[None, None] & self.key_valid[:, None, None, :]
         return mask | ~mask.any(dim=-1, keepdim=True), False
 

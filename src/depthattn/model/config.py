@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from depthattn.model.qwen3_names import fields_from_qwen3, qwen3_config_from_fields
+from depthattn.model.qwen3_names import (
+    canonical_rope_parameters,
+    check_rope_parameters,
+    fields_from_qwen3,
+    qwen3_config_from_fields,
+)
 from depthattn.utils.checks import require_int, require_positive_int
 from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.suggest import did_you_mean
@@ -24,6 +29,9 @@ if TYPE_CHECKING:
     from transformers import Qwen3Config
 
 K_NORM_POSITIONS = ("before_rope", "after_rope")
+# Each layer's attention span (Hugging Face's layer_types): every earlier token, or the last
+# sliding_window tokens (itself included).
+LAYER_TYPES = ("full_attention", "sliding_attention")
 # How a looped block's iterations read the prelude's output (docs/method.md §7, depthattn.model.looped).
 LOOP_INJECTIONS = ("none", "add", "concat")
 
@@ -45,6 +53,14 @@ class ModelConfig:
     head_dim: int | None = None  # d; None means hidden_size // num_heads
     max_seq_len: int = 2048  # longest sequence (prompt + generated) the model accepts
     rope_theta: float = 10000.0
+    # RoPE scaling, as Hugging Face's rope_parameters: rope_type (linear, dynamic, yarn, llama3)
+    # and that type's keys. None: unscaled RoPE at rope_theta.
+    rope_parameters: dict[str, Any] | None = None
+    # Sliding-window attention: the layers of type "sliding_attention" see the last
+    # sliding_window tokens only. layer_types: one per layer; None: every layer sliding when a
+    # window is set, else every layer full.
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
     rms_norm_eps: float = 1e-6
     init_std: float = 0.02  # N(0, std^2) for every linear and embedding weight
     tie_embeddings: bool = False  # the paper's models are untied; small Qwen3 checkpoints are tied
@@ -86,6 +102,11 @@ class ModelConfig:
         if self.k_norm_position not in K_NORM_POSITIONS:
             raise DepthAttnError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                                  f"{', '.join(K_NORM_POSITIONS)}")
+        check_rope_parameters(self.rope_parameters, self.rope_theta, self.head_dim,
+                              self.max_seq_len)
+        # one spelling of each setting: unscaled RoPE is None, θ lives in rope_theta
+        self.rope_parameters = canonical_rope_parameters(self.rope_parameters)
+        self._check_layer_types()
         self._check_loop()
         if not isinstance(self.method, str):
             raise DepthAttnError(f"method ({self.method!r}) must be a method name, e.g. "
@@ -93,6 +114,27 @@ class ModelConfig:
         if not isinstance(self.method_options, dict):
             raise DepthAttnError(f"method_options ({self.method_options!r}) must be a mapping of "
                                  f"option names to values")
+
+    def _check_layer_types(self) -> None:
+        if self.sliding_window is not None:
+            require_positive_int("sliding_window", self.sliding_window)
+        if self.layer_types is None:
+            return
+        self.layer_types = list(self.layer_types)
+        uniform = "full_attention" if self.sliding_window is None else "sliding_attention"
+        if self.layer_types == [uniform] * self.num_layers:
+            self.layer_types = None  # what None means: one spelling of each setting
+            return
+        if len(self.layer_types) != self.num_layers:
+            raise DepthAttnError(f"layer_types has {len(self.layer_types)} entries; it needs one "
+                                 f"per layer (num_layers = {self.num_layers})")
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            raise DepthAttnError(f"layer_types entry {unknown[0]!r} is unknown; allowed: "
+                                 f"{', '.join(LAYER_TYPES)}")
+        if "sliding_attention" in self.layer_types and self.sliding_window is None:
+            raise DepthAttnError("layer_types has sliding_attention layers but sliding_window is "
+                                 "None; set sliding_window (tokens each such layer sees)")
 
     def _check_loop(self) -> None:
         require_int("prelude_layers", self.prelude_layers, 0)
@@ -109,6 +151,12 @@ class ModelConfig:
             raise DepthAttnError(f"loop_injection ({self.loop_injection!r}) must be one of "
                                  f"{', '.join(LOOP_INJECTIONS)}"
                                  f"{did_you_mean(self.loop_injection, LOOP_INJECTIONS)}")
+
+    def layer_window(self, layer: int) -> int | None:
+        """How many tokens layer ``layer`` attends to (itself included); None: every earlier one."""
+        if self.layer_types is None or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
 
     @property
     def looped(self) -> bool:

@@ -49,6 +49,9 @@ class Decoder(nn.Module):
     # Non-reentrant: Depth-Attention's sources reach later blocks through the call's depth stash,
     # not through the block's arguments, and reentrant checkpointing would drop their gradients.
     checkpoint_function: Callable = staticmethod(functools.partial(checkpoint, use_reentrant=False))
+    # Refuse positions at or past max_seq_len. The Hugging Face model does not, as Qwen3 does
+    # not: there max_position_embeddings is the trained context, which scaled RoPE extends.
+    limit_positions = True
 
     def __init__(self, config: ModelConfig, block_class: type[Block] = Block) -> None:
         """block_class: ``Block`` or a subclass of it (the Hugging Face layer's adds transformers'
@@ -62,13 +65,17 @@ class Decoder(nn.Module):
         # Input injection of a looped model; `model.loop_injection.weight` for concat only.
         self.loop_injection = LoopInjection(config) if config.looped else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.rotary_emb = RotaryEmbedding(config)
         # Methods with parameters keep them here, under `model.cross_layer.*`.
         self.cross_layer = build_method(config)
         # Recompute each block in backward (training only). The depth stash lives in the
         # per-call context, so a recomputed block reads the same sources as the first pass.
         self.activation_checkpointing = False
         self.checkpoint_every = 1  # with it on, recompute applications 0, n, 2n, ...
+
+    @property
+    def has_window_layers(self) -> bool:
+        return any(self.config.layer_window(i) is not None for i in range(self.config.num_layers))
 
     def set_loop_iterations(self, iterations: int) -> None:
         """Test-time depth: apply the looped block ``iterations`` times from now on. The weights
@@ -137,9 +144,14 @@ class Decoder(nn.Module):
         B, T = x.shape[:2]
         if position_ids is not None:
             position_ids = position_ids.expand(B, T)  # (1, T) is shared by every row
+        # sliding-window layers (if any) share one window and get a mask of their own
+        window = self.config.sliding_window if self.has_window_layers else None
+        window_mask = None
         if cache is not None:
             positions = cache.begin(new_valid, T, B, x.device)
             attn_mask, is_causal = cache.attention_mask()
+            if window is not None:
+                window_mask = cache.attention_mask(window)[0]
         else:
             key_valid = new_valid if new_valid is not None and not bool(new_valid.all()) else None
             if key_valid is None:
@@ -147,19 +159,25 @@ class Decoder(nn.Module):
             else:
                 positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)
             attn_mask, is_causal = attention_mask_for(T, 0, key_valid, x.device)
+            if window is not None:
+                window_mask = attention_mask_for(T, 0, key_valid, x.device, window)[0]
             if position_ids is not None and attention_mask is None and masks:
                 packed = packed_sequence_mask(position_ids)
                 if packed is not None:
                     attn_mask, is_causal = packed, False
+                    if window is not None:
+                        window_mask = packed_sequence_mask(position_ids, window)
         if attention_mask is not None and attention_mask.dim() == 4:
-            attn_mask, is_causal = attention_mask, False  # prepared by the caller
+            attn_mask, is_causal = attention_mask, False  # prepared by the caller, for every layer
+            window_mask = None
         if not masks:
-            attn_mask, is_causal = None, True
+            attn_mask, is_causal, window_mask = None, True, None
         if position_ids is not None:
             positions = position_ids
 
-        cos, sin = self.rotary_emb(positions, x.dtype)
+        cos, sin = self.rotary_emb(x, positions)
         ctx = ForwardContext(cos=cos, sin=sin, attn_mask=attn_mask, is_causal=is_causal,
+                             window_mask=window_mask,
                              cache=cache, applications=apps, attention_kwargs=attention_kwargs,
                              attention_weights=attention_weights)
         stream = method.init_stream(x, ctx)
@@ -234,7 +252,9 @@ class Decoder(nn.Module):
             raise DepthAttnError("position_ids restart within a row (several sequences packed in "
                                  "one row): a cache would let later tokens attend across them; "
                                  "pass no cache (use_cache=False) with packed rows")
-        if cache is not None or position_ids is None:
+        if not self.limit_positions:
+            pass
+        elif cache is not None or position_ids is None:
             if past + T > self.config.max_seq_len:
                 raise DepthAttnError(f"sequence length ({past + T} = {past} cached + {T} new) "
                                      f"exceeds max_seq_len ({self.config.max_seq_len})")

@@ -3,7 +3,7 @@
 Used by ``ModelConfig.from_qwen3`` / ``to_qwen3``, by the Hugging Face config's aliases
 (``DepthAttnConfig.attribute_map``) and by the converter of the authors' Llama-format
 checkpoints. Only what our decoder models is accepted: a Qwen3 feature we would silently drop
-(attention bias, sliding windows, scaled RoPE, another activation) is refused by name.
+(attention bias, another activation, a RoPE type we do not compute) is refused by name.
 """
 
 from __future__ import annotations
@@ -34,20 +34,101 @@ HF_NAMES: dict[str, str] = {
 REQUIRED_HF_NAMES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads")
 # Qwen3 features our decoder does not model, with the only value we accept.
-UNSUPPORTED_QWEN3 = {"attention_bias": False, "use_sliding_window": False, "hidden_act": "silu"}
+UNSUPPORTED_QWEN3 = {"attention_bias": False, "hidden_act": "silu"}
+# RoPE types of Hugging Face's `rope_parameters` we compute: default is ours, the scaled ones
+# come from transformers' ROPE_INIT_FUNCTIONS (depthattn.model.rope)
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 
-def rope_theta_from_hf(raw: Mapping[str, Any], default: float | None = None) -> float:
-    """θ from ``rope_parameters`` (or a top-level ``rope_theta``); unscaled RoPE only."""
-    params = raw.get("rope_parameters") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise DepthAttnError(f"rope_parameters.rope_type ({rope_type!r}) is not supported; "
-                             f"allowed: 'default' (unscaled RoPE)")
-    theta = params.get("rope_theta", raw.get("rope_theta", default))
+def rope_type(rope_parameters: Mapping[str, Any] | None) -> str:
+    params = rope_parameters or {}
+    return params.get("rope_type", params.get("type", "default"))
+
+
+def check_rope_parameters(rope_parameters: Mapping[str, Any] | None, rope_theta: float,
+                          head_dim: int, max_seq_len: int) -> None:
+    """Refuse, by name, RoPE settings we would compute wrongly or not at all: another type, a
+    partial rotary factor, a θ that contradicts ``rope_theta``, a missing key of the type, and
+    a value transformers' own validation finds malformed ("... must be ..."). Its other
+    warnings (keys the type does not read, a factor that disagrees with the context lengths,
+    where it uses the factor) stay warnings, as for Qwen3."""
+    if rope_parameters is None:
+        return
+    if not isinstance(rope_parameters, Mapping):
+        raise DepthAttnError(f"rope_parameters ({rope_parameters!r}) must be a mapping such as "
+                             f"{{'rope_type': 'yarn', 'factor': 4.0, ...}}, or None")
+    kind = rope_type(rope_parameters)
+    if kind not in ROPE_TYPES:
+        raise DepthAttnError(f"rope_parameters.rope_type ({kind!r}) is not supported; allowed: "
+                             f"{', '.join(ROPE_TYPES)}")
+    theta = rope_parameters.get("rope_theta", rope_theta)
+    if theta != rope_theta:
+        raise DepthAttnError(f"rope_parameters.rope_theta ({theta}) contradicts rope_theta "
+                             f"({rope_theta}); set one value")
+    partial = rope_parameters.get("partial_rotary_factor", 1.0)
+    if partial != 1.0:
+        raise DepthAttnError(f"rope_parameters.partial_rotary_factor ({partial}) is not "
+                             f"supported; allowed: 1.0 (every dimension rotates)")
+    if kind == "default":
+        return
+    import logging
+
+    class Refuse(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if " must be " in record.getMessage() or "Missing" in record.getMessage():
+                raise DepthAttnError(f"rope_parameters: {record.getMessage()}")
+
+    config = rope_config(head_dim, rope_theta, {}, max_seq_len)
+    logger = logging.getLogger("transformers.modeling_rope_utils")
+    handler = Refuse(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        config.rope_parameters = {**rope_parameters, "rope_theta": rope_theta}
+        config.standardize_rope_params()
+        config.validate_rope()
+    except KeyError as error:  # a required key is missing
+        raise DepthAttnError(f"rope_parameters: {error.args[0]}") from None
+    finally:
+        logger.removeHandler(handler)
+
+
+def canonical_rope_parameters(rope_parameters: Mapping[str, Any] | None
+                              ) -> dict[str, Any] | None:
+    """A checked ``rope_parameters`` as ModelConfig keeps it: None when unscaled, else without
+    θ (kept in rope_theta) and with ``rope_type`` under its current name."""
+    if rope_type(rope_parameters) == "default":
+        return None
+    params = {k: v for k, v in rope_parameters.items() if k not in ("rope_theta", "type")}
+    params["rope_type"] = rope_type(rope_parameters)
+    return params
+
+
+def rope_config(head_dim: int, rope_theta: float, rope_parameters: Mapping[str, Any] | None,
+                max_seq_len: int) -> Qwen3Config:
+    """A Hugging Face config carrying just what transformers' RoPE functions read."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(head_dim=head_dim, hidden_size=head_dim, num_attention_heads=1,
+                       num_key_value_heads=1, num_hidden_layers=1,
+                       max_position_embeddings=max_seq_len,
+                       rope_parameters={**(rope_parameters or {}), "rope_theta": rope_theta})
+
+
+def rope_from_hf(raw: Mapping[str, Any], default: float | None = None
+                 ) -> tuple[float, dict[str, Any] | None]:
+    """θ and the scaling (``rope_parameters`` without θ; None when unscaled) from a Hugging Face
+    config: ``rope_parameters``, or the older ``rope_scaling`` and top-level ``rope_theta``."""
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", raw.get("rope_theta", default))
     if theta is None:
         raise DepthAttnError("the config names no rope_theta")
-    return float(theta)
+    if "type" in params:  # the older name
+        params.setdefault("rope_type", params.pop("type"))
+    kind = params.get("rope_type", "default")
+    if kind not in ROPE_TYPES:
+        raise DepthAttnError(f"rope_parameters.rope_type ({kind!r}) is not supported; allowed: "
+                             f"{', '.join(ROPE_TYPES)}")
+    return float(theta), (params if kind != "default" else None)
 
 
 def fields_from_hf(raw: Mapping[str, Any], where: str = "",
@@ -64,7 +145,11 @@ def fields_from_hf(raw: Mapping[str, Any], where: str = "",
     fields.setdefault("num_kv_heads", fields["num_heads"])
     if "tie_embeddings" in fields:
         fields["tie_embeddings"] = bool(fields["tie_embeddings"])
-    fields["rope_theta"] = rope_theta_from_hf(raw, rope_theta_default)
+    fields["rope_theta"], fields["rope_parameters"] = rope_from_hf(raw, rope_theta_default)
+    # Qwen3 keeps a window only when use_sliding_window; its layer_types say where it applies
+    if raw.get("sliding_window") is not None and raw.get("use_sliding_window", True):
+        fields["sliding_window"] = raw["sliding_window"]
+        fields["layer_types"] = raw.get("layer_types")
     return fields
 
 
@@ -87,5 +172,12 @@ def qwen3_config_from_fields(fields: Mapping[str, Any]) -> Qwen3Config:
 
     return Qwen3Config(
         **{theirs: fields[ours] for ours, theirs in HF_NAMES.items()},
-        rope_parameters={"rope_type": "default", "rope_theta": fields["rope_theta"]},
+        rope_parameters={"rope_type": "default", **(fields.get("rope_parameters") or {}),
+                         "rope_theta": fields["rope_theta"]},
+        use_sliding_window=fields.get("sliding_window") is not None,
+        sliding_window=fields.get("sliding_window"),
+        # spelled out: Qwen3 would otherwise derive it from its max_window_layers
+        layer_types=fields.get("layer_types") or (
+            None if fields.get("sliding_window") is None
+            else ["sliding_attention"] * fields["num_layers"]),
         **UNSUPPORTED_QWEN3)

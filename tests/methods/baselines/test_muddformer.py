@@ -116,7 +116,7 @@ def reference_forward(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
     B, T = ids.shape
     L, eps = model.config.num_layers, model.config.rms_norm_eps
     x = dec.embed_tokens(ids)
-    cos, sin = dec.rotary_emb(torch.arange(T).expand(B, T), x.dtype)
+    cos, sin = dec.rotary_emb(x, torch.arange(T).expand(B, T))
     ctx = ForwardContext(cos=cos, sin=sin, attn_mask=None, is_causal=True,
                          applications=dec.applications)
     sources, Q, K, V, R = [x], x, x, x, x
