@@ -298,6 +298,7 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
 
 class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # Qwen3's: each rank gets all the logits
 
     def __init__(self, config: DepthAttnConfig) -> None:
         super().__init__(config)
