@@ -41,6 +41,21 @@ def test_mix_is_a_lerp_toward_layer_0s_value():
     torch.testing.assert_close(mixed, 0.8 * v2 + 0.2 * v0)  # λ_2 = lambdas[1]
 
 
+@pytest.mark.parametrize("mode", ["learned", "gated"])
+def test_modes_with_parameters_refuse_split_heads(mode):
+    """Under tensor parallelism a rank's attention computes H_kv / tp heads: the gates' λ (for
+    all H_kv) would broadcast over them, and a learned λ's gradient would cover them only."""
+    model = tiny_model(seed=1, method="value_residual", method_options={"mode": mode})
+    method = model.model.cross_layer
+    ctx = ForwardContext(cos=None, sin=None, attn_mask=None, is_causal=True,
+                         applications=model.model.applications)
+    q, k, v = torch.randn(2, 2, 3, 16), torch.randn(2, 1, 3, 16), torch.randn(2, 1, 3, 16)
+    method.mix_values(0, q, k, v, ctx)
+    method.read(torch.randn(2, 3, 64), 1, "attn", ctx)  # gated: λ_1 for both kv heads
+    with pytest.raises(ValueError, match=rf"mode '{mode}' cannot run .* computes 1 of the 2"):
+        method.mix_values(1, q, k, v, ctx)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_starts_at_one_half(mode):
     """§9: ResFormer mixes 0.5/0.5; λ starts at 0.5 (learned) and σ(0) = 0.5 (zero gate). So

@@ -104,10 +104,14 @@ class DepthAttnStaticCache(StaticCache):
 
     fixed_shape = True
 
-    def __init__(self, config: Any, max_len: int, dtype: torch.dtype = torch.float32) -> None:
-        """config: the core ``ModelConfig`` (layers, kv heads, head dim); dtype: the model's."""
+    def __init__(self, config: Any, max_len: int, dtype: torch.dtype = torch.float32,
+                 num_kv_heads: int | None = None) -> None:
+        """config: the core ``ModelConfig`` (layers, kv heads, head dim); dtype: the model's;
+        num_kv_heads: the kv heads this process computes, default the config's (under tensor
+        parallelism a rank's share: ``DepthAttnForCausalLM.kv_heads_per_rank``)."""
         Cache.__init__(self, layers=[])
         self.config, self.max_len, self.dtype = config, max_len, dtype
+        self.num_kv_heads = config.num_kv_heads if num_kv_heads is None else num_kv_heads
         self.inner: StaticKVCache | None = None
 
     # --- what Decoder.forward reads: the core static cache's ----------------------------------
@@ -131,7 +135,7 @@ class DepthAttnStaticCache(StaticCache):
               device: torch.device) -> torch.Tensor:
         if self.inner is None:
             self.inner = StaticKVCache(self.config.num_applications, batch_size, self.max_len,
-                                       self.config.num_kv_heads, self.config.head_dim,
+                                       self.num_kv_heads, self.config.head_dim,
                                        dtype=self.dtype, device=device)
             self.layers = [self._layer_view(e) for e in range(self.config.num_applications)]
         return self.inner.begin(new_valid, num_new, batch_size, device)

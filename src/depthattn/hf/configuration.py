@@ -27,6 +27,25 @@ class DepthAttnConfig(PretrainedConfig):
     model_type = "depthattn"
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = ALIASES
+    # Tensor parallelism (``from_pretrained(..., distributed_config=DistributedConfig(tp_plan=
+    # "auto"))``), Qwen3's plan: q/k/v split by heads (colwise), o_proj sums the ranks' heads
+    # (rowwise), the MLP likewise. Each rank then holds H / tp query and H_kv / tp kv heads,
+    # whole GQA groups when tp divides H_kv, so Depth-Attention's mix over a kv head's group and
+    # the cross-layer stash stay on the rank. The per-head norms see a rank's heads only: their
+    # gradients are summed over the ranks.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.q_norm": "replicated_with_grad_allreduce",
+        "layers.*.self_attn.k_norm": "replicated_with_grad_allreduce",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    # No pipeline plan (Qwen3's base_model_pp_plan): transformers' pipeline stages pass only the
+    # hidden states on, and Depth-Attention's later layers read earlier layers' keys and values.
 
     # ModelConfig's fields and defaults (depthattn.model.config): transformers makes each
     # PretrainedConfig subclass a dataclass of its annotations

@@ -300,6 +300,7 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
 
 class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # Qwen3's: each rank gets all the logits
 
     def __init__(self, config: DepthAttnConfig) -> None:
         super().__init__(config)
@@ -311,6 +312,14 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
     def core_config(self) -> Any:
         """The core ``ModelConfig`` (the method's options resolved)."""
         return self.model.decoder.config
+
+    def kv_heads_per_rank(self) -> int:
+        """The kv heads this process computes: all H_kv, or under tensor parallelism (k_proj
+        split colwise) its share, k_proj's local rows / d."""
+        weight = self.model.layers[0].self_attn.k_proj.weight
+        if hasattr(weight, "to_local"):  # a DTensor: its shape is the whole tensor's
+            weight = weight.to_local()
+        return weight.shape[0] // self.core_config.head_dim
 
     def core(self) -> CausalLM:
         """A ``CausalLM`` whose ``model`` and ``lm_head`` ARE this model's modules (no copy), for
@@ -426,7 +435,7 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
             elif type(made) is StaticCache and not made.offloading:
                 # its length: the longest of this and earlier calls (no recompilation)
                 model_kwargs[key] = DepthAttnStaticCache(self.core_config, made.get_max_length(),
-                                                         self.dtype)
+                                                         self.dtype, self.kv_heads_per_rank())
             elif isinstance(made, Cache):
                 raise DepthAttnError(f"cache_implementation="
                                      f"{generation_config.cache_implementation!r} is not "

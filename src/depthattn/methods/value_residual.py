@@ -79,6 +79,7 @@ class ValueResidual(CrossLayerMethod):
         super().__init__(config, options)
         self.mode = options.mode
         self.eps = config.rms_norm_eps
+        self.num_kv_heads = config.num_kv_heads
         later = range(1, config.num_layers)  # layer 0 has nothing to mix in
         if self.mode == "learned":
             self.lambdas = nn.Parameter(torch.empty(len(later)))  # lambdas[l − 1] is λ_l
@@ -137,6 +138,14 @@ class ValueResidual(CrossLayerMethod):
             ctx.depth_stash[0] = KeyValue(k, v)  # v_0 at the new positions, for later layers
             return v
         v0 = ctx.depth_stash[0].value  # (B, H_kv, T, d)
+        if self.mode != "fixed" and v.shape[1] != self.num_kv_heads:
+            # Tensor parallelism gives this attention a share of the heads: the gates' λ would
+            # broadcast over it, and λ_l's gradient would cover this share's heads only.
+            raise DepthAttnError(f"value_residual mode {self.mode!r} cannot run with its kv "
+                                 f"heads split (tensor parallelism): this attention computes "
+                                 f"{v.shape[1]} of the {self.num_kv_heads}, and its λ "
+                                 f"parameters are not split or summed with them; use mode "
+                                 f"'fixed'")
         if self.mode == "gated":
             share = ctx.value_residual_shares[layer_idx]  # (B, H_kv, T, 1)
         else:

@@ -9,7 +9,9 @@ dropout, is_causal, **kwargs) -> (output (B, T, H, d), weights or None)``. The c
 the one its config names (eager, SDPA, a serving engine's paged attention). The depth mix runs
 before it: whatever the function caches or reads is the mixed value.
 
-Notation: B batch, T new tokens, H query heads, H_kv kv heads, d head dim.
+Notation: B batch, T new tokens, H query heads, H_kv kv heads, d head dim. Under tensor
+parallelism (transformers' plan, ``DepthAttnConfig.base_model_tp_plan``: q/k/v colwise, o_proj
+rowwise) H and H_kv are one rank's heads, so head counts are read from the tensors, not the config.
 """
 
 from __future__ import annotations
@@ -84,9 +86,11 @@ class Attention(nn.Module):
             x_k = x_v = x
         B, T, _ = x.shape
         d = self.head_dim
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, d)).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(x_k).view(B, T, self.num_kv_heads, d)
-        v = self.v_proj(x_v).view(B, T, self.num_kv_heads, d).transpose(1, 2)  # (B, H_kv, T, d)
+        # -1 heads, as Qwen3: under tensor parallelism (colwise q/k/v) a rank's projections
+        # return its own heads only, H / tp and H_kv / tp of them
+        q = self.q_norm(self.q_proj(x).view(B, T, -1, d)).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x_k).view(B, T, -1, d)
+        v = self.v_proj(x_v).view(B, T, -1, d).transpose(1, 2)  # (B, H_kv, T, d)
         if not self.k_norm_after_rope:
             k = self.k_norm(k)  # Qwen3: normalise, then rotate
         k = k.transpose(1, 2)  # (B, H_kv, T, d)
@@ -109,7 +113,7 @@ class Attention(nn.Module):
         if ctx.attention_weights is not None:
             ctx.attention_weights.append(weights)
         B, _, T, _ = query.shape
-        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(B, T, -1))  # (B, T, H·d), H this rank's heads
 
 
 # Attention masks for SDPA: causal over absolute positions, padding keys hidden.
