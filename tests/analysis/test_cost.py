@@ -54,6 +54,16 @@ def test_attention_flops_are_the_causal_average(T):
     assert backbone_cost(config, seq_len=T).attention_flops_per_token == pytest.approx(brute)
 
 
+@pytest.mark.parametrize("T", [1, 3, 7, 64])
+def test_sliding_layers_see_at_most_their_window(T):
+    """Half the layers slide over 3 tokens: there token t sees min(t, 3) keys."""
+    config = tiny_config(sliding_window=3, layer_types=["full_attention", "sliding_attention"] * 3)
+    per_key = 4 * config.head_dim * config.num_heads
+    brute = sum(per_key * (t if kind == "full_attention" else min(t, 3))
+                for kind in config.layer_types for t in range(1, T + 1)) / T
+    assert backbone_cost(config, seq_len=T).attention_flops_per_token == pytest.approx(brute)
+
+
 @pytest.mark.parametrize("dtype, torch_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_kv_cache_per_token_matches_the_real_cache(dtype, torch_dtype):
     config = tiny_config()

@@ -185,3 +185,21 @@ def test_one_spelling_of_each_setting():
     assert tiny_config(layer_types=["full_attention"] * 6) == tiny_config()
     assert tiny_config(sliding_window=3, layer_types=["sliding_attention"] * 6) == \
         tiny_config(sliding_window=3)
+
+
+def test_the_hugging_face_model_keeps_scaling_and_windows(tmp_path):
+    """Wrapped, saved and loaded with transformers: the same settings and logits."""
+    from transformers import AutoModelForCausalLM
+
+    from depthattn.hf import DepthAttnForCausalLM
+
+    core = randomize_(CausalLM(tiny_config(
+        method="depth_attention", sliding_window=3, layer_types=["full_attention",
+                                                                 "sliding_attention"] * 3,
+        rope_parameters=SCALED["yarn"])).eval(), 4)
+    DepthAttnForCausalLM.from_core(core).save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.core_config == core.config
+    ids = ids_for(2, 40, vocab=128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, core(ids), atol=ATOL, rtol=0)

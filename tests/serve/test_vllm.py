@@ -200,11 +200,25 @@ def test_vllm_serve_answers_a_completion_request(folders, served):
 def test_every_method_runs_in_vllm(folders, tmp_path, method):
     """Every registered method (random weights, 4 layers): the log-probabilities vLLM gives the
     tokens it chose are ours for the same tokens (teacher-forced, so near-ties do not matter)."""
+    assert_served_as_ours(folders, tmp_path, method)
+
+
+def test_windows_and_scaled_rope_run_in_vllm(folders, tmp_path):
+    """Depth-Attention with layers 1 and 3 sliding over 3 tokens and yarn-scaled RoPE: vLLM
+    reads the window from the config's layer_types, RoPE from our module; prompts and
+    continuations are longer than the window."""
+    assert_served_as_ours(folders, tmp_path, "depth_attention", sliding_window=3,
+                          layer_types=["full_attention", "sliding_attention"] * 2,
+                          rope_parameters={"rope_type": "yarn", "factor": 4.0,
+                                           "original_max_position_embeddings": 64})
+
+
+def assert_served_as_ours(folders, tmp_path, method, **fields):
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(folders["vanilla"])
-    core = CausalLM(tiny_config(method=method, vocab_size=len(tokenizer), hidden_size=128,
-                                num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                                max_seq_len=256))
+    core = CausalLM(tiny_config(**{
+        "method": method, "vocab_size": len(tokenizer), "hidden_size": 128, "num_layers": 4,
+        "num_heads": 4, "num_kv_heads": 2, "head_dim": 32, "max_seq_len": 256, **fields}))
     with torch.no_grad():  # away from the initialisation, where some methods are the identity
         for p in core.parameters():
             p.add_(torch.randn_like(p) * 0.05)

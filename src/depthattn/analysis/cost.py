@@ -12,7 +12,7 @@ Conventions (every number is per token of a forward pass):
   the causal mask token t (1-based) sees t keys, (T+1)/2 on average, so attention costs
   4·L·H·d_h·(T+1)/2 per token. The paper's appendix B compares Depth-Attention's extra
   arithmetic with "≈ 2·N FLOPs per token" and fixes no attention convention; we include the
-  causal average and say so. Norms, RoPE, softmax and activations are not counted, here or in
+  causal average and say so; a sliding-window layer's token sees at most W keys. Norms, RoPE, softmax and activations are not counted, here or in
   the methods' own counts.
 - **KV cache**: 2·L·H_kv·d_h elements per token, bytes at the chosen dtype.
 - **State**: ``MethodCost.inflight_state_per_token`` is the depth state alive while a token
@@ -27,6 +27,7 @@ from typing import Any
 
 from depthattn.methods import MethodCost, get_method, method_options, resolve_config
 from depthattn.model.config import ModelConfig
+from depthattn.model.looped import applications
 from depthattn.utils.checks import require_positive_int
 from depthattn.utils.errors import DepthAttnError
 
@@ -44,7 +45,7 @@ class BackboneCost:
     seq_len: int  # T, for the attention term
     # L below is L_eff, the applications, for a looped model (docs/method.md §7); params count L layers
     matmul_flops_per_token: float  # 2 × matmul_params (looped: each application's weights)
-    attention_flops_per_token: float  # 4·L·H·d_h·(T+1)/2 (causal average)
+    attention_flops_per_token: float  # 4·L·H·d_h·(T+1)/2 (causal average; sliding: ≤ W keys)
     kv_cache_per_token: int  # elements: 2·L·H_kv·d_h, one slot per application
     residual_per_token: int  # d: the vanilla decoder's in-flight state
 
@@ -110,12 +111,19 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
                         + adapter * config.loop_iterations)  # applied ones
     params = embedding + L * (attention + mlp + norms) + D + adapter + (
         0 if config.tie_embeddings else lm_head)
-    mean_keys = (T + 1) / 2  # causal: token t sees t keys
-    attn_flops = L_eff * config.num_heads * 2 * (2 * config.head_dim) * mean_keys  # q·k, p·v
+    keys = sum(mean_keys(T, config.layer_window(app.layer)) for app in applications(config))
+    attn_flops = config.num_heads * 2 * (2 * config.head_dim) * keys  # q·k, p·v
     return BackboneCost(params=params, embedding_params=embedding, matmul_params=matmul,
                         seq_len=T, matmul_flops_per_token=float(2 * matmul_per_token),
                         attention_flops_per_token=float(attn_flops),
                         kv_cache_per_token=2 * L_eff * kv_width, residual_per_token=D)
+
+
+def mean_keys(seq_len: int, window: int | None) -> float:
+    """Keys a token sees on average over a sequence of ``seq_len``: token t (1-based) sees t
+    under the causal mask, (T + 1) / 2 on average; at most ``window`` in a sliding layer."""
+    W = seq_len if window is None else min(window, seq_len)
+    return (W * (W + 1) / 2 + (seq_len - W) * W) / seq_len
 
 
 def method_cost(config: ModelConfig) -> MethodCost:

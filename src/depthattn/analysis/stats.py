@@ -89,6 +89,19 @@ def cohens_dz_interval(t: float, n: int, confidence: float = 0.95) -> tuple[floa
     return ncp_at(1 - tail), ncp_at(tail)
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of one family of tests (None: no test, left out of the
+    family): the i-th smallest of m p-values becomes max over j <= i of min(1, (m − j + 1)·p_j).
+    Rejecting where the adjusted p < α keeps the chance of any false rejection below α."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running, m = 0.0, len(tested)
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
         else f"{value:.{digits}f}"

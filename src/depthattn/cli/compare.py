@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from depthattn.utils.errors import DepthAttnError
 
@@ -23,9 +24,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool = Fa
     parser.add_argument("--methods", nargs="+", default=None,
                         help="methods to compare, e.g. vanilla depth_attention:stride=2 "
                              "(default: vanilla depth_attention)")
-    parser.add_argument("--seeds", nargs="+", type=int,
-                        default=[0, 1, 2, 3, 4] if quickstart else [0, 1])
-    parser.add_argument("--out", default="runs/quickstart" if quickstart else "runs/compare")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="reported seeds (default: " + ("0 1 2 3 4)" if quickstart
+                                                            else "0 1)"))
+    parser.add_argument("--out", default=None, help="default: runs/quickstart" if quickstart
+                        else "default: runs/compare, or runs/CONFIG for a config with a "
+                             "[compare] table")
     parser.add_argument("--baseline", default=None, help="default: vanilla if compared")
     # The quickstart's models are at chance on zero-shot tasks and scoring 15 runs would take
     # minutes of its 15-minute budget: zero-shot columns are asked for with --tasks.
@@ -39,6 +43,11 @@ def add_compare_arguments(parser: argparse.ArgumentParser, quickstart: bool = Fa
                         help="repeat the comparison at each value of one model or training "
                              "field, e.g. num_layers=4,8,16 or lr=1e-3,3e-3; plots the loss "
                              "difference to the baseline against the value")
+    if not quickstart:
+        parser.add_argument("--tune", default=None, metavar="FIELD=V1,V2,V3",
+                            help="also report a tuned protocol: each method's FIELD chosen on "
+                                 "--tune-seeds (never reported), e.g. lr=1.5e-3,3e-3,6e-3")
+        parser.add_argument("--tune-seeds", nargs="+", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training fields, e.g. steps=400 lr=2e-3")
@@ -54,19 +63,49 @@ def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> None:
     from depthattn.experiments.compare import run_compare as compare
     from depthattn.experiments.sweep import run_sweep
+    from depthattn.experiments.tune import run_tuned_compare
     from depthattn.train import load_train_config
+    from depthattn.train.config import read_compare_settings
 
-    if args.task_limit is not None and not args.tasks:
-        raise DepthAttnError("--task-limit applies to zero-shot tasks: give --tasks too")
-    task_limit = args.task_limit
-    if args.quickstart and args.tasks and task_limit is None:
-        task_limit = QUICKSTART_TASK_LIMIT
     config_path = args.config or ("quickstart" if args.quickstart else None)
+    # the config's [compare] table, then the command line
+    settings = read_compare_settings(config_path) if config_path else {}
+    for name in ("methods", "seeds", "out", "baseline", "tasks", "task_limit", "sweep", "tune",
+                 "tune_seeds"):
+        given = getattr(args, name, None)
+        if given is not None:
+            settings[name] = given
+    table = settings.pop("table", None)
+    tasks, task_limit = settings.get("tasks"), settings.get("task_limit")
+    if task_limit is not None and not tasks:
+        raise DepthAttnError("--task-limit applies to zero-shot tasks: give --tasks too")
+    if args.quickstart and tasks and task_limit is None:
+        task_limit = QUICKSTART_TASK_LIMIT
+    if settings.get("tune_seeds") and not settings.get("tune"):
+        raise DepthAttnError("--tune-seeds applies to --tune: give --tune too")
+    if settings.get("tune") and settings.get("sweep"):
+        raise DepthAttnError("--tune and --sweep do not combine: tune one field, or sweep it")
+    if table is not None and not settings.get("tune"):
+        raise DepthAttnError(f"the [compare] table {table!r} reports the tuned protocol too: "
+                             f"give tune and tune_seeds")
     base = load_train_config(config_path, args.overrides, progress=not args.no_progress)
-    methods = args.methods or (QUICKSTART_METHODS if args.quickstart else DEFAULT_METHODS)
-    if args.sweep:
-        run_sweep(base, methods, args.seeds, args.out, args.sweep, baseline=args.baseline,
-                  tasks=args.tasks, task_limit=task_limit)
+    methods = settings.get("methods") or (QUICKSTART_METHODS if args.quickstart
+                                          else DEFAULT_METHODS)
+    seeds = settings.get("seeds") or ([0, 1, 2, 3, 4] if args.quickstart else [0, 1])
+    out = settings.get("out") or ("runs/quickstart" if args.quickstart else
+                                  f"runs/{Path(config_path).stem}" if table else "runs/compare")
+    baseline = settings.get("baseline")
+    if settings.get("sweep"):
+        run_sweep(base, methods, seeds, out, settings["sweep"], baseline=baseline, tasks=tasks,
+                  task_limit=task_limit)
+    elif settings.get("tune"):
+        result = run_tuned_compare(base, methods, seeds, out, settings["tune"],
+                                   settings.get("tune_seeds"), baseline=baseline, tasks=tasks,
+                                   task_limit=task_limit)
+        if table is not None:
+            from depthattn.experiments.paper_table import write_paper_table
+
+            write_paper_table(result, base, Path(out), table)
     else:
-        compare(base, methods, args.seeds, args.out, baseline=args.baseline, tasks=args.tasks,
+        compare(base, methods, seeds, out, baseline=baseline, tasks=tasks,
                 task_limit=task_limit)

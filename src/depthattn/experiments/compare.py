@@ -44,7 +44,7 @@ def parse_method(text: str) -> MethodRun:
     return MethodRun(text, name, options)
 
 
-def _run_config(base: TrainConfig, run: MethodRun, seed: int, out_dir: Path) -> TrainConfig:
+def run_config(base: TrainConfig, run: MethodRun, seed: int, out_dir: Path) -> TrainConfig:
     safe = run.label.replace(":", "-").replace(",", "-").replace("=", "")
     return dataclasses.replace(base, method=run.method, method_options=run.options, seed=seed,
                                run_dir=str(out_dir / safe / f"seed{seed}"))
@@ -92,7 +92,7 @@ def plan_comparison(base: TrainConfig, methods: list[str], seeds: list[int],
     if baseline not in labels:
         raise DepthAttnError(f"baseline ({baseline!r}) must be one of the methods: {', '.join(labels)}")
     for run in runs:  # every run's model (ModelConfig resolves its options) before any work
-        _run_config(base, run, seeds[0], Path(".")).model_config()
+        run_config(base, run, seeds[0], Path(".")).model_config()
     return runs, baseline
 
 
@@ -104,33 +104,45 @@ def run_compare(base: TrainConfig, methods: list[str], seeds: list[int], out_dir
     out_dir = Path(out_dir)
     check_tasks(tasks)
     runs, baseline = plan_comparison(base, methods, seeds, baseline)
-    # prepare once, not per run
-    manifest = resolve_data(base.data, base.vocab_size, progress=base.progress)
-    base = dataclasses.replace(base, data=str(manifest.parent))
-    configs = {(r.label, s): _run_config(base, r, s, out_dir) for r in runs for s in seeds}
+    base = prepared(base)  # once, not per run
+    configs = {(r.label, s): run_config(base, r, s, out_dir) for r in runs for s in seeds}
 
     results: dict[str, list[dict[str, Any]]] = {r.label: [] for r in runs}
     for (label, seed), cfg in configs.items():
-        run = RunDir(cfg.run_dir)
-        run_dir = run.path
-        if not run.is_finished():
-            resume = run.is_run()
-            log.info("%s %s seed %d: %s", "resuming" if resume else "training", label, seed, run_dir)
-            train(cfg, resume=resume)
-        else:
-            log.info("%s seed %d: finished earlier, collected from %s", label, seed, run_dir)
-            changed = changed_fields(run, cfg)
-            if changed:
-                raise DepthAttnError(f"{run_dir} was trained with another configuration (differs in "
-                                     f"{', '.join(changed)}); remove it or choose another output "
-                                     f"folder")
-        summary = json.loads(run.summary_file.read_text())
-        curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
-                 for m in read_metrics(run_dir) if "val_loss" in m]
-        zeroshot = _zeroshot(run_dir, tasks, task_limit) if tasks else {}
-        results[label].append({**summary, "seed": seed, "curve": curve, "run_dir": str(run_dir),
-                               "zeroshot": zeroshot})
+        results[label].append(collect_run(cfg, label, tasks, task_limit))
     return write_report(results, baseline, base, out_dir)
+
+
+def prepared(base: TrainConfig) -> TrainConfig:
+    """``base`` with its data prepared once (the prepared folder, not the corpus name)."""
+    manifest = resolve_data(base.data, base.vocab_size, progress=base.progress)
+    return dataclasses.replace(base, data=str(manifest.parent))
+
+
+def collect_run(cfg: TrainConfig, label: str, tasks: str | None = None,
+                task_limit: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` (resuming an interrupted run), or collect it when it finished earlier
+    with the same settings; its summary, validation curve and zero-shot accuracies."""
+    run = RunDir(cfg.run_dir)
+    run_dir = run.path
+    if not run.is_finished():
+        resume = run.is_run()
+        log.info("%s %s seed %d: %s", "resuming" if resume else "training", label, cfg.seed,
+                 run_dir)
+        train(cfg, resume=resume)
+    else:
+        log.info("%s seed %d: finished earlier, collected from %s", label, cfg.seed, run_dir)
+        changed = changed_fields(run, cfg)
+        if changed:
+            raise DepthAttnError(f"{run_dir} was trained with another configuration (differs in "
+                                 f"{', '.join(changed)}); remove it or choose another output "
+                                 f"folder")
+    summary = json.loads(run.summary_file.read_text())
+    curve = [(m["step"] * cfg.tokens_per_step, m["val_loss"])
+             for m in read_metrics(run_dir) if "val_loss" in m]
+    zeroshot = _zeroshot(run_dir, tasks, task_limit) if tasks else {}
+    return {**summary, "seed": cfg.seed, "curve": curve, "run_dir": str(run_dir),
+            "zeroshot": zeroshot}
 
 
 def write_report(results: Results, baseline: str, base: TrainConfig,

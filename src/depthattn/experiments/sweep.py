@@ -23,21 +23,21 @@ from depthattn.utils.parsing import parse_value
 NOT_SWEPT = {"run_dir", "method", "method_options", "model_overrides", "seed", "progress"}
 
 
-def parse_sweep(text: str) -> tuple[str, list[Any]]:
-    """``"num_layers=4,8,16"`` → ``("num_layers", [4, 8, 16])``."""
+def parse_sweep(text: str, option: str = "--sweep") -> tuple[str, list[Any]]:
+    """``"num_layers=4,8,16"`` → ``("num_layers", [4, 8, 16])``; errors name ``option``."""
     field, sep, raw = text.partition("=")
     field = field.strip().replace("-", "_")
     values = [parse_value(v.strip()) for v in raw.split(",") if v.strip()]
     if not sep or not field or not values:
-        raise DepthAttnError(f"--sweep {text!r} must look like field=value1,value2,...")
+        raise DepthAttnError(f"{option} {text!r} must look like field=value1,value2,...")
     if len(set(map(repr, values))) != len(values):
-        raise DepthAttnError(f"--sweep {text!r} repeats a value")
+        raise DepthAttnError(f"{option} {text!r} repeats a value")
     if field in NOT_SWEPT:
-        raise DepthAttnError(f"--sweep field {field!r} names the runs, not a setting of them; "
+        raise DepthAttnError(f"{option} field {field!r} names the runs, not a setting of them; "
                              f"compare methods with --methods and seeds with --seeds")
     allowed = _sweepable()
     if field not in allowed:
-        raise DepthAttnError(f"--sweep field {field!r} is neither a training nor a model field; "
+        raise DepthAttnError(f"{option} field {field!r} is neither a training nor a model field; "
                              f"allowed: {', '.join(sorted(allowed))}")
     return field, values
 

@@ -41,8 +41,9 @@ class RotaryEmbedding(nn.Module):
             return 1.0 / (self.theta ** exponents)
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-        inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](
-            self.hf_config, "cpu", seq_len=seq_len)
+        with torch.device("cpu"):  # also when the model is being built on the meta device
+            inv_freq, self.attention_scaling = ROPE_INIT_FUNCTIONS[self.rope_type](
+                self.hf_config, "cpu", seq_len=seq_len)
         return inv_freq.float()
 
     def reset_parameters(self) -> None:

@@ -236,6 +236,24 @@ def shipped_configs() -> dict[str, Path]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Fields from a .toml, .yaml/.yml or .json file (flat, or under a [train] table), or from
     a shipped config named without its suffix (e.g. ``paper_3b``)."""
+    path = _config_path(path)
+    data = _config_tables(path)
+    data = data.get("train", data)
+    unknown = sorted(set(data) - set(field_names()))
+    if unknown:
+        hints = "".join(did_you_mean(name, field_names()) for name in unknown[:1])
+        raise DepthAttnError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}{hints}; "
+                             f"allowed: {', '.join(field_names())}")
+    return data
+
+
+# The tables a config file may hold besides [train]: `depthattn compare`'s settings.
+COMPARE_SETTINGS = {"methods": list, "seeds": list, "out": str, "baseline": str, "tasks": str,
+                    "task_limit": int, "sweep": str, "tune": str, "tune_seeds": list,
+                    "table": str}
+
+
+def _config_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file() and str(path) in shipped_configs():
         path = shipped_configs()[str(path)]
@@ -244,17 +262,38 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                                 f"{', '.join(shipped_configs())})")
     if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise DepthAttnError(f"config file {path} must end in .toml, .yaml, .yml or .json")
+    return path
+
+
+def _config_tables(path: Path) -> dict[str, Any]:
+    """The file's top level; with a [train] table, the only other table allowed is
+    [compare]."""
     data = _parse_config_text(path, read_utf8(path, "config file"))
     if not isinstance(data, dict):
         raise DepthAttnError(f"config file {path} must hold a table of fields, not "
                              f"{type(data).__name__}")
-    data = data.get("train", data)
-    unknown = sorted(set(data) - set(field_names()))
-    if unknown:
-        hints = "".join(did_you_mean(name, field_names()) for name in unknown[:1])
-        raise DepthAttnError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}{hints}; "
-                             f"allowed: {', '.join(field_names())}")
+    if "train" in data:
+        others = sorted(set(data) - {"train", "compare"})
+        if others:
+            raise DepthAttnError(f"{path}: unknown table(s) or field(s) {', '.join(others)} "
+                                 f"beside [train]; allowed: [train], [compare]")
     return data
+
+
+def read_compare_settings(path: str | Path) -> dict[str, Any]:
+    """The [compare] table of a config file (methods, seeds, tune, ...), checked; {} without
+    one."""
+    path = _config_path(path)
+    settings = dict(_config_tables(path).get("compare", {}))
+    for name, value in settings.items():
+        kind = COMPARE_SETTINGS.get(name)
+        if kind is None:
+            raise DepthAttnError(f"{path}: unknown [compare] setting {name!r}; allowed: "
+                                 f"{', '.join(COMPARE_SETTINGS)}{did_you_mean(name, COMPARE_SETTINGS)}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DepthAttnError(f"{path}: [compare] {name} ({value!r}) must be a "
+                                 f"{kind.__name__}")
+    return settings
 
 
 def _parse_config_text(path: Path, text: str) -> Any:
