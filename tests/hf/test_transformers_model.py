@@ -26,6 +26,7 @@ from transformers import (
     StaticCache,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.output_capturing import OutputRecorder
 
 from depthattn import CausalLM
 from depthattn.hf import DepthAttnConfig, DepthAttnForCausalLM, DepthAttnModel
@@ -115,6 +116,41 @@ def test_a_registered_attention_function_is_called_with_the_mixed_values():
     with torch.no_grad():
         torch.testing.assert_close(out.logits, model_for("depth_attention")(x).logits,
                                    rtol=0, atol=0)
+
+
+# --- hidden states through transformers' capture_outputs -------------------------------------
+
+# transformers 5.25 counts negative output_hidden_states indices back from the number of states
+# (its OutputRecorder's num_hidden_layers_key); 5.19 takes indices as given: -1 selects nothing
+NEGATIVE_INDICES = "num_hidden_layers_key" in OutputRecorder.__dataclass_fields__
+
+
+@pytest.mark.parametrize("method, overrides", [("vanilla", LOOPED), ("hyper_connections", {})],
+                         ids=["looped", "hyper_connections"])
+def test_hidden_states_selected_by_index_are_those_of_the_full_list(method, overrides):
+    """The L_eff + 1 states are the embeddings, the method's readout after each application
+    (not the block's output: hyper-connections' is n streams) and the final-normed output;
+    indices select among them, -1 counting back from L_eff + 1 (a looped model's 8, not its
+    num_hidden_layers + 1 = 6)."""
+    model = model_for(method, **overrides)
+    readouts = []  # (B, T, D): each application's output, read out by the method
+    for layer in model.model.layers:
+        layer.register_forward_hook(
+            lambda block, args, out: readouts.append(args[1].final_hidden(out, args[2])))
+    x = ids()
+    with torch.no_grad():
+        full = model(x, output_hidden_states=True).hidden_states
+        expected = [model.model.embed_tokens(x), *readouts[:-1], model.model.norm(readouts[-1])]
+        picked = model(x, output_hidden_states=[0, 2, -1]).hidden_states
+    assert len(full) == len(picked) == model.config.num_applications + 1
+    for a, b in zip(full, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    kept = {0, 2} | ({len(full) - 1} if NEGATIVE_INDICES else set())
+    for i, (a, b) in enumerate(zip(picked, full)):
+        if i in kept:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        else:
+            assert a is None, i
 
 
 # --- the base model and the heads -------------------------------------------------------------

@@ -8,7 +8,7 @@ is the battery's (this environment's), not ours.
 What the battery cannot know about a model outside transformers is told to it here, as a
 model's own test file in transformers does: that ``DepthAttnForCausalLM`` is a causal LM (its
 name tables list transformers' own classes only), how many hidden states a looped model
-returns, that attention weights are never returned. A test that does not apply is skipped
+returns. A test that does not apply is skipped
 with its reason (``NOT_APPLICABLE``); a known gap is an expected failure (``KNOWN_GAPS``,
 strict: a test that starts passing fails until its entry is removed).
 """

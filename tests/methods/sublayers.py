@@ -24,7 +24,7 @@ def sublayer_runner(model: CausalLM, ids: torch.Tensor
 
     def attn(layer: int, u: torch.Tensor) -> torch.Tensor:
         return dec.layers[layer].self_attn(dec.layers[layer].input_layernorm(u), dec.cross_layer,
-                                           ctx)
+                                           ctx)[0]
 
     def mlp(layer: int, u: torch.Tensor) -> torch.Tensor:
         return dec.layers[layer].mlp(dec.layers[layer].post_attention_layernorm(u))

@@ -147,8 +147,9 @@ def test_default_stride_follows_the_applications():
 def test_hidden_states_one_per_application():
     model = looped_model()
     states: list[torch.Tensor] = []
+    model.model.hidden_state.register_forward_hook(lambda module, args, out: states.append(out))
     with torch.no_grad():
-        out = model.model(random_ids(1, 5), hidden_states=states)
+        out = model.model(random_ids(1, 5), output_hidden_states=True)
     assert len(states) == 8 + 1
     torch.testing.assert_close(states[-1], out)
 

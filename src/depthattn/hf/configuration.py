@@ -129,6 +129,12 @@ class DepthAttnConfig(PretrainedConfig):
     # L_eff, the cache's layer count: ModelConfig's own definition, read from the same fields
     num_applications = ModelConfig.num_applications
 
+    @property
+    def num_hidden_states(self) -> int:
+        """How many states output_hidden_states=True returns: the embeddings and one per
+        application, L_eff + 1."""
+        return self.num_applications + 1
+
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(**{f.name: getattr(self, f.name)
                               for f in dataclasses.fields(ModelConfig)})

@@ -32,6 +32,7 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache, static_padding_mask
 from depthattn.hf.configuration import DepthAttnConfig
@@ -39,7 +40,7 @@ from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardCont
 from depthattn.model.attention import Attention, is_packed
 from depthattn.model.block import Block
 from depthattn.model.cache import KVCache, StaticKVCache
-from depthattn.model.decoder import CausalLM, Decoder
+from depthattn.model.decoder import CausalLM, Decoder, HiddenState
 from depthattn.utils.checks import require_int
 from depthattn.utils.errors import DepthAttnError
 
@@ -56,6 +57,13 @@ OUR_CACHES = (DepthAttnCache, DepthAttnStaticCache, KVCache, StaticKVCache)
 # attention functions that read no mask: a serving engine's paged attention keeps each
 # sequence's tokens in its own blocks (and gets every request's tokens packed in one row)
 UNMASKED_ATTENTION = ("vllm",)
+# output_hidden_states records what passes the decoder's HiddenState: all L_eff + 1 states,
+# the embeddings among them. A negative index counts back from config.num_hidden_states where
+# OutputRecorder has num_hidden_layers_key (transformers 5.25); 5.19 takes indices as given, so
+# that a negative one selects nothing there (for Qwen3 too).
+HIDDEN_STATES = OutputRecorder(HiddenState, capture_initial_hidden_state=False, **(
+    {"num_hidden_layers_key": "num_hidden_states"}
+    if "num_hidden_layers_key" in OutputRecorder.__dataclass_fields__ else {}))
 
 
 def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -129,7 +137,8 @@ class DepthAttnAttention(Attention):
     config: DepthAttnConfig
 
     def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
-                ctx: ForwardContext, application: int | None = None) -> torch.Tensor:
+                ctx: ForwardContext, application: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         query, key, value = self.queries_keys_values(x, method, ctx, application)
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention)
@@ -137,7 +146,7 @@ class DepthAttnAttention(Attention):
         out, weights = attention_interface(self, query, key, value, mask, scaling=self.scaling,
                                            sliding_window=self.sliding_window,
                                            is_causal=is_causal, **ctx.attention_kwargs)
-        return self.output(out, weights, query, ctx)
+        return self.output(out, query), weights
 
 
 class DepthAttnDecoderLayer(Block, GradientCheckpointingLayer):
@@ -208,7 +217,12 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
     ``BaseModelOutputWithPast`` (``last_hidden_state``, the cache, hidden states, attentions).
 
     Its modules are those of ``self.decoder``, the core ``Decoder`` that runs the forward: one
-    module dict, shared, so replacing a module on either replaces it on both."""
+    module dict, shared, so replacing a module on either replaces it on both. Hidden states and
+    attention weights are recorded by transformers' ``capture_outputs``, as Qwen3Model's: each
+    state that passes the decoder's ``HiddenState``, the weights each attention returns beside
+    its output."""
+
+    _can_record_outputs = {"hidden_states": HIDDEN_STATES, "attentions": DepthAttnAttention}
 
     def __init__(self, config: DepthAttnConfig) -> None:
         super().__init__(config)
@@ -236,6 +250,7 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embed_tokens = value
 
+    @capture_outputs
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
@@ -243,18 +258,19 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
                 inputs_embeds: torch.Tensor | None = None,
                 use_cache: bool | None = None,
                 output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None,
-                return_dict: bool | None = None,
+                output_hidden_states: bool | list[int] | None = None,
                 cache: Cache | KVCache | None = None,
-                **kwargs: Any) -> BaseModelOutputWithPast | tuple:
+                **kwargs: Any) -> BaseModelOutputWithPast:
         """``Qwen3Model.forward``: input_ids (B, T) or inputs_embeds (B, T, D) → the final-normed
         hidden states. attention_mask: (B, T), or (B, past + T) with a cache, 0 at padding; or a
         prepared 4-D mask. position_ids that restart at 0 within a row pack several sequences
         (padding-free batches). ``past_key_values`` (``cache`` in transformers >= 5.24): a
         ``DepthAttnCache`` (or a core ``KVCache``), appended to; with ``use_cache`` (default:
         the config's, off while checkpointing in training) and none given, a new one is
-        returned. ``output_hidden_states``: L + 1 states; ``output_attentions``: each layer's
-        weights (eager attention computes them; sdpa returns None)."""
+        returned. ``output_hidden_states``: True for the L + 1 states, or a list of indices
+        into them (the others None); ``output_attentions``: each layer's weights (eager
+        attention computes them; sdpa none). ``capture_outputs`` records both, and returns a
+        tuple for ``return_dict=False``."""
         cache = _one_cache(past_key_values, cache)
         _check_cache_position(kwargs.pop("cache_position", None), cache,
                               (input_ids if input_ids is not None else inputs_embeds).shape[1])
@@ -280,22 +296,14 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
                                  "with it")
         if cache is None and use_cache and not checkpointing:
             cache = DepthAttnCache(self.config)
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        weights: list | None = [] if output_attentions else None
-        states: list[torch.Tensor] | None = [] if output_hidden_states else None
         hidden = self.decoder(input_ids, attention_mask, cache, position_ids,
-                              inputs_embeds=inputs_embeds, hidden_states=states,
-                              attention_kwargs=kwargs, attention_weights=weights,
+                              inputs_embeds=inputs_embeds,
+                              output_hidden_states=bool(output_hidden_states),
+                              attention_kwargs=kwargs,
                               masks=implementation not in UNMASKED_ATTENTION)
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden, hidden_states=None if states is None else tuple(states),
-            attentions=None if weights is None else tuple(weights), **{CACHE_FIELD: cache})
-        if return_dict is None:
-            return_dict = getattr(self.config, "return_dict", True)
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPast(last_hidden_state=hidden, **{CACHE_FIELD: cache})
 
 
 class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
@@ -371,22 +379,19 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
                 inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None,
                 use_cache: bool | None = None,
-                output_attentions: bool | None = None,
-                output_hidden_states: bool | None = None,
                 return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0,
                 cache: Cache | KVCache | None = None,
                 **kwargs: Any) -> CausalLMOutputWithPast | tuple:
         """``Qwen3ForCausalLM.forward``: ``DepthAttnModel.forward``'s arguments → logits;
         ``loss`` (shifted cross-entropy, -100 ignored) with ``labels``, or with ``shift_labels``
-        (already shifted, as context-parallel and packed trainers pass them)."""
+        (already shifted, as context-parallel and packed trainers pass them). Other keywords
+        (``output_hidden_states``, ``output_attentions``, ...) go to the base model as given."""
         loss_kwargs = {k: kwargs.pop(k) for k in LOSS_KWARGS if k in kwargs}
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              position_ids=position_ids, past_key_values=past_key_values,
                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_attentions=output_attentions,
-                             output_hidden_states=output_hidden_states, return_dict=True,
-                             **kwargs)
+                             return_dict=True, **kwargs)
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]  # positions to keep

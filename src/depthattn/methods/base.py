@@ -71,7 +71,6 @@ class ForwardContext:
                  is_causal: bool, cache: LayerCache | None = None,
                  applications: Sequence[Application] = (),
                  attention_kwargs: dict | None = None,
-                 attention_weights: list | None = None,
                  window_mask: torch.Tensor | None = None) -> None:
         self.cos, self.sin = cos, sin  # (B, T, d) RoPE tables at the new positions
         # (B or 1, 1, T, T_kv): bool, True = may attend, or float, added to the scores; None:
@@ -82,10 +81,8 @@ class ForwardContext:
         # the attention function reads no mask
         self.window_mask = window_mask
         self.cache = cache
-        # Keywords for the attention function (a serving engine's), and a list that receives
-        # each application's attention weights, if wanted.
+        # Keywords for the attention function (a serving engine's)
         self.attention_kwargs = attention_kwargs or {}
-        self.attention_weights = attention_weights
         # The schedule of this call: application e runs layer applications[e].layer (a looped
         # model's depth may differ from call to call; docs/method.md §7).
         self.applications = applications

@@ -63,16 +63,19 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
-                ctx: ForwardContext, application: int | None = None) -> torch.Tensor:
+                ctx: ForwardContext, application: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, D), the normed input of q_proj, k_proj and v_proj; or an
         ``AttentionInput`` whose keys and values read streams of their own (MUDDFormer).
-        application: the index e of this application (looped models), default the layer's."""
+        application: the index e of this application (looped models), default the layer's.
+        Returns Qwen3Attention's pair: the output (B, T, D) and the attention function's
+        weights (B, H, T, T_kv), or None where it computes none (SDPA)."""
         q, k, v = self.queries_keys_values(x, method, ctx, application)
         mask, is_causal = ctx.mask_for(self.sliding_window)
         out, weights = sdpa_attention(self, q, k, v, mask, scaling=self.scaling,
                                       is_causal=is_causal,
                                       **ctx.attention_kwargs)  # (B, T, H, d)
-        return self.output(out, weights, q, ctx)
+        return self.output(out, q), weights
 
     def queries_keys_values(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
                             ctx: ForwardContext, application: int | None = None
@@ -105,13 +108,9 @@ class Attention(nn.Module):
             k, v = ctx.cache.update(k, v, e)  # (B, H_kv, T_kv, d): the cache keeps ṽ, slot e
         return q, k, v
 
-    def output(self, out: torch.Tensor, weights: torch.Tensor | None, query: torch.Tensor,
-               ctx: ForwardContext) -> torch.Tensor:
+    def output(self, out: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """o_proj of the attention output for ``query`` (B, H, T, d): (B, T, H, d), or
-        (B·T, H·d) as serving engines return it. The weights go to ``ctx.attention_weights``
-        when it collects them."""
-        if ctx.attention_weights is not None:
-            ctx.attention_weights.append(weights)
+        (B·T, H·d) as serving engines return it."""
         B, _, T, _ = query.shape
         return self.o_proj(out.reshape(B, T, -1))  # (B, T, H·d), H this rank's heads
 

@@ -42,8 +42,8 @@ class Block(nn.Module):
 
         # h = x + Attn(RMSNorm(x))
         x = method.read(stream, e, "attn", ctx)
-        h = method.write(stream, e, "attn", self.self_attn(self.attention_input(x), method, ctx, e),
-                         ctx)
+        out, _ = self.self_attn(self.attention_input(x), method, ctx, e)  # _: the weights
+        h = method.write(stream, e, "attn", out, ctx)
 
         # x' = h + MLP(RMSNorm(h))
         x = method.read(h, e, "mlp", ctx)

@@ -32,6 +32,12 @@ from depthattn.utils.checks import require_int
 from depthattn.utils.errors import DepthAttnError
 
 
+class HiddenState(nn.Identity):
+    """What each hidden state passes through when the caller asks for them
+    (``Decoder.forward(..., output_hidden_states=True)``): nothing but a place where a forward
+    hook records them, as transformers' ``capture_outputs`` does."""
+
+
 class Decoder(nn.Module):
     """embed → N blocks → final RMSNorm. Parameter names are Qwen3's.
 
@@ -65,6 +71,7 @@ class Decoder(nn.Module):
         # Input injection of a looped model; `model.loop_injection.weight` for concat only.
         self.loop_injection = LoopInjection(config) if config.looped else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.hidden_state = HiddenState()
         self.rotary_emb = RotaryEmbedding(config)
         # Methods with parameters keep them here, under `model.cross_layer.*`.
         self.cross_layer = build_method(config)
@@ -98,24 +105,23 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: DecoderCache | None = None,
                 position_ids: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None,
-                hidden_states: list[torch.Tensor] | None = None,
+                inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool = False,
                 loop_iterations: int | None = None,
                 backprop_iterations: int | None = None, attention_kwargs: dict | None = None,
-                attention_weights: list | None = None, masks: bool = True) -> torch.Tensor:
+                masks: bool = True) -> torch.Tensor:
         """input_ids (B, T), or inputs_embeds (B, T, D) instead → hidden states (B, T, D).
 
         attention_mask: the (B, T) padding mask (1 = real token; see ``CausalLM``), or a
         prepared 4-D mask (B or 1, 1, T, T_kv), bool (True = may attend) or float (added to the
         scores), used as it is. position_ids that restart within a row (several sequences packed
         in one row, no padding mask, no cache) keep each sequence to itself.
-        attention_kwargs: passed to each block's attention function; attention_weights: a list
-        that receives what it returns as weights, one entry per application. masks=False: the
-        attention function reads no mask (a serving engine's paged attention), so none is built.
+        attention_kwargs: passed to each block's attention function. masks=False: the attention
+        function reads no mask (a serving engine's paged attention), so none is built.
 
-        hidden_states: a list that receives Qwen3's L + 1 hidden states: the embeddings, what
-        each block but the last hands on (the method's readout of its residual stream), and the
-        returned, final-normed output. A looped model gives L_eff + 1: one per application.
+        output_hidden_states: pass Qwen3's L + 1 hidden states through ``self.hidden_state``
+        (for a hook to record): the embeddings, what each block but the last hands on (the
+        method's readout of its residual stream), and the returned, final-normed output. A
+        looped model gives L_eff + 1: one per application. Off, no readout is computed.
         loop_iterations: r for this call only (a looped model; None: the configured r). No
             cache then, unless r is the configured one: caches hold the configured L_eff.
         backprop_iterations: b >= 1: iterations 0 .. r − b − 1 of the looped block run under
@@ -177,12 +183,11 @@ class Decoder(nn.Module):
 
         cos, sin = self.rotary_emb(x, positions)
         ctx = ForwardContext(cos=cos, sin=sin, attn_mask=attn_mask, is_causal=is_causal,
-                             window_mask=window_mask,
-                             cache=cache, applications=apps, attention_kwargs=attention_kwargs,
-                             attention_weights=attention_weights)
+                             window_mask=window_mask, cache=cache, applications=apps,
+                             attention_kwargs=attention_kwargs)
         stream = method.init_stream(x, ctx)
-        if hidden_states is not None:
-            hidden_states.append(x)
+        if output_hidden_states:
+            self.hidden_state(x)
         last = len(apps) - 1
         for app in apps:  # prelude, looped block × r, coda (not looped: 0 .. L − 1)
             frozen = app.iteration is not None and app.iteration < first_grad_iteration
@@ -196,13 +201,13 @@ class Decoder(nn.Module):
                     stream = self.checkpoint_function(block, stream, method, ctx, app.index)
                 else:
                     stream = block(stream, method, ctx, app.index)
-                if hidden_states is not None and app.index < last:
-                    hidden_states.append(method.final_hidden(stream, ctx))
+                if output_hidden_states and app.index < last:
+                    self.hidden_state(method.final_hidden(stream, ctx))
         if cache is not None:
             cache.end()
         out = self.norm(method.final_hidden(stream, ctx))
-        if hidden_states is not None:
-            hidden_states.append(out)
+        if output_hidden_states:
+            self.hidden_state(out)
         return out
 
     def _first_grad_iteration(self, apps: list[Application],

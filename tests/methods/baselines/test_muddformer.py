@@ -125,7 +125,7 @@ def reference_forward(model: CausalLM, ids: torch.Tensor) -> torch.Tensor:
         q_in = block.input_layernorm(Q)
         k_in = conn.k_norm(K) if l > 0 else q_in
         v_in = conn.v_norm(V) if l > 0 else q_in
-        A = R + block.self_attn(AttentionInput(q_in, k_in, v_in), method, ctx)
+        A = R + block.self_attn(AttentionInput(q_in, k_in, v_in), method, ctx)[0]
         X = A + block.mlp(block.post_attention_layernorm(A))
         sources.append(X)
         normed = X * torch.rsqrt(X.pow(2).mean(-1, keepdim=True) + eps)
