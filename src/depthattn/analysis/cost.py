@@ -17,7 +17,8 @@ Conventions (every number is per token of a forward pass):
 - **KV cache**: 2·L·H_kv·d_h elements per token, bytes at the chosen dtype.
 - **State**: ``MethodCost.inflight_state_per_token`` is the depth state alive while a token
   traverses the stack (vanilla: its residual, d); ``persistent_state_per_token`` is what is
-  kept across decoding steps beyond the KV cache. Both are reported next to the KV cache.
+  kept across decoding steps beyond the KV cache. Both are reported next to the KV cache, and
+  both are measured on a real model by ``analysis/measured_state.py``.
 """
 
 from __future__ import annotations
