@@ -104,7 +104,7 @@ class ValueResidual(CrossLayerMethod):
     def cost(cls, config: ModelConfig, options: ValueResidualOptions) -> MethodCost:
         """§9b params: 0 / L−1 / (L−1)(D·H_kv + H_kv). FLOPs: the mix, 3 per value element
         (a + λ(b − a)), in L−1 layers; the gate adds its RMSNorm (≈ 3·D) and its projection
-        (2·D·H_kv). §9c state: the residual, d. v_0 of the
+        (2·D·H_kv), the only matmul-class term. §9c state: the residual, d. v_0 of the
         in-flight token is layer 0's own KV-cache entry (ṽ_0 = v_0), kept for later layers as
         Depth-Attention keeps its sources: no state beyond the KV cache.
         Looped: parameters per distinct layer, FLOPs per application (L_eff − 1 mixes)."""
@@ -112,10 +112,12 @@ class ValueResidual(CrossLayerMethod):
         kv = config.num_kv_heads * config.head_dim
         params = {"fixed": 0, "learned": L - 1,
                   "gated": (L - 1) * (D * config.num_kv_heads + config.num_kv_heads)}[options.mode]
-        flops = (A - 1) * 3 * kv
+        flops, matmul = (A - 1) * 3 * kv, 0
         if options.mode == "gated":
-            flops += (A - 1) * (3 * D + 2 * D * config.num_kv_heads)
+            matmul = (A - 1) * 2 * D * config.num_kv_heads
+            flops += (A - 1) * 3 * D + matmul
         return MethodCost(added_params=params, added_flops_per_token=float(flops),
+                          added_matmul_flops_per_token=float(matmul),
                           inflight_state_per_token=D)
 
     def read(self, stream: torch.Tensor, layer_idx: int, sublayer: Sublayer,

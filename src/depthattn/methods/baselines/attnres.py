@@ -166,7 +166,8 @@ class AttnRes(CrossLayerMethod):
     @classmethod
     def cost(cls, config: ModelConfig, options: AttnResOptions) -> MethodCost:
         """§7A b: 2L + 1 aggregators of 2d + 1 parameters. FLOPs: per aggregator and source a
-        dot product and a weighted add (4d), plus P's rms (2d); each snapshot's rms once (2d).
+        dot product (2d, matmul-class: s @ (q ⊙ g)) and a weighted add (2d, elementwise), plus
+        P's rms (2d); each snapshot's rms once (2d).
         §7A c: h₀ and the snapshots, each with its cached 1/rms (d + 1), and P (d). A snapshot
         taken after the last layer is P itself (the final aggregator reads it twice), so P then
         adds nothing: 9·d + 9 at 3B, where the snapshot after layer 47 is the eighth."""
@@ -179,6 +180,7 @@ class AttnRes(CrossLayerMethod):
         partial = 0 if after and after[-1] == L - 1 else 1  # P, unless the last snapshot is P
         return MethodCost(added_params=(2 * L + 1) * (2 * d + 1),
                           added_flops_per_token=float(flops),
+                          added_matmul_flops_per_token=float(sum(2 * d * n for n in counts)),
                           inflight_state_per_token=(kept + partial) * d + kept)
 
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> AttnResStream:

@@ -116,16 +116,17 @@ class BlockAttnRes(CrossLayerMethod):
     @classmethod
     def cost(cls, config: ModelConfig, options: BlockAttnResOptions) -> MethodCost:
         """§7B: 2d per aggregator (query, key gain), 2L of them (+1 final) ≈ 2L·2d. FLOPs per
-        aggregator and source: dot product and weighted add (4d), plus the partial's rms (2d);
-        each completed block's rms once. State: b₀ and the N blocks, each with its cached
-        1/rms: (N + 1)·(d + 1), reached when the last block completes (9·d + 9 at 3B with
-        N = 8); before, N − 1 blocks and the partial."""
+        aggregator and source: dot product (2d, matmul-class) and weighted add (2d,
+        elementwise), plus the partial's rms (2d); each completed block's rms once. State: b₀
+        and the N blocks, each with its cached 1/rms: (N + 1)·(d + 1), reached when the last
+        block completes (9·d + 9 at 3B with N = 8); before, N − 1 blocks and the partial."""
         L, d = config.num_layers, config.hidden_size
         counts = sources_per_aggregator(L, options.block_size, options.final_aggregator)
         N = num_blocks(L, options.block_size)
         flops = sum(4 * d * n + 2 * d * has_partial for n, has_partial in counts)
         flops += 2 * d * (N + 1)  # each completed block's rms (and h₀'s), once
         return MethodCost(added_params=len(counts) * 2 * d, added_flops_per_token=float(flops),
+                          added_matmul_flops_per_token=float(sum(2 * d * n for n, _ in counts)),
                           inflight_state_per_token=(N + 1) * (d + 1))
 
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> BlockStream:
