@@ -16,33 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
-from depthattn.model.cache import StaticKVCache
-from depthattn.model.generate import compiled_decode_step, decode_step
-
-MODES = ("eager", "compiled")
-
-
-@torch.no_grad()
-def decode_seconds(model: CausalLM, batch: int, context: int, new: int, device,
-                   mode: str = "eager") -> float:
-    ids = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
-    compiled = mode == "compiled"
-    cache = (StaticKVCache if compiled else KVCache).for_model(model, batch, context + new)
-    step = compiled_decode_step(device) if compiled else decode_step
-    logits = model(ids, cache=cache, logits_to_keep=1)[:, -1]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(new):
-        logits = step(model, logits.argmax(-1, keepdim=True), cache)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / new
+from depthattn.analysis.speed import DECODE_MODES as MODES
+from depthattn.analysis.speed import decode_seconds
 
 
 @torch.no_grad()

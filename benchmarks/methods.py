@@ -3,10 +3,11 @@
     python -m benchmarks.methods                         # tiny preset, CPU
     python -m benchmarks.methods --methods vanilla depth_attention mhc --seq 512 --json out.json
 
-Activation memory is the bytes autograd keeps for backward (unique storages seen by a
-saved-tensors hook): the same measure on CPU and GPU. On CUDA the peak allocated memory of the
-step is reported too. Correctness first: every method's cached decoding must equal its full
-forward before it is timed.
+A step is one forward + backward of the training loss (``depthattn.analysis.speed``, which
+``measure_speeds`` uses for the comparison table). Activation memory is the bytes autograd keeps
+for backward (unique storages seen by a saved-tensors hook): the same measure on CPU and GPU. On
+CUDA the peak allocated memory of the step is reported too. Correctness first: every method's
+cached decoding must equal its full forward before it is timed.
 """
 
 from __future__ import annotations
@@ -14,27 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 from depthattn import CausalLM, KVCache, ModelConfig
+from depthattn.analysis.speed import saved_activation_bytes, step_loss, train_step_seconds
 from depthattn.methods import method_names
-
-
-def saved_activation_bytes(model: CausalLM, ids: torch.Tensor) -> int:
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(ids).float().logsumexp(-1).mean()
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(storages.values())
 
 
 def check_decoding(model: CausalLM, vocab: int, device: torch.device) -> float:
@@ -70,18 +56,13 @@ def main() -> None:
     times: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(args.repeats + 1):  # first round is warm-up; methods interleaved
         for method, model in models.items():
-            start = time.perf_counter()
-            model(ids).float().logsumexp(-1).mean().backward()
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[method].append(time.perf_counter() - start)
+            times[method].append(train_step_seconds(model, ids))
     rows = []
     for method, model in models.items():
         peak = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            model(ids).float().logsumexp(-1).mean().backward()
+            step_loss(model, ids).backward()
             model.zero_grad(set_to_none=True)
             peak = torch.cuda.max_memory_allocated()
         rows.append(dict(method=method, params=model.num_parameters(),

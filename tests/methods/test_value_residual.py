@@ -138,12 +138,13 @@ def test_params_match_module_and_closed_form(mode):
 @pytest.mark.parametrize("mode,params", [("fixed", 0), ("learned", 47),
                                          ("gated", 47 * (2048 * 8 + 8))])
 def test_cost_at_the_3b_geometry(mode, params):
-    """§3/§11: d + n_kv·d_h in flight — 512 over vanilla, 0.05× the KV cache; nothing persists."""
+    """§3/§11: d in flight — v_0 is layer 0's own KV-cache entry, as Depth-Attention's sources
+    are theirs — 0.04× the KV cache; nothing persists."""
     config = ModelConfig.from_preset("3b", method="value_residual", method_options={"mode": mode})
     cost = get_method("value_residual").cost(config, method_options(config))
     assert cost.added_params == params
-    assert cost.inflight_state_per_token == 2048 + 512
-    assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.05
+    assert cost.inflight_state_per_token == 2048
+    assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.04
     assert cost.persistent_state_per_token == 0
 
 

@@ -12,12 +12,17 @@ Conventions (every number is per token of a forward pass):
   the causal mask token t (1-based) sees t keys, (T+1)/2 on average, so attention costs
   4·L·H·d_h·(T+1)/2 per token. The paper's appendix B compares Depth-Attention's extra
   arithmetic with "≈ 2·N FLOPs per token" and fixes no attention convention; we include the
-  causal average and say so; a sliding-window layer's token sees at most W keys. Norms, RoPE, softmax and activations are not counted, here or in
-  the methods' own counts.
+  causal average and say so; a sliding-window layer's token sees at most W keys. Norms, RoPE,
+  softmax and activations are not counted, here or in the methods' own counts.
+  ``MethodCost.added_matmul_flops_per_token`` is the part of a method's FLOPs computed as
+  matrix products: with the backbone's matmuls and attention it is what a matmul FLOP counter
+  sees (``tests/analysis/test_matmul_flops.py`` checks it against torch's ``FlopCounterMode``,
+  which counts attention over all T keys).
 - **KV cache**: 2·L·H_kv·d_h elements per token, bytes at the chosen dtype.
 - **State**: ``MethodCost.inflight_state_per_token`` is the depth state alive while a token
   traverses the stack (vanilla: its residual, d); ``persistent_state_per_token`` is what is
-  kept across decoding steps beyond the KV cache. Both are reported next to the KV cache.
+  kept across decoding steps beyond the KV cache. Both are reported next to the KV cache, and
+  both are measured on a real model by ``analysis/measured_state.py``.
 """
 
 from __future__ import annotations

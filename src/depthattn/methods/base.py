@@ -111,6 +111,10 @@ class MethodCost:
 
     added_params: int = 0
     added_flops_per_token: float = 0.0  # forward FLOPs beyond vanilla (multiply-add = 2 FLOPs)
+    # The part of added_flops_per_token that the method computes as matrix products (F.linear,
+    # matmul, einsum): what a matmul FLOP counter such as torch's FlopCounterMode sees. The rest
+    # is elementwise (weighted sums written as sums, softmax, Sinkhorn); each cost() lists it.
+    added_matmul_flops_per_token: float = 0.0
     inflight_state_per_token: int = 0  # depth state alive while one token traverses the stack
     persistent_state_per_token: int = 0  # kept across decoding steps beyond the KV cache
 

@@ -114,15 +114,21 @@ class DepthAttention(CrossLayerMethod):
     def cost(cls, config: ModelConfig, options: DepthAttentionOptions) -> MethodCost:
         """docs/method.md §8 / paper appendix B: per mixing layer, (|S(l)|+1) scores and weighted values of
         H_kv·d each (2 FLOPs per multiply-add), plus H·d for the group means and the softmax.
-        No parameters; the stash reuses the KV-cache tensors of the in-flight token."""
+        Matmul-class: the scores and the weighted values, two batched matrix products in the
+        reference and inference mixes (the unstacked mix does the same multiply-adds
+        elementwise); the group means and the softmax are not. No parameters; the stash holds
+        the in-flight token's own KV-cache entries (k_j, ṽ_j), so the in-flight state beyond
+        the KV cache is the residual, d."""
         H_kv_d = config.num_kv_heads * config.head_dim
-        flops = 0
+        flops = matmul = 0
         for sources in application_sources(applications(config), options.stride,
                                            options.recent_window, options.sources):
             n = len(sources)
             if n:
+                matmul += (n + 1) * (2 * H_kv_d + 2 * H_kv_d)
                 flops += (n + 1) * (2 * H_kv_d + 2 * H_kv_d) + config.num_heads * config.head_dim
         return MethodCost(added_flops_per_token=float(flops),
+                          added_matmul_flops_per_token=float(matmul),
                           inflight_state_per_token=config.hidden_size)
 
     def plan(self, apps: Sequence[Application]) -> tuple[list[list[int]], frozenset[int]]:

@@ -104,17 +104,21 @@ class ValueResidual(CrossLayerMethod):
     def cost(cls, config: ModelConfig, options: ValueResidualOptions) -> MethodCost:
         """§9b params: 0 / L−1 / (L−1)(D·H_kv + H_kv). FLOPs: the mix, 3 per value element
         (a + λ(b − a)), in L−1 layers; the gate adds its RMSNorm (≈ 3·D) and its projection
-        (2·D·H_kv). §9c state: v_0 of the in-flight token (H_kv·d) beside the residual.
+        (2·D·H_kv), the only matmul-class term. §9c state: the residual, d. v_0 of the
+        in-flight token is layer 0's own KV-cache entry (ṽ_0 = v_0), kept for later layers as
+        Depth-Attention keeps its sources: no state beyond the KV cache.
         Looped: parameters per distinct layer, FLOPs per application (L_eff − 1 mixes)."""
         L, D, A = config.num_layers, config.hidden_size, config.num_applications
         kv = config.num_kv_heads * config.head_dim
         params = {"fixed": 0, "learned": L - 1,
                   "gated": (L - 1) * (D * config.num_kv_heads + config.num_kv_heads)}[options.mode]
-        flops = (A - 1) * 3 * kv
+        flops, matmul = (A - 1) * 3 * kv, 0
         if options.mode == "gated":
-            flops += (A - 1) * (3 * D + 2 * D * config.num_kv_heads)
+            matmul = (A - 1) * 2 * D * config.num_kv_heads
+            flops += (A - 1) * 3 * D + matmul
         return MethodCost(added_params=params, added_flops_per_token=float(flops),
-                          inflight_state_per_token=D + kv)
+                          added_matmul_flops_per_token=float(matmul),
+                          inflight_state_per_token=D)
 
     def read(self, stream: torch.Tensor, layer_idx: int, sublayer: Sublayer,
                        ctx: ForwardContext) -> torch.Tensor:
@@ -147,7 +151,8 @@ class ValueResidual(CrossLayerMethod):
                                  f"parameters are not split or summed with them; use mode "
                                  f"'fixed'")
         if self.mode == "gated":
-            share = ctx.value_residual_shares[layer_idx]  # (B, H_kv, T, 1)
+            # (B, H_kv, T, 1); dropped from the context once read: only this layer needs it
+            share = ctx.value_residual_shares.pop(layer_idx)
         else:
             layer = ctx.applications[layer_idx].layer
             share = 0.5 if self.mode == "fixed" else self.lambdas[layer - 1].to(v.dtype)

@@ -133,15 +133,19 @@ def test_parameter_names():
 
 
 def test_cost_at_the_3b_geometry():
-    """§3: 397 409 params; (8 snapshots + 2)·d = 20 480 in flight, 0.42× the KV cache."""
+    """§3: 397 409 params; h₀ and 8 snapshots, each with its 1/rms, in flight — the last
+    snapshot (after layer 47) is P itself: 9·d + 9, 0.38× the KV cache (the paper's 0.42×
+    counts P once more)."""
     config = ModelConfig.from_preset("3b", method="attnres")
     cost = get_method("attnres").cost(config, method_options(config))
     assert cost.added_params == 397_409
-    assert cost.inflight_state_per_token == 10 * 2048 == 20_480
-    assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.42
+    assert cost.inflight_state_per_token == 9 * 2048 + 9 == 18_441
+    assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.38
     assert cost.persistent_state_per_token == 0
-    config = ModelConfig.from_preset("410m", method="attnres")  # §3: 0.44× at 410M
+    # §3: 0.44× at 410M, whose last snapshot (after layer 29 of 32) is not P: h₀, 5 snapshots, P
+    config = ModelConfig.from_preset("410m", method="attnres")
     cost = get_method("attnres").cost(config, method_options(config))
+    assert cost.inflight_state_per_token == 7 * 1024 + 6
     assert round(cost.inflight_state_per_token / (2 * 32 * 4 * 64), 2) == 0.44
 
 

@@ -132,12 +132,13 @@ def test_blocks_and_sources():
 
 
 def test_cost_at_the_3b_geometry():
-    """§3/§11: ≈ 2L·2d params (+ the final aggregator's 2d); (N + 1)·d = 9·d in flight, 0.38×."""
+    """§3/§11: ≈ 2L·2d params (+ the final aggregator's 2d); (N + 1)·(d + 1) in flight (each
+    block with its cached 1/rms), 0.38×."""
     config = ModelConfig.from_preset("3b", method="block_attnres")
     assert method_options(config).block_size == 12
     cost = get_method("block_attnres").cost(config, method_options(config))
     assert cost.added_params == (2 * 48 + 1) * 2 * 2048 == 397_312
-    assert cost.inflight_state_per_token == 9 * 2048
+    assert cost.inflight_state_per_token == 9 * 2048 + 9
     assert round(cost.inflight_state_per_token / KV_PER_TOKEN_3B, 2) == 0.38
     assert cost.persistent_state_per_token == 0
 

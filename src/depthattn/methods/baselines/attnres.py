@@ -166,15 +166,22 @@ class AttnRes(CrossLayerMethod):
     @classmethod
     def cost(cls, config: ModelConfig, options: AttnResOptions) -> MethodCost:
         """§7A b: 2L + 1 aggregators of 2d + 1 parameters. FLOPs: per aggregator and source a
-        dot product and a weighted add (4d), plus P's rms (2d); each snapshot's rms once (2d).
-        §7A c: h₀, the snapshots and P in flight: (#snapshots + 2)·d (10·d at 3B)."""
+        dot product (2d, matmul-class: s @ (q ⊙ g)) and a weighted add (2d, elementwise), plus
+        P's rms (2d); each snapshot's rms once (2d).
+        §7A c: h₀ and the snapshots, each with its cached 1/rms (d + 1), and P (d). A snapshot
+        taken after the last layer is P itself (the final aggregator reads it twice), so P then
+        adds nothing: 9·d + 9 at 3B, where the snapshot after layer 47 is the eighth."""
         L, d = config.num_layers, config.hidden_size
-        snapshots = len(snapshot_layers(L, options.block_size))
-        flops = sum(4 * d * n + 2 * d for n in sources_per_aggregator(L, options.block_size))
-        flops += 2 * d * (snapshots + 1)  # h₀'s rms too
+        after = snapshot_layers(L, options.block_size)
+        counts = sources_per_aggregator(L, options.block_size)
+        flops = sum(4 * d * n + 2 * d for n in counts)
+        flops += 2 * d * (len(after) + 1)  # h₀'s rms too
+        kept = len(after) + 1  # h₀ and the snapshots
+        partial = 0 if after and after[-1] == L - 1 else 1  # P, unless the last snapshot is P
         return MethodCost(added_params=(2 * L + 1) * (2 * d + 1),
                           added_flops_per_token=float(flops),
-                          inflight_state_per_token=(snapshots + 2) * d)
+                          added_matmul_flops_per_token=float(sum(2 * d * n for n in counts)),
+                          inflight_state_per_token=(kept + partial) * d + kept)
 
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> AttnResStream:
         return AttnResStream(sources=(embeddings,), inv_rms=(inverse_rms(embeddings, self.eps),),

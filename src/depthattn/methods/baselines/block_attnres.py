@@ -116,23 +116,26 @@ class BlockAttnRes(CrossLayerMethod):
     @classmethod
     def cost(cls, config: ModelConfig, options: BlockAttnResOptions) -> MethodCost:
         """§7B: 2d per aggregator (query, key gain), 2L of them (+1 final) ≈ 2L·2d. FLOPs per
-        aggregator and source: dot product and weighted add (4d), plus the partial's rms (2d);
-        each completed block's rms once. State: b₀, N−1 completed blocks and the partial:
-        (N + 1)·d (9·d at 3B with N = 8)."""
+        aggregator and source: dot product (2d, matmul-class) and weighted add (2d,
+        elementwise), plus the partial's rms (2d); each completed block's rms once. State: b₀
+        and the N blocks, each with its cached 1/rms: (N + 1)·(d + 1), reached when the last
+        block completes (9·d + 9 at 3B with N = 8); before, N − 1 blocks and the partial."""
         L, d = config.num_layers, config.hidden_size
         counts = sources_per_aggregator(L, options.block_size, options.final_aggregator)
         N = num_blocks(L, options.block_size)
         flops = sum(4 * d * n + 2 * d * has_partial for n, has_partial in counts)
         flops += 2 * d * (N + 1)  # each completed block's rms (and h₀'s), once
         return MethodCost(added_params=len(counts) * 2 * d, added_flops_per_token=float(flops),
-                          inflight_state_per_token=(N + 1) * d)
+                          added_matmul_flops_per_token=float(sum(2 * d * n for n, _ in counts)),
+                          inflight_state_per_token=(N + 1) * (d + 1))
 
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> BlockStream:
         return BlockStream(blocks=(embeddings,), inv_rms=(inverse_rms(embeddings, self.eps),),
                            partial=None)
 
     def _ends_block(self, layer_idx: int) -> bool:
-        return (layer_idx + 1) % self.layers_per_block == 0
+        """The block's last layer, or the network's (a last, shorter block: Kimi §3.2)."""
+        return (layer_idx + 1) % self.layers_per_block == 0 or layer_idx == self.num_layers - 1
 
     def _complete(self, stream: BlockStream) -> BlockStream:
         """The partial sum becomes block b_n (Fig. 2: blocks.append(partial_block)). Done at the
@@ -158,7 +161,8 @@ class BlockAttnRes(CrossLayerMethod):
 
     def final_hidden(self, stream: BlockStream, ctx: ForwardContext) -> torch.Tensor:
         if stream.partial is not None:
-            stream = self._complete(stream)  # a last, shorter block: b_N (Kimi §3.2)
+            # read before the last layer (Decoder's hidden_states): the open block counts as one
+            stream = self._complete(stream)
         if self.final is None:
             return sum(stream.blocks[1:], stream.blocks[0])  # h₀ + Σ b_m: the vanilla residual
         return self.final([*stream.blocks], [*stream.inv_rms])

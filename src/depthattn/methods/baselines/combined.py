@@ -113,6 +113,7 @@ class Combined(CrossLayerMethod):
         return MethodCost(
             added_params=sum(c.added_params for c in costs),
             added_flops_per_token=sum(c.added_flops_per_token for c in costs),
+            added_matmul_flops_per_token=sum(c.added_matmul_flops_per_token for c in costs),
             # both in-flight states describe the same token; the larger one bounds them
             inflight_state_per_token=max(c.inflight_state_per_token for c in costs),
             persistent_state_per_token=sum(c.persistent_state_per_token for c in costs))

@@ -133,8 +133,9 @@ class DenseFormer(CrossLayerMethod):
     @classmethod
     def cost(cls, config: ModelConfig, options: DenseFormerOptions) -> MethodCost:
         """§4b: Σ_{i mod p = 0} (⌊i/k⌋ + 1) weights (L(L+3)/2 for k = p = 1); one multiply-add
-        per weight and hidden unit; §4c: the outputs alive at the worst point, (L+1)·d for
-        k = p = 1 (all of h₀, Y_1..Y_L meet in the last DWA)."""
+        per weight and hidden unit, as elementwise weighted sums (no matmul-class FLOPs);
+        §4c: the outputs alive at the worst point, (L+1)·d for k = p = 1 (all of h₀, Y_1..Y_L
+        meet in the last DWA)."""
         L, d = config.num_layers, config.hidden_size
         weights = sum(len(dwa_sources(i, options.dilation))
                       for i in dwa_positions(L, options.period))

@@ -117,12 +117,16 @@ class HyperConnections(StreamConnectors):
     def cost(cls, config: ModelConfig, options: HyperConnectionsOptions) -> MethodCost:
         """Params 2L·[d(n+3) + n² + 2n + 2] (docs/baselines.md §5(b)). FLOPs per sublayer (2 per
         multiply-add; norms and tanh not counted): projection 2·n·d·(n+2), branch input 2·n·d,
-        stream re-mix 2·n²·d, output write 2·n·d; readout n·d. State: n streams of d."""
+        stream re-mix 2·n²·d, output write 2·n·d; readout n·d. Matmul-class: the projection,
+        the branch input and the re-mix; the output write and the readout are elementwise.
+        State: n streams of d."""
         n, d, sublayers = options.num_streams, config.hidden_size, 2 * config.num_layers
         params = sublayers * (d * (n + 3) + n * n + 2 * n + 2)
-        per_sublayer = 2 * n * d * (n + 2) + 2 * n * d + 2 * n * n * d + 2 * n * d
+        matmul = 2 * n * d * (n + 2) + 2 * n * d + 2 * n * n * d
+        per_sublayer = matmul + 2 * n * d
         return MethodCost(added_params=params,
                           added_flops_per_token=float(sublayers * per_sublayer + n * d),
+                          added_matmul_flops_per_token=float(sublayers * matmul),
                           inflight_state_per_token=n * d)
 
     def final_hidden(self, stream: Streams, ctx: ForwardContext) -> torch.Tensor:

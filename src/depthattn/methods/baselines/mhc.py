@@ -151,13 +151,16 @@ class MHC(StreamConnectors):
         """Params 2L·[n·d(n² + 2n + 1) + n² + 2n + 3] + n (docs/baselines.md §6(b)). FLOPs per connector
         (2 per multiply-add; norm, σ and exp not counted): Φ 2·n·d·(n² + 2n), branch input
         2·n·d, stream re-mix 2·n²·d, output write 2·n·d, Sinkhorn iters·4·n² (a sum and a
-        division per entry, rows then columns); readout 2·n·d. State: n streams of d."""
+        division per entry, rows then columns); readout 2·n·d. Matmul-class: Φ, the branch
+        input, the re-mix and the readout; the output write and Sinkhorn are elementwise.
+        State: n streams of d."""
         n, d, sublayers = options.num_streams, config.hidden_size, 2 * config.num_layers
         params = sublayers * (n * d * (n * n + 2 * n + 1) + n * n + 2 * n + 3) + n
-        per_connector = (2 * n * d * (n * n + 2 * n) + 2 * n * d + 2 * n * n * d + 2 * n * d
-                         + options.sinkhorn_iters * 4 * n * n)
+        matmul = 2 * n * d * (n * n + 2 * n) + 2 * n * d + 2 * n * n * d
+        per_connector = matmul + 2 * n * d + options.sinkhorn_iters * 4 * n * n
         return MethodCost(added_params=params,
                           added_flops_per_token=float(sublayers * per_connector + 2 * n * d),
+                          added_matmul_flops_per_token=float(sublayers * matmul + 2 * n * d),
                           inflight_state_per_token=n * d)
 
     def final_hidden(self, stream: Streams, ctx: ForwardContext) -> torch.Tensor:

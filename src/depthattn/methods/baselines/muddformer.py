@@ -177,7 +177,9 @@ class MUDDFormer(CrossLayerMethod):
     def cost(cls, config: ModelConfig, options: MUDDFormerOptions) -> MethodCost:
         """Params Σ_i [d·H_i + H_i·C_i(i+1) + C_i(i+1)] + 2d(L−1) (docs/baselines.md §8(b)). FLOPs after
         layer i (2 per multiply-add; norms and GELU not counted): W1 2·d·H_i, W2 2·H_i·C_i(i+1),
-        mixes 2·C_i·(i+1)·d. State: all L+1 outputs plus the 4 stream inputs (§3)."""
+        mixes 2·C_i·(i+1)·d, all matmul-class. State: all L+1 outputs plus the 4 stream
+        inputs (§3); measured, the widest point is the last attention's: L outputs, the 4
+        streams, and A = X^R + Attn(…)."""
         L, d = config.num_layers, config.hidden_size
         params, flops = 2 * d * (L - 1), 0
         for i in range(1, L + 1):
@@ -185,6 +187,7 @@ class MUDDFormer(CrossLayerMethod):
             params += d * H + H * weights + weights
             flops += 2 * d * H + 2 * H * weights + 2 * weights * d
         return MethodCost(added_params=params, added_flops_per_token=float(flops),
+                          added_matmul_flops_per_token=float(flops),
                           inflight_state_per_token=(L + 1) * d + len(STREAMS) * d)
 
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> DenseState:
