@@ -109,3 +109,22 @@ def test_the_paper_table_has_both_protocols_holm_and_costs(tuned, capsys):
     for png in table["plots"]:
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "paper_table.json").read_text())["chosen"] == table["chosen"]
+
+
+def test_cost_columns_are_measured_once_and_reused(tuned, tmp_path):
+    """The quiet pass on the tuned comparison's tiny geometry (1 round: the columns, not the
+    speed): every column present, state measured equal to the accounting, the file reused."""
+    from depthattn.experiments.table_costs import table_costs
+
+    base, _, _ = tuned
+    path = tmp_path / "costs.json"
+    costs = table_costs(base, METHODS, path, rounds=1)
+    assert list(costs) == METHODS
+    for c in costs.values():
+        assert c["inflight_vs_kv_measured"] == pytest.approx(c["inflight_vs_kv_accounting"])
+        assert c["persistent_vs_kv_measured"] == pytest.approx(1.0, abs=1e-2)
+    assert costs["vanilla"]["train_tokens_per_s_ratio"] == 1.0
+    assert costs["depth_attention"]["added_params"] == 0
+    mtime = path.stat().st_mtime
+    assert table_costs(base, METHODS, path, rounds=1) == costs
+    assert path.stat().st_mtime == mtime
