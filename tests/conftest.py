@@ -61,10 +61,11 @@ def tiny_config(**overrides):
 
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int, std: float = 0.08) -> torch.nn.Module:
-    """Overwrite every parameter: matrices ~ N(0, std²), vectors (norm gains) ~ U(0.5, 1.5)."""
+    """Overwrite every parameter: matrices and single numbers (a method's gates) ~ N(0, std²),
+    vectors (norm gains) ~ U(0.5, 1.5)."""
     gen = torch.Generator().manual_seed(seed)
     for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        if p.ndim == 1:
+        if p.ndim == 1 and p.numel() > 1:
             new = torch.rand(p.shape, generator=gen, dtype=torch.float64) + 0.5
         else:
             new = torch.randn(p.shape, generator=gen, dtype=torch.float64) * std

@@ -153,6 +153,7 @@ class CrossLayerMethod(nn.Module):
         super().__init__()
         self.num_layers = config.num_layers
         self.options = options
+        self._register_load_state_dict_pre_hook(_scalars_as_vectors, with_module=True)
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Whether weight decay applies to ``param``, named ``name`` relative to this module:
@@ -193,3 +194,13 @@ class CrossLayerMethod(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in vars(self.options).items())
+
+
+def _scalars_as_vectors(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """A method's one-number parameters are 1-D (FSDP2 shards no 0-d parameter); checkpoints
+    written when they were 0-d load into them."""
+    for name, param in module.named_parameters():
+        key = prefix + name
+        value = state_dict.get(key)
+        if value is not None and value.dim() == 0 and param.shape == (1,):
+            state_dict[key] = value.reshape(1)

@@ -136,3 +136,17 @@ def test_backward_reaches_every_connector_at_init():
     for conn in model.model.cross_layer.connectors:
         assert conn.proj.grad.abs().sum() > 0
 
+
+
+@pytest.mark.parametrize("method", ["hyper_connections", "mhc", "attnres"])
+def test_single_number_parameters_are_1d_and_old_0d_checkpoints_load(method):
+    """FSDP2 shards no 0-d parameter: the gates are (1,); a state dict written when they were
+    0-d still loads, to the same values."""
+    model = tiny_model(seed=1, method=method)
+    scalars = {k: v for k, v in model.state_dict().items() if v.numel() == 1}
+    assert scalars and all(v.shape == (1,) for v in scalars.values())
+    old = {k: (v.reshape(()) + 1 if k in scalars else v) for k, v in model.state_dict().items()}
+    fresh = tiny_model(seed=2, method=method)
+    fresh.load_state_dict(old, strict=True)
+    for k in scalars:
+        assert fresh.state_dict()[k].shape == (1,) and fresh.state_dict()[k] == old[k]

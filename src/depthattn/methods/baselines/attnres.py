@@ -59,7 +59,7 @@ class DepthAggregator(nn.Module):
         self.query = nn.Parameter(torch.empty(dim))  # q (Kimi's w_l)
         self.key_gain = nn.Parameter(torch.empty(dim))  # g, the keys' RMSNorm gain
         if recency_bias is not None:
-            self.recency_bias = nn.Parameter(torch.empty(()))  # b, on the last source only
+            self.recency_bias = nn.Parameter(torch.empty(1))  # b, on the last source only (1-D for FSDP2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -63,8 +63,8 @@ class HyperConnection(nn.Module):
         self.proj = nn.Parameter(torch.empty(n + 2, d))  # rows [W_α (n+1) | w_β (1)]
         self.static_width = nn.Parameter(torch.empty(n * (n + 1)))  # A_static, row-major n×(n+1)
         self.static_depth = nn.Parameter(torch.empty(n))  # B_static
-        self.width_gate = nn.Parameter(torch.empty(()))  # s_α
-        self.depth_gate = nn.Parameter(torch.empty(()))  # s_β
+        self.width_gate = nn.Parameter(torch.empty(1))  # s_α (1-D: FSDP2 shards no scalars)
+        self.depth_gate = nn.Parameter(torch.empty(1))  # s_β
         self.reset_parameters()
 
     @torch.no_grad()

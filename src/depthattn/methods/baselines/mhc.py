@@ -90,9 +90,9 @@ class ManifoldConnector(nn.Module):
         self.bias_pre = nn.Parameter(torch.empty(n))
         self.bias_post = nn.Parameter(torch.empty(n))
         self.bias_res = nn.Parameter(torch.empty(n * n))  # B_res, row-major
-        self.alpha_pre = nn.Parameter(torch.empty(()))
-        self.alpha_post = nn.Parameter(torch.empty(()))
-        self.alpha_res = nn.Parameter(torch.empty(()))
+        self.alpha_pre = nn.Parameter(torch.empty(1))  # 1-D: FSDP2 shards no scalars
+        self.alpha_post = nn.Parameter(torch.empty(1))
+        self.alpha_res = nn.Parameter(torch.empty(1))
         self.reset_parameters()
 
     @torch.no_grad()
