@@ -1,3 +1,4 @@
+# Copyright 2026 The depthattn authors. Licensed under the Apache License, Version 2.0.
 """``DepthAttnConfig``: a ModelConfig as a Hugging Face ``PretrainedConfig`` (model_type
 ``depthattn``). Its fields are ModelConfig's, written out with the same defaults (a test keeps
 the two equal) and validated by ModelConfig itself; Hugging Face's standard names
