@@ -33,11 +33,12 @@ STREAM_METHODS = ["denseformer", "hyper_connections", "mhc", "attnres", "block_a
 MODELS: dict[tuple, torch.nn.Module] = {}
 
 
-def mla_model(rule: str, q_lora_rank: int | None = None, rope_interleave: bool = True):
-    key = (rule, q_lora_rank, rope_interleave)
+def mla_model(rule: str, q_lora_rank: int | None = None, rope_interleave: bool = True,
+              dtype: torch.dtype = torch.float32):
+    key = (rule, q_lora_rank, rope_interleave, dtype)
     if key not in MODELS:
         method, options = RULES.get(rule, (rule, {}))
-        MODELS[key] = tiny_model(seed=5, method=method, method_options=options,
+        MODELS[key] = tiny_model(seed=5, dtype=dtype, method=method, method_options=options,
                                  q_lora_rank=q_lora_rank, rope_interleave=rope_interleave, **MLA)
     return MODELS[key]
 
@@ -109,7 +110,8 @@ def test_the_cache_holds_mla_entries(rule):
 
 @pytest.mark.parametrize("method", STREAM_METHODS)
 def test_residual_stream_methods_run_unchanged_on_mla(method):
-    model = mla_model(method)
+    # float64: Block AttnRes's normalised sources amplify float32 rounding past 1e-5
+    model = mla_model(method, dtype=torch.float64)
     ids = random_ids(2, 7)
     logits = model.train()(ids)
     logits.float().logsumexp(-1).mean().backward()
@@ -121,7 +123,8 @@ def test_residual_stream_methods_run_unchanged_on_mla(method):
         full = model(ids)
         cache = KVCache.for_model(model, 2, 7)
         cached = torch.cat([model(ids[:, :4], cache=cache), model(ids[:, 4:], cache=cache)], 1)
-    torch.testing.assert_close(cached, full, rtol=0, atol=ATOL)
+    # mHC's Sinkhorn stops on a tolerance, so its result depends on the call's tokens
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-6 if "mhc" in method else 1e-10)
 
 
 def test_depth_maps_have_one_map_for_the_latent_entry():
