@@ -20,6 +20,7 @@ no-RoPE / RoPE dims of a query or key head, d_v a value head.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
@@ -34,6 +35,22 @@ def deinterleave(x: torch.Tensor) -> torch.Tensor:
     """(..., d) stored as pairs (x0, y0, x1, y1, ...) → halves (x0, x1, ..., y0, y1, ...), so that
     rotate-half RoPE rotates the stored pairs (transformers' ``apply_rotary_pos_emb_interleave``)."""
     return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+
+
+def shared_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          mask: torch.Tensor | None, is_causal: bool, scaling: float
+                          ) -> torch.Tensor:
+    """SDPA of H query heads (B, H, T, d) over one shared kv head (B, 1, T_kv, ·), with the heads
+    folded into the query axis: GQA broadcasting would copy the keys and values H times.
+    mask: (B or 1, 1, T, T_kv) or None with ``is_causal``. Returns (B, T, H, d_v)."""
+    B, H, T, d = query.shape
+    if is_causal:  # the causal mask of T queries over T keys, before the heads are folded
+        mask = torch.ones(T, key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
+    if mask is not None:
+        mask = mask.repeat(1, 1, H, 1)  # row h·T + t is head h's query t
+    out = F.scaled_dot_product_attention(query.reshape(B, 1, H * T, d), key, value,
+                                         attn_mask=mask, scale=scaling)
+    return out.view(B, H, T, -1).transpose(1, 2)
 
 
 class LatentAttention(nn.Module):
@@ -72,7 +89,7 @@ class LatentAttention(nn.Module):
         function's weights, or None (SDPA). Few new tokens without gradient (decoding) take the
         absorbed form (``use_absorbed``), which attends over the latent entries themselves."""
         mask, is_causal = ctx.mask_for(None)
-        if self.use_absorbed(x):
+        if self.use_absorbed(x) and not ctx.attention_kwargs:  # the core SDPA takes none
             q_nope, q_rope, key_entry, value_latent = self.latent_entries(x, method, ctx,
                                                                           application)
             w_uk, w_uv = self.up_projections()
@@ -80,11 +97,10 @@ class LatentAttention(nn.Module):
             query = torch.cat((torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk), q_rope), dim=-1)
             if value_latent is None:
                 value_latent = key_entry[..., :self.rank]
-            out, weights = sdpa_attention(self, query, key_entry, value_latent, mask,
-                                          scaling=self.scaling, is_causal=is_causal,
-                                          **ctx.attention_kwargs)  # (B, T, H, d_c)
+            out = shared_head_attention(query, key_entry, value_latent, mask, is_causal,
+                                        self.scaling)  # (B, T, H, d_c)
             out = torch.einsum("bthc,hvc->bthv", out, w_uv)  # W_UV,h applied after the sum
-            return self.output(out, query), weights
+            return self.output(out, query), None
         q, k, v = self.queries_keys_values(x, method, ctx, application)
         out, weights = sdpa_attention(self, q, k, v, mask, scaling=self.scaling,
                                       is_causal=is_causal, **ctx.attention_kwargs)
