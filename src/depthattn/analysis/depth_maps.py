@@ -62,7 +62,8 @@ def depth_map(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     """Mean depth weights and entropies over every position of ``batches`` (inputs only)."""
     config = model.config
     # a looped model's rows and columns are its applications (docs/method.md §7): L = L_eff
-    L, H_kv = config.num_applications, config.num_kv_heads
+    # an MLA model mixes its one latent entry per token: one map (H_kv = 1)
+    L, H_kv = config.num_applications, config.kv_cache_shape[0]
     weight_sum = torch.zeros(H_kv, L, L + 1, dtype=torch.float64)
     entropy_sum = torch.zeros(H_kv, L, dtype=torch.float64)
     sources: dict[int, list[int]] = {}

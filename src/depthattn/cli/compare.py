@@ -70,6 +70,7 @@ def run_compare(args: argparse.Namespace) -> None:
     config_path = args.config or ("quickstart" if args.quickstart else None)
     # the config's [compare] table, then the command line
     settings = read_compare_settings(config_path) if config_path else {}
+    has_compare_table = bool(settings) and not args.quickstart
     for name in ("methods", "seeds", "out", "baseline", "tasks", "task_limit", "sweep", "tune",
                  "tune_seeds"):
         given = getattr(args, name, None)
@@ -93,7 +94,8 @@ def run_compare(args: argparse.Namespace) -> None:
                                           else DEFAULT_METHODS)
     seeds = settings.get("seeds") or ([0, 1, 2, 3, 4] if args.quickstart else [0, 1])
     out = settings.get("out") or ("runs/quickstart" if args.quickstart else
-                                  f"runs/{Path(config_path).stem}" if table else "runs/compare")
+                                  f"runs/{Path(config_path).stem}" if has_compare_table
+                                  else "runs/compare")
     baseline = settings.get("baseline")
     if settings.get("sweep"):
         run_sweep(base, methods, seeds, out, settings["sweep"], baseline=baseline, tasks=tasks,

@@ -9,7 +9,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from depthattn.analysis.stats import fmt, paired_difference, summarize
+from depthattn.analysis.stats import fmt, holm, paired_difference, summarize
 
 Results = dict[str, list[dict[str, Any]]]  # method label -> one summary dict per seed
 
@@ -36,6 +36,11 @@ def method_rows(results: Results, baseline: str) -> list[dict[str, Any]]:
             row["diff_vs_baseline"] = paired(results, label, baseline)
         row["zeroshot"] = _zeroshot_stats(runs, results[baseline], label == baseline)
         rows.append(row)
+    # Holm over the family of every method against the baseline: with several comparisons an
+    # unadjusted p < 0.05 is not evidence
+    diffs = [row["diff_vs_baseline"] for row in rows if "diff_vs_baseline" in row]
+    for diff, adjusted in zip(diffs, holm([d["p_value"] for d in diffs])):
+        diff["p_holm"] = adjusted
     return rows
 
 
@@ -95,18 +100,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{cfg['micro_batch_size']} x {cfg['seq_len']} tokens, lr {cfg['lr']}, data "
         f"`{cfg['data']}`. Validation over {report['rows'][0]['val_tokens']:,} held-out tokens. "
         f"Differences are paired by seed against `{baseline}` (negative = lower loss than "
-        f"{baseline}); p from a two-sided paired t-test, CI from a percentile bootstrap.",
+        f"{baseline}); p from a two-sided paired t-test, Holm-adjusted over the "
+        f"{len(report['rows']) - 1} comparisons against {baseline}; CI from a percentile "
+        f"bootstrap.",
         "",
         "| method | params | seeds | val loss (mean ± std) | val ppl | Δ loss vs " + baseline +
-        " | 95% CI | p | tokens/s |",
-        "|---|---:|---:|---|---:|---|---|---:|---:|",
+        " | 95% CI | p | p (Holm) | tokens/s |",
+        "|---|---:|---:|---|---:|---|---|---:|---:|---:|",
     ]
     for row in report["rows"]:
         loss, ppl, tps = row["val_loss"], row["val_ppl"], row["tokens_per_s"]
         delta, ci, p = diff_cells(row.get("diff_vs_baseline"), 3)
+        p_holm = fmt(row.get("diff_vs_baseline", {}).get("p_holm"), 3)
         lines.append(f"| {row['method']} | {row['num_parameters']:,} | {loss['n']} | "
                      f"{loss['mean']:.4f} ± {loss['std']:.4f} | {ppl['mean']:.2f} ± "
-                     f"{ppl['std']:.2f} | {delta} | {ci} | {p} | {tps['mean']:,.0f} |")
+                     f"{ppl['std']:.2f} | {delta} | {ci} | {p} | {p_holm} | "
+                     f"{tps['mean']:,.0f} |")
     if len(report.get("pairs", [])) > 1:
         lines += ["", "Every pair of methods (Δ = method − vs, paired by seed; d_z = mean / std of "
                       "the differences, interval from the noncentral t):", ""]

@@ -134,9 +134,10 @@ class DepthAttnStaticCache(StaticCache):
     def begin(self, new_valid: torch.Tensor | None, num_new: int, batch_size: int,
               device: torch.device) -> torch.Tensor:
         if self.inner is None:
+            _, key_dim, value_dim = self.config.kv_cache_shape
             self.inner = StaticKVCache(self.config.num_applications, batch_size, self.max_len,
-                                       self.num_kv_heads, self.config.head_dim,
-                                       dtype=self.dtype, device=device)
+                                       self.num_kv_heads, key_dim, dtype=self.dtype,
+                                       device=device, value_dim=value_dim)
             self.layers = [self._layer_view(e) for e in range(self.config.num_applications)]
         return self.inner.begin(new_valid, num_new, batch_size, device)
 
@@ -148,7 +149,7 @@ class DepthAttnStaticCache(StaticCache):
         layer.keys, layer.values, layer.is_initialized = keys, values, True
         layer.dtype, layer.device = keys.dtype, keys.device
         layer.batch_size, layer.num_heads = keys.shape[:2]
-        layer.k_head_dim = layer.v_head_dim = keys.shape[-1]
+        layer.k_head_dim, layer.v_head_dim = keys.shape[-1], values.shape[-1]
         layer.cumulative_length = self.inner.slot  # the slots written (a device tensor)
         return layer
 

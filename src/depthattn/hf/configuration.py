@@ -66,6 +66,13 @@ class DepthAttnConfig(PretrainedConfig):
     init_std: float = 0.02
     tie_embeddings: bool = False
     k_norm_position: str = "before_rope"
+    attention: str = "gqa"
+    kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
+    qk_nope_head_dim: int | None = None
+    qk_rope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    rope_interleave: bool = True
     prelude_layers: int = 0
     loop_layers: int = 0
     loop_iterations: int = 1
@@ -129,6 +136,8 @@ class DepthAttnConfig(PretrainedConfig):
 
     # L_eff, the cache's layer count: ModelConfig's own definition, read from the same fields
     num_applications = ModelConfig.num_applications
+    latent_values_cached = ModelConfig.latent_values_cached
+    kv_cache_shape = ModelConfig.kv_cache_shape
 
     @property
     def num_hidden_states(self) -> int:

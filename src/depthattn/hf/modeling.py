@@ -38,6 +38,7 @@ from depthattn.hf.cache import DepthAttnCache, DepthAttnStaticCache, static_padd
 from depthattn.hf.configuration import DepthAttnConfig
 from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
 from depthattn.model.attention import Attention, is_packed
+from depthattn.model.latent_attention import LatentAttention
 from depthattn.model.block import Block
 from depthattn.model.cache import KVCache, StaticKVCache
 from depthattn.model.decoder import CausalLM, Decoder, HiddenState
@@ -127,12 +128,12 @@ def flatten_tensors(obj: Any) -> tuple[list[torch.Tensor], Callable[[list], Any]
     return [], lambda flat: obj
 
 
-class DepthAttnAttention(Attention):
-    """The core attention, calling the function ``config._attn_implementation`` names in
-    transformers' attention interface (eager, sdpa, or a registered one), after the depth mix.
-    Serving engines' Transformers backends find the attention call by reading this forward:
-    the interface lookup and one call of it, with ``scaling=self.scaling``. ``config`` is the
-    model's Hugging Face config (set by ``DepthAttnModel``; not a module)."""
+class InterfaceAttention:
+    """The attention call of the Hugging Face layer: the function ``config._attn_implementation``
+    names in transformers' attention interface (eager, sdpa, or a registered one), after the
+    cross-layer hook. Serving engines' Transformers backends find the attention call by reading
+    this forward: the interface lookup and one call of it, with ``scaling=self.scaling``.
+    ``config`` is the model's Hugging Face config (set by ``DepthAttnModel``; not a module)."""
 
     config: DepthAttnConfig
 
@@ -149,11 +150,21 @@ class DepthAttnAttention(Attention):
         return self.output(out, query), weights
 
 
+class DepthAttnAttention(InterfaceAttention, Attention):
+    """The core GQA attention, calling transformers' attention interface after the depth mix."""
+
+
+class DepthAttnLatentAttention(InterfaceAttention, LatentAttention):
+    """The core multi-head latent attention, calling transformers' attention interface on the
+    keys and values expanded from the (mixed) latent cache entries."""
+
+
 class DepthAttnDecoderLayer(Block, GradientCheckpointingLayer):
     """The core ``Block``, checkpointed the transformers way: ``gradient_checkpointing_enable``
     sets ``gradient_checkpointing`` and ``_gradient_checkpointing_func`` on it."""
 
     attention_class = DepthAttnAttention
+    latent_attention_class = DepthAttnLatentAttention
 
 
 class DepthAttnPreTrainedModel(PreTrainedModel):
@@ -222,7 +233,8 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
     state that passes the decoder's ``HiddenState``, the weights each attention returns beside
     its output."""
 
-    _can_record_outputs = {"hidden_states": HIDDEN_STATES, "attentions": DepthAttnAttention}
+    _can_record_outputs = {"hidden_states": HIDDEN_STATES, "attentions": [DepthAttnAttention,
+                                                                      DepthAttnLatentAttention]}
 
     def __init__(self, config: DepthAttnConfig) -> None:
         super().__init__(config)
@@ -239,6 +251,8 @@ class DepthAttnModel(DepthAttnPreTrainedModel):
                 layer.__class__ = DepthAttnDecoderLayer
             if type(layer.self_attn) is Attention:
                 layer.self_attn.__class__ = DepthAttnAttention
+            elif type(layer.self_attn) is LatentAttention:
+                layer.self_attn.__class__ = DepthAttnLatentAttention
             layer.self_attn.__dict__["config"] = self.config  # the one config, not a copy
         decoder.limit_positions = False  # transformers' convention (see Decoder)
         self.__dict__["decoder"] = decoder  # not a child: its children are ours
@@ -323,7 +337,10 @@ class DepthAttnForCausalLM(DepthAttnPreTrainedModel, GenerationMixin):
 
     def kv_heads_per_rank(self) -> int:
         """The kv heads this process computes: all H_kv, or under tensor parallelism (k_proj
-        split colwise) its share, k_proj's local rows / d."""
+        split colwise) its share, k_proj's local rows / d. An MLA cache has one latent entry
+        per token: 1."""
+        if self.core_config.attention == "mla":
+            return 1
         weight = self.model.layers[0].self_attn.k_proj.weight
         if hasattr(weight, "to_local"):  # a DTensor: its shape is the whole tensor's
             weight = weight.to_local()

@@ -2,7 +2,9 @@
 
 1. **Inside attention** (`mix_values`): sees layer l's q, k, v at the new positions and the
    per-call depth stash of earlier layers; returns the value that self-attention reads and the
-   KV cache stores. Depth-Attention and value residual live here.
+   KV cache stores. Depth-Attention and value residual live here. With multi-head latent
+   attention the hook is `mix_entries`: it sees layer l's latent cache entry [c ; k^R] and
+   returns the entry that attention reads and the cache stores (docs/method.md §9).
 2. **On the residual stream**: around each sublayer, one ``read`` (the sublayer's input, taken
    from the stream) and one ``write`` (its output, added back); ``init_stream`` and
    ``final_hidden`` begin and end the stream. DenseFormer, hyper-connections, mHC, attention
@@ -16,7 +18,7 @@ the schedule of applications); the method itself is the model's, never the call'
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 
@@ -171,6 +173,18 @@ class CrossLayerMethod(nn.Module):
         """q: (B, H, T, d) after norm and RoPE; k, v: (B, H_kv, T, d), k as attention uses it.
         Returns the (B, H_kv, T, d) value that attention reads and the cache stores."""
         return v
+
+    def mix_entries(self, layer_idx: int, depth_query: Callable[[], torch.Tensor],
+                    entry: torch.Tensor, ctx: ForwardContext
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Multi-head latent attention's hook (docs/method.md §9). entry: (B, 1, T, d_c + d_rope),
+        layer l's fresh cache entry e_l = [c ; k^R] at the new positions. depth_query(): the
+        layer's scoring vector (B, 1, T, d_c + d_rope), computed only when called, scaled so
+        that ``depth_mix``'s dot product over √width is the mean over heads of the layer's
+        attention logit. Returns the entry attention's keys (and values) read and the cache
+        stores, and the latent c̃ (B, 1, T, d_c) its values read instead when they differ
+        (Depth-Attention's ``values`` rule), else None."""
+        return entry, None
 
     # --- 2. on the residual stream ---------------------------------------------------------
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Any:

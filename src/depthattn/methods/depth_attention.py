@@ -34,6 +34,9 @@ DepthWeightRecorder = Callable[[int, list[int], torch.Tensor], None]
 
 # How a looped model's applications choose their sources (docs/method.md §7).
 SOURCE_RULES = ("applications", "recurrent")
+# What the mix reaches on a latent (MLA) cache (docs/method.md §9): the whole entry, which keys
+# and values share, or the values only (the cache then also keeps c̃).
+MLA_MIXES = ("latent", "values")
 
 
 def depth_sources(layer: int, stride: int, recent_window: int) -> list[int]:
@@ -64,6 +67,7 @@ class DepthAttentionOptions(MethodOptions):
     stride: int | None = None  # s: every s-th earlier application is a source; None → L_eff // 2
     recent_window: int = 0  # w: the w applications just below e are sources too
     sources: str = "applications"  # a looped model's source rule: applications or recurrent
+    mla_mix: str | None = None  # MLA models: "latent" (the default there) or "values"
 
     def resolved(self, config: ModelConfig) -> DepthAttentionOptions:
         # L_eff = num_layers when not looped. Kept as resolved when r changes later (test-time
@@ -79,7 +83,24 @@ class DepthAttentionOptions(MethodOptions):
             # without a looped block there are no iterations to read: it would be `applications`
             raise DepthAttnError("depth_attention option sources 'recurrent' needs a looped model "
                                  "(loop_layers > 0); without one every layer uses 'applications'")
-        return dataclasses.replace(self, stride=stride)
+        mla_mix = self.mla_mix
+        if config.attention != "mla":
+            if mla_mix is not None:
+                raise DepthAttnError(f"depth_attention option mla_mix ({mla_mix!r}) applies to "
+                                     f"multi-head latent attention (attention='mla'); this "
+                                     f"model's attention is {config.attention!r}")
+        elif mla_mix is None:
+            mla_mix = "latent"
+        elif mla_mix not in MLA_MIXES:
+            raise DepthAttnError(f"depth_attention option mla_mix ({mla_mix!r}) must be one of "
+                                 f"{', '.join(MLA_MIXES)}")
+        return dataclasses.replace(self, stride=stride, mla_mix=mla_mix)
+
+    def to_dict(self) -> dict[str, object]:
+        out = super().to_dict()
+        if out["mla_mix"] is None:  # GQA models: configs stay as they were before MLA
+            del out["mla_mix"]
+        return out
 
 
 @register("depth_attention", options=DepthAttentionOptions)
@@ -98,6 +119,7 @@ class DepthAttention(CrossLayerMethod):
         # by the reference mix, which returns it, and handed to the recorder.
         self.recorder: DepthWeightRecorder | None = None
         self.impl = "auto"  # which depth mix runs (ops/depth_mix); a runtime choice, not saved
+        self.kv_lora_rank = config.kv_lora_rank  # d_c of an MLA model's entries, else None
 
     @property
     def impl(self) -> str:
@@ -162,6 +184,30 @@ class DepthAttention(CrossLayerMethod):
         if layer_idx in read_later:
             ctx.depth_stash[layer_idx] = KeyValue(k, v)
         return v
+
+    def mix_entries(self, layer_idx: int, depth_query: Callable[[], torch.Tensor],
+                    entry: torch.Tensor, ctx: ForwardContext
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """docs/method.md §9: ẽ_l = Σ_j α_j ẽ_j + α_l e_l over the entries [c ; k^R] at the same
+        token, α the softmax of this layer's mean attention logit for each. It is §3's mix with
+        one head whose key and value are the entry, so ``depth_mix`` computes it."""
+        all_sources, read_later = self.plan(ctx.applications)
+        sources = all_sources[layer_idx]
+        mixed = entry
+        if sources:  # layer 0 has none: its entry is unchanged
+            query = depth_query()
+            stash = [ctx.depth_stash[j].value for j in sources]  # mixed entries ẽ_j
+            if self.recorder is None:
+                mixed = depth_mix(query, stash, stash, entry, entry, self.impl)
+            else:
+                mixed, alpha = depth_mix_reference(query, stash, stash, entry, entry,
+                                                   return_weights=True)
+                self.recorder(layer_idx, sources, alpha)
+        if layer_idx in read_later:
+            ctx.depth_stash[layer_idx] = KeyValue(mixed, mixed)
+        if self.options.mla_mix == "values":  # keys stay the layer's own; values read c̃
+            return entry, mixed[..., :self.kv_lora_rank]
+        return mixed, None
 
 
 def set_depth_mix_impl(module: torch.nn.Module, impl: str) -> None:

@@ -23,6 +23,7 @@ iterations. A looped layer 0 (no prelude) would need a λ of its own for its lat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,11 @@ class ValueResidualOptions(MethodOptions):
                                  f"the looped layer 0's later iterations would need one of their "
                                  f"own; "
                                  f"set prelude_layers >= 1 or mode='fixed'")
+        if config.attention == "mla" and self.mode == "gated":
+            raise DepthAttnError("value_residual mode 'gated' has no form on multi-head latent "
+                                 "attention: its gate is per kv head, and an MLA entry is one "
+                                 "latent shared by all heads; use mode 'fixed' or 'learned' (the "
+                                 "latent residual, docs/method.md §9)")
         return self
 
 
@@ -157,3 +163,15 @@ class ValueResidual(CrossLayerMethod):
             layer = ctx.applications[layer_idx].layer
             share = 0.5 if self.mode == "fixed" else self.lambdas[layer - 1].to(v.dtype)
         return torch.lerp(v, v0, share)  # (1 − λ)·v_l + λ·v_0
+
+    def mix_entries(self, layer_idx: int, depth_query: Callable[[], torch.Tensor],
+                    entry: torch.Tensor, ctx: ForwardContext
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The latent residual (docs/method.md §9): ẽ_l = (1 − λ_l)·e_l + λ_l·e_0 on the whole
+        MLA entry [c ; k^R], so it reaches the keys too."""
+        if layer_idx == 0:
+            ctx.depth_stash[0] = KeyValue(entry, entry)
+            return entry, None
+        layer = ctx.applications[layer_idx].layer
+        share = 0.5 if self.mode == "fixed" else self.lambdas[layer - 1].to(entry.dtype)
+        return torch.lerp(entry, ctx.depth_stash[0].value, share), None

@@ -17,17 +17,20 @@ from torch import nn
 from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
 from depthattn.model.attention import Attention
 from depthattn.model.config import ModelConfig
+from depthattn.model.latent_attention import LatentAttention
 from depthattn.model.mlp import MLP
 from depthattn.model.norm import RMSNorm
 
 
 class Block(nn.Module):
     attention_class: type[Attention] = Attention  # the Hugging Face layer's calls its interface
+    latent_attention_class: type[LatentAttention] = LatentAttention  # attention="mla"
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.self_attn = self.attention_class(config, layer_idx)
+        kind = self.latent_attention_class if config.attention == "mla" else self.attention_class
+        self.self_attn = kind(config, layer_idx)
         self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -158,18 +158,28 @@ class PaddingRecord:
 class _Buffers:
     """Per-layer key and value buffers (B, H_kv, max_len, d), allocated once; one layer slot per
     application: L_eff = ``config.num_applications`` (num_layers unless the model is looped).
+    ``value_dim`` (default ``head_dim``) sets the values' width apart: an MLA cache keeps one
+    latent entry per token as its key, (B, 1, max_len, d_c + d_rope), and values of width 0
+    (or d_c under Depth-Attention's ``values`` rule; ``ModelConfig.kv_cache_shape``).
     Subclasses say which slots the incoming tokens take, and which slots attention reads
     (``_write``)."""
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None, kv_format: str | None = None) -> None:
+                 device: torch.device | str | None = None, kv_format: str | None = None,
+                 value_dim: int | None = None) -> None:
         check_kv_format(kv_format)
+        value_dim = head_dim if value_dim is None else value_dim
+        if kv_format is not None and value_dim != head_dim:
+            raise DepthAttnError(f"kv_format {kv_format!r} stores keys and values of one width; "
+                                 f"this cache's are {head_dim} and {value_dim} wide (an MLA "
+                                 f"cache); use kv_format None")
         shape = (batch_size, num_kv_heads, max_len, head_dim)
         self.dtype, self.kv_format = dtype, kv_format
         stored = dtype if kv_format is None else STORAGE_DTYPE[kv_format]
         self.keys = [torch.zeros(shape, dtype=stored, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=stored, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape[:-1] + (value_dim,), dtype=stored, device=device)
+                       for _ in range(num_layers)]
         # int8: one float32 scale per (row, head, token), for keys and for values
         scales = (batch_size, num_kv_heads, max_len, 1)
         n_scaled = num_layers if kv_format == "int8" else 0
@@ -189,9 +199,10 @@ class _Buffers:
             raise DepthAttnError(f"cache max_len ({max_len}) must be between 1 and the model's "
                                  f"max_seq_len ({config.max_seq_len})")
         weight = model.lm_head.weight
-        return cls(config.num_applications, batch_size, max_len, config.num_kv_heads,
-                   config.head_dim, dtype=dtype or weight.dtype, device=device or weight.device,
-                   kv_format=kv_format)
+        heads, key_dim, value_dim = config.kv_cache_shape
+        return cls(config.num_applications, batch_size, max_len, heads, key_dim,
+                   dtype=dtype or weight.dtype, device=device or weight.device,
+                   kv_format=kv_format, value_dim=value_dim)
 
     @property
     def nbytes(self) -> int:
@@ -238,11 +249,12 @@ class KVCache(_Buffers):
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None, kv_format: str | None = None) -> None:
+                 device: torch.device | str | None = None, kv_format: str | None = None,
+                 value_dim: int | None = None) -> None:
         """dtype: what attention computes in; kv_format: how keys and values are stored
         (None: in ``dtype``, exactly; else one of ``depthattn.ops.kv_quant.KV_FORMATS``)."""
         super().__init__(num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, device,
-                         kv_format)
+                         kv_format, value_dim)
         self.record = PaddingRecord()
 
     @property
@@ -287,9 +299,10 @@ class StaticKVCache(_Buffers):
 
     def __init__(self, num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None, kv_format: str | None = None) -> None:
+                 device: torch.device | str | None = None, kv_format: str | None = None,
+                 value_dim: int | None = None) -> None:
         super().__init__(num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, device,
-                         kv_format)
+                         kv_format, value_dim)
         self.slot = torch.zeros((), dtype=torch.long, device=device)
         # False at padding and at the unwritten slots, which attention must not see
         self.key_valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)

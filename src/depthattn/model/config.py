@@ -39,6 +39,10 @@ K_NORM_POSITIONS = ("before_rope", "after_rope")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 # How a looped block's iterations read the prelude's output (docs/method.md §7, depthattn.model.looped).
 LOOP_INJECTIONS = ("none", "add", "concat")
+# Attention kinds: grouped-query (Qwen3's; MHA when H_kv = H) or multi-head latent attention
+# (DeepSeek-V2/V3's MLA: one latent cache entry per token and layer, docs/method.md §9).
+ATTENTION_KINDS = ("gqa", "mla")
+MLA_DIMS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 @dataclass
 class ModelConfig:
@@ -71,6 +75,16 @@ class ModelConfig:
     tie_embeddings: bool = False  # the paper's models are untied; small Qwen3 checkpoints are tied
     # Qwen3 normalises keys before RoPE; the authors' Hugging Face code does it after RoPE.
     k_norm_position: str = "before_rope"
+    # Multi-head latent attention (attention="mla"), with DeepseekV3's names: the latent rank
+    # d_c, the per-head no-RoPE and RoPE query/key dims, the value dim, an optional query rank
+    # d_q, and whether the RoPE dims are stored interleaved. head_dim is then d_nope + d_rope.
+    attention: str = "gqa"
+    kv_lora_rank: int | None = None  # d_c
+    q_lora_rank: int | None = None  # d_q; None: one q_proj
+    qk_nope_head_dim: int | None = None  # d_nope
+    qk_rope_head_dim: int | None = None  # d_rope
+    v_head_dim: int | None = None  # d_v
+    rope_interleave: bool = True
     # Looped (recurrent-depth) geometry, docs/method.md §7: a prelude of p layers, a block of k layers
     # applied r times with shared weights, a coda of the other num_layers - p - k layers.
     # num_layers counts distinct layers (the state dict's); num_applications = p + k·r + c.
@@ -86,6 +100,7 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "max_seq_len"):
             require_positive_int(name, getattr(self, name))
+        self._check_attention()
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise DepthAttnError(
@@ -107,18 +122,101 @@ class ModelConfig:
         if self.k_norm_position not in K_NORM_POSITIONS:
             raise DepthAttnError(f"k_norm_position ({self.k_norm_position!r}) must be one of "
                                  f"{', '.join(K_NORM_POSITIONS)}")
-        check_rope_parameters(self.rope_parameters, self.rope_theta, self.head_dim,
+        check_rope_parameters(self.rope_parameters, self.rope_theta, self.rope_dim,
                               self.max_seq_len)
         # one spelling of each setting: unscaled RoPE is None, θ lives in rope_theta
         self.rope_parameters = canonical_rope_parameters(self.rope_parameters)
         self._check_layer_types()
         self._check_loop()
+        self._check_mla_scope()
         if not isinstance(self.method, str):
             raise DepthAttnError(f"method ({self.method!r}) must be a method name, e.g. "
                                  f"'depth_attention'")
         if not isinstance(self.method_options, dict):
             raise DepthAttnError(f"method_options ({self.method_options!r}) must be a mapping of "
                                  f"option names to values")
+
+    def _check_attention(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise DepthAttnError(f"attention ({self.attention!r}) must be one of "
+                                 f"{', '.join(ATTENTION_KINDS)}"
+                                 f"{did_you_mean(self.attention, ATTENTION_KINDS)}")
+        if self.attention == "gqa":
+            given = [n for n in (*MLA_DIMS, "q_lora_rank") if getattr(self, n) is not None]
+            if given:
+                raise DepthAttnError(f"{given[0]} ({getattr(self, given[0])}) is an MLA dimension "
+                                     f"but attention is 'gqa'; set attention='mla' or drop it")
+            return
+        for name in MLA_DIMS:
+            if getattr(self, name) is None:
+                raise DepthAttnError(f"attention 'mla' needs {name}; set "
+                                     f"{', '.join(MLA_DIMS)}")
+            require_positive_int(name, getattr(self, name))
+        if self.q_lora_rank is not None:
+            require_positive_int("q_lora_rank", self.q_lora_rank)
+        if not isinstance(self.rope_interleave, bool):
+            raise DepthAttnError(f"rope_interleave ({self.rope_interleave!r}) must be True or "
+                                 f"False")
+        if self.qk_rope_head_dim % 2:
+            raise DepthAttnError(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even (RoPE "
+                                 f"rotates pairs)")
+        qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+        if self.head_dim is None:
+            self.head_dim = qk
+        elif self.head_dim != qk:
+            raise DepthAttnError(f"head_dim ({self.head_dim}) must be qk_nope_head_dim + "
+                                 f"qk_rope_head_dim ({qk}) with attention 'mla', or None")
+        if self.num_kv_heads != self.num_heads:
+            raise DepthAttnError(f"num_kv_heads ({self.num_kv_heads}) must equal num_heads "
+                                 f"({self.num_heads}) with attention 'mla': every head reads the "
+                                 f"one latent entry")
+    def _check_mla_scope(self) -> None:
+        if self.attention != "mla":
+            return
+        refused = {"rope_parameters": self.rope_parameters is not None,
+                   "sliding_window": self.sliding_window is not None,
+                   "loop_layers": self.loop_layers != 0}
+        for name, given in refused.items():
+            if given:
+                raise DepthAttnError(f"{name} ({getattr(self, name)!r}) is not supported with "
+                                     f"attention 'mla': MLA models here use unscaled RoPE "
+                                     f"(yarn's mscale would change the attention scale), full "
+                                     f"attention and no looped block")
+
+    @property
+    def rope_dim(self) -> int:
+        """The dims RoPE rotates per head: d_rope for MLA, the whole head otherwise."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
+    @property
+    def latent_values_cached(self) -> bool:
+        """Whether an MLA cache holds each layer's mixed latent c̃ beside its own entry:
+        Depth-Attention's ``values`` rule (docs/method.md §9)."""
+        parts = self.method.split("+")
+        if self.attention != "mla" or "depth_attention" not in parts:
+            return False
+        options = self.method_options.get("depth_attention", {}) if len(parts) > 1 \
+            else self.method_options
+        return isinstance(options, Mapping) and options.get("mla_mix") == "values"
+
+    @property
+    def kv_cache_width(self) -> int:
+        """Numbers the KV cache holds per token and layer: 2·H_kv·d with GQA; d_c + d_rope with
+        MLA, plus d_c under Depth-Attention's ``values`` rule."""
+        if self.attention == "gqa":
+            return 2 * self.num_kv_heads * self.head_dim
+        extra = self.kv_lora_rank if self.latent_values_cached else 0
+        return self.kv_lora_rank + self.qk_rope_head_dim + extra
+
+    @property
+    def kv_cache_shape(self) -> tuple[int, int, int]:
+        """(heads, key width, value width) of one layer's cache entry per token: (H_kv, d, d)
+        with GQA; with MLA one entry [c ; k^R] as the key, (1, d_c + d_rope, 0), whose values
+        are read from the same latent, or (1, d_c + d_rope, d_c) under the ``values`` rule."""
+        if self.attention == "gqa":
+            return self.num_kv_heads, self.head_dim, self.head_dim
+        return 1, self.kv_lora_rank + self.qk_rope_head_dim, \
+            self.kv_lora_rank if self.latent_values_cached else 0
 
     def _check_layer_types(self) -> None:
         if self.sliding_window is not None:
@@ -261,6 +359,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_layers=8,
                  num_heads=4, num_kv_heads=2, head_dim=64, max_seq_len=1024, rms_norm_eps=1e-6,
                  init_std=0.02),
+    # The tiny and quickstart widths with multi-head latent attention (docs/method.md §9).
+    "mla-tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_layers=8,
+                     num_heads=4, num_kv_heads=4, max_seq_len=1024, rms_norm_eps=1e-6,
+                     init_std=0.02, attention="mla", kv_lora_rank=128, qk_nope_head_dim=48,
+                     qk_rope_head_dim=16, v_head_dim=64),
+    # the quickstart's model (src/depthattn/configs/quickstart.toml) with an MLA cache of
+    # d_c + d_rope = 80 numbers per token and layer, against its GQA cache's 2·2·32 = 128
+    "mla-quickstart": dict(vocab_size=4096, hidden_size=128, intermediate_size=352,
+                           num_layers=8, num_heads=4, num_kv_heads=4, max_seq_len=1024,
+                           rms_norm_eps=1e-6, init_std=0.02, attention="mla", kv_lora_rank=64,
+                           qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32),
     "360m": dict(vocab_size=50304, hidden_size=960, intermediate_size=2540, num_layers=24,
                  num_heads=15, num_kv_heads=15, head_dim=64, max_seq_len=2048,
                  rms_norm_eps=1e-5, init_std=0.02),

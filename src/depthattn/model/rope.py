@@ -18,14 +18,16 @@ from depthattn.model.qwen3_names import rope_config, rope_type
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for given positions; the angles are computed in float32.
 
-    ``config``: a ``ModelConfig`` or a ``DepthAttnConfig`` (reads ``head_dim``, ``rope_theta``,
+    ``config``: a ``ModelConfig`` or a ``DepthAttnConfig`` (reads ``rope_dim`` or else
+    ``head_dim``, ``rope_theta``,
     ``rope_parameters`` and ``max_seq_len``). Dynamic NTK scaling recomputes the frequencies
     for a call whose positions reach past ``max_seq_len``, from that call's longest position
     (a function of the positions alone, so a call gives the same result whatever ran before)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        self.head_dim = config.head_dim
+        # the dims rotated per head: d_rope of an MLA model, else the whole head
+        self.head_dim = getattr(config, "rope_dim", None) or config.head_dim
         self.theta = config.rope_theta
         self.max_seq_len = config.max_seq_len
         self.rope_type = rope_type(config.rope_parameters)

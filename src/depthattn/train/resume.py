@@ -123,7 +123,8 @@ def load_any_checkpoint(path: Path, model: CausalLM, optimizer: torch.optim.Opti
 # Fields that decide the shape of a weight, or what a weight means.
 GEOMETRY_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                    "num_kv_heads", "head_dim", "tie_embeddings", "prelude_layers",
-                   "loop_layers")
+                   "loop_layers", "attention", "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim",
+                   "qk_rope_head_dim", "v_head_dim", "rope_interleave")
 ADDED_BY_METHOD = ("model.cross_layer.", "model.loop_injection.")
 
 

@@ -47,7 +47,7 @@ def test_cost_adds_parameters_and_flops():
 
 
 @pytest.mark.parametrize("method, message", [
-    ("depth_attention+value_residual", r"cannot be combined: both use mix_values"),
+    ("depth_attention+value_residual", r"cannot be combined: both use mix_entries, mix_values"),
     ("denseformer+mhc", r"cannot be combined: both use .*read"),
     ("depth_attention+depth_attention", r"combines two different methods"),
     ("depth_attention+nope", r"method \('nope'\) is unknown"),

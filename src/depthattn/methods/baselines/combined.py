@@ -30,7 +30,7 @@ from depthattn.utils.errors import DepthAttnError
 ResolveOptions = Callable[[str, Mapping[str, Any], ModelConfig], MethodOptions]
 
 SEPARATOR = "+"
-IN_ATTENTION = ("mix_values",)
+IN_ATTENTION = ("mix_values", "mix_entries")
 ON_STREAM = ("init_stream", "read", "write", "final_hidden")
 
 
@@ -127,6 +127,11 @@ class Combined(CrossLayerMethod):
     def mix_values(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    ctx: ForwardContext) -> torch.Tensor:
         return self._call("mix_values", layer_idx, q, k, v, ctx)
+
+    def mix_entries(self, layer_idx: int, depth_query: Callable[[], torch.Tensor],
+                    entry: torch.Tensor, ctx: ForwardContext
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._call("mix_entries", layer_idx, depth_query, entry, ctx)
 
     def init_stream(self, embeddings: torch.Tensor, ctx: ForwardContext) -> Any:
         return self._call("init_stream", embeddings, ctx)

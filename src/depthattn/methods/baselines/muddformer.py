@@ -42,6 +42,7 @@ from depthattn.methods.base import (
     Sublayer,
 )
 from depthattn.methods.registry import register
+from depthattn.utils.errors import DepthAttnError
 from depthattn.model.norm import RMSNorm
 from depthattn.utils.checks import require_int
 
@@ -61,6 +62,10 @@ class MUDDFormerOptions(MethodOptions):
     def resolved(self, config: ModelConfig) -> MUDDFormerOptions:
         require_int("muddformer option hidden_expand", self.hidden_expand, 1)
         require_int("muddformer option last_hidden_expand", self.last_hidden_expand, 1)
+        if config.attention == "mla":
+            raise DepthAttnError("muddformer cannot run on multi-head latent attention "
+                                 "(attention='mla'): it feeds attention separate key and value "
+                                 "streams, which have no place in one latent entry")
         return self
 
 

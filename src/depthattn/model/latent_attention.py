@@ -1,0 +1,139 @@
+"""Multi-head latent attention (MLA, DeepSeek-V2/V3) with the cross-layer entry hook
+(docs/method.md §9): queries → latent entry e = [c ; k^R] → [method mixes entries] → cache →
+keys and values expanded from the latent → attention function → o_proj.
+
+Parameter names and shapes are transformers' ``DeepseekV3Attention``'s. The cache holds the
+latent entry, d_c + d_rope numbers per token and layer, not the expanded keys and values: the
+key slot of a layer is [c̃ ; k̃^R] (B, 1, T, d_c + d_rope) and its value slot is empty, or c̃ under
+Depth-Attention's ``values`` rule. Attention expands the latent each call (keys
+[W_UK,h c ; k^R], values W_UV,h c), as transformers does, and hands them to the same attention
+functions as GQA attention.
+
+Notation: B batch, T new tokens, T_kv keys, H heads, d_c latent rank, d_nope / d_rope the
+no-RoPE / RoPE dims of a query or key head, d_v a value head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from depthattn.methods.base import AttentionInput, CrossLayerMethod, ForwardContext
+from depthattn.model.attention import sdpa_attention
+from depthattn.model.config import ModelConfig
+from depthattn.model.norm import RMSNorm
+from depthattn.model.rope import apply_rope
+from depthattn.utils.errors import DepthAttnError
+
+
+def deinterleave(x: torch.Tensor) -> torch.Tensor:
+    """(..., d) stored as pairs (x0, y0, x1, y1, ...) → halves (x0, x1, ..., y0, y1, ...), so that
+    rotate-half RoPE rotates the stored pairs (transformers' ``apply_rotary_pos_emb_interleave``)."""
+    return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
+
+
+class LatentAttention(nn.Module):
+    is_causal = True  # what transformers' attention functions read of the module
+    num_key_value_groups = 1  # the expanded keys have one head per query head
+    sliding_window = None  # full attention only (ModelConfig refuses windows with MLA)
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        D, H = config.hidden_size, config.num_heads
+        self.num_heads = self.num_kv_heads = H
+        self.rank, self.nope = config.kv_lora_rank, config.qk_nope_head_dim
+        self.rope, self.v_dim = config.qk_rope_head_dim, config.v_head_dim
+        self.head_dim = self.nope + self.rope
+        self.scaling = self.head_dim ** -0.5  # σ
+        self.interleave = config.rope_interleave
+        if config.q_lora_rank is None:
+            self.q_proj = nn.Linear(D, H * self.head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(D, config.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+            self.q_b_proj = nn.Linear(config.q_lora_rank, H * self.head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(D, self.rank + self.rope, bias=False)
+        self.kv_a_layernorm = RMSNorm(self.rank, config.rms_norm_eps)
+        # rows per head: W_UK,h (d_nope rows), then W_UV,h (d_v rows)
+        self.kv_b_proj = nn.Linear(self.rank, H * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(H * self.v_dim, D, bias=False)
+
+    def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                ctx: ForwardContext, application: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, D), the normed block input. Returns the output (B, T, D) and the attention
+        function's weights, or None (SDPA)."""
+        q, k, v = self.queries_keys_values(x, method, ctx, application)
+        mask, is_causal = ctx.mask_for(None)
+        out, weights = sdpa_attention(self, q, k, v, mask, scaling=self.scaling,
+                                      is_causal=is_causal, **ctx.attention_kwargs)
+        return self.output(out, q), weights
+
+    def queries_keys_values(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                            ctx: ForwardContext, application: int | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, d_nope + d_rope) and the keys (B, H, T_kv, d_nope + d_rope) and values
+        (B, H, T_kv, d_v) expanded from the cached latent entries, the new ones as the method
+        mixed them."""
+        if isinstance(x, AttentionInput):
+            raise DepthAttnError("multi-head latent attention reads one input: keys and values "
+                                 "share the latent entry, so a method with key and value "
+                                 "streams of their own (MUDDFormer) cannot run on it")
+        e = self.layer_idx if application is None else application
+        B, T, _ = x.shape
+        q = self.q_proj(x) if hasattr(self, "q_proj") else \
+            self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, d_nope + d_rope)
+        q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
+        c, k_rope = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)
+        c = self.kv_a_layernorm(c)  # (B, T, d_c)
+        q_rope, k_rope = self.rotate(q_rope, ctx), self.rotate(k_rope[:, None], ctx)
+        entry = torch.cat((c[:, None], k_rope), dim=-1)  # e_l = [c ; k^R]: (B, 1, T, d_c + d_rope)
+
+        # The cross-layer hook: Depth-Attention mixes the entries of earlier layers into e_l,
+        # scored by this layer's mean attention logit (docs/method.md §9); vanilla returns e_l.
+        key_entry, value_latent = method.mix_entries(
+            e, lambda: self.depth_query(q_nope, q_rope), entry, ctx)
+        stored_values = key_entry[..., :0] if value_latent is None else value_latent
+        if ctx.cache is not None:  # slot e keeps the entry (and c̃ under the values rule)
+            key_entry, stored_values = ctx.cache.update(key_entry, stored_values, e)
+        latent = key_entry[..., :self.rank]  # (B, 1, T_kv, d_c)
+        k_rope = key_entry[..., self.rank:]  # (B, 1, T_kv, d_rope)
+        H = q.shape[1]
+        if value_latent is None:  # keys and values from one latent: one product, as DeepseekV3
+            kv = self.kv_b_proj(latent[:, 0]).view(B, -1, H, self.nope + self.v_dim)
+            k_nope, v = kv.transpose(1, 2).split([self.nope, self.v_dim], dim=-1)
+        else:  # the values rule: keys from the layer's own latent, values from c̃
+            w_uk, w_uv = self.up_projections()
+            k_nope = (latent[:, 0] @ w_uk.flatten(0, 1).T).view(B, -1, H, self.nope).transpose(1, 2)
+            v = (stored_values[:, 0] @ w_uv.flatten(0, 1).T).view(B, -1, H, self.v_dim)
+            v = v.transpose(1, 2)
+        k = torch.cat((k_nope, k_rope.expand(-1, H, -1, -1)), dim=-1)
+        return torch.cat((q_nope, q_rope), dim=-1), k, v
+
+    def rotate(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """RoPE at the new positions on (B, heads, T, d_rope)."""
+        if self.interleave:
+            x = deinterleave(x)
+        return apply_rope(x, ctx.cos, ctx.sin)
+
+    def up_projections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK (H, d_nope, d_c) and W_UV (H, d_v, d_c): kv_b_proj's two parts, per head."""
+        w = self.kv_b_proj.weight.view(-1, self.nope + self.v_dim, self.rank)
+        return w[:, :self.nope], w[:, self.nope:]
+
+    def depth_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
+        """[u ; r̄] (B, 1, T, d_c + d_rope): u = (1/H) Σ_h W_UK,hᵀ q^N_h and r̄ = (1/H) Σ_h q^R_h,
+        so that σ · [u ; r̄] · e is the mean over heads of this layer's attention logit for an
+        entry e at the same position (docs/method.md §9). Scaled by σ·√(d_c + d_rope), so that
+        the depth mix's 1/√(width) leaves exactly σ."""
+        w_uk, _ = self.up_projections()
+        u = torch.einsum("bhtn,hnc->btc", q_nope, w_uk.to(q_nope.dtype)) / q_nope.shape[1]
+        query = torch.cat((u, q_rope.mean(dim=1)), dim=-1)[:, None]
+        return query * (self.scaling * query.shape[-1] ** 0.5)
+
+    def output(self, out: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """o_proj of the attention output (B, T, H, d_v) for ``query`` (B, H, T, ·)."""
+        B, _, T, _ = query.shape
+        return self.o_proj(out.reshape(B, T, -1))
