@@ -27,11 +27,11 @@ from depthattn.model.deepseek_v3_names import fields_from_deepseek_v3
 
 LAYERS = 3
 # d_c 24, d_rope 8, d_nope 12, d_v 10, H 4: every width differs, so a swapped split fails
-GEOMETRY = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=LAYERS,
-                num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=24,
-                qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10,
-                first_k_dense_replace=LAYERS, max_position_embeddings=64, rms_norm_eps=1e-6,
-                bos_token_id=1, eos_token_id=2)
+GEOMETRY = {"vocab_size": 96, "hidden_size": 64, "intermediate_size": 80,
+            "num_hidden_layers": LAYERS, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "kv_lora_rank": 24, "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10,
+            "first_k_dense_replace": LAYERS, "max_position_embeddings": 64,
+            "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2}
 CASES = [  # (rope_interleave, q_lora_rank)
     (True, None), (False, None), (True, 16), (False, 16)]
 CASE_IDS = [f"interleave={i}-q_lora_rank={q}" for i, q in CASES]
@@ -139,8 +139,8 @@ def test_greedy_generation_with_a_cache_equals_deepseek_v3(tmp_path, deepseek_v3
     model = AutoModelForCausalLM.from_pretrained(
         from_deepseek_v3(src, tmp_path / "out", method="vanilla")).eval()
     prompt = ids_for(batch=2, length=5, seed=2)
-    kwargs = dict(max_new_tokens=8, do_sample=False, output_logits=True,
-                  return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    kwargs = {"max_new_tokens": 8, "do_sample": False, "output_logits": True,
+              "return_dict_in_generate": True, "pad_token_id": 0, "eos_token_id": None}
     with torch.no_grad():
         ours = model.generate(prompt, **kwargs)
         theirs = reference.generate(prompt, **kwargs)
@@ -288,8 +288,8 @@ def test_a_folder_is_refused_before_anything_is_written(tmp_path, randomize):
             ({"first_k_dense_replace": 1}, "mixture-of-experts"),
             ({"rope_scaling": YARN, "rope_parameters": None}, r"rope_type \('yarn'\)"),
             ({"quantization_config": {"quant_method": "fp8"}}, r"quantization_config \('fp8'\)"),
-            ({"model_type": "qwen3"}, r"'qwen3' model; --from-deepseek-v3 needs model_type "
-                                      r"'deepseek_v3' \(use --from-qwen3\)")]:
+            ({"model_type": "qwen3"}, (r"'qwen3' model; --from-deepseek-v3 needs model_type "
+                                       r"'deepseek_v3' \(use --from-qwen3\)"))]:
         (weird / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(ValueError, match=message):
             from_deepseek_v3(weird, tmp_path / "x")
