@@ -5,9 +5,13 @@ keys and values expanded from the latent → attention function → o_proj.
 Parameter names and shapes are transformers' ``DeepseekV3Attention``'s. The cache holds the
 latent entry, d_c + d_rope numbers per token and layer, not the expanded keys and values: the
 key slot of a layer is [c̃ ; k̃^R] (B, 1, T, d_c + d_rope) and its value slot is empty, or c̃ under
-Depth-Attention's ``values`` rule. Attention expands the latent each call (keys
-[W_UK,h c ; k^R], values W_UV,h c), as transformers does, and hands them to the same attention
-functions as GQA attention.
+Depth-Attention's ``values`` rule. Two equal forms of attention:
+- expanded: keys [W_UK,h c ; k^R] and values W_UV,h c for every cached token, as transformers'
+  DeepseekV3Attention computes them; training, prefill, and the Hugging Face layer's attention
+  functions, which take per-head keys and values;
+- absorbed: W_UK,h folded into the query and W_UV,h applied after the weighted sum, so that
+  attention reads the latent entries as one shared kv head and nothing is expanded; the core's
+  decoding steps (``use_absorbed``).
 
 Notation: B batch, T new tokens, T_kv keys, H heads, d_c latent rank, d_nope / d_rope the
 no-RoPE / RoPE dims of a query or key head, d_v a value head.
@@ -63,24 +67,61 @@ class LatentAttention(nn.Module):
         # rows per head: W_UK,h (d_nope rows), then W_UV,h (d_v rows)
         self.kv_b_proj = nn.Linear(self.rank, H * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(H * self.v_dim, D, bias=False)
+        # None: the rule of use_absorbed; True / False: always / never attend in absorbed form
+        self.absorbed: bool | None = None
 
     def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
                 ctx: ForwardContext, application: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, D), the normed block input. Returns the output (B, T, D) and the attention
-        function's weights, or None (SDPA)."""
-        q, k, v = self.queries_keys_values(x, method, ctx, application)
+        function's weights, or None (SDPA). Few new tokens without gradient (decoding) take the
+        absorbed form (``use_absorbed``), which attends over the latent entries themselves."""
         mask, is_causal = ctx.mask_for(None)
+        if self.use_absorbed(x):
+            q_nope, q_rope, key_entry, value_latent = self.latent_entries(x, method, ctx,
+                                                                          application)
+            w_uk, w_uv = self.up_projections()
+            # q_h · [W_UK,h c ; k^R] = [W_UK,hᵀ q^N_h ; q^R_h] · [c ; k^R]: one shared kv head
+            query = torch.cat((torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk), q_rope), dim=-1)
+            if value_latent is None:
+                value_latent = key_entry[..., :self.rank]
+            out, weights = sdpa_attention(self, query, key_entry, value_latent, mask,
+                                          scaling=self.scaling, is_causal=is_causal,
+                                          **ctx.attention_kwargs)  # (B, T, H, d_c)
+            out = torch.einsum("bthc,hvc->bthv", out, w_uv)  # W_UV,h applied after the sum
+            return self.output(out, query), weights
+        q, k, v = self.queries_keys_values(x, method, ctx, application)
         out, weights = sdpa_attention(self, q, k, v, mask, scaling=self.scaling,
                                       is_causal=is_causal, **ctx.attention_kwargs)
         return self.output(out, q), weights
 
-    def queries_keys_values(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
-                            ctx: ForwardContext, application: int | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (B, H, T, d_nope + d_rope) and the keys (B, H, T_kv, d_nope + d_rope) and values
-        (B, H, T_kv, d_v) expanded from the cached latent entries, the new ones as the method
-        mixed them."""
+    def use_absorbed(self, x: torch.Tensor) -> bool:
+        """Whether this call attends in the absorbed form: ``absorbed`` when set, else without
+        gradient for up to ``absorbed_up_to`` new tokens per row. Per new token, expanding costs
+        T_kv·H·(d_nope + d_v)·d_c multiply-adds for the cache's keys and values and
+        T_kv·H·(d_nope + d_rope + d_v) for attention; the absorbed form attends with
+        T_kv·H·(2·d_c + d_rope) and expands nothing, so it is cheaper for fewer new tokens than
+        (d_nope + d_v)·d_c / (2·d_c − d_nope − d_v) (benchmarks/mla_decode.py measures it)."""
+        if self.absorbed is not None:
+            return self.absorbed
+        return not (torch.is_grad_enabled() and x.requires_grad) and \
+            x.shape[1] <= self.absorbed_up_to
+
+    @property
+    def absorbed_up_to(self) -> int:
+        """New tokens per row up to which the absorbed form costs fewer multiply-adds."""
+        gain = 2 * self.rank - self.nope - self.v_dim
+        if gain <= 0:
+            return 1 << 62  # attending over the latent is never dearer than expanding it
+        return (self.nope + self.v_dim) * self.rank // gain
+
+    def latent_entries(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                       ctx: ForwardContext, application: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q^N (B, H, T, d_nope), RoPE'd q^R (B, H, T, d_rope), and what attention reads of the
+        cache: the entries [c̃ ; k̃^R] (B, 1, T_kv, d_c + d_rope), the new ones as the method
+        mixed them, and under the values rule the latents c̃ (B, 1, T_kv, d_c) the values read
+        (None: the values read the entries' own latent)."""
         if isinstance(x, AttentionInput):
             raise DepthAttnError("multi-head latent attention reads one input: keys and values "
                                  "share the latent entry, so a method with key and value "
@@ -103,17 +144,24 @@ class LatentAttention(nn.Module):
         stored_values = key_entry[..., :0] if value_latent is None else value_latent
         if ctx.cache is not None:  # slot e keeps the entry (and c̃ under the values rule)
             key_entry, stored_values = ctx.cache.update(key_entry, stored_values, e)
-        latent = key_entry[..., :self.rank]  # (B, 1, T_kv, d_c)
-        k_rope = key_entry[..., self.rank:]  # (B, 1, T_kv, d_rope)
-        H = q.shape[1]
-        if value_latent is None:  # keys and values from one latent: one product, as DeepseekV3
-            kv = self.kv_b_proj(latent[:, 0]).view(B, -1, H, self.nope + self.v_dim)
+        return q_nope, q_rope, key_entry, None if value_latent is None else stored_values
+
+    def queries_keys_values(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
+                            ctx: ForwardContext, application: int | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, d_nope + d_rope) and the keys (B, H, T_kv, d_nope + d_rope) and values
+        (B, H, T_kv, d_v) expanded from the cached latent entries (the expanded form, as
+        transformers' DeepseekV3Attention computes it)."""
+        q_nope, q_rope, key_entry, values = self.latent_entries(x, method, ctx, application)
+        B, H = q_nope.shape[:2]
+        latent, k_rope = key_entry[:, 0, :, :self.rank], key_entry[..., self.rank:]
+        if values is None:  # one latent for keys and values: one product, as DeepseekV3
+            kv = self.kv_b_proj(latent).view(B, -1, H, self.nope + self.v_dim)
             k_nope, v = kv.transpose(1, 2).split([self.nope, self.v_dim], dim=-1)
         else:  # the values rule: keys from the layer's own latent, values from c̃
             w_uk, w_uv = self.up_projections()
-            k_nope = (latent[:, 0] @ w_uk.flatten(0, 1).T).view(B, -1, H, self.nope).transpose(1, 2)
-            v = (stored_values[:, 0] @ w_uv.flatten(0, 1).T).view(B, -1, H, self.v_dim)
-            v = v.transpose(1, 2)
+            k_nope = torch.einsum("btc,hnc->bhtn", latent, w_uk)
+            v = torch.einsum("btc,hvc->bhtv", values[:, 0], w_uv)
         k = torch.cat((k_nope, k_rope.expand(-1, H, -1, -1)), dim=-1)
         return torch.cat((q_nope, q_rope), dim=-1), k, v
 
