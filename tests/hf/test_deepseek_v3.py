@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 
-from depthattn import ModelConfig
+from depthattn import KVCache, ModelConfig
 from depthattn.cli.convert import add_convert_arguments, run_convert
 from depthattn.hf import DepthAttnForCausalLM
 from depthattn.hf.convert import from_deepseek_v3, from_qwen3, to_deepseek_v3, to_qwen3
@@ -81,21 +81,32 @@ def test_vanilla_logits_equal_deepseek_v3(tmp_path, deepseek_v3_dir, record_prop
     assert model.config.eos_token_id == 2
 
 
-def test_vanilla_core_model_equals_deepseek_v3(deepseek_v3_dir, record_property):
-    """The core API: ModelConfig.from_deepseek_v3 + the DeepseekV3 state dict as it is."""
+@pytest.mark.parametrize("absorbed", [False, True], ids=["expanded", "absorbed"])
+def test_vanilla_core_model_equals_deepseek_v3(deepseek_v3_dir, absorbed, record_property):
+    """The core API (ModelConfig.from_deepseek_v3 + the DeepseekV3 state dict as it is), in
+    both forms of MLA attention, on the full sequence and decoding one token at a time with
+    the core's latent cache, against DeepseekV3's full forward."""
     from depthattn.io import model_from_state
 
     _, reference = deepseek_v3_dir
     config = ModelConfig.from_deepseek_v3(reference.config, method="vanilla")
     state = {k: v.clone() for k, v in reference.state_dict().items()}
     core = model_from_state(config, state).eval()
+    for layer in core.model.layers:
+        layer.self_attn.absorbed = absorbed
     ids = ids_for(seed=1)
     with torch.no_grad():
-        ours, theirs = core(ids), reference(ids).logits
-    delta = (ours - theirs).abs().max().item()
-    record_property("max_abs_delta_logit", delta)
-    print(f"max |Δ logit| {delta:.3e}")
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+        theirs = reference(ids).logits
+        full = core(ids)
+        cache = KVCache.for_model(core, *ids.shape)
+        steps = torch.cat([core(ids[:, :3], cache=cache)] + [
+            core(ids[:, t:t + 1], cache=cache) for t in range(3, ids.shape[1])], dim=1)
+    for name, ours in (("full", full), ("cached", steps)):
+        delta = (ours - theirs).abs().max().item()
+        record_property(f"max_abs_delta_logit_{name}", delta)
+        print(f"max |Δ logit| ({name}) {delta:.3e}")
+    torch.testing.assert_close(full, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(steps, theirs, rtol=0, atol=1e-5)
 
 
 def test_the_comparison_sees_a_wrong_rope_layout(deepseek_v3_dir):
