@@ -11,6 +11,9 @@
                config.json with model_type ``depthattn`` holds the ModelConfig fields
     qwen3      a Qwen3 Hugging Face folder: the same parameter names (docs/design.md §2.2), so a
                method without parameters of its own runs on its weights unchanged
+    deepseek_v3  a dense DeepseekV3 Hugging Face folder (no mixture-of-experts layer): an MLA
+               model with the same parameter names (docs/method.md §9); its multi-token
+               prediction modules, if stored, are dropped (only speculative decoding reads them)
     official   the Depth-Attention authors' format: a Llama-type config.json with their keys
                (``use_qk_norm``, ``use_depth_attention``, ``recurrent_model``, ...) and Qwen3
                key names; keys normalised after RoPE (docs/design.md §3.3), their unused
@@ -37,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from depthattn.model.config import ModelConfig
 from depthattn.model.decoder import CausalLM
+from depthattn.model.deepseek_v3_names import fields_from_deepseek_v3
 from depthattn.model.qwen3_names import fields_from_hf, fields_from_qwen3
 from depthattn.train.run_dir import RunDir, find_tokenizer
 from depthattn.utils.atomic import atomic_write, write_text_atomic
@@ -49,7 +53,7 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 SHARDS_DIR = "dcp"  # a distributed checkpoint's DCP folder (depthattn.train.checkpoint)
 
-FolderKind = Literal["run", "dcp", "depthattn", "hf", "qwen3", "official"]
+FolderKind = Literal["run", "dcp", "depthattn", "hf", "qwen3", "deepseek_v3", "official"]
 # What each kind is, as the error for a folder of no kind lists them.
 KINDS: dict[str, str] = {
     "run": "a training run directory (its final model/, else its newest intact checkpoint)",
@@ -59,6 +63,8 @@ KINDS: dict[str, str] = {
     "hf": "a Hugging Face folder of a depthattn model (config.json with model_type "
           "'depthattn')",
     "qwen3": "a Qwen3 Hugging Face folder (config.json with model_type 'qwen3')",
+    "deepseek_v3": "a dense DeepseekV3 Hugging Face folder (config.json with model_type "
+                   "'deepseek_v3')",
     "official": "a checkpoint in the Depth-Attention authors' format (config.json with "
                 "model_type 'llama' and their use_qk_norm / use_depth_attention keys)",
 }
@@ -99,7 +105,8 @@ def is_sharded(path: str | Path) -> bool:
 
 
 # Hugging Face model_type -> kind; the only Llama-type checkpoints we read are the authors'.
-_MODEL_TYPES: dict[str, FolderKind] = {"depthattn": "hf", "qwen3": "qwen3", "llama": "official"}
+_MODEL_TYPES: dict[str, FolderKind] = {"depthattn": "hf", "qwen3": "qwen3",
+                                       "deepseek_v3": "deepseek_v3", "llama": "official"}
 
 
 def _accepted() -> str:
@@ -166,6 +173,8 @@ def load_model(directory: str | Path, device: torch.device | str | None = None,
         state = _read_safetensors(path, device)
     if kind == "official":
         state.pop("lm_head_layernorm.weight", None)  # unused by their forward (design.md §3.4)
+    if kind == "deepseek_v3":
+        _drop_mtp_layers(state, config.num_layers)
     return model_from_state(config, state, device, dtype)
 
 
@@ -247,6 +256,27 @@ def _qwen3(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     return fields_from_qwen3(Qwen3Config.from_pretrained(path))
 
 
+def _deepseek_v3(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    from transformers import DeepseekV3Config
+
+    return fields_from_deepseek_v3(DeepseekV3Config.from_pretrained(path))
+
+
+def _drop_mtp_layers(state: dict[str, torch.Tensor], num_layers: int) -> None:
+    """A DeepseekV3 checkpoint keeps its multi-token prediction modules as layers num_layers,
+    num_layers + 1, ... (transformers' ``MtpModel`` reads them for ``generate(use_mtp=True)``
+    only); the model's own forward never does, so they are dropped, with a warning."""
+    mtp = [key for key in state
+           if key.startswith("model.layers.") and int(key.split(".")[2]) >= num_layers]
+    if mtp:
+        extra = sorted({int(k.split(".")[2]) for k in mtp})
+        for key in mtp:
+            del state[key]
+        logger.warning("dropped the multi-token prediction module(s) stored as layer(s) %s: "
+                       "depthattn does not model them (they serve speculative decoding only; "
+                       "the model's logits do not read them)", ", ".join(map(str, extra)))
+
+
 # The authors' config keys whose value we check (name -> allowed values); any other key we do
 # not know is reported and ignored.
 _OFFICIAL_REQUIRED = {
@@ -318,7 +348,7 @@ def _official(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 _READ_CONFIG = {"dcp": _ours, "depthattn": _ours, "hf": _hugging_face, "qwen3": _qwen3,
-                "official": _official}
+                "deepseek_v3": _deepseek_v3, "official": _official}
 
 
 # --- weights ---------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ def sources(layer: int, stride: int, window: int) -> list[int]:
     return [j for j in range(layer) if j % stride == 0 or j >= layer - window]
 
 
+# DeepseekV3's latent norms (q_a_layernorm, kv_a_layernorm) take RMSNorm's default eps, not
+# rms_norm_eps
+LATENT_EPS = 1e-6
+
+
 def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * gain
 
@@ -172,14 +177,15 @@ def mla_reference(params: dict, ids: torch.Tensor, rule: Rule, q_lora_rank: int 
         if q_lora_rank is None:
             q = a @ p[pre + "q_proj.weight"].T
         else:
-            q = rms_norm(a @ p[pre + "q_a_proj.weight"].T, p[pre + "q_a_layernorm.weight"], eps)
+            q = rms_norm(a @ p[pre + "q_a_proj.weight"].T, p[pre + "q_a_layernorm.weight"],
+                         LATENT_EPS)
             q = q @ p[pre + "q_b_proj.weight"].T
         q = q.view(B, T, H, dn + dr)
         q_nope, q_rope = q[..., :dn], rope(q[..., dn:], cos, sin, interleave)  # (B, T, H, ·)
         # [c ; k̂^R] = W_DKV x, c ← RMSNorm(c), k^R = RoPE_t(k̂^R)
         ckr = a @ p[pre + "kv_a_proj_with_mqa.weight"].T  # (B, T, d_c + d_rope)
         c_raw = ckr[..., :dc]
-        c = rms_norm(c_raw, p[pre + "kv_a_layernorm.weight"], eps)  # (B, T, d_c)
+        c = rms_norm(c_raw, p[pre + "kv_a_layernorm.weight"], LATENT_EPS)  # (B, T, d_c)
         k_rope = rope(ckr[..., None, dc:], cos, sin, interleave)[:, :, 0]  # (B, T, d_rope)
         # kv_b_proj rows per head: [W_UK,h (d_nope rows); W_UV,h (d_v rows)]
         w_ukv = p[pre + "kv_b_proj.weight"].view(H, dn + dv, dc)
@@ -224,8 +230,8 @@ def mla_reference(params: dict, ids: torch.Tensor, rule: Rule, q_lora_rank: int 
         value_latent = mixed[0]
         if broken == "mix_before_norm":  # the raw latents normalised only now, by layer l
             g = p[pre + "kv_a_layernorm.weight"]
-            key_entry = (rms_norm(key_entry[0], g, eps), key_entry[1])
-            value_latent = rms_norm(value_latent, g, eps)
+            key_entry = (rms_norm(key_entry[0], g, LATENT_EPS), key_entry[1])
+            value_latent = rms_norm(value_latent, g, LATENT_EPS)
         k_nope = torch.einsum("btc,hnc->bthn", key_entry[0], w_uk)  # (B, T, H, d_nope)
         v = torch.einsum("btc,hvc->bthv", value_latent, w_uv)  # (B, T, H, d_v)
         heads = []

@@ -1,4 +1,5 @@
-"""Model configuration: geometry, method, named presets, validation and Qwen3Config conversion.
+"""Model configuration: geometry, method, named presets, validation, and conversion to and from
+transformers' Qwen3Config and DeepseekV3Config.
 
 This module is a leaf: it validates the geometry and holds the method's name and options as
 given. The method's registry (``depthattn.methods``) validates them and fills the defaults that
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from depthattn.model.deepseek_v3_names import (
+    deepseek_v3_config_from_fields,
+    fields_from_deepseek_v3,
+)
 from depthattn.model.qwen3_names import (
     canonical_rope_parameters,
     check_rope_parameters,
@@ -26,7 +31,7 @@ from depthattn.utils.errors import DepthAttnError
 from depthattn.utils.suggest import did_you_mean
 
 if TYPE_CHECKING:
-    from transformers import Qwen3Config
+    from transformers import DeepseekV3Config, Qwen3Config
 
 K_NORM_POSITIONS = ("before_rope", "after_rope")
 # Each layer's attention span (Hugging Face's layer_types): every earlier token, or the last
@@ -318,6 +323,23 @@ class ModelConfig:
                                  f"dict "
                                  f"of num_layers ({self.num_layers}) layers all the same")
         return qwen3_config_from_fields(self.to_dict())
+
+    # --- DeepseekV3 interop (MLA) --------------------------------------------------------
+    @classmethod
+    def from_deepseek_v3(cls, hf_config: DeepseekV3Config, method: str = "vanilla",
+                         overrides: Mapping[str, Any] | None = None,
+                         **method_options: Any) -> ModelConfig:
+        """The MLA model of a dense ``transformers.DeepseekV3Config``; refuses what we do not
+        model (mixture-of-experts layers, scaled RoPE, biases, ...) by name. ``overrides``:
+        ModelConfig fields to set beside the DeepseekV3 geometry."""
+        fields = {**fields_from_deepseek_v3(hf_config), **(overrides or {})}
+        _reject_unknown_fields(fields)
+        return cls(**fields, method=method, method_options=method_options)
+
+    def to_deepseek_v3(self) -> DeepseekV3Config:
+        """The ``transformers.DeepseekV3Config`` of the same MLA geometry, dense in every layer
+        (the method is not represented)."""
+        return deepseek_v3_config_from_fields(self.to_dict())
 
 
 def _reject_unknown_fields(fields: dict[str, Any]) -> None:

@@ -30,6 +30,11 @@ from depthattn.model.norm import RMSNorm
 from depthattn.model.rope import apply_rope
 from depthattn.utils.errors import DepthAttnError
 
+# The eps of the two latent norms (q_a_layernorm, kv_a_layernorm): DeepseekV3 builds them with
+# RMSNorm's default, 1e-6, whatever rms_norm_eps says (transformers' DeepseekV3Attention, as
+# DeepSeek's own inference code); only the block and final norms read rms_norm_eps.
+LATENT_NORM_EPS = 1e-6
+
 
 def deinterleave(x: torch.Tensor) -> torch.Tensor:
     """(..., d) stored as pairs (x0, y0, x1, y1, ...) → halves (x0, x1, ..., y0, y1, ...), so that
@@ -72,10 +77,10 @@ class LatentAttention(nn.Module):
             self.q_proj = nn.Linear(D, H * self.head_dim, bias=False)
         else:
             self.q_a_proj = nn.Linear(D, config.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank, LATENT_NORM_EPS)
             self.q_b_proj = nn.Linear(config.q_lora_rank, H * self.head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(D, self.rank + self.rope, bias=False)
-        self.kv_a_layernorm = RMSNorm(self.rank, config.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(self.rank, LATENT_NORM_EPS)
         # rows per head: W_UK,h (d_nope rows), then W_UV,h (d_v rows)
         self.kv_b_proj = nn.Linear(self.rank, H * (self.nope + self.v_dim), bias=False)
         self.o_proj = nn.Linear(H * self.v_dim, D, bias=False)

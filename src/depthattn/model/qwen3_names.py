@@ -170,6 +170,9 @@ def qwen3_config_from_fields(fields: Mapping[str, Any]) -> Qwen3Config:
     """The ``transformers.Qwen3Config`` of the geometry in ``fields`` (ModelConfig.to_dict())."""
     from transformers import Qwen3Config
 
+    if fields.get("attention", "gqa") != "gqa":
+        raise DepthAttnError(f"attention ({fields['attention']!r}) has no Qwen3Config: Qwen3 is "
+                             f"grouped-query attention; an 'mla' model converts to DeepseekV3")
     return Qwen3Config(
         **{theirs: fields[ours] for ours, theirs in HF_NAMES.items()},
         rope_parameters={"rope_type": "default", **(fields.get("rope_parameters") or {}),
