@@ -49,6 +49,10 @@ TINY = dict(
     rope_theta=10000.0,
     rms_norm_eps=1e-6,
 )
+# Overrides of TINY for multi-head latent attention (docs/method.md §9), the "mla-tiny" preset
+# shrunk to TINY's width: d_c 32, d_nope 16, d_rope 8 (keys 24 wide), d_v 20, H = H_kv = 4.
+TINY_MLA = {"attention": "mla", "num_kv_heads": 4, "head_dim": None, "kv_lora_rank": 32,
+            "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 20}
 
 
 def tiny_config(**overrides):

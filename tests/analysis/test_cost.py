@@ -1,6 +1,7 @@
 """Cost accounting: the backbone's closed forms against the real module, every registered
-method's ``cost()`` against its real parameter count, the 3B numbers of the paper and
-docs/baselines.md §3, and the ``depthattn flops`` command."""
+method's ``cost()`` against its real parameter count (GQA and MLA models), the 3B numbers of the
+paper and docs/baselines.md §3, the MLA terms of docs/method.md §8 and §9, and the
+``depthattn flops`` command."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ from depthattn.analysis.cost import (
 from depthattn.cli import main
 from depthattn.cli.flops import add_flops_arguments, parse_options, run_flops
 from depthattn.methods import MethodCost, method_names
-from tests.conftest import tiny_config
+from tests.conftest import TINY_MLA, tiny_config
 
 GEOMETRIES = [
     {},  # TINY: GQA, head_dim 16
     {"num_kv_heads": 4, "tie_embeddings": True},  # MHA, tied
     {"num_heads": 8, "num_kv_heads": 1, "head_dim": 8, "intermediate_size": 40},  # MQA, narrow heads
+    TINY_MLA,  # multi-head latent attention: q_proj, kv_a/kv_b, kv_a_layernorm
+    {**TINY_MLA, "q_lora_rank": 24, "tie_embeddings": True},  # q_a/q_b with q_a_layernorm, tied
 ]
+MLA_METHODS = [m for m in method_names() if m != "muddformer"]  # muddformer refuses MLA
 
 
 @pytest.mark.parametrize("overrides", GEOMETRIES)
@@ -74,11 +78,84 @@ def test_kv_cache_per_token_matches_the_real_cache(dtype, torch_dtype):
     assert report.backbone.kv_cache_per_token == 2 * 6 * 2 * 16
 
 
+def test_mla_attention_flops_score_d_qk_and_mix_d_v():
+    """Per key, head and layer: q·k over d_nope + d_rope = 24, p·v over d_v = 20."""
+    config = tiny_config(**TINY_MLA)
+    T = 7
+    brute = sum(t * 2 * (24 + 20) * 4 * 6 for t in range(1, T + 1)) / T
+    assert backbone_cost(config, seq_len=T).attention_flops_per_token == pytest.approx(brute)
+
+
+@pytest.mark.parametrize("options, value_width", [({}, 0), ({"mla_mix": "values"}, 32)])
+def test_mla_kv_cache_per_token_matches_the_real_cache(options, value_width):
+    """The vanilla MLA cache, (d_c + d_rope)·L; the values rule's cache also holds c̃, d_c per
+    token and layer, which the accounting reports as persistent state beyond it."""
+    config = tiny_config(**TINY_MLA, method="depth_attention", method_options=options)
+    report = cost_report(config, seq_len=32, dtype="fp32")
+    cache = KVCache.for_model(CausalLM(config), batch_size=1, max_len=32, dtype=torch.float32)
+    assert report.backbone.kv_cache_per_token == 6 * (32 + 8)
+    assert report.added.persistent_state_per_token == 6 * value_width
+    assert cache.nbytes == 32 * 4 * (report.backbone.kv_cache_per_token
+                                     + report.added.persistent_state_per_token)
+
+
+def test_mla_depth_attention_cost_by_hand():
+    """stride 3 over 6 layers: layers 1-3 mix [0], layers 4-5 mix [0, 3]. Entries are
+    d_c + d_rope = 40 wide; u_l is H·d_nope·d_c = 4·16·32 multiply-adds, r̄_l H·d_rope = 32
+    adds."""
+    latent = method_cost(tiny_config(**TINY_MLA, method="depth_attention"))
+    u = 2 * 4 * 16 * 32
+    mix = 3 * (2 * 4 * 40) + 2 * (3 * 4 * 40)  # (|S|+1)·(2W scores + 2W mix)
+    assert latent.added_matmul_flops_per_token == 5 * u + mix
+    assert latent.added_flops_per_token == 5 * u + mix + 5 * 32
+    assert (latent.added_params, latent.inflight_state_per_token,
+            latent.persistent_state_per_token) == (0, 64, 0)
+    values = method_cost(tiny_config(**TINY_MLA, method="depth_attention",
+                                     method_options={"mla_mix": "values"}))
+    assert values.added_flops_per_token == latent.added_flops_per_token
+    # c̃ in the cache: d_c per token and layer; k̃^R_3 in the stash, beside the residual
+    assert values.persistent_state_per_token == 6 * 32
+    assert values.inflight_state_per_token == 64 + 8
+    every = method_cost(tiny_config(**TINY_MLA, method="depth_attention",
+                                    method_options={"mla_mix": "values", "stride": 1}))
+    assert every.inflight_state_per_token == 64 + 4 * 8  # layers 1-4 stashed, mixed
+
+
+def test_mla_latent_residual_cost():
+    fixed = method_cost(tiny_config(**TINY_MLA, method="value_residual"))
+    learned = method_cost(tiny_config(**TINY_MLA, method="value_residual",
+                                      method_options={"mode": "learned"}))
+    for cost in (fixed, learned):  # (1 − λ)·e_l + λ·e_0 on the 40 numbers of an entry
+        assert cost.added_flops_per_token == 5 * 3 * 40
+        assert cost.added_matmul_flops_per_token == 0
+        assert cost.inflight_state_per_token == 64 and cost.persistent_state_per_token == 0
+    assert (fixed.added_params, learned.added_params) == (0, 5)
+    with pytest.raises(ValueError, match="gated.*no form on multi-head latent attention"):
+        tiny_config(**TINY_MLA, method="value_residual", method_options={"mode": "gated"})
+
+
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_cost_counts_its_real_parameters(method):
     """Generic over the registry: each method's closed-form ``cost()`` must equal the
     parameters its module really adds, and report sane state numbers."""
-    config = tiny_config(method=method)
+    check_cost_counts_real_parameters(tiny_config(method=method), method)
+
+
+@pytest.mark.parametrize("method, options", [(m, {}) for m in MLA_METHODS] + [
+    ("depth_attention", {"mla_mix": "values"}), ("value_residual", {"mode": "learned"}),
+    ("depth_attention+mhc", {"depth_attention": {"mla_mix": "values"}})])
+def test_every_method_cost_counts_its_real_parameters_on_mla(method, options):
+    check_cost_counts_real_parameters(
+        tiny_config(**TINY_MLA, method=method, method_options=options), method)
+
+
+def test_muddformer_refuses_mla():
+    with pytest.raises(ValueError, match="muddformer cannot run on multi-head latent"):
+        cost_report(ModelConfig.from_preset("mla-tiny", method="muddformer"))
+
+
+def check_cost_counts_real_parameters(config: ModelConfig, method: str) -> None:
+    """``cost()`` against the module's real parameters, and sane state numbers."""
     report = cost_report(config)
     assert isinstance(report.added, MethodCost)
     assert report.total_params == CausalLM(config).num_parameters()
@@ -86,6 +163,15 @@ def test_every_method_cost_counts_its_real_parameters(method):
     assert report.added.inflight_state_per_token >= config.hidden_size  # at least the residual
     assert report.added.persistent_state_per_token >= 0
     assert method in format_cost_report(report) and method in format_cost_table([report])
+
+
+def test_combined_in_flight_state_counts_the_residual_once():
+    """mHC's streams (4·d) and Depth-Attention's MLA values-rule stash (one k̃^R, 8) add."""
+    config = tiny_config(**TINY_MLA, method="depth_attention+mhc",
+                         method_options={"depth_attention": {"mla_mix": "values"}})
+    assert method_cost(config).inflight_state_per_token == 4 * 64 + 8
+    assert method_cost(tiny_config(method="depth_attention+mhc")).inflight_state_per_token == \
+        4 * 64
 
 
 def test_method_cost_uses_the_resolved_options():
@@ -147,6 +233,32 @@ def test_flops_command_all_methods_table(capsys):
     out = capsys.readouterr().out
     for name in method_names():
         assert f"\n{name} " in out
+
+
+def test_flops_command_prints_mla_models(capsys):
+    """The cache is the latent entry, (d_c + d_rope) per token and layer; the values rule keeps
+    c̃ too, d_c per token and layer, reported as persistent state beyond it."""
+    flops("--preset", "mla-quickstart", "--method", "depth_attention", "--seq", "128")
+    out = capsys.readouterr().out
+    for text in ("mla-quickstart / depth_attention", "mla_mix=latent", "stride=4", "T = 128",
+                 "640 elements = 1,280 bytes  (MLA: L·(d_c + d_rope) = 8·(64 + 16))",
+                 "in-flight state     128 elements", "persistent state    0 elements"):
+        assert text in out, text
+    flops("--preset", "mla-quickstart", "--method", "depth_attention", "--option",
+          "mla_mix=values")
+    out = capsys.readouterr().out
+    assert "mla_mix=values" in out and "persistent state    512 elements" in out  # 8·64
+    assert "(0.80× the KV cache per token)" in out
+
+
+def test_flops_command_all_methods_on_mla_marks_the_refused(capsys):
+    flops("--preset", "mla-quickstart", "--method", "all")
+    out = capsys.readouterr().out
+    assert "KV cache MLA: L·(d_c + d_rope) = 8·(64 + 16)" in out
+    for name in method_names():
+        if name != "muddformer":
+            assert f"\n{name} " in out
+    assert "\nn/a: muddformer cannot run on multi-head latent attention" in out
 
 
 def test_flops_command_errors_name_the_problem():

@@ -14,6 +14,9 @@ How the counter is made to see what the accounting counts:
 - Depth-Attention's depth mix runs as the reference (einsums) or the inference mix (matmuls);
   the unstacked mix, "auto"'s choice for a prefill this long, does the same multiply-adds
   elementwise, where no matmul counter sees them.
+- MLA models (docs/method.md §9) run the same variants but muddformer, which refuses them:
+  kv_b_proj expands each token's latent once in a forward without a cache, and on MLA
+  Depth-Attention adds the einsum of its depth query, u_l = (1/H) Σ_h W_UK,hᵀ q^N_h.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from depthattn.analysis.cost import cost_report
 from depthattn.methods import method_names
-from tests.conftest import random_ids, tiny_model
+from tests.conftest import TINY_MLA, random_ids, tiny_model
 
 VARIANTS = [(method, {}) for method in method_names()] + [
     ("value_residual", {"mode": "gated"}),  # its gate is a projection
@@ -33,6 +36,12 @@ VARIANTS = [(method, {}) for method in method_names()] + [
     ("attnres", {"block_size": 4}),
     ("block_attnres", {"block_size": 8, "final_aggregator": False}),
     ("depth_attention+mhc", {}),
+]
+MLA_VARIANTS = [(method, options) for method, options in VARIANTS
+                if method != "muddformer" and options.get("mode") != "gated"] + [
+    ("depth_attention", {"mla_mix": "values"}),
+    ("depth_attention", {"mla_mix": "values", "stride": 1}),
+    ("value_residual", {"mode": "learned"}),
 ]
 
 
@@ -55,16 +64,21 @@ def variant_id(variant: tuple[str, dict]) -> str:
     return method + "".join(f"-{k}={v}" for k, v in options.items())
 
 
-# every variant with the reference depth mix, Depth-Attention's with the inference mix too
-CASES = [(variant, "reference") for variant in VARIANTS] + [
-    (variant, "inference") for variant in VARIANTS if "depth_attention" in variant[0]]
+# every variant with the reference depth mix, Depth-Attention's with the inference mix too;
+# on GQA and on MLA (TINY_MLA; MLA with a query rank has a test of its own)
+GEOMETRIES = {"gqa": {}, "mla": TINY_MLA}
+CASES = [(variant, "reference", geometry) for geometry, variants in
+         (("gqa", VARIANTS), ("mla", MLA_VARIANTS)) for variant in variants] + [
+    (variant, "inference", geometry) for geometry, variants in
+    (("gqa", VARIANTS), ("mla", MLA_VARIANTS)) for variant in variants
+    if "depth_attention" in variant[0]]
 
 
-@pytest.mark.parametrize("variant, impl", CASES,
-                         ids=[f"{variant_id(v)}-{impl}" for v, impl in CASES])
-def test_matmul_flops_equal_the_accounting(variant, impl):
+@pytest.mark.parametrize("variant, impl, geometry", CASES,
+                         ids=[f"{g}-{variant_id(v)}-{impl}" for v, impl, g in CASES])
+def test_matmul_flops_equal_the_accounting(variant, impl, geometry):
     method, options = variant
-    model = tiny_model(method=method, method_options=options)
+    model = tiny_model(method=method, method_options=options, **GEOMETRIES[geometry])
     model.set_depth_mix_impl(impl)
     T = 12
     report = cost_report(model.config, seq_len=T)
@@ -74,6 +88,17 @@ def test_matmul_flops_equal_the_accounting(variant, impl):
                 + report.added.added_matmul_flops_per_token)
     assert counted_flops_per_token(model, 2, T) == pytest.approx(expected, rel=1e-12, abs=0)
     assert report.added.added_matmul_flops_per_token <= report.added.added_flops_per_token
+
+
+def test_mla_with_a_query_rank():
+    """q_a_proj and q_b_proj in place of q_proj, with Depth-Attention's latent rule."""
+    model = tiny_model(method="depth_attention", q_lora_rank=24, **TINY_MLA)
+    model.set_depth_mix_impl("reference")
+    report = cost_report(model.config, seq_len=6)
+    full_attention = report.backbone.attention_flops_per_token * 6 / 3.5
+    assert counted_flops_per_token(model, 1, 6) == (report.backbone.matmul_flops_per_token
+                                                    + full_attention
+                                                    + report.added.added_matmul_flops_per_token)
 
 
 def test_the_vanilla_count_is_the_backbone_alone():

@@ -73,3 +73,29 @@ def test_train_step_runs(load_script, tmp_path, monkeypatch):
             assert r["time_ratio"] == 1.0 and r["memory_ratio"] == 1.0
         else:  # Depth-Attention keeps its weights for backward: more saved bytes than vanilla
             assert r["memory_ratio"] > 1.0
+
+
+def test_cache_state_table_runs(load_script, tmp_path):
+    """Measured at the quickstart shape (the script stops on any disagreement with the
+    accounting), closed form at the DeepSeek-V2-Lite-like one; the markdown it prints is what it
+    writes."""
+    script = load_script("cache_state_table")
+    quickstart = script.SHAPES["Quickstart"]
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads"):
+        assert {quickstart[kind][field] for kind in script.KINDS} == {script.QUICKSTART[field]}
+    out = tmp_path / "cache_state.md"
+    text = script.main(["--out", str(out)])
+    assert out.read_text() == text
+    for line in ("| MLA | d_c + d_rope = 64 + 16 | 80 | 640 | 1,280 |",
+                 "| GQA | 2·H_kv·d = 2·2·32 | 128 | 1,024 | 2,048 |",
+                 "| MLA | d_c + d_rope = 512 + 64 | 576 | 15,552 | 31,104 |",
+                 "| MHA | 2·H_kv·d = 2·16·128 | 4,096 | 110,592 | 221,184 |",
+                 # the values rule: one mixed k̃^R (d_rope 16) stashed beside the residual in
+                 # flight, and c̃ (d_c 64 per layer) in the cache
+                 ("| depth_attention, MLA values rule | — | — | — | — | 144 (0.225×) | 144 | "
+                  "— / — / 512 (0.8×) |"),
+                 ("| depth_attention, MLA values rule | — | — | 2,112 (0.136×) | "
+                  "— / — / 13,824 (0.889×) |")):
+        assert line in text, line
+    muddformer = [line for line in text.splitlines() if line.startswith("| muddformer |")]
+    assert len(muddformer) == 2 and all(line.endswith("n/a | 0 / 0 / n/a |") for line in muddformer)

@@ -14,11 +14,20 @@ Conventions (every number is per token of a forward pass):
   arithmetic with "≈ 2·N FLOPs per token" and fixes no attention convention; we include the
   causal average and say so; a sliding-window layer's token sees at most W keys. Norms, RoPE,
   softmax and activations are not counted, here or in the methods' own counts.
+  *Multi-head latent attention* (``attention="mla"``, docs/method.md §8 and §9): the
+  projections are q_proj (or q_a_proj and q_b_proj), kv_a_proj_with_mqa, kv_b_proj and o_proj;
+  kv_b_proj expands the latent of every token into its keys and values, once per token in a
+  forward (a decoding step here re-expands the cached latents, which this per-token count
+  does not charge). Attention scores d_nope + d_rope wide keys and mixes d_v wide values:
+  2·L·H·(d_nope + d_rope + d_v)·(T+1)/2 per token, the GQA term with d_qk and d_v apart.
   ``MethodCost.added_matmul_flops_per_token`` is the part of a method's FLOPs computed as
   matrix products: with the backbone's matmuls and attention it is what a matmul FLOP counter
   sees (``tests/analysis/test_matmul_flops.py`` checks it against torch's ``FlopCounterMode``,
   which counts attention over all T keys).
-- **KV cache**: 2·L·H_kv·d_h elements per token, bytes at the chosen dtype.
+- **KV cache**: the vanilla decoder's, ``ModelConfig.kv_cache_width`` per layer: 2·L·H_kv·d_h
+  elements per token with GQA, L·(d_c + d_rope) with MLA; bytes at the chosen dtype. A method
+  that makes the cache wider (Depth-Attention's MLA ``values`` rule keeps c̃ too, d_c per token
+  and layer) reports the difference as persistent state beyond it.
 - **State**: ``MethodCost.inflight_state_per_token`` is the depth state alive while a token
   traverses the stack (vanilla: its residual, d); ``persistent_state_per_token`` is what is
   kept across decoding steps beyond the KV cache. Both are reported next to the KV cache, and
@@ -27,6 +36,7 @@ Conventions (every number is per token of a forward pass):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +61,11 @@ class BackboneCost:
     # L below is L_eff, the applications, for a looped model (docs/method.md §7); params count L layers
     matmul_flops_per_token: float  # 2 × matmul_params (looped: each application's weights)
     attention_flops_per_token: float  # 4·L·H·d_h·(T+1)/2 (causal average; sliding: ≤ W keys)
-    kv_cache_per_token: int  # elements: 2·L·H_kv·d_h, one slot per application
+    # elements: 2·L·H_kv·d_h (MLA: L·(d_c + d_rope)), one slot per application
+    kv_cache_per_token: int
     residual_per_token: int  # d: the vanilla decoder's in-flight state
+    # how kv_cache_per_token is made, e.g. "2·L·H_kv·d = 2·48·8·64" or "L·(d_c + d_rope) = ..."
+    kv_cache_formula: str = ""
 
     @property
     def flops_per_token(self) -> float:
@@ -104,10 +117,9 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
     L, D, V = config.num_layers, config.hidden_size, config.vocab_size
     # A looped model (docs/method.md §7) stores L distinct layers but runs, and caches, L_eff applications.
     L_eff = config.num_applications
-    q_width, kv_width = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    attention = D * q_width + 2 * D * kv_width + q_width * D  # q, k, v, o projections
+    attention = attention_weights(config)  # q, k, v, o (MLA: its five projections)
     mlp = 3 * D * config.intermediate_size  # gate, up, down
-    norms = 2 * D + 2 * config.head_dim  # two pre-norms, q_norm, k_norm
+    norms = 2 * D + attention_gains(config)  # two pre-norms, q_norm, k_norm (MLA: its own)
     embedding = V * D
     lm_head = V * D
     adapter = 2 * D * D if config.looped and config.loop_injection == "concat" else 0
@@ -117,11 +129,52 @@ def backbone_cost(config: ModelConfig, seq_len: int | None = None) -> BackboneCo
     params = embedding + L * (attention + mlp + norms) + D + adapter + (
         0 if config.tie_embeddings else lm_head)
     keys = sum(mean_keys(T, config.layer_window(app.layer)) for app in applications(config))
-    attn_flops = config.num_heads * 2 * (2 * config.head_dim) * keys  # q·k, p·v
+    # keys head_dim wide (MLA: d_nope + d_rope), values head_dim (MLA: d_v)
+    v_dim = config.v_head_dim if config.attention == "mla" else config.head_dim
+    attn_flops = config.num_heads * 2 * (config.head_dim + v_dim) * keys  # q·k, p·v
     return BackboneCost(params=params, embedding_params=embedding, matmul_params=matmul,
                         seq_len=T, matmul_flops_per_token=float(2 * matmul_per_token),
                         attention_flops_per_token=float(attn_flops),
-                        kv_cache_per_token=2 * L_eff * kv_width, residual_per_token=D)
+                        kv_cache_per_token=L_eff * vanilla_kv_cache_width(config),
+                        residual_per_token=D, kv_cache_formula=kv_cache_formula(config))
+
+
+def attention_weights(config: ModelConfig) -> int:
+    """Weights of one layer's attention projections. GQA: q, k, v, o. MLA (docs/method.md §9):
+    q_proj D → H·(d_nope + d_rope) (or q_a_proj D → d_q and q_b_proj d_q → H·(d_nope + d_rope)),
+    kv_a_proj_with_mqa D → d_c + d_rope, kv_b_proj d_c → H·(d_nope + d_v), o_proj H·d_v → D."""
+    D, H = config.hidden_size, config.num_heads
+    if config.attention == "gqa":
+        q_width, kv_width = H * config.head_dim, config.num_kv_heads * config.head_dim
+        return D * q_width + 2 * D * kv_width + q_width * D
+    d_c, d_rope, d_q = config.kv_lora_rank, config.qk_rope_head_dim, config.q_lora_rank
+    q_width = H * config.head_dim  # head_dim = d_nope + d_rope
+    queries = D * q_width if d_q is None else D * d_q + d_q * q_width
+    return (queries + D * (d_c + d_rope) + d_c * H * (config.qk_nope_head_dim + config.v_head_dim)
+            + H * config.v_head_dim * D)
+
+
+def attention_gains(config: ModelConfig) -> int:
+    """Norm gains inside one layer's attention: q_norm and k_norm (d each) with GQA;
+    kv_a_layernorm (d_c) and, with a query rank, q_a_layernorm (d_q) with MLA."""
+    if config.attention == "gqa":
+        return 2 * config.head_dim
+    return config.kv_lora_rank + (config.q_lora_rank or 0)
+
+
+def kv_cache_formula(config: ModelConfig) -> str:
+    """The vanilla KV cache per token as a formula with the geometry's numbers."""
+    L = config.num_applications
+    if config.attention == "gqa":
+        return f"2·L·H_kv·d = 2·{L}·{config.num_kv_heads}·{config.head_dim}"
+    return f"MLA: L·(d_c + d_rope) = {L}·({config.kv_lora_rank} + {config.qk_rope_head_dim})"
+
+
+def vanilla_kv_cache_width(config: ModelConfig) -> int:
+    """The vanilla decoder's KV cache per token and layer: ``kv_cache_width`` of the same
+    geometry without the method (Depth-Attention's MLA ``values`` rule widens the cache by d_c;
+    its ``cost()`` reports that as persistent state beyond this cache)."""
+    return dataclasses.replace(config, method="vanilla", method_options={}).kv_cache_width
 
 
 def mean_keys(seq_len: int, window: int | None) -> float:
@@ -175,7 +228,8 @@ def format_cost_report(report: CostReport) -> str:
         f"{_short(b.attention_flops_per_token)})",
         f"    added by method   {_count(a.added_flops_per_token)}"
         f"  ({100 * report.added_flops_fraction:.4g} % of total)",
-        f"  KV cache / token    {b.kv_cache_per_token:,} elements = {kv_bytes:,} bytes",
+        f"  KV cache / token    {b.kv_cache_per_token:,} elements = {kv_bytes:,} bytes"
+        f"  ({b.kv_cache_formula})",
         f"  in-flight state     {a.inflight_state_per_token:,} elements"
         f" = {a.inflight_state_per_token * report.bytes_per_element:,} bytes"
         f"  ({report.inflight_vs_kv_cache:.2f}× the KV cache per token;"
@@ -208,4 +262,5 @@ def format_cost_table(reports: list[CostReport]) -> str:
 
 
 __all__ = ["BYTES_PER_ELEMENT", "BackboneCost", "CostReport", "backbone_cost", "cost_report",
-           "format_cost_report", "format_cost_table", "method_cost"]
+           "format_cost_report", "format_cost_table", "kv_cache_formula", "method_cost",
+           "vanilla_kv_cache_width"]

@@ -11,7 +11,10 @@ tensors a forward really keeps (docs/baselines.md §11).
   own KV-cache entries — the very (k, ṽ) a layer hands to ``cache.update`` and also stashes for
   later layers (Depth-Attention's sources, value residual's v₀) — are the cache's, not state
   beyond it ("reuses the standard ... value-cache slots", paper abstract; docs/method.md §8); they
-  are reported apart, as ``kv_entries_per_token``.
+  are reported apart, as ``kv_entries_per_token``. Counted element by element: where the cache
+  is handed a view of a stashed tensor, only the viewed elements are the cache's (an MLA
+  layer under Depth-Attention's ``values`` rule caches c̃ of its stashed entry [c̃ ; k̃^R],
+  not k̃^R; docs/method.md §9).
 - **Persistent** (``measure_persistent_state``): prefill a context into a ``KVCache`` sized to
   it, decode one token, then count the bytes of every tensor reachable from the cache and the
   model — what a decoding loop carries to its next step. Done at two context lengths and
@@ -91,6 +94,16 @@ def _elements(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes() // t.element_size()
 
 
+def _covered(t: torch.Tensor, views: list[torch.Tensor]) -> int:
+    """Elements of ``t``'s storage that at least one of ``views`` (tensors on it) covers."""
+    if not views:
+        return 0
+    covered = torch.zeros(_elements(t), dtype=torch.bool)
+    for view in views:
+        covered.as_strided(view.shape, view.stride(), view.storage_offset()).fill_(True)
+    return int(covered.sum())
+
+
 @contextlib.contextmanager
 def _wrapped(obj: Any, name: str, wrap: Callable[[Callable], Callable]) -> Iterator[None]:
     """``obj.name`` replaced by ``wrap(obj.name)`` on this instance, restored on exit."""
@@ -130,14 +143,15 @@ def measure_inflight_state(model: CausalLM, batch_size: int = 2, seq_len: int = 
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
     tokens = batch_size * seq_len
     cache = KVCache.for_model(model, batch_size, seq_len)
-    # The (k, ṽ) handed to the cache this call, by storage; the tensors are held so that no
-    # later tensor can reuse a freed address and pass for one of them.
-    kv_entries: dict[tuple[str, int], torch.Tensor] = {}
+    # The (k, ṽ) handed to the cache this call, by storage: the tensors (views, maybe) on it. They
+    # are held so that no later tensor can reuse a freed address and pass for one of them.
+    kv_entries: dict[tuple[str, int], list[torch.Tensor]] = {}
     widest: dict[str, Any] = {"per_token": -1, "kv": 0}
 
     def record_update(update: Callable) -> Callable:
         def recording(key: torch.Tensor, value: torch.Tensor, layer_idx: int):
-            kv_entries.update({_storage_key(key): key, _storage_key(value): value})
+            for t in (key, value):
+                kv_entries.setdefault(_storage_key(t), []).append(t)
             return update(key, value, layer_idx)
         return recording
 
@@ -149,14 +163,15 @@ def measure_inflight_state(model: CausalLM, batch_size: int = 2, seq_len: int = 
         kv = 0
         for key, (path, t) in found.items():
             n = _elements(t)
-            if n % tokens:
-                raise DepthAttnError(f"{path}: a storage of {n} elements is not per token "
-                                     f"({batch_size} × {seq_len} tokens); the state of "
-                                     f"{config.method} cannot be counted per token")
-            if key in kv_entries:
-                kv += n // tokens
-            else:
-                parts[path] = parts.get(path, 0) + n // tokens
+            cached = _covered(t, kv_entries.get(key, ()))
+            if n % tokens or cached % tokens:
+                raise DepthAttnError(f"{path}: a storage of {n} elements ({cached} of them "
+                                     f"cached) is not per token ({batch_size} × {seq_len} "
+                                     f"tokens); the state of {config.method} cannot be counted "
+                                     f"per token")
+            kv += cached // tokens
+            if n > cached:
+                parts[path] = parts.get(path, 0) + (n - cached) // tokens
         total = sum(parts.values())
         if total > widest["per_token"]:
             widest.update(per_token=total, where=where, parts=parts)

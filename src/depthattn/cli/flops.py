@@ -25,10 +25,13 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="3b", help=f"one of {', '.join(PRESETS)} (default 3b)")
+    parser.add_argument("--preset", default="3b",
+                        help=f"one of {', '.join(PRESETS)} (default 3b); the mla-* presets have "
+                             f"multi-head latent attention")
     parser.add_argument("--method", default="depth_attention",
                         help="a registered method, or 'all' for a table of every method with "
-                             "its default options (default depth_attention)")
+                             "its default options (default depth_attention); on an MLA preset "
+                             "Depth-Attention takes --option mla_mix=latent or values")
     parser.add_argument("--seq", type=int, default=None,
                         help="sequence length T for the attention FLOPs (default: the preset's "
                              "max_seq_len)")
@@ -43,11 +46,19 @@ def run_flops(args: argparse.Namespace) -> None:
     if args.method == "all":
         if options:
             raise DepthAttnError("--option needs one --method; 'all' uses every method's defaults")
-        reports = [cost_report(ModelConfig.from_preset(args.preset, method=name), args.seq,
-                               args.dtype, label=name) for name in method_names()]
-        print(f"{args.preset}: T = {reports[0].backbone.seq_len}, {args.dtype}; KV cache and "
-              f"state in elements per token")
+        reports, refused = [], []
+        for name in method_names():
+            try:
+                config = ModelConfig.from_preset(args.preset, method=name)
+                reports.append(cost_report(config, args.seq, args.dtype, label=name))
+            except DepthAttnError as error:  # a method that refuses this geometry (MLA)
+                refused.append(f"n/a: {error}")
+        backbone = reports[0].backbone
+        print(f"{args.preset}: T = {backbone.seq_len}, {args.dtype}; KV cache and state in "
+              f"elements per token; KV cache {backbone.kv_cache_formula}")
         print(format_cost_table(reports))
+        for line in refused:
+            print(line)
         return
     config = ModelConfig.from_preset(args.preset, method=args.method, method_options=options)
     report = cost_report(config, args.seq, args.dtype, label=f"{args.preset} / {args.method}")

@@ -108,7 +108,8 @@ class MethodCost:
     """What a method adds to the vanilla decoder of the same geometry (per token, forward).
 
     Counted in elements, not bytes, so the numbers hold for any dtype. The vanilla decoder holds
-    d elements of residual stream per in-flight token and 2·L·H_kv·d_h of KV cache per token.
+    d elements of residual stream per in-flight token and 2·L·H_kv·d_h of KV cache per token
+    (MLA: L·(d_c + d_rope)).
     """
 
     added_params: int = 0

@@ -140,11 +140,14 @@ class DepthAttention(CrossLayerMethod):
         reference and inference mixes (the unstacked mix does the same multiply-adds
         elementwise); the group means and the softmax are not. No parameters; the stash holds
         the in-flight token's own KV-cache entries (k_j, ṽ_j), so the in-flight state beyond
-        the KV cache is the residual, d."""
+        the KV cache is the residual, d. MLA models: ``latent_cost``."""
+        all_sources = application_sources(applications(config), options.stride,
+                                          options.recent_window, options.sources)
+        if config.attention == "mla":
+            return cls.latent_cost(config, options, all_sources)
         H_kv_d = config.num_kv_heads * config.head_dim
         flops = matmul = 0
-        for sources in application_sources(applications(config), options.stride,
-                                           options.recent_window, options.sources):
+        for sources in all_sources:
             n = len(sources)
             if n:
                 matmul += (n + 1) * (2 * H_kv_d + 2 * H_kv_d)
@@ -152,6 +155,41 @@ class DepthAttention(CrossLayerMethod):
         return MethodCost(added_flops_per_token=float(flops),
                           added_matmul_flops_per_token=float(matmul),
                           inflight_state_per_token=config.hidden_size)
+
+    @staticmethod
+    def latent_cost(config: ModelConfig, options: DepthAttentionOptions,
+                    all_sources: list[list[int]]) -> MethodCost:
+        """docs/method.md §8 and §9, on entries e = [c ; k^R] of width W = d_c + d_rope. Per
+        mixing layer: the depth query's u_l = (1/H) Σ_h W_UK,hᵀ q^N_h, H·d_nope·d_c
+        multiply-adds (one einsum: matmul-class), and r̄_l, H·d_rope adds; then (|S(l)|+1)·W
+        multiply-adds for the scores and as many for the mix, matmul-class as in the GQA count
+        (§3's mix with one head of width W). No parameters.
+
+        State. ``latent``: the stash holds the entries ẽ_j the cache holds, so in flight there is
+        the residual, d, as with GQA; the cache is vanilla MLA's. ``values``: the cache also
+        keeps c̃_l, d_c per token and layer beyond vanilla MLA's (persistent state); and the
+        stash's ẽ_j = (c̃_j, k̃^R_j) has a mixed rotary key k̃^R_j that no cache slot holds (the
+        key slot keeps the layer's own k^R_j): d_rope per stashed application that mixed,
+        in flight beside the residual."""
+        W = config.kv_lora_rank + config.qk_rope_head_dim
+        H = config.num_heads
+        query = 2 * H * config.qk_nope_head_dim * config.kv_lora_rank  # u_l
+        flops = matmul = 0
+        for sources in all_sources:
+            n = len(sources)
+            if n:
+                mix = (n + 1) * (2 * W + 2 * W)  # scores, mix
+                matmul += query + mix
+                flops += query + mix + H * config.qk_rope_head_dim  # + r̄_l
+        inflight, persistent = config.hidden_size, 0
+        if options.mla_mix == "values":
+            read_later = {j for sources in all_sources for j in sources}
+            inflight += config.qk_rope_head_dim * sum(1 for j in read_later if all_sources[j])
+            persistent = config.num_applications * config.kv_lora_rank
+        return MethodCost(added_flops_per_token=float(flops),
+                          added_matmul_flops_per_token=float(matmul),
+                          inflight_state_per_token=inflight,
+                          persistent_state_per_token=persistent)
 
     def plan(self, apps: Sequence[Application]) -> tuple[list[list[int]], frozenset[int]]:
         """S(e) of every application of a schedule, and the applications read later."""

@@ -113,9 +113,12 @@ class ValueResidual(CrossLayerMethod):
         (2·D·H_kv), the only matmul-class term. §9c state: the residual, d. v_0 of the
         in-flight token is layer 0's own KV-cache entry (ṽ_0 = v_0), kept for later layers as
         Depth-Attention keeps its sources: no state beyond the KV cache.
-        Looped: parameters per distinct layer, FLOPs per application (L_eff − 1 mixes)."""
+        Looped: parameters per distinct layer, FLOPs per application (L_eff − 1 mixes).
+        MLA (the latent residual, docs/method.md §9): the mix is on the whole entry [c ; k^R],
+        3·(d_c + d_rope) per layer; e_0 is layer 0's own cache entry."""
         L, D, A = config.num_layers, config.hidden_size, config.num_applications
-        kv = config.num_kv_heads * config.head_dim
+        kv = (config.kv_lora_rank + config.qk_rope_head_dim if config.attention == "mla"
+              else config.num_kv_heads * config.head_dim)  # elements mixed per layer
         params = {"fixed": 0, "learned": L - 1,
                   "gated": (L - 1) * (D * config.num_kv_heads + config.num_kv_heads)}[options.mode]
         flops, matmul = (A - 1) * 3 * kv, 0

@@ -114,8 +114,11 @@ class Combined(CrossLayerMethod):
             added_params=sum(c.added_params for c in costs),
             added_flops_per_token=sum(c.added_flops_per_token for c in costs),
             added_matmul_flops_per_token=sum(c.added_matmul_flops_per_token for c in costs),
-            # both in-flight states describe the same token; the larger one bounds them
-            inflight_state_per_token=max(c.inflight_state_per_token for c in costs),
+            # both in-flight states describe the same token and include its residual, d: once,
+            # plus what each part keeps beyond it (the stream part's streams, the attention
+            # part's stash outside the cache: Depth-Attention's MLA values rule has some)
+            inflight_state_per_token=config.hidden_size + sum(
+                c.inflight_state_per_token - config.hidden_size for c in costs),
             persistent_state_per_token=sum(c.persistent_state_per_token for c in costs))
 
     def _call(self, hook: str, *args: Any) -> Any:
