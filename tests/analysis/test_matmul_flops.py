@@ -53,6 +53,9 @@ def mv_flops(matrix_shape, vector_shape, *args, out_shape=None, **kwargs) -> int
 
 def counted_flops_per_token(model, batch: int, seq_len: int) -> float:
     ids = random_ids(batch, seq_len)
+    for module in model.modules():  # MLA: the accounting counts the expanded form (method.md §8)
+        if hasattr(module, "absorbed"):
+            module.absorbed = False
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mv: mv_flops})
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(ids)
