@@ -65,3 +65,9 @@ def test_a_saved_mla_folder_loads_through_auto(tmp_path):
     ids = torch.randint(1, 97, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_an_mla_model_has_no_tensor_parallel_plan_for_its_layers():
+    model = mla_hf_model("depth_attention", {}, "sdpa")
+    assert model.config.base_model_tp_plan == {}
+    assert "layers.*.self_attn.q_proj" in DepthAttnConfig().base_model_tp_plan

@@ -110,6 +110,11 @@ class DepthAttnConfig(PretrainedConfig):
         # ModelConfig validates every field and fills derived values (head_dim, the method's
         # geometry-dependent defaults such as Depth-Attention's stride = L // 2).
         core = resolve_config(self.to_model_config())
+        if core.attention == "mla":
+            # The plan's q/o split would cut MLA's heads apart from kv_b_proj's, and
+            # Depth-Attention's depth query averages over every head: MLA layers stay whole
+            # (replicated) under tensor parallelism; the LM head is still split.
+            self.base_model_tp_plan = {}
         self.head_dim = core.head_dim
         self.method_options = dict(core.method_options)
         if self.tie_word_embeddings is not None and \
