@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from depthattn.model.qwen3_names import HF_NAMES
 from depthattn.utils.errors import DepthAttnError
 
 if TYPE_CHECKING:
@@ -22,22 +23,9 @@ if TYPE_CHECKING:
 # here: DeepseekV3 derives it (its ``head_dim`` is d_rope, the rotary width; ours is
 # d_nope + d_rope, the query/key width), and θ lives inside ``rope_parameters``.
 DEEPSEEK_V3_NAMES: dict[str, str] = {
-    "vocab_size": "vocab_size",
-    "hidden_size": "hidden_size",
-    "intermediate_size": "intermediate_size",
-    "num_layers": "num_hidden_layers",
-    "num_heads": "num_attention_heads",
-    "num_kv_heads": "num_key_value_heads",
-    "max_seq_len": "max_position_embeddings",
-    "rms_norm_eps": "rms_norm_eps",
-    "init_std": "initializer_range",
-    "tie_embeddings": "tie_word_embeddings",
-    "kv_lora_rank": "kv_lora_rank",
-    "q_lora_rank": "q_lora_rank",
-    "qk_nope_head_dim": "qk_nope_head_dim",
-    "qk_rope_head_dim": "qk_rope_head_dim",
-    "v_head_dim": "v_head_dim",
-    "rope_interleave": "rope_interleave",
+    **{ours: theirs for ours, theirs in HF_NAMES.items() if ours != "head_dim"},
+    **{name: name for name in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim",
+                               "qk_rope_head_dim", "v_head_dim", "rope_interleave")},
 }
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
