@@ -113,11 +113,12 @@ class LatentAttention(nn.Module):
 
     def use_absorbed(self, x: torch.Tensor) -> bool:
         """Whether this call attends in the absorbed form: ``absorbed`` when set, else without
-        gradient for up to ``absorbed_up_to`` new tokens per row. Per new token, expanding costs
-        T_kv·H·(d_nope + d_v)·d_c multiply-adds for the cache's keys and values and
-        T_kv·H·(d_nope + d_rope + d_v) for attention; the absorbed form attends with
-        T_kv·H·(2·d_c + d_rope) and expands nothing, so it is cheaper for fewer new tokens than
-        (d_nope + d_v)·d_c / (2·d_c − d_nope − d_v) (benchmarks/mla_decode.py measures it)."""
+        gradient for up to ``absorbed_up_to`` new tokens per row. Expanding costs
+        T_kv·H·(d_nope + d_v)·d_c multiply-adds per call (the cache's keys and values), and
+        each new token then attends with T_kv·H·(d_nope + d_rope + d_v); in the absorbed form
+        each new token attends with T_kv·H·(2·d_c + d_rope) and nothing is expanded, so it is
+        cheaper for fewer new tokens than (d_nope + d_v)·d_c / (2·d_c − d_nope − d_v)
+        (benchmarks/mla_decode.py measures both)."""
         if self.absorbed is not None:
             return self.absorbed
         return not (torch.is_grad_enabled() and x.requires_grad) and \
