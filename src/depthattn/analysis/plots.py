@@ -67,6 +67,9 @@ def plot_final_bars(finals: Mapping[str, Sequence[float]], path: Path,
     pad = max(0.02, (high - low) * 0.6)
     ax.set_ylim(low - pad, high + pad)
     ax.set_ylabel("validation loss (nats/token)")
+    if max(map(len, methods)) > 12:  # long labels (method options) would overlap
+        ax.set_xticks(range(len(methods)), [m.replace(":", ":\n") for m in methods],
+                      rotation=20, ha="right")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return write(fig, path)
