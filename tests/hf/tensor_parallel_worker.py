@@ -30,9 +30,11 @@ def run(folder: str, inputs: dict) -> dict:
     model = DepthAttnForCausalLM.from_pretrained(
         folder, distributed_config=DistributedConfig(tp_plan="auto"))
     ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-    q_proj = model.model.layers[0].self_attn.q_proj.weight
-    assert isinstance(q_proj, DTensor) and q_proj.to_local().shape[0] * 2 == q_proj.shape[0], \
-        "q_proj is not split between the two ranks"
+    attention = model.model.layers[0].self_attn
+    q_proj = getattr(attention, "q_proj", None) or attention.q_b_proj  # MLA with a query rank
+    assert isinstance(q_proj.weight, DTensor) and \
+        q_proj.weight.to_local().shape[0] * 2 == q_proj.weight.shape[0], \
+        "the query projection is not split between the two ranks"
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
     model.zero_grad()

@@ -67,7 +67,15 @@ def test_a_saved_mla_folder_loads_through_auto(tmp_path):
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
-def test_an_mla_model_has_no_tensor_parallel_plan_for_its_layers():
-    model = mla_hf_model("depth_attention", {}, "sdpa")
-    assert model.config.base_model_tp_plan == {}
-    assert "layers.*.self_attn.q_proj" in DepthAttnConfig().base_model_tp_plan
+def test_an_mla_model_takes_deepseek_v3s_tensor_parallel_plan():
+    import fnmatch
+
+    from transformers import DeepseekV3Config
+
+    model = mla_hf_model("vanilla", {}, "sdpa")  # with a query rank: q_b_proj, no q_proj
+    plan = model.config.base_model_tp_plan
+    theirs = {k: v for k, v in DeepseekV3Config.base_model_tp_plan.items() if "experts" not in k}
+    assert plan == {k: v for k, v in theirs.items() if not k.endswith(".q_proj")}
+    names = [n.removeprefix("model.").removesuffix(".weight") for n, _ in model.named_parameters()]
+    for pattern in plan:  # every rule names modules this model has
+        assert fnmatch.filter(names, pattern), pattern

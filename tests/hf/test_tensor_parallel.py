@@ -3,7 +3,7 @@ DistributedConfig(tp_plan="auto"))``, our ``base_model_tp_plan``: Qwen3's), on C
 processes under torchrun (tensor_parallel_worker.py), each computing half of the heads and of
 the MLP, against the same saved model in this one process. Vanilla and Depth-Attention (4
 layers, 4 query heads sharing 2 kv heads: one whole GQA group per rank, so the depth mix runs on
-the rank), with left padding:
+the rank), and an MLA model with the latent residual (DeepseekV3's plan), with left padding:
 
 - logits without gradient (transformers' local-tensor path) and the loss;
 - every parameter's gradient of one backward (the DTensor path), shards gathered;
@@ -32,7 +32,14 @@ if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is unavailable", allow_module_level=True)
 
 WORKER = Path(__file__).with_name("tensor_parallel_worker.py")
-METHODS = ("vanilla", "depth_attention")
+# model name → tiny_model overrides: GQA with and without Depth-Attention, and multi-head latent
+# attention (DeepseekV3's plan: 2 of 4 heads per rank, the latent whole on each) with the latent
+# residual, which mixes whole entries across layers
+MLA = dict(num_kv_heads=4, head_dim=None, attention="mla", kv_lora_rank=12, q_lora_rank=10,
+           qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=10)
+MODELS = {"vanilla": dict(method="vanilla"), "depth_attention": dict(method="depth_attention"),
+          "mla_latent_residual": dict(method="value_residual", **MLA)}
+METHODS = tuple(MODELS)
 RTOL, ATOL = 1e-4, 1e-5  # logits and loss
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
 NEW_TOKENS = 4
@@ -67,7 +74,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     root = tmp_path_factory.mktemp("tp")
     folders = []
     for method in METHODS:
-        core = tiny_model(seed=0, num_layers=4, method=method)
+        core = tiny_model(seed=0, num_layers=4, **MODELS[method])
         DepthAttnForCausalLM.from_core(core).save_pretrained(root / method)
         folders.append(str(root / method))
     batch = inputs()

@@ -71,13 +71,26 @@ KINDS = {
     "hyper_connections": {"method": "hyper_connections"},
     "looped": {"method": "vanilla", "num_hidden_layers": 3, "prelude_layers": 1,
                "loop_layers": 1, "loop_iterations": 2},
+    # multi-head latent attention (docs/method.md §9), Depth-Attention's latent rule
+    "mla_depth_attention": {"method": "depth_attention", "num_hidden_layers": 4,
+                            "attention": "mla", "num_key_value_heads": 4, "kv_lora_rank": 16,
+                            "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8},
 }
 
 # Tests that do not apply, with the reason: to every kind ("*") or to one.
 DEEPER = "transformers caps its testers at 2 layers for its CI's time; this kind needs more"
+SCALED_ROPE = ("MLA models refuse scaled RoPE (docs/method.md §9): DeepseekV3's yarn also "
+               "rescales the attention scale, which is not modelled")
 NOT_APPLICABLE = {
     "*": {},
     "depth_attention": {
+        "test_num_layers_is_small": DEEPER,
+        "test_training_gradient_checkpointing_use_reentrant_true":
+            "use_reentrant=True is refused by design: Depth-Attention's sources reach later "
+            "layers outside the checkpointed arguments, whose gradients it would drop"},
+    "mla_depth_attention": {
+        **{f"test_model_rope_scaling_from_config_{i}_{kind}": SCALED_ROPE
+           for i, kind in enumerate(("linear", "dynamic", "yarn"))},
         "test_num_layers_is_small": DEEPER,
         "test_training_gradient_checkpointing_use_reentrant_true":
             "use_reentrant=True is refused by design: Depth-Attention's sources reach later "

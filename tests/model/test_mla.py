@@ -147,7 +147,6 @@ def test_depth_maps_have_one_map_for_the_latent_entry():
     (dict(rope_parameters={"rope_type": "yarn", "factor": 2.0,
                            "original_max_position_embeddings": 64}),
      "rope_parameters .* not supported with attention 'mla'"),
-    (dict(sliding_window=4), r"sliding_window \(4\) is not supported with attention 'mla'"),
     (dict(loop_layers=2), r"loop_layers \(2\) is not supported with attention 'mla'"),
     (dict(attention="mqa"), r"attention \('mqa'\) must be one of gqa, mla"),
 ])
@@ -161,6 +160,31 @@ def test_mla_settings_are_refused_on_gqa_models():
         ModelConfig.from_preset("tiny", kv_lora_rank=8)
     with pytest.raises(DepthAttnError, match=r"mla_mix \('latent'\) applies to multi-head latent"):
         tiny_model(method="depth_attention", method_options={"mla_mix": "latent"})
+
+
+@pytest.mark.parametrize("absorbed", [False, True])
+def test_sliding_window_layers_decode_as_the_full_forward(absorbed):
+    """Layers 1 and 3 see their last 3 tokens; both forms, chunked and token by token."""
+    model = tiny_model(seed=5, method="depth_attention", sliding_window=3,
+                       layer_types=["full_attention", "sliding_attention"] * 3, **MLA)
+    set_absorbed(model, absorbed)
+    ids, mask = left_padded(2, 9, [0, 2], seed=6)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask)
+        unwindowed = tiny_model(seed=5, method="depth_attention", **MLA)(ids, attention_mask=mask)
+        cache = KVCache.for_model(model, 2, 9)
+        steps = [model(ids[:, :4], attention_mask=mask[:, :4], cache=cache)]
+        steps += [model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache)
+                  for t in range(4, 9)]
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=0, atol=ATOL)
+    assert not torch.allclose(full[real], unwindowed[real], atol=1e-3)  # the window bites
+
+
+def test_depth_attention_refuses_split_heads():
+    attn = mla_model("latent").model.layers[1].self_attn
+    with pytest.raises(DepthAttnError, match="cannot run with its heads split"):
+        attn.depth_query(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 4))
 
 
 def test_a_quantised_format_is_refused_for_the_latent_cache():

@@ -22,6 +22,18 @@ ALIASES = {theirs: ours for ours, theirs in HF_NAMES.items()
            if theirs != ours and ours != "tie_embeddings"}
 
 
+MLA_TP_PLAN = {
+    "layers.*.self_attn.q_proj": "colwise",
+    "layers.*.self_attn.q_b_proj": "colwise",
+    "layers.*.self_attn.kv_a_proj_with_mqa": "mla_kv_a_proj",
+    "layers.*.self_attn.kv_b_proj": "colwise",
+    "layers.*.self_attn.o_proj": "rowwise",
+    "layers.*.mlp.gate_proj": "colwise",
+    "layers.*.mlp.up_proj": "colwise",
+    "layers.*.mlp.down_proj": "rowwise",
+}
+
+
 class DepthAttnConfig(PretrainedConfig):
     """Every ModelConfig field, validated (and method options resolved) by ModelConfig itself."""
 
@@ -45,6 +57,10 @@ class DepthAttnConfig(PretrainedConfig):
         "layers.*.mlp.up_proj": "colwise",
         "layers.*.mlp.down_proj": "rowwise",
     }
+    # Multi-head latent attention models take DeepseekV3's plan instead: queries, kv_b_proj and
+    # the MLP split by heads / columns, o_proj and down_proj rowwise; the latent entry is
+    # computed whole on every rank (kv_a_proj_with_mqa's rotary key part sums its gradient over
+    # the ranks, transformers' "mla_kv_a_proj"), so the cache is the whole latent on each rank.
     # No pipeline plan (Qwen3's base_model_pp_plan): transformers' pipeline stages pass only the
     # hidden states on, and Depth-Attention's later layers read earlier layers' keys and values.
 
@@ -110,11 +126,10 @@ class DepthAttnConfig(PretrainedConfig):
         # ModelConfig validates every field and fills derived values (head_dim, the method's
         # geometry-dependent defaults such as Depth-Attention's stride = L // 2).
         core = resolve_config(self.to_model_config())
-        if core.attention == "mla":
-            # The plan's q/o split would cut MLA's heads apart from kv_b_proj's, and
-            # Depth-Attention's depth query averages over every head: MLA layers stay whole
-            # (replicated) under tensor parallelism; the LM head is still split.
-            self.base_model_tp_plan = {}
+        if core.attention == "mla":  # every rule names a module: q_proj or q_b_proj, not both
+            absent = "q_b_proj" if core.q_lora_rank is None else "q_proj"
+            self.base_model_tp_plan = {k: v for k, v in MLA_TP_PLAN.items()
+                                       if not k.endswith(f".{absent}")}
         self.head_dim = core.head_dim
         self.method_options = dict(core.method_options)
         if self.tie_word_embeddings is not None and \

@@ -174,14 +174,13 @@ class ModelConfig:
         if self.attention != "mla":
             return
         refused = {"rope_parameters": self.rope_parameters is not None,
-                   "sliding_window": self.sliding_window is not None,
                    "loop_layers": self.loop_layers != 0}
         for name, given in refused.items():
             if given:
                 raise DepthAttnError(f"{name} ({getattr(self, name)!r}) is not supported with "
                                      f"attention 'mla': MLA models here use unscaled RoPE "
-                                     f"(yarn's mscale would change the attention scale), full "
-                                     f"attention and no looped block")
+                                     f"(yarn's mscale would change the attention scale) and no "
+                                     f"looped block")
 
     @property
     def rope_dim(self) -> int:

@@ -61,11 +61,11 @@ def shared_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
 class LatentAttention(nn.Module):
     is_causal = True  # what transformers' attention functions read of the module
     num_key_value_groups = 1  # the expanded keys have one head per query head
-    sliding_window = None  # full attention only (ModelConfig refuses windows with MLA)
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.sliding_window = config.layer_window(layer_idx)  # None: full attention
         D, H = config.hidden_size, config.num_heads
         self.num_heads = self.num_kv_heads = H
         self.rank, self.nope = config.kv_lora_rank, config.qk_nope_head_dim
@@ -93,7 +93,7 @@ class LatentAttention(nn.Module):
         """x: (B, T, D), the normed block input. Returns the output (B, T, D) and the attention
         function's weights, or None (SDPA). Few new tokens without gradient (decoding) take the
         absorbed form (``use_absorbed``), which attends over the latent entries themselves."""
-        mask, is_causal = ctx.mask_for(None)
+        mask, is_causal = ctx.mask_for(self.sliding_window)
         if self.use_absorbed(x) and not ctx.attention_kwargs:  # the core SDPA takes none
             q_nope, q_rope, key_entry, value_latent = self.latent_entries(x, method, ctx,
                                                                           application)
@@ -190,7 +190,10 @@ class LatentAttention(nn.Module):
 
     def up_projections(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK (H, d_nope, d_c) and W_UV (H, d_v, d_c): kv_b_proj's two parts, per head."""
-        w = self.kv_b_proj.weight.view(-1, self.nope + self.v_dim, self.rank)
+        w = self.kv_b_proj.weight
+        if hasattr(w, "to_local"):  # a DTensor under tensor parallelism: this rank's heads
+            w = w.to_local()
+        w = w.view(-1, self.nope + self.v_dim, self.rank)
         return w[:, :self.nope], w[:, self.nope:]
 
     def depth_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
@@ -198,6 +201,12 @@ class LatentAttention(nn.Module):
         so that σ · [u ; r̄] · e is the mean over heads of this layer's attention logit for an
         entry e at the same position (docs/method.md §9). Scaled by σ·√(d_c + d_rope), so that
         the depth mix's 1/√(width) leaves exactly σ."""
+        if q_nope.shape[1] != self.num_heads:
+            raise DepthAttnError(f"Depth-Attention on multi-head latent attention cannot run "
+                                 f"with its heads split (tensor parallelism): its depth score "
+                                 f"averages layer {self.layer_idx}'s logit over all "
+                                 f"{self.num_heads} heads, and this process computes "
+                                 f"{q_nope.shape[1]}")
         w_uk, _ = self.up_projections()
         u = torch.einsum("bhtn,hnc->btc", q_nope, w_uk.to(q_nope.dtype)) / q_nope.shape[1]
         query = torch.cat((u, q_rope.mean(dim=1)), dim=-1)[:, None]
