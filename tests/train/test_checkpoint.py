@@ -78,6 +78,24 @@ def test_a_checkpoint_of_another_model_is_refused_with_the_differences(tiny_trai
         train(config, resume=True)
 
 
+def test_a_checkpoint_written_before_newer_config_fields_resumes(tmp_path):
+    """A saved config lacking fields ModelConfig gained later (e.g. the MLA ones) holds their
+    defaults; one that states another value is refused."""
+    from depthattn.io import CONFIG_NAME
+    from depthattn.train.checkpoint import check_same_model
+    from tests.conftest import tiny_model
+
+    model = tiny_model()
+    saved = model.config.to_dict()
+    for name in ("attention", "kv_lora_rank", "rope_interleave"):
+        del saved[name]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(saved))
+    check_same_model(tmp_path, model)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**saved, "attention": "mla"}))
+    with pytest.raises(ValueError, match=r"attention 'mla' \(this run: 'gqa'\)"):
+        check_same_model(tmp_path, model)
+
+
 def test_no_torch_load_without_weights_only_true_in_the_package():
     offenders = []
     for path in sorted(SRC.rglob("*.py")):

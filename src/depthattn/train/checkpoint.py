@@ -32,6 +32,7 @@ size and the non-finite step counters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from depthattn.io import CONFIG_NAME, SHARDS_DIR, load_model, save_model
+from depthattn.model.config import ModelConfig
 from depthattn.model.decoder import CausalLM
 from depthattn.train.distributed import Distributed
 from depthattn.utils.atomic import (
@@ -142,6 +144,9 @@ def check_same_model(path: Path, model: CausalLM) -> None:
     ModelConfig field that differs."""
     saved = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
     saved.pop("format", None)
+    # fields added to ModelConfig after the checkpoint was written hold their defaults there
+    saved = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)
+                if f.name not in saved and f.default is not dataclasses.MISSING}, **saved}
     ours = model.config.to_dict()
     differences = [f"{key} {saved.get(key)!r} (this run: {ours.get(key)!r})"
                    for key in sorted(set(saved) | set(ours)) if saved.get(key) != ours.get(key)]
