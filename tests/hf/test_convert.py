@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 from depthattn.cli.convert import add_convert_arguments, run_convert
 from depthattn.hf import DepthAttnForCausalLM
 from depthattn.hf.convert import from_qwen3, to_qwen3
+from tests.hf.retrofit import assert_retrofit
 
 
 @pytest.fixture(params=[False, True], ids=["untied", "tied"])
@@ -53,13 +54,7 @@ def test_from_qwen3_depth_attention_loads_unchanged_weights(tmp_path, qwen3_dir)
     assert model.core_config.method == "depth_attention"
     assert model.core_config.method_options == {"stride": 2, "recent_window": 1,
                                                  "sources": "applications"}
-    ref_state = reference.state_dict()
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, ref_state[name]), name
-    with torch.no_grad():
-        logits = model(ids_for()).logits
-    assert torch.isfinite(logits).all()
-    assert not torch.allclose(logits, reference(ids_for()).logits, atol=1e-3)  # it mixes
+    assert_retrofit(model, reference, ids_for())
 
 
 def test_to_qwen3_round_trip(tmp_path, qwen3_dir):

@@ -24,6 +24,7 @@ from depthattn.hf import DepthAttnForCausalLM
 from depthattn.hf.convert import from_deepseek_v3, from_qwen3, to_deepseek_v3, to_qwen3
 from depthattn.io import load_model
 from depthattn.model.deepseek_v3_names import fields_from_deepseek_v3
+from tests.hf.retrofit import assert_retrofit
 
 LAYERS = 3
 # d_c 24, d_rope 8, d_nope 12, d_v 10, H 4: every width differs, so a swapped split fails
@@ -209,13 +210,7 @@ def test_depth_attention_from_deepseek_v3(tmp_path, randomize):
     core = model.core_config
     assert core.method == "depth_attention"
     assert (core.method_options["stride"], core.method_options["mla_mix"]) == (1, "values")
-    ref_state = reference.state_dict()
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, ref_state[name]), name
-    with torch.no_grad():
-        logits = model(ids_for()).logits
-    assert torch.isfinite(logits).all()
-    assert not torch.allclose(logits, reference(ids_for()).logits, atol=1e-3)  # it mixes
+    assert_retrofit(model, reference, ids_for())
     with pytest.raises(ValueError, match=r"runs method 'depth_attention'; only 'vanilla'.*"
                                          r"--to-deepseek-v3"):
         run_convert(_parse(["--to-deepseek-v3", str(tmp_path / "da"),

@@ -230,6 +230,7 @@ def test_the_absorbed_form_equals_the_expanded_one(rule):
     (full0, cached0, grads0), (full1, cached1, grads1) = results[False], results[True]
     real = mask.bool()
     torch.testing.assert_close(full1[real], full0[real], rtol=0, atol=1e-12)
+    torch.testing.assert_close(cached0[real], full0[real], rtol=0, atol=1e-12)
     torch.testing.assert_close(cached1[real], full0[real], rtol=0, atol=1e-12)
     assert grads0.keys() == grads1.keys() and grads0
     for name, grad in grads0.items():

@@ -38,7 +38,8 @@ LATENT_NORM_EPS = 1e-6
 
 def deinterleave(x: torch.Tensor) -> torch.Tensor:
     """(..., d) stored as pairs (x0, y0, x1, y1, ...) → halves (x0, x1, ..., y0, y1, ...), so that
-    rotate-half RoPE rotates the stored pairs (transformers' ``apply_rotary_pos_emb_interleave``)."""
+    rotate-half RoPE rotates the stored pairs (transformers'
+    ``apply_rotary_pos_emb_interleave``)."""
     return x.unflatten(-1, (-1, 2)).transpose(-1, -2).flatten(-2)
 
 
