@@ -68,14 +68,18 @@ def test_a_saved_mla_folder_loads_through_auto(tmp_path):
 
 
 def test_an_mla_model_takes_deepseek_v3s_tensor_parallel_plan():
+    """DeepseekV3's attention and dense-MLP rules (transformers 5.25's; 5.19's config lists its
+    MLP rules only), with the query projection this model has."""
     import fnmatch
-
-    from transformers import DeepseekV3Config
 
     model = mla_hf_model("vanilla", {}, "sdpa")  # with a query rank: q_b_proj, no q_proj
     plan = model.config.base_model_tp_plan
-    theirs = {k: v for k, v in DeepseekV3Config.base_model_tp_plan.items() if "experts" not in k}
-    assert plan == {k: v for k, v in theirs.items() if not k.endswith(".q_proj")}
+    assert plan == {"layers.*.self_attn.q_b_proj": "colwise",
+                    "layers.*.self_attn.kv_a_proj_with_mqa": "mla_kv_a_proj",
+                    "layers.*.self_attn.kv_b_proj": "colwise",
+                    "layers.*.self_attn.o_proj": "rowwise",
+                    "layers.*.mlp.gate_proj": "colwise", "layers.*.mlp.up_proj": "colwise",
+                    "layers.*.mlp.down_proj": "rowwise"}
     names = [n.removeprefix("model.").removesuffix(".weight") for n, _ in model.named_parameters()]
     for pattern in plan:  # every rule names modules this model has
         assert fnmatch.filter(names, pattern), pattern
