@@ -158,6 +158,20 @@ def test_looped_models_are_refused_by_name(folders, tmp_path):
     assert "vLLM cannot serve a looped model" in done.stderr
 
 
+def test_mla_models_are_refused_by_name():
+    """The plugin's check, as the looped test above reaches it through a real engine start."""
+    from depthattn.hf.configuration import DepthAttnConfig
+    from depthattn.serve.vllm_model import check_servable
+    from depthattn.utils.errors import DepthAttnError
+
+    config = DepthAttnConfig.from_model_config(tiny_config(
+        num_kv_heads=4, head_dim=None, attention="mla", kv_lora_rank=16, qk_nope_head_dim=8,
+        qk_rope_head_dim=4, v_head_dim=8))
+    with pytest.raises(DepthAttnError, match="cannot serve a multi-head latent attention model"):
+        check_servable(config)
+    check_servable(DepthAttnConfig.from_model_config(tiny_config()))  # GQA: served
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

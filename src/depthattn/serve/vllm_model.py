@@ -26,7 +26,15 @@ class DepthAttnForCausalLMInVllm(TransformersForCausalLM):
 def check_servable(config: Any) -> None:
     """A looped model applies a layer several times per token, each application with a cache
     slot of its own; vLLM keeps one paged cache per layer, so the applications would overwrite
-    each other's keys and values."""
+    each other's keys and values. An MLA model's Transformers-backend layers would page the
+    expanded per-head keys and values, not the latent entries: the cache MLA (and
+    Depth-Attention's latent rule) exists to keep."""
+    if getattr(config, "attention", "gqa") == "mla":
+        raise DepthAttnError("vLLM cannot serve a multi-head latent attention model "
+                             "(attention='mla') through its Transformers backend: it would page "
+                             "each layer's expanded per-head keys and values instead of the "
+                             "latent entries (d_c + d_rope per token and layer); serve it with "
+                             "transformers' generate or depthattn generate")
     if getattr(config, "loop_layers", 0):
         raise DepthAttnError(f"vLLM cannot serve a looped model (loop_layers="
                              f"{config.loop_layers}, loop_iterations={config.loop_iterations}): "
