@@ -50,6 +50,20 @@ def test_generate_with_both_caches_equals_the_full_forward(method, options, attn
                                    msg=f"cache {cache}")
 
 
+def test_a_static_cache_built_by_hand_holds_the_latent_entry():
+    from depthattn.hf.cache import DepthAttnStaticCache
+
+    model = mla_hf_model("depth_attention", {"mla_mix": "values"}, "sdpa")
+    ids = torch.randint(1, 97, (2, 6))
+    cache = DepthAttnStaticCache(model.core_config, 8)
+    with torch.no_grad():
+        cached = model(ids, past_key_values=cache, use_cache=True).logits
+        full = model(ids).logits
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    assert cache.inner.keys[0].shape == (2, 1, 8, 12 + 4)
+    assert cache.inner.values[0].shape == (2, 1, 8, 12)  # c̃, the values rule
+
+
 def test_eager_attention_returns_one_map_per_layer():
     model = mla_hf_model("depth_attention", {}, "eager")
     out = model(torch.randint(1, 97, (1, 5)), output_attentions=True)

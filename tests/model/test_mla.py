@@ -149,6 +149,8 @@ def test_depth_maps_have_one_map_for_the_latent_entry():
      "rope_parameters .* not supported with attention 'mla'"),
     (dict(loop_layers=2), r"loop_layers \(2\) is not supported with attention 'mla'"),
     (dict(attention="mqa"), r"attention \('mqa'\) must be one of gqa, mla"),
+    (dict(k_norm_position="after_rope"), r"k_norm_position \('after_rope'\) applies to GQA"),
+    (dict(rope_interleave="yes"), r"rope_interleave \('yes'\) must be True or False"),
 ])
 def test_what_mla_cannot_take_is_refused_by_name(overrides, message):
     with pytest.raises(DepthAttnError, match=message):
@@ -158,6 +160,8 @@ def test_what_mla_cannot_take_is_refused_by_name(overrides, message):
 def test_mla_settings_are_refused_on_gqa_models():
     with pytest.raises(DepthAttnError, match=r"kv_lora_rank \(8\) is an MLA dimension"):
         ModelConfig.from_preset("tiny", kv_lora_rank=8)
+    with pytest.raises(DepthAttnError, match=r"rope_interleave \(False\) applies to MLA"):
+        ModelConfig.from_preset("tiny", rope_interleave=False)
     with pytest.raises(DepthAttnError, match=r"mla_mix \('latent'\) applies to multi-head latent"):
         tiny_model(method="depth_attention", method_options={"mla_mix": "latent"})
 
@@ -179,6 +183,17 @@ def test_sliding_window_layers_decode_as_the_full_forward(absorbed):
     real = mask.bool()
     torch.testing.assert_close(torch.cat(steps, 1)[real], full[real], rtol=0, atol=ATOL)
     assert not torch.allclose(full[real], unwindowed[real], atol=1e-3)  # the window bites
+
+
+def test_a_learned_latent_residual_refuses_split_heads():
+    """Tensor parallelism gives a process a share of the heads; simulated here by a query
+    projection with half of them."""
+    model = tiny_model(seed=5, method="value_residual", method_options={"mode": "learned"}, **MLA)
+    attn = model.model.layers[1].self_attn
+    attn.q_proj = torch.nn.Linear(64, 2 * attn.head_dim, bias=False)
+    with pytest.raises(DepthAttnError, match="'value_residual' cannot run with the heads of an "
+                                             "MLA layer split"):
+        model(random_ids(1, 4))
 
 
 def test_depth_attention_refuses_split_heads():

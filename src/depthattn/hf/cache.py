@@ -107,11 +107,12 @@ class DepthAttnStaticCache(StaticCache):
     def __init__(self, config: Any, max_len: int, dtype: torch.dtype = torch.float32,
                  num_kv_heads: int | None = None) -> None:
         """config: the core ``ModelConfig`` (layers, kv heads, head dim); dtype: the model's;
-        num_kv_heads: the kv heads this process computes, default the config's (under tensor
-        parallelism a rank's share: ``DepthAttnForCausalLM.kv_heads_per_rank``)."""
+        num_kv_heads: the kv heads this process computes, default the config's cache heads
+        (1 for MLA's latent entry); under tensor parallelism a rank's share
+        (``DepthAttnForCausalLM.kv_heads_per_rank``)."""
         Cache.__init__(self, layers=[])
         self.config, self.max_len, self.dtype = config, max_len, dtype
-        self.num_kv_heads = config.num_kv_heads if num_kv_heads is None else num_kv_heads
+        self.num_kv_heads = config.kv_cache_shape[0] if num_kv_heads is None else num_kv_heads
         self.inner: StaticKVCache | None = None
 
     # --- what Decoder.forward reads: the core static cache's ----------------------------------

@@ -151,6 +151,9 @@ class CrossLayerMethod(nn.Module):
     # stash) rather than through the stream it is handed: reentrant activation checkpointing,
     # which differentiates through a block's tensor arguments only, would drop their gradients.
     reads_context_activations: ClassVar[bool] = False
+    # Whether the entry hook (mix_entries) has parameters whose gradient needs every head of
+    # an MLA layer: tensor parallelism, which splits the heads, would leave it partial.
+    needs_whole_heads: bool = False
 
     def __init__(self, config: ModelConfig, options: MethodOptions) -> None:
         super().__init__()

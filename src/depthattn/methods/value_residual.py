@@ -84,6 +84,8 @@ class ValueResidual(CrossLayerMethod):
     def __init__(self, config: ModelConfig, options: ValueResidualOptions) -> None:
         super().__init__(config, options)
         self.mode = options.mode
+        # learned λ on an MLA entry: k̃^R's gradient reaches it from this process's heads only
+        self.needs_whole_heads = config.attention == "mla" and self.mode == "learned"
         self.eps = config.rms_norm_eps
         self.num_kv_heads = config.num_kv_heads
         later = range(1, config.num_layers)  # layer 0 has nothing to mix in

@@ -141,12 +141,22 @@ class ModelConfig:
             raise DepthAttnError(f"attention ({self.attention!r}) must be one of "
                                  f"{', '.join(ATTENTION_KINDS)}"
                                  f"{did_you_mean(self.attention, ATTENTION_KINDS)}")
+        if not isinstance(self.rope_interleave, bool):
+            raise DepthAttnError(f"rope_interleave ({self.rope_interleave!r}) must be True or "
+                                 f"False")
         if self.attention == "gqa":
             given = [n for n in (*MLA_DIMS, "q_lora_rank") if getattr(self, n) is not None]
             if given:
                 raise DepthAttnError(f"{given[0]} ({getattr(self, given[0])}) is an MLA dimension "
                                      f"but attention is 'gqa'; set attention='mla' or drop it")
+            if not self.rope_interleave:
+                raise DepthAttnError("rope_interleave (False) applies to MLA's rotary dims "
+                                     "(attention='mla'); GQA heads rotate in halves; leave it "
+                                     "True")
             return
+        if self.k_norm_position != "before_rope":
+            raise DepthAttnError(f"k_norm_position ({self.k_norm_position!r}) applies to GQA "
+                                 f"keys; MLA layers have no key norm: leave it 'before_rope'")
         for name in MLA_DIMS:
             if getattr(self, name) is None:
                 raise DepthAttnError(f"attention 'mla' needs {name}; set "
@@ -154,9 +164,6 @@ class ModelConfig:
             require_positive_int(name, getattr(self, name))
         if self.q_lora_rank is not None:
             require_positive_int("q_lora_rank", self.q_lora_rank)
-        if not isinstance(self.rope_interleave, bool):
-            raise DepthAttnError(f"rope_interleave ({self.rope_interleave!r}) must be True or "
-                                 f"False")
         if self.qk_rope_head_dim % 2:
             raise DepthAttnError(f"qk_rope_head_dim ({self.qk_rope_head_dim}) must be even (RoPE "
                                  f"rotates pairs)")
@@ -170,6 +177,7 @@ class ModelConfig:
             raise DepthAttnError(f"num_kv_heads ({self.num_kv_heads}) must equal num_heads "
                                  f"({self.num_heads}) with attention 'mla': every head reads the "
                                  f"one latent entry")
+
     def _check_mla_scope(self) -> None:
         if self.attention != "mla":
             return

@@ -114,7 +114,7 @@ class LatentAttention(nn.Module):
 
     def use_absorbed(self, x: torch.Tensor) -> bool:
         """Whether this call attends in the absorbed form: ``absorbed`` when set, else without
-        gradient for up to ``absorbed_up_to`` new tokens per row. Expanding costs
+        gradient (grad mode off) for up to ``absorbed_up_to`` new tokens per row. Expanding costs
         T_kv·H·(d_nope + d_v)·d_c multiply-adds per call (the cache's keys and values), and
         each new token then attends with T_kv·H·(d_nope + d_rope + d_v); in the absorbed form
         each new token attends with T_kv·H·(2·d_c + d_rope) and nothing is expanded, so it is
@@ -122,8 +122,7 @@ class LatentAttention(nn.Module):
         (benchmarks/mla_decode.py measures both)."""
         if self.absorbed is not None:
             return self.absorbed
-        return not (torch.is_grad_enabled() and x.requires_grad) and \
-            x.shape[1] <= self.absorbed_up_to
+        return not torch.is_grad_enabled() and x.shape[1] <= self.absorbed_up_to
 
     @property
     def absorbed_up_to(self) -> int:
@@ -149,6 +148,11 @@ class LatentAttention(nn.Module):
         q = self.q_proj(x) if hasattr(self, "q_proj") else \
             self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, d_nope + d_rope)
+        if method.needs_whole_heads and q.shape[1] != self.num_heads:
+            raise DepthAttnError(f"method {method.name!r} cannot run with the heads of an MLA "
+                                 f"layer split (tensor parallelism): its parameters' gradient "
+                                 f"needs all {self.num_heads} heads, and this process computes "
+                                 f"{q.shape[1]}; use value_residual mode 'fixed'")
         q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
         c, k_rope = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)
         c = self.kv_a_layernorm(c)  # (B, T, d_c)
@@ -193,6 +197,11 @@ class LatentAttention(nn.Module):
         """W_UK (H, d_nope, d_c) and W_UV (H, d_v, d_c): kv_b_proj's two parts, per head."""
         w = self.kv_b_proj.weight
         if hasattr(w, "to_local"):  # a DTensor under tensor parallelism: this rank's heads
+            if torch.is_grad_enabled():
+                raise DepthAttnError("an MLA layer under tensor parallelism reads kv_b_proj's "
+                                     "weight directly only without gradient (the absorbed form, "
+                                     "the values rule): kv_b_proj's hooks, which sum the "
+                                     "latent's gradient over the ranks, would be skipped")
             w = w.to_local()
         w = w.view(-1, self.nope + self.v_dim, self.rank)
         return w[:, :self.nope], w[:, self.nope:]

@@ -100,6 +100,7 @@ class Combined(CrossLayerMethod):
                        for hook in hooks_used(cls)}
         self.reads_context_activations = any(cls.reads_context_activations
                                              for cls in part_classes.values())
+        self.needs_whole_heads = any(part.needs_whole_heads for part in self.parts.values())
 
     def decays(self, name: str, param: nn.Parameter) -> bool:
         """Each part decides for its own parameters (``parts.<part>.<name>``)."""
