@@ -87,6 +87,11 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(H * self.v_dim, D, bias=False)
         # None: the rule of use_absorbed; True / False: always / never attend in absorbed form
         self.absorbed: bool | None = None
+        # New tokens per row up to which the absorbed form costs fewer multiply-adds (fixed by
+        # the geometry, so computed once rather than in every forward)
+        gain = 2 * self.rank - self.nope - self.v_dim
+        self.absorbed_up_to = (self.nope + self.v_dim) * self.rank // gain if gain > 0 \
+            else 1 << 62  # attending over the latent is never dearer than expanding it
 
     def forward(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
                 ctx: ForwardContext, application: int | None = None
@@ -123,14 +128,6 @@ class LatentAttention(nn.Module):
         if self.absorbed is not None:
             return self.absorbed
         return not torch.is_grad_enabled() and x.shape[1] <= self.absorbed_up_to
-
-    @property
-    def absorbed_up_to(self) -> int:
-        """New tokens per row up to which the absorbed form costs fewer multiply-adds."""
-        gain = 2 * self.rank - self.nope - self.v_dim
-        if gain <= 0:
-            return 1 << 62  # attending over the latent is never dearer than expanding it
-        return (self.nope + self.v_dim) * self.rank // gain
 
     def latent_entries(self, x: torch.Tensor | AttentionInput, method: CrossLayerMethod,
                        ctx: ForwardContext, application: int | None = None
